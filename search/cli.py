@@ -1,0 +1,170 @@
+"""The ``valley`` command line.
+
+Every refusal is one line, ``valley: error: <what was wrong and how to fix it>``,
+with exit status 2; a search that was interrupted exits with status 130.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs, values read as YAML (``hidden=[100,200]``, ``lr=1e-3``)."""
+    import yaml
+
+    from spaces import Loader
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes key=value, got {item!r}; e.g. --set lr=1e-3")
+        overrides[key.strip()] = yaml.load(value, Loader=Loader)  # noqa: S506 - a SafeLoader
+    return overrides
+
+
+def add_search_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", help="data set to train on (default: the space's); see `valley datasets`")
+    parser.add_argument("--data-dir", help="folder holding the data set's files (default ~/.cache/valley/data)")
+    parser.add_argument("--max-epochs", type=int, help="epochs per trial (default: the space's, else 10)")
+    parser.add_argument("--samples", type=int, help="passes over the grid, or Optuna trials (default 1 / 20)")
+    parser.add_argument("--search", choices=["random", "optuna"], default="random",
+                        help="random: Tune's grid and random sampling; optuna: TPE")
+    parser.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
+                        help="asha stops poor trials early on the space's metric")
+    parser.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can stop")
+    parser.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep 1 in this many")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions pack trials on a GPU")
+    parser.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)")
+    parser.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the searcher and every trial")
+    parser.add_argument("--name", help="experiment folder name (default: SPACE-DATASET-TIME)")
+    parser.add_argument("--storage", default="results", help="results folder (default results/)")
+    parser.add_argument("--address", help="Ray cluster address, e.g. auto (default: a local Ray)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="fix a config key for every trial, e.g. --set layers=5")
+
+
+def options_from(args: argparse.Namespace, **changes: Any) -> Any:
+    from search.run import SearchOptions
+
+    values = dict(
+        dataset=args.dataset, data_dir=args.data_dir, max_epochs=args.max_epochs, samples=args.samples,
+        search=args.search, scheduler=args.scheduler, grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures, seed=args.seed, name=args.name, storage=args.storage,
+        address=args.address, num_cpus=args.num_cpus, overrides=parse_set(args.set))
+    values.update(changes)
+    return SearchOptions(**values)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from spaces import load_space
+
+    space = load_space(args.space)
+    from search.run import run_search
+
+    folder = run_search(space, options_from(args))
+    return exit_status(folder)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from spaces import load_space
+
+    from search.run import SearchOptions, run_search
+
+    opts = SearchOptions(dataset="digits", max_epochs=10, scheduler="asha", storage=args.storage)
+    folder = run_search(load_space("mlp-rough"), opts)
+    print(f"results: {folder}")
+    return exit_status(folder)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from search.resume import resume
+
+    return exit_status(resume(Path(args.experiment)))
+
+
+def exit_status(folder: Path) -> int:
+    from analysis.load import read_manifest
+
+    return EXIT_INTERRUPTED if read_manifest(folder).get("status") == "interrupted" else 0
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from spaces import builtin_spaces, load_space
+
+    for name in builtin_spaces():
+        space = load_space(name)
+        size = f"{space.grid_size()} grid points" if not space.is_sampled() else "sampled"
+        print(f"{name:<18} {space.family:<6} {size:<16} {space.description}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from trainables.data import DATASETS, default_data_dir, is_available
+
+    folder = Path(args.data_dir) if args.data_dir else default_data_dir()
+    print(f"data folder: {folder}")
+    for name, dataset in DATASETS.items():
+        shape = "x".join(map(str, dataset.shape))
+        sizes = "/".join(f"{n:,}" for n in dataset.sizes)
+        where = "offline" if is_available(name, folder) else "needs download"
+        print(f"{name:<14} {shape:<9} {sizes:<22} {where:<15} {dataset.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="valley", description="Rough-then-fine hyperparameter search on Ray Tune")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    search = commands.add_parser("search", help="run one search space as a Ray Tune experiment")
+    search.add_argument("space", help="a built-in space (see `valley spaces`) or a YAML file")
+    add_search_options(search)
+    search.set_defaults(run=cmd_search)
+
+    quick = commands.add_parser("quickstart", help="the offline first search: mlp-rough on digits with ASHA")
+    quick.add_argument("--storage", default="results")
+    quick.set_defaults(run=cmd_quickstart)
+
+    resume = commands.add_parser("resume", help="continue an interrupted experiment")
+    resume.add_argument("experiment", help="the experiment folder, e.g. results/mlp-rough-digits-...")
+    resume.set_defaults(run=cmd_resume)
+
+    spaces = commands.add_parser("spaces", help="list the built-in search spaces")
+    spaces.set_defaults(run=cmd_spaces)
+
+    datasets = commands.add_parser("datasets", help="list data sets and whether each is available offline")
+    datasets.add_argument("--data-dir")
+    datasets.set_defaults(run=cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from search.run import SearchError
+    from spaces import SpaceError
+    from trainables.config import ConfigError
+    from trainables.data import DataError
+
+    try:
+        return args.run(args)
+    except (SearchError, SpaceError, ConfigError, DataError, ValueError) as err:
+        print(f"valley: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("valley: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

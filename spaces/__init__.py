@@ -1,0 +1,236 @@
+"""Search spaces: plain data, read from YAML and checked before Ray starts.
+
+A space names a family, a data set, the metric to optimise, and the trial
+configs: ``grid`` rows (partial configs, one trial each) and ``params``
+(fixed values or distributions). ``search/`` turns a :class:`Space` into Ray
+Tune's ``param_space``; nothing here imports Ray or torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BUILTIN_DIR = Path(__file__).parent
+
+# distribution name -> (number of arguments, what they are)
+DISTRIBUTIONS: dict[str, tuple[int, str]] = {
+    "grid": (-1, "a non-empty list of values, each tried"),
+    "choice": (-1, "a non-empty list of values, one drawn per trial"),
+    "uniform": (2, "[low, high]"),
+    "loguniform": (2, "[low, high], both > 0"),
+    "randint": (2, "[low, high], integers, high exclusive"),
+    "lograndint": (2, "[low, high], integers > 0, high exclusive"),
+    "quniform": (3, "[low, high, q]"),
+    "qloguniform": (3, "[low, high, q], low and high > 0"),
+    "qrandint": (3, "[low, high, q], integers, high inclusive"),
+}
+TOP_KEYS = {
+    "description": "one line shown by `valley spaces`",
+    "family": "the model family trained (mlp, cnn, clock)",
+    "dataset": "the data set trained on, unless --dataset says otherwise",
+    "metric": "the reported key to optimise, e.g. val_loss",
+    "mode": "min or max",
+    "max_epochs": "epochs per trial, unless --max-epochs says otherwise",
+    "grid": "a list of partial configs, one trial each (times --samples)",
+    "params": "config keys: fixed values or distributions",
+}
+REQUIRED = ("family", "metric", "mode")
+
+
+class Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-3`` as a number (YAML 1.2), as users expect."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file safely (no ``!!python`` tags) with numbers as a person writes them."""
+    return yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 - Loader derives from SafeLoader
+
+
+class SpaceError(ValueError):
+    """A space that no search could run: raised before Ray starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dist:
+    """One distribution of a space, e.g. ``Dist('loguniform', (1e-6, 1e-3))``."""
+
+    kind: str
+    args: tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    name: str
+    family: str
+    metric: str
+    mode: str
+    source: str  # the file it was read from
+    description: str = ""
+    dataset: str | None = None
+    max_epochs: int | None = None
+    grid: tuple[dict[str, Any], ...] = ()
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # values or Dist
+
+    def keys(self) -> set[str]:
+        """Every config key the space sets."""
+        return set(self.params) | {k for row in self.grid for k in row}
+
+    def grid_size(self) -> int:
+        """Trials per sample: grid rows times the product of ``grid`` distributions."""
+        size = max(1, len(self.grid))
+        for value in self.params.values():
+            if isinstance(value, Dist) and value.kind == "grid":
+                size *= len(value.args)
+        return size
+
+    def is_sampled(self) -> bool:
+        """Whether any key is drawn at random (so --samples > 1 gives new configs)."""
+        return any(isinstance(v, Dist) and v.kind != "grid" for v in self.params.values())
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every grid combination as a partial config (rows merged with grid distributions)."""
+        rows = list(self.grid) or [{}]
+        axes = {k: v.args for k, v in self.params.items() if isinstance(v, Dist) and v.kind == "grid"}
+        return [{**row, **dict(zip(axes, combo))}
+                for row in rows for combo in itertools.product(*axes.values())]
+
+
+def builtin_spaces() -> dict[str, Path]:
+    """Built-in spaces by name (a file's stem)."""
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml")) if not p.stem.startswith("plan-")}
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """The file of a built-in space name, or a user's YAML path."""
+    text = str(name_or_path)
+    builtins = builtin_spaces()
+    if text in builtins:
+        return builtins[text]
+    path = Path(text).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SpaceError(f"space file {path} does not exist; give a YAML file or a built-in space "
+                             f"({', '.join(builtins)})")
+        return path
+    close = difflib.get_close_matches(text, builtins, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise SpaceError(f"unknown space {text!r}; {hint}built-in spaces: {', '.join(builtins)} "
+                     "(or give the path of a YAML file)")
+
+
+def load_space(name_or_path: str | Path) -> Space:
+    """Read and check a space; every mistake raises :class:`SpaceError` naming file, key and fix."""
+    path = resolve(name_or_path)
+    try:
+        doc = read_yaml(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpaceError(f"{path}:{where}: not valid YAML ({problem}); fix the syntax there") from None
+    except OSError as err:
+        raise SpaceError(f"{path}: cannot be read ({err.strerror})") from None
+    return parse_space(doc, source=str(path), name=path.stem)
+
+
+def parse_space(doc: Any, source: str = "<space>", name: str = "space") -> Space:
+    """Check a YAML document's structure and every distribution's rule."""
+    def fail(key: str, message: str) -> SpaceError:
+        return SpaceError(f"{source}: {key}: {message}")
+
+    if not isinstance(doc, dict):
+        raise fail("top level", f"a space is a mapping of {', '.join(TOP_KEYS)}, got {type(doc).__name__}")
+    for key in doc:
+        if key not in TOP_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise fail(str(key), f"unknown key; {hint}valid keys: {', '.join(TOP_KEYS)}")
+    for key in REQUIRED:
+        if key not in doc:
+            raise fail(key, f"missing; add `{key}:` ({TOP_KEYS[key]})")
+    for key in ("family", "metric", "description", "dataset"):
+        if key in doc and not isinstance(doc[key], str):
+            raise fail(key, f"must be a string, got {doc[key]!r}")
+    if doc["mode"] not in ("min", "max"):
+        raise fail("mode", f"must be min or max, got {doc['mode']!r}")
+    max_epochs = doc.get("max_epochs")
+    if max_epochs is not None and (not isinstance(max_epochs, int) or isinstance(max_epochs, bool)
+                                   or max_epochs < 1):
+        raise fail("max_epochs", f"must be a whole number >= 1, got {max_epochs!r}")
+
+    grid = doc.get("grid") or []
+    if not isinstance(grid, list) or not all(isinstance(row, dict) for row in grid):
+        raise fail("grid", "must be a list of mappings (partial configs), e.g. `- {hidden: [100]}`")
+    if "grid" in doc and not grid:
+        raise fail("grid", "is empty; list at least one row or remove the key")
+    for i, row in enumerate(grid):
+        for key, value in row.items():
+            if isinstance(value, dict):
+                raise fail(f"grid[{i}].{key}", "grid rows hold fixed values; put distributions under params")
+
+    raw_params = doc.get("params") or {}
+    if not isinstance(raw_params, dict):
+        raise fail("params", f"must be a mapping of config keys, got {raw_params!r}")
+    params = {str(k): _parse_value(f"params.{k}", v, fail) for k, v in raw_params.items()}
+    return Space(name=name, family=doc["family"], metric=doc["metric"], mode=doc["mode"],
+                 source=source, description=doc.get("description", ""), dataset=doc.get("dataset"),
+                 max_epochs=max_epochs, grid=tuple(grid), params=params)
+
+
+def _parse_value(key: str, value: Any, fail: Any) -> Any:
+    if not isinstance(value, dict):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise fail(key, f"must be finite, got {value}")
+        return value
+    if len(value) != 1:
+        raise fail(key, f"a distribution is one of {', '.join(DISTRIBUTIONS)} with its arguments, "
+                        f"e.g. {{loguniform: [1e-6, 1e-3]}}, got {value!r}")
+    (kind, args), = value.items()
+    if kind not in DISTRIBUTIONS:
+        close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise fail(key, f"unknown distribution {kind!r}; {hint}valid: {', '.join(DISTRIBUTIONS)}")
+    arity, shape = DISTRIBUTIONS[kind]
+    if not isinstance(args, list):
+        raise fail(key, f"{kind} takes {shape}, got {args!r}")
+    if arity == -1:
+        if not args:
+            raise fail(key, f"{kind} is empty; list at least one value")
+        return Dist(kind, tuple(tuple(a) if isinstance(a, list) else a for a in args))
+    if len(args) != arity:
+        raise fail(key, f"{kind} takes {shape}, got {args!r}")
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        raise fail(key, f"{kind} takes numbers {shape}, got {args!r}")
+    if not all(math.isfinite(a) for a in args):
+        raise fail(key, f"bounds must be finite, got {args!r}")
+    low, high = args[0], args[1]
+    if "int" in kind and not all(float(a).is_integer() for a in args):
+        raise fail(key, f"{kind} takes integers {shape}, got {args!r}")
+    if kind.startswith("log") or kind == "qloguniform":
+        if low <= 0:
+            raise fail(key, f"a log range must be > 0 at both ends, got low={low}, high={high}; "
+                            "use uniform for a range that touches 0")
+    if kind in ("randint", "lograndint"):
+        if not low < high:
+            raise fail(key, f"low < high must hold (high is exclusive), got low={low}, high={high}; "
+                            f"for the single value {low} write `{key.split('.')[-1]}: {low}`")
+    elif not low <= high:
+        raise fail(key, f"low <= high must hold, got low={low}, high={high}; swap the bounds")
+    if arity == 3 and args[2] <= 0:
+        raise fail(key, f"the step q must be > 0, got q={args[2]}")
+    return Dist(kind, tuple(args))

@@ -1,0 +1,113 @@
+"""Typed, frozen configs built from Tune's flat ``config`` dict.
+
+Every family subclasses :class:`TrainConfig` with its model fields. ``from_dict``
+rejects unknown keys and wrong types at once, naming the key, so a typo in a
+space fails the trial before any training instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from typing import Any, ClassVar
+
+
+class ConfigError(ValueError):
+    """A configuration that no trial could train with (a fatal search error)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training settings shared by every family (units in comments)."""
+
+    family: str = ""
+    dataset: str = ""
+    seed: int = 0
+    max_epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3  # initial learning rate
+    optimizer: str = "adam"  # adam | adamw | sgd
+    momentum: float = 0.9  # sgd only
+    l2: float = 0.0  # Keras-style kernel penalty: l2 * sum(w**2) added to the loss
+    weight_decay: float = 0.0  # decoupled decay (adamw) or plain decay (adam, sgd)
+    lr_patience: int = 3  # epochs without val improvement before lr /= lr_factor
+    lr_factor: float = 0.1
+    min_lr: float = 1e-6
+    early_stop: int = 0  # epochs without val improvement before stopping; 0 = never
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adam", "adamw", "sgd")
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> TrainConfig:
+        """Build the config, failing on an unknown key or a value of the wrong type."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, value in config.items():
+            if key not in fields:
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(
+                    f"unknown key {key!r} for family {cls.__module__.rsplit('.', 1)[-1]!r}{hint} "
+                    f"valid keys: {', '.join(sorted(fields))}"
+                )
+            values[key] = _coerce(key, value, hints[key])
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check ranges; families extend this and call ``super().validate()``."""
+        _require(self.max_epochs >= 1, "max_epochs", self.max_epochs, "must be at least 1")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
+        _require(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be a positive number")
+        _require(self.l2 >= 0, "l2", self.l2, "must be >= 0")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _require(0 < self.lr_factor < 1, "lr_factor", self.lr_factor, "must lie in (0, 1)")
+        _require(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be at least 1")
+        _require(self.optimizer in self.OPTIMIZERS, "optimizer", self.optimizer,
+                 f"must be one of {', '.join(self.OPTIMIZERS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {rule}, got {key}={value!r}")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type; ints pass as floats, lists as tuples."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {key}={value!r}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_coerce(key, v, item) for v in value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # quantised distributions hand integers over as floats
+    if hint in (int, str, bool) and type(value) is not hint:
+        if not (hint is int and hasattr(value, "__index__") and not isinstance(value, bool)):
+            raise ConfigError(f"{key} must be {hint.__name__}, got {key}={value!r} ({type(value).__name__})")
+        return int(value)
+    return value

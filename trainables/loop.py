@@ -1,0 +1,233 @@
+"""The one training loop every family shares, and the trainable Tune calls.
+
+``train(config, data)`` is the trainable: a plain function of Tune's ``config``
+dict. It builds the family's typed config, trains, and reports every epoch the
+keys listed in ``REPORTED_KEYS`` with a checkpoint (model, optimiser,
+scheduler, epoch, best model so far) so Ray can pause, resume and retry it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables import get_family
+from trainables.config import TrainConfig
+from trainables.data import Splits
+from trainables.report import Reporter, default_reporter
+
+# Keys in every per-epoch report; ``{split}_{metric}`` stands for the task's metrics.
+REPORTED_KEYS = ("epoch", "train_loss", "val_loss", "n_params", "epoch_s", "lr",
+                 "best_epoch", "best_val_loss", "test_loss", "device")
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite: this configuration fails, the search goes on."""
+
+
+class Task(Protocol):
+    """What a family trains for: a loss, a prediction and metrics on a whole split."""
+
+    metric: str  # the headline metric, reported as val_<metric> and test_<metric>
+    names: tuple[str, ...]  # every metric ``metrics`` returns
+    mode: str  # "max" or "min" for that metric
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor: ...
+
+    def metrics(self, pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]: ...
+
+
+class Classification:
+    metric = "acc"
+    names = ("acc",)  # every metric ``metrics`` returns
+    mode = "max"
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(out, y)
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        return out.argmax(dim=1)
+
+    def metrics(self, pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return {"acc": (pred == y).float().mean().item()}
+
+
+def train(config: dict[str, Any], data: Splits | None = None, reporter: Reporter | None = None,
+          variants: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train one configuration; returns the last report.
+
+    ``data`` comes from Ray's object store (``tune.with_parameters``); outside Ray
+    it is loaded from ``config['dataset']``. ``variants`` resolves a ``variant``
+    index or dict (a row of a space's grid) into flat config keys.
+    """
+    config = resolve_variant(config, variants)
+    family = get_family(config.get("family", ""))
+    cfg = family.Config.from_dict(config)
+    if data is None:
+        from trainables.data import load_dataset
+
+        data = load_dataset(cfg.dataset)
+    return fit(cfg, family, data, reporter or default_reporter())
+
+
+def resolve_variant(config: dict[str, Any], variants: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Merge a grid row (``variant``: a dict, or an index into ``variants``) into the config."""
+    if "variant" not in config:
+        return dict(config)
+    config = dict(config)
+    variant = config.pop("variant")
+    if not isinstance(variant, dict):
+        variant = variants[int(variant)]
+    return {**config, **variant}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters (frozen backbone layers do not count)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+
+def l2_penalty(model: nn.Module) -> torch.Tensor:
+    """Keras-style kernel regulariser: sum of squared weights of layers, biases and norms excluded."""
+    return sum(p.pow(2).sum() for name, p in model.named_parameters() if p.requires_grad and p.dim() > 1)
+
+
+def to_input(x: torch.Tensor, spec_mean: float, spec_std: float) -> torch.Tensor:
+    """uint8 images (B, C, H, W) to standardised floats."""
+    return (x.float().div_(255.0) - spec_mean) / spec_std
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, data: Splits,
+             batch_size: int = 1024) -> dict[str, float]:
+    """Mean loss and the task's metrics over a whole split."""
+    model.eval()
+    total, preds = 0.0, []
+    for start in range(0, len(x), batch_size):
+        out = model(to_input(x[start:start + batch_size], data.mean, data.std)).float()
+        yb = y[start:start + batch_size]
+        total += task.loss(out, yb).item() * len(yb)
+        preds.append(task.predict(out))
+    return {"loss": total / max(1, len(x)), **task.metrics(torch.cat(preds), y)}
+
+
+def fit(cfg: TrainConfig, family: Any, data: Splits, reporter: Reporter) -> dict[str, Any]:
+    """Train ``cfg`` on ``data``, reporting every epoch; resumes from the reporter's checkpoint."""
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    task: Task = family.make_task(cfg) if hasattr(family, "make_task") else Classification()
+    model = family.build_model(cfg, data).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg, params, device)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    augment = getattr(family, "augment", None)
+    n_params = count_params(model)
+
+    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "test": {}}
+    best_model = copy.deepcopy(model.state_dict())
+    resume_dir = reporter.restore()
+    if resume_dir is not None:
+        saved = torch.load(Path(resume_dir) / "state.pt", map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        best_model = saved["best_model"]
+        state = saved["state"]
+
+    x_train, y_train = _tensors(data.x_train, data.y_train, device)
+    x_val, y_val = _tensors(data.x_val, data.y_val, device)
+    x_test, y_test = _tensors(data.x_test, data.y_test, device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + state["epoch"])
+    last: dict[str, Any] = {}
+    for epoch in range(state["epoch"], cfg.max_epochs):
+        started = time.perf_counter()
+        model.train()
+        total = torch.zeros((), device=device)
+        for idx in torch.randperm(len(x_train), device=device, generator=generator).split(cfg.batch_size):
+            xb = to_input(x_train[idx], data.mean, data.std)
+            if augment is not None:
+                xb = augment(cfg, xb, generator)
+            yb = y_train[idx]
+            loss = task.loss(model(xb).float(), yb)
+            objective = loss + cfg.l2 * l2_penalty(model) if cfg.l2 else loss
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            total += loss.detach() * len(idx)
+        train_loss = total.item() / len(x_train)
+        if not math.isfinite(train_loss):
+            raise Diverged(f"diverged: train loss is {train_loss} at epoch {epoch + 1} "
+                           f"(lr={cfg.lr}); lower the learning rate or narrow the space")
+        val = evaluate(model, task, x_val, y_val, data)
+        if not math.isfinite(val["loss"]):
+            raise Diverged(f"diverged: validation loss is {val['loss']} at epoch {epoch + 1} (lr={cfg.lr})")
+        scheduler.step(val["loss"])
+        if val["loss"] < state["best_val_loss"]:
+            best_model = copy.deepcopy(model.state_dict())
+            state.update(best_val_loss=val["loss"], best_epoch=epoch + 1, bad_epochs=0,
+                         test=evaluate(model, task, x_test, y_test, data))
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        stop = epoch + 1 == cfg.max_epochs or (cfg.early_stop and state["bad_epochs"] >= cfg.early_stop)
+        last = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            **{f"val_{k}": v for k, v in val.items()},
+            **{f"test_{k}": v for k, v in state["test"].items()},
+            "best_val_loss": state["best_val_loss"],
+            "best_epoch": state["best_epoch"],
+            "n_params": n_params,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_s": time.perf_counter() - started,
+            "device": str(device),
+            "early_stopped": bool(stop and epoch + 1 < cfg.max_epochs),
+        }
+        if stop or (epoch + 1) % cfg.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory(prefix="valley-ckpt-") as folder:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "best_model": best_model, "state": state},
+                           Path(folder) / "state.pt")
+                reporter.report(last, folder)
+        else:
+            reporter.report(last, None)
+        if stop:
+            break
+    return last
+
+
+def _tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Arrays from the object store (read-only) as tensors held on the device for the whole trial."""
+    x = torch.from_numpy(np.array(x, copy=not x.flags.writeable)).to(device)
+    y = torch.from_numpy(np.array(y, copy=not y.flags.writeable)).to(device)
+    return x, y
+
+
+def environment() -> dict[str, str]:
+    """What the result was made with, recorded beside it."""
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}
