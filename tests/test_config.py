@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import pytest
+
+from trainables.config import ConfigError
+from trainables.mlp import Config
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown key 'dropuot'.*did you mean 'dropout'"):
+        Config.from_dict({"dropuot": 0.2})
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ConfigError, match=r"batch_size must be int, got batch_size='big'"):
+        Config.from_dict({"batch_size": "big"})
+
+
+def test_ints_pass_as_floats_and_lists_as_tuples():
+    cfg = Config.from_dict({"lr": 1, "hidden": [10, 20], "batch_size": 64.0})
+    assert cfg.lr == 1.0 and cfg.hidden == (10, 20) and cfg.batch_size == 64
+
+
+def test_k_times_100_rule():
+    assert Config.from_dict({"layers": 3}).widths == (100, 200, 300)
+    assert Config.from_dict({}).widths == (100, 200)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"hidden": [10], "layers": 2}, "give hidden or layers, not both"),
+    ({"dropout": 1.0}, r"dropout must lie in \[0, 1\)"),
+    ({"lr": -1}, "lr must be a positive number"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of adam, adamw, sgd"),
+])
+def test_range_rules(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_dict(bad)

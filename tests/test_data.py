@@ -1,0 +1,87 @@
+"""Data sets: shapes, splits, torchvision's on-disk formats written small, the offline error."""
+from __future__ import annotations
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+
+from trainables.data import (CIFAR_FILES, FASHION_FILES, DataError, get_dataset, is_available,
+                             load_dataset)
+
+
+def test_digits_is_real_and_split_without_overlap():
+    data = load_dataset("digits")
+    assert data.input_shape == (1, 8, 8) and data.n_classes == 10
+    assert data.sizes() == get_dataset("digits").sizes == (1077, 360, 360)
+    assert data.x_train.dtype == np.uint8 and data.y_train.dtype == np.int64
+    rows = {x.tobytes() for x in data.x_train}
+    assert sum(x.tobytes() in rows for x in data.x_test) < 5  # digits has a few duplicate images
+    assert set(np.unique(data.y_train)) == set(range(10))
+
+
+def test_splits_are_fixed_by_seed():
+    a, b, c = load_dataset("digits"), load_dataset("digits"), load_dataset("digits", split_seed=1)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert np.array_equal(a.x_test, c.x_test)  # only validation is re-carved
+
+
+def write_idx(path, array, compress):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_fashion_mnist_reads_torchvisions_layout(tmp_path, compress):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in zip(FASHION_FILES, (5100, 5100, 30, 30)):
+        array = rng.integers(0, 256, (n, 28, 28)) if "images" in name else rng.integers(0, 10, n)
+        write_idx(raw / name, array, compress)
+    assert is_available("fashion_mnist", tmp_path)
+    data = load_dataset("fashion_mnist", data_dir=tmp_path, download=False)
+    assert data.input_shape == (1, 28, 28)
+    assert data.sizes() == (100, 5000, 30)  # 5,000 validation images carved from training
+
+
+def test_cifar10_reads_the_python_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in CIFAR_FILES:
+        n = 1010 if name.startswith("data") else 20
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    data = load_dataset("cifar10", data_dir=tmp_path, download=False)
+    assert data.input_shape == (3, 32, 32) and data.sizes() == (50, 5000, 20)
+
+
+def test_offline_and_absent_names_folder_and_files(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion_mnist", data_dir=tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "FashionMNIST" / "raw") in message
+    assert "train-images-idx3-ubyte" in message and "\n" not in message
+    assert not is_available("cifar10", tmp_path)
+
+
+def test_corrupt_idx_file_says_so(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in FASHION_FILES:
+        (raw / name).write_bytes(b"<html>not found</html>")
+    with pytest.raises(DataError, match="is not an unsigned-byte IDX file"):
+        load_dataset("fashion_mnist", data_dir=tmp_path)
+
+
+def test_unknown_dataset_lists_names():
+    with pytest.raises(KeyError, match="valid data sets: cifar10, digits"):
+        get_dataset("mnist")

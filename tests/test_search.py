@@ -1,0 +1,95 @@
+"""Searches end to end through real Ray Tune (local, 2 CPUs), real Optuna, real torch."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from search.run import SearchError, SearchOptions, run_search
+from spaces import load_space
+
+TINY = """\
+family: mlp
+dataset: synthetic
+metric: val_loss
+mode: min
+max_epochs: 4
+grid:
+  - {hidden: [4]}
+  - {hidden: [32]}
+  - {layers: 1}
+  - {layers: 1, dropout: 0.2}
+params:
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+  batch_size: 32
+"""
+
+
+def search(space_path, tmp_path, **options):
+    opts = SearchOptions(storage=str(tmp_path / "results"), quiet=True, **options)
+    return run_search(load_space(space_path), opts)
+
+
+@pytest.mark.ray
+def test_asha_search_writes_one_row_per_trial(ray_session, write_space, tmp_path):
+    folder = search(write_space(TINY), tmp_path, scheduler="asha", samples=2, name="tiny")
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 8 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"completed", "stopped"}
+    assert trials["stopped_by_scheduler"].any()  # ASHA stopped someone on 8 trials with grace 1
+    assert (trials.loc[trials.status == "completed", "epochs"] == 4).all()
+    assert trials["n_params"].gt(0).all()
+    assert sorted(trials["config/hidden"].dropna().unique()) == ["[32]", "[4]"]
+    assert trials["test_acc"].between(0, 1).all() and trials["best_val_loss"].notna().all()
+    manifest = json.loads((folder / "valley.json").read_text())
+    assert manifest["status"] == "completed" and manifest["data_fingerprint"]
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert len(epochs) == trials["epochs"].sum()
+
+
+@pytest.mark.ray
+def test_optuna_search_samples_grid_rows(ray_session, write_space, tmp_path):
+    folder = search(write_space(TINY), tmp_path, search="optuna", samples=4, max_epochs=2, name="tpe")
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "completed").all()
+    assert trials["config/lr"].between(1e-3, 1e-2).all()
+
+
+@pytest.mark.ray
+def test_reference_mlp_grid_on_digits(ray_session, tmp_path):
+    """The foundation's acceptance: 14 trials, each with n_params, best val accuracy above 90%."""
+    folder = search("mlp-rough", tmp_path, dataset="digits", max_epochs=10, name="digits")
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 14 and trials["n_params"].nunique() == 8
+    assert trials["best_val_acc"].max() > 0.90
+
+
+def test_name_taken_asks_for_resume(write_space, tmp_path):
+    (tmp_path / "results" / "taken").mkdir(parents=True)
+    with pytest.raises(SearchError, match=r"already exists; continue it with `valley resume"):
+        search(write_space(TINY), tmp_path, name="taken")
+
+
+def test_bad_name_and_unwritable_storage(write_space, tmp_path):
+    with pytest.raises(SearchError, match="--name must be letters"):
+        search(write_space(TINY), tmp_path, name="../escape")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SearchError, match="is not writable"):
+        run_search(load_space(write_space(TINY)), SearchOptions(storage=str(blocker / "sub")))
+
+
+def test_malformed_yaml_fails_fast_without_ray(write_space, tmp_path):
+    path = write_space("family: mlp\nmetric: val_loss\nmode: min\nparams:\n  lr: {uniform: [0.1, 0.01]}\n")
+    started = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "search.cli", "search", str(path), "--storage",
+                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert time.perf_counter() - started < 5
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("valley: error: ") and "params.lr" in lines[0]
+    assert "Ray" not in run.stderr and "Traceback" not in run.stderr

@@ -1,0 +1,99 @@
+"""Spaces: the built-in grids, every YAML mistake's message, and draws inside their bounds."""
+from __future__ import annotations
+
+import pytest
+
+from spaces import SpaceError, builtin_spaces, load_space, parse_space
+
+HEADER = "family: mlp\ndataset: digits\nmetric: val_loss\nmode: min\n"
+
+
+def test_mlp_rough_is_the_reference_grid_of_14():
+    space = load_space("mlp-rough")
+    points = space.grid_points()
+    assert len(points) == space.grid_size() == 14
+    assert [p.get("hidden") for p in points[:3]] == [[2], [5], [10]]
+    assert sum(1 for p in points if p.get("l2") == 0.01) == 3
+    assert sum(1 for p in points if p.get("dropout") == 0.2) == 3
+    assert {p.get("layers") for p in points} == {None, 1, 2, 5, 12, 15}
+    assert not space.is_sampled()
+
+
+def test_every_builtin_space_loads():
+    for name in builtin_spaces():
+        assert load_space(name).family
+
+
+@pytest.mark.parametrize("body, message", [
+    ("params: {lr: {uniform: [0.1, 0.01]}}", r"params.lr: low <= high must hold, got low=0.1, high=0.01"),
+    ("params: {lr: {loguniform: [0, 0.01]}}", r"params.lr: a log range must be > 0 at both ends"),
+    ("params: {batch_size: {choice: []}}", r"params.batch_size: choice is empty"),
+    ("params: {layers: {randint: [5, 5]}}", r"params.layers: low < high must hold \(high is exclusive\)"),
+    ("params: {lr: {uniform: [0, .inf]}}", r"params.lr: bounds must be finite"),
+    ("params: {lr: {unifrom: [0, 1]}}", r"unknown distribution 'unifrom'; did you mean 'uniform'"),
+    ("params: {lr: {uniform: [0]}}", r"uniform takes \[low, high\]"),
+    ("params: {layers: {randint: [1.5, 4]}}", r"randint takes integers"),
+    ("grid: []", r"grid: is empty"),
+    ("paramz: {}", r"paramz: unknown key; did you mean 'params'"),
+])
+def test_yaml_mistakes_name_file_key_rule_and_value(write_space, body, message):
+    path = write_space(HEADER + body + "\n")
+    with pytest.raises(SpaceError, match=message) as err:
+        load_space(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_syntax_error_names_the_line(write_space):
+    path = write_space(HEADER + "params:\n  lr: [0.1, 0.2\n")
+    with pytest.raises(SpaceError, match=r"line \d+: not valid YAML"):
+        load_space(path)
+
+
+def test_mode_and_missing_keys(write_space):
+    with pytest.raises(SpaceError, match="mode: must be min or max, got 'lowest'"):
+        load_space(write_space("family: mlp\nmetric: val_loss\nmode: lowest\n"))
+    with pytest.raises(SpaceError, match="metric: missing"):
+        load_space(write_space("family: mlp\nmode: min\n"))
+
+
+def test_python_tags_are_refused(write_space):
+    path = write_space(HEADER + "params:\n  lr: !!python/object/apply:os.system ['echo owned']\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(path)
+
+
+def test_unknown_space_lists_builtins():
+    with pytest.raises(SpaceError, match=r"unknown space 'mlp-rouhg'; did you mean 'mlp-rough'"):
+        load_space("mlp-rouhg")
+
+
+def test_numbers_read_as_a_person_writes_them():
+    space = parse_space({"family": "mlp", "metric": "val_loss", "mode": "min",
+                         "params": {"lr": {"loguniform": [1e-6, 1e-3]}}})
+    assert space.params["lr"].args == (1e-6, 1e-3)
+
+
+def test_draws_stay_inside_bounds_and_reproduce():
+    from search.tune_space import param_space
+
+    space = load_space("mlp-fine")
+    params, _ = param_space(space, {}, "random")
+    for key, low, high in [("lr", 1e-6, 1e-3), ("dropout", 0.1, 0.7), ("l2", 1e-6, 1e-2)]:
+        draws = params[key].sample(size=500, random_state=1)
+        assert all(low <= d <= high for d in draws)
+        assert list(draws) == list(params[key].sample(size=500, random_state=1))
+    assert set(params["batch_size"].sample(size=100, random_state=0)) == {64, 128}
+
+
+def test_family_checks_happen_before_ray(write_space):
+    from search.tune_space import check_space
+
+    space = load_space(write_space(HEADER + "params: {dropuot: 0.2}\n"))
+    with pytest.raises(SpaceError, match=r"unknown key 'dropuot'.*did you mean 'dropout'"):
+        check_space(space, {})
+    space = load_space(write_space("family: mlp\nmetric: val_accuracy\nmode: max\n"))
+    with pytest.raises(SpaceError, match=r"metric: 'val_accuracy' is not reported by family 'mlp'"):
+        check_space(space, {})
+    space = load_space(write_space("family: rnn\nmetric: val_loss\nmode: min\n"))
+    with pytest.raises(SpaceError, match=r"unknown family 'rnn'; valid families"):
+        check_space(space, {})
