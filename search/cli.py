@@ -94,6 +94,26 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return exit_status(resume(Path(args.experiment)))
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from search.plan import load_plan, reopen_plan, run_plan, start_plan
+
+    target = Path(args.plan).expanduser()
+    if (target / "plan.json").exists():
+        run = reopen_plan(target)
+    else:
+        run = start_plan(load_plan(args.plan), options_from(args))
+    folder = run_plan(run)
+    import json
+
+    return EXIT_INTERRUPTED if json.loads((folder / "plan.json").read_text())["status"] != "completed" else 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from search.transfer import transfer
+
+    return exit_status(transfer(Path(args.experiment), args.top, options_from(args)))
+
+
 def exit_status(folder: Path) -> int:
     from analysis.load import read_manifest
 
@@ -107,6 +127,13 @@ def cmd_spaces(args: argparse.Namespace) -> int:
         space = load_space(name)
         size = f"{space.grid_size()} grid points" if not space.is_sampled() else "sampled"
         print(f"{name:<18} {space.family:<6} {size:<16} {space.description}")
+    from search.plan import builtin_plans, load_plan
+
+    print("\nplans (valley plan NAME):")
+    for name in builtin_plans():
+        plan = load_plan(name)
+        stages = " -> ".join(stage.name for stage in plan.stages)
+        print(f"{name:<24} {stages:<40} {plan.description}")
     return 0
 
 
@@ -140,7 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("experiment", help="the experiment folder, e.g. results/mlp-rough-digits-...")
     resume.set_defaults(run=cmd_resume)
 
-    spaces = commands.add_parser("spaces", help="list the built-in search spaces")
+    plan = commands.add_parser("plan", help="run a staged plan (rough -> valley -> fine -> confirm), "
+                                             "or continue one given its folder")
+    plan.add_argument("plan", help="a built-in plan (see `valley spaces`), a plan YAML, or a plan folder")
+    add_search_options(plan)
+    plan.set_defaults(run=cmd_plan)
+
+    transfer = commands.add_parser("transfer", help="re-run the best configs of an experiment on another data set")
+    transfer.add_argument("experiment", help="an experiment or plan folder")
+    transfer.add_argument("--top", type=int, default=3, help="how many of the best configurations")
+    add_search_options(transfer)
+    transfer.set_defaults(run=cmd_transfer)
+
+    spaces = commands.add_parser("spaces", help="list the built-in search spaces and plans")
     spaces.set_defaults(run=cmd_spaces)
 
     datasets = commands.add_parser("datasets", help="list data sets and whether each is available offline")

@@ -51,6 +51,8 @@ class SearchOptions:
     address: str | None = None  # None: a local Ray started here
     num_cpus: int | None = None  # local Ray only
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set key=value
+    warm_points: tuple[dict[str, Any], ...] = ()  # Optuna: configs already evaluated (a plan's warm start)
+    warm_rewards: tuple[float, ...] = ()  # their metric values
     quiet: bool = False
 
 
@@ -183,7 +185,9 @@ def build_tuner(space: Space, opts: SearchOptions, folder: Path, dataset: str, e
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=opts.seed))
+        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=opts.seed),
+                                points_to_evaluate=list(opts.warm_points) or None,
+                                evaluated_rewards=list(opts.warm_rewards) or None)
         if rows:
             say(f"valley: note: Optuna samples the {len(rows)} grid rows as a categorical choice")
     else:

@@ -26,6 +26,15 @@ TUNE_DISTRIBUTIONS = {
 }
 
 
+def headline_metric(family_name: str) -> tuple[str, str]:
+    """The family's task metric and its mode, e.g. ('acc', 'max')."""
+    family = get_family(family_name)
+    if hasattr(family, "make_task"):
+        task = family.make_task(family.Config.from_dict({"family": family_name}))
+        return task.metric, task.mode
+    return Classification.metric, Classification.mode
+
+
 def reported_metrics(family_name: str) -> set[str]:
     """Every numeric key a family's trainable reports."""
     family = get_family(family_name)

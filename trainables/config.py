@@ -24,7 +24,8 @@ class TrainConfig:
 
     family: str = ""
     dataset: str = ""
-    seed: int = 0
+    seed: int = 0  # weights and batch order
+    split_seed: int | None = None  # re-carve validation from train + val with this seed (confirm stage)
     max_epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3  # initial learning rate

@@ -46,6 +46,12 @@ class Splits:
     def sizes(self) -> tuple[int, int, int]:
         return len(self.x_train), len(self.x_val), len(self.x_test)
 
+    def resplit(self, split_seed: int) -> Splits:
+        """A fresh validation set of the same size carved from train + val; the test set stays."""
+        return make_splits(self.name, np.concatenate([self.x_train, self.x_val]),
+                           np.concatenate([self.y_train, self.y_val]), self.x_test, self.y_test,
+                           len(self.x_val), self.n_classes, split_seed)
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:

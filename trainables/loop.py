@@ -77,6 +77,8 @@ def train(config: dict[str, Any], data: Splits | None = None, reporter: Reporter
         from trainables.data import load_dataset
 
         data = load_dataset(cfg.dataset)
+    if cfg.split_seed is not None:
+        data = data.resplit(cfg.split_seed)
     return fit(cfg, family, data, reporter or default_reporter())
 
 
