@@ -134,20 +134,15 @@ def parse_plan(doc: Any, source: str, name: str) -> Plan:
         settings = {k: v for k, v in raw.items() if k not in ("name", "kind", "from", "space")}
         space = raw.get("space")
         if space is not None:
-            space = str(space) if Path(str(space)).is_absolute() or space in _builtin_space_names() \
-                else str((Path(source).parent / str(space)))
+            space = str(space)
+            if space.endswith((".yaml", ".yml")) and not Path(space).is_absolute():
+                space = str(Path(source).parent / space)  # relative to the plan file
             try:
                 load_space(space)
             except SpaceError as err:
                 raise fail(f"{where}: space", str(err)) from None
         stages.append(Stage(name_i, kind, source_stage, space, settings))
     return Plan(name, source, tuple(stages), doc.get("description", ""), doc.get("dataset"))
-
-
-def _builtin_space_names() -> set[str]:
-    from spaces import builtin_spaces
-
-    return set(builtin_spaces())
 
 
 @dataclasses.dataclass
@@ -196,7 +191,10 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print
         raise SearchError(f"plan folder {folder} already exists; continue it with `valley plan {folder}` "
                           "or choose another --name")
     folder.mkdir(parents=True)
-    (folder / "plan.yaml").write_text(Path(plan.source).read_text())
+    stages = [{"name": st.name, "kind": st.kind, **({"from": st.source} if st.source else {}),
+               **({"space": st.space} if st.space else {}), **st.settings} for st in plan.stages]
+    (folder / "plan.yaml").write_text(f"# {plan.source}, with space paths resolved\n" + yaml.safe_dump(
+        {"description": plan.description, "dataset": dataset, "stages": stages}, sort_keys=False))
     state = {"plan": plan.name, "plan_file": plan.source, "dataset": dataset, "status": "running",
              "options": dataclasses.asdict(base), "stages": {}}
     run = PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), state, say)

@@ -1,10 +1,16 @@
 """One line per finished trial while a search runs; Ray's own tables stay off."""
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from ray.tune import Callback
+
+# Set by Ctrl-C during fit(): Tune returns normally after it, so callers check this instead.
+# Module-level because `valley resume` runs the Progress object that Tune unpickles, not a new one.
+INTERRUPTED = threading.Event()
 
 
 class Progress(Callback):
@@ -13,6 +19,18 @@ class Progress(Callback):
         self.metric = metric
         self.say = say
         self.done = 0
+
+    def setup(self, **info: Any) -> None:
+        """Wrap Tune's own SIGINT handler (installed just before callbacks are set up) to see Ctrl-C."""
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or not callable(tune_handler):
+            return
+
+        def on_sigint(sig: int, frame: Any) -> None:
+            INTERRUPTED.set()
+            tune_handler(sig, frame)
+
+        signal.signal(signal.SIGINT, on_sigint)
 
     def _line(self, trial: Any, outcome: str) -> None:
         self.done += 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.run import SearchError, SearchOptions, finish, start_ray, update_status
+from search.run import SearchError, SearchOptions, fit_and_finish, start_ray, update_status
 
 
 def resume(folder: Path) -> Path:
@@ -37,11 +37,4 @@ def resume(folder: Path) -> Path:
         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     tuner = tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
     update_status(folder, "running")
-    status = "interrupted"
-    try:
-        grid = tuner.fit()
-        if all(t.status in ("TERMINATED", "ERROR") for t in grid._experiment_analysis.trials):
-            status = "completed"
-    finally:
-        update_status(folder, status)
-    return finish(folder, status, lambda *a: print(*a, flush=True))
+    return fit_and_finish(tuner, folder, lambda *a: print(*a, flush=True))

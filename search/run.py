@@ -112,7 +112,11 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
 
 
 def storage_root(storage: str) -> Path:
-    """The results folder, created and checked writable (cloud URIs are left to Ray)."""
+    """The results folder, created and checked writable."""
+    if "://" in storage:
+        raise SearchError(f"--storage must be a folder, got {storage!r}: valley writes its manifest and "
+                          "tables with plain file I/O; mount the bucket or use shared NFS (e.g. EFS at "
+                          "/mnt/valley) and pass that path")
     root = Path(storage).expanduser().resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -148,25 +152,40 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
     say(f"valley: {space.name} on {dataset} ({len(data.x_train)} train / {len(data.x_val)} val / "
         f"{len(data.x_test)} test), {epochs} epochs per trial -> {folder}")
     start_ray(opts)
-    tuner = build_tuner(space, opts, folder, dataset, epochs, data, say)
+    from search.progress import Progress
+
+    progress = Progress(total_trials(space, opts), space.metric, say)
+    tuner = build_tuner(space, opts, folder, dataset, epochs, data, progress)
     write_manifest(folder, space, opts, dataset, epochs, data.fingerprint, status="running")
-    status = "interrupted"  # until fit() shows every trial finished
+    return fit_and_finish(tuner, folder, say)
+
+
+def fit_and_finish(tuner: Any, folder: Path, say: Any) -> Path:
+    """Run the tuner; the experiment reads 'completed' only if no Ctrl-C came and every trial ended."""
+    from search.progress import INTERRUPTED
+
+    status = "interrupted"
+    INTERRUPTED.clear()
     try:
         grid = tuner.fit()
-        trials = grid._experiment_analysis.trials  # Tune returns normally after Ctrl-C: check each trial
-        if all(t.status in ("TERMINATED", "ERROR") for t in trials):
+        trials = grid._experiment_analysis.trials
+        if not INTERRUPTED.is_set() and all(t.status in ("TERMINATED", "ERROR") for t in trials):
             status = "completed"
     finally:
         update_status(folder, status)
     return finish(folder, status, say)
 
 
+def total_trials(space: Space, opts: SearchOptions) -> int:
+    samples = opts.samples or (20 if opts.search == "optuna" else 1)
+    return samples if opts.search == "optuna" else samples * space.grid_size()
+
+
 def build_tuner(space: Space, opts: SearchOptions, folder: Path, dataset: str, epochs: int, data: Any,
-                say: Any) -> Any:
+                progress: Any) -> Any:
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    from search.progress import Progress
     from search.tune_space import param_space
     from trainables.loop import train
 
@@ -174,7 +193,6 @@ def build_tuner(space: Space, opts: SearchOptions, folder: Path, dataset: str, e
     params, rows = param_space(space, overrides, opts.search)
     params.setdefault("seed", opts.seed)
     samples = opts.samples or (20 if opts.search == "optuna" else 1)
-    total = samples if opts.search == "optuna" else samples * space.grid_size()
     scheduler = None
     if opts.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -189,7 +207,7 @@ def build_tuner(space: Space, opts: SearchOptions, folder: Path, dataset: str, e
                                 points_to_evaluate=list(opts.warm_points) or None,
                                 evaluated_rewards=list(opts.warm_rewards) or None)
         if rows:
-            say(f"valley: note: Optuna samples the {len(rows)} grid rows as a categorical choice")
+            progress.say(f"valley: note: Optuna samples the {len(rows)} grid rows as a categorical choice")
     else:
         from ray.tune.search import BasicVariantGenerator
 
@@ -206,7 +224,7 @@ def build_tuner(space: Space, opts: SearchOptions, folder: Path, dataset: str, e
             trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(
             name=folder.name, storage_path=str(folder.parent), verbose=0,
-            callbacks=[JsonLoggerCallback(), Progress(total, space.metric, say)],
+            callbacks=[JsonLoggerCallback(), progress],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures)),
     )

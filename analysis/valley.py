@@ -1,0 +1,123 @@
+"""The valley of the loss-versus-size curve and its one-standard-error choice.
+
+Trials whose metric lies within ``threshold_se`` standard errors of the best
+form the *band*; the smallest model in the band is the choice (the
+one-standard-error rule: prefer the simplest model the data cannot tell apart
+from the best). Models smaller than the band underfit, larger ones overfit.
+A pure function of the frames, shared by the figures and the staged search.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+
+EXCLUDED = ("failed", "diverged")  # trials whose metric says nothing about the model
+
+
+@dataclasses.dataclass(frozen=True)
+class ValleyResult:
+    members: tuple[str, ...]  # trial ids in the band (every seed of a member config)
+    chosen: str  # trial id of the one-standard-error choice (its best seed)
+    best: str  # trial id of the best trial (the best seed of the best config)
+    best_value: float  # the best config's metric (mean over its seeds)
+    se: float  # standard error of best_value
+    cutoff: float  # band edge: best_value + threshold_se * se (minus, for a max metric)
+    threshold_se: float
+    metric: str
+    mode: str  # "min" | "max"
+    se_source: str  # where se came from, in words
+    low_params: int  # smallest and largest model in the band
+    high_params: int
+    chosen_params: int
+    reason: str  # the whole decision, one paragraph
+
+
+def config_key(trials: pd.DataFrame) -> pd.Series:
+    """One text key per trial naming its config without the seed: repeated seeds share it."""
+    columns = [c for c in trials.columns if c.startswith("config/") and c != "config/seed"]
+    if "stage" in trials:
+        columns = ["stage", *columns]
+    if not columns:
+        return trials["trial_id"].astype(str)
+    keys = ["|".join(map(str, row)) for row in trials[columns].itertuples(index=False)]
+    return pd.Series(keys, index=trials.index, dtype=str)
+
+
+def find_valley(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, metric: str = "best_val_loss",
+                threshold_se: float = 1.0, mode: str | None = None) -> ValleyResult:
+    """The band of trials within ``threshold_se`` standard errors of the best, and its smallest model.
+
+    The standard error comes from repeated seeds of the same config where any
+    config has at least two (that config's, or the pooled seed spread when the
+    best config has one seed); otherwise from the spread (sample standard
+    deviation) of the best trial's last 3 epochs of the per-epoch metric
+    (``val_loss`` for ``best_val_loss``). Failed and diverged trials are left out.
+    """
+    mode = mode or ("max" if any(w in metric for w in ("acc", "score")) else "min")
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    if not threshold_se >= 0:
+        raise ValueError(f"threshold_se must be >= 0, got {threshold_se!r}; 1.0 is the one-standard-error rule")
+    for column in (metric, "n_params", "trial_id"):
+        if column not in trials:
+            raise ValueError(f"find_valley needs a {column!r} column in trials, got columns "
+                             f"{sorted(map(str, trials.columns))[:12]}; pass the trials frame of analysis.load")
+    usable = trials[~trials.get("status", pd.Series("", index=trials.index)).isin(EXCLUDED)].copy()
+    usable[metric] = pd.to_numeric(usable[metric], errors="coerce")
+    usable["n_params"] = pd.to_numeric(usable["n_params"], errors="coerce")
+    usable = usable[np.isfinite(usable[metric]) & np.isfinite(usable["n_params"])]
+    if usable.empty:
+        raise ValueError(f"find_valley needs at least one trial with a finite {metric} and n_params, got none "
+                         f"among {len(trials)} trials; wait until a trial has reported an epoch")
+    sign = 1.0 if mode == "min" else -1.0
+    usable["_key"] = config_key(usable)
+    usable["_score"] = sign * usable[metric]
+    groups = usable.groupby("_key", sort=False).agg(value=(metric, "mean"), sd=(metric, "std"), n=(metric, "size"),
+                                                    n_params=("n_params", "min"))
+    groups["score"] = sign * groups["value"]
+    best_key = groups.sort_values(["score", "n_params"]).index[0]
+    best_trial = usable[usable["_key"] == best_key].sort_values("_score")["trial_id"].iloc[0]
+    best_value = float(groups.at[best_key, "value"])
+
+    repeated = groups[groups["n"] >= 2]
+    if groups.at[best_key, "n"] >= 2:
+        n = int(groups.at[best_key, "n"])
+        se = float(groups.at[best_key, "sd"]) / math.sqrt(n)
+        source = f"the spread of the best config's {n} seeds (sd / sqrt({n}))"
+    elif not repeated.empty:
+        se = float(np.sqrt((repeated["sd"] ** 2).mean()))
+        source = f"the seed spread pooled over {len(repeated)} repeated configs (the best config has one seed)"
+    else:
+        se, source = _epoch_spread(epochs, best_trial, metric.removeprefix("best_"))
+    cutoff = best_value + sign * threshold_se * se
+    tolerance = 1e-12 * max(1.0, abs(best_value))
+    band = groups[groups["score"] <= sign * cutoff + tolerance]
+    chosen_key = band.sort_values(["n_params", "score"]).index[0]
+    chosen_trial = usable[usable["_key"] == chosen_key].sort_values("_score")["trial_id"].iloc[0]
+    members = tuple(usable.loc[usable["_key"].isin(band.index), "trial_id"].astype(str))
+    low, high = int(band["n_params"].min()), int(band["n_params"].max())
+    chosen_params = int(groups.at[chosen_key, "n_params"])
+    edge = "<=" if mode == "min" else ">="
+    reason = (f"best {metric} {best_value:.4g} (trial {best_trial}, {int(groups.at[best_key, 'n_params']):,} "
+              f"parameters); standard error {se:.3g} from {source}; the band {metric} {edge} {cutoff:.4g} "
+              f"({threshold_se:g} SE) holds {len(band)} of {len(groups)} configs, {low:,} to {high:,} parameters; "
+              f"chose trial {chosen_trial}, the smallest model in the band ({chosen_params:,} parameters)")
+    return ValleyResult(members=members, chosen=str(chosen_trial), best=str(best_trial), best_value=best_value,
+                        se=se, cutoff=cutoff, threshold_se=threshold_se, metric=metric, mode=mode, se_source=source, low_params=low,
+                        high_params=high, chosen_params=chosen_params, reason=reason)
+
+
+def _epoch_spread(epochs: pd.DataFrame | None, trial_id: str, column: str, last: int = 3) -> tuple[float, str]:
+    """(sample sd of the trial's last ``last`` values of ``column``, its description); 0 without two values."""
+    if epochs is None or epochs.empty or column not in epochs or "trial_id" not in epochs:
+        return 0.0, f"nothing: no per-epoch {column} to estimate it from, so the band holds only ties with the best"
+    rows = epochs[epochs["trial_id"] == trial_id]
+    if "epoch" in rows:
+        rows = rows.sort_values("epoch")
+    values = pd.to_numeric(rows[column], errors="coerce").dropna().to_numpy()[-last:]
+    if len(values) < 2:
+        return 0.0, f"nothing: the best trial has {len(values)} epoch(s) of {column}, fewer than 2"
+    return float(np.std(values, ddof=1)), f"the spread of the best trial's last {len(values)} epochs' {column}"

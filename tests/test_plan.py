@@ -1,0 +1,137 @@
+"""Staged plans: parsing, the four stages end to end, Ctrl-C mid-stage and resuming."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from search.plan import load_plan, reopen_plan, run_plan, start_plan
+from search.run import SearchError, SearchOptions
+
+ROUGH = """\
+family: mlp
+metric: val_loss
+mode: min
+grid:
+  - {hidden: [2]}
+  - {hidden: [16]}
+  - {hidden: [64]}
+  - {layers: 1}
+params:
+  lr: 0.01
+  batch_size: 32
+"""
+FINE = """\
+family: mlp
+metric: val_loss
+mode: min
+params:
+  hidden: [16]
+  lr: {loguniform: [1.0e-3, 3.0e-2]}
+  dropout: {uniform: [0.0, 0.3]}
+  batch_size: 32
+"""
+PLAN = """\
+description: tiny plan for tests
+dataset: synthetic
+stages:
+  - {name: rough, space: rough.yaml, max_epochs: 3}
+  - {name: valley, kind: valley, from: rough, keep: 2}
+  - {name: fine, space: fine.yaml, from: valley, search: optuna, samples: 3, max_epochs: EPOCHS}
+  - {name: confirm, kind: confirm, from: fine, top: 2, seeds: 2, max_epochs: 2}
+"""
+
+
+@pytest.fixture
+def plan_file(write_space):
+    write_space(ROUGH, "rough.yaml")
+    write_space(FINE, "fine.yaml")
+    return lambda epochs=2: write_space(PLAN.replace("EPOCHS", str(epochs)), "plan.yaml")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("stages: []", "a plan is a mapping with a non-empty `stages:` list"),
+    ("stages:\n  - {name: v, kind: valley}", "a valley stage needs `from:`"),
+    ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: b, kind: confirm, from: c}",
+     "'c' is not an earlier stage; earlier stages: a"),
+    ("stages:\n  - {name: a, space: mlp-rough, epochs: 3}", "unknown key; did you mean 'max_epochs'"),
+    ("stages:\n  - {name: a, kind: sweep, space: mlp-rough}", "kind: must be one of search, bracket"),
+    ("stages:\n  - {name: a, space: nope}", "unknown space 'nope'"),
+    ("stages:\n  - {name: b, kind: bracket, space: mlp-rough, axis: layers, low: 5, high: 1}",
+     "low < high must hold"),
+])
+def test_plan_mistakes_are_one_line(write_space, body, message):
+    with pytest.raises(SearchError, match=message):
+        load_plan(write_space(body + "\n", "bad-plan.yaml"))
+
+
+def test_builtin_plans_load():
+    from search.plan import builtin_plans
+
+    assert "plan-mlp-digits" in builtin_plans()
+    for name in builtin_plans():
+        assert load_plan(name).stages
+
+
+@pytest.mark.ray
+def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path):
+    run = start_plan(load_plan(plan_file()), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
+                     say=lambda *a: None)
+    folder = run_plan(run)
+    state = json.loads((folder / "plan.json").read_text())
+    assert state["status"] == "completed"
+    assert [s["status"] for s in state["stages"].values()] == ["completed"] * 4
+    valley = json.loads((folder / "valley.json").read_text())
+    assert valley["chosen"] in valley["band"] and 1 <= len(valley["architectures"]) <= 2
+    assert state["stages"]["fine"]["derived_from"] == {"stage": "valley", "trials": valley["band"]}
+    fine = pd.read_csv(folder / "fine" / "trials.csv")
+    assert len(fine) == 3 and fine["config/lr"].between(1e-3, 3e-2).all()
+    confirm = pd.read_csv(folder / "confirm.csv")
+    assert len(confirm) <= 2 and (confirm["seeds"] == 2).all()
+    assert (confirm["ci95_low"] <= confirm["mean_test_acc"]).all()
+    assert (confirm["mean_test_acc"] <= confirm["ci95_high"]).all()
+    summary = json.loads((folder / "confirm.json").read_text())
+    assert summary["p_winner_beats_runner_up"] is None or 0 <= summary["p_winner_beats_runner_up"] <= 1
+    confirm_trials = pd.read_csv(folder / "confirm" / "trials.csv")
+    assert sorted(confirm_trials["config/split_seed"].unique()) == [0, 1]
+
+    # a finished plan run again re-runs nothing
+    said = []
+    run_plan(reopen_plan(folder, say=said.append))
+    assert sum("already completed, not re-run" in line for line in said) == 4
+
+
+def test_ctrl_c_mid_stage_then_resume(plan_file, tmp_path):
+    """SIGINT during the fine stage: exit 130, 'interrupted'; `valley plan FOLDER` finishes the rest only."""
+    plan = plan_file(epochs=60)
+    command = [sys.executable, "-m", "search.cli", "plan", str(plan), "--storage", str(tmp_path),
+               "--name", "p", "--num-cpus", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder = tmp_path / "p"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((folder / "fine").glob("*/result.json")):
+        time.sleep(0.5)
+    assert list((folder / "fine").glob("*/result.json")), "the fine stage never started"
+    rough_before = (folder / "rough" / "trials.csv").read_text()
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "continue with `valley plan" in output
+    state = json.loads((folder / "plan.json").read_text())
+    assert state["status"] == "interrupted" and state["stages"]["fine"]["status"] == "interrupted"
+    assert json.loads((folder / "fine" / "valley.json").read_text())["status"] == "interrupted"
+
+    resumed = subprocess.run([sys.executable, "-m", "search.cli", "plan", str(folder)],
+                             capture_output=True, text=True, timeout=400, env={**os.environ})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "stage rough: already completed, not re-run" in resumed.stdout
+    assert (folder / "rough" / "trials.csv").read_text() == rough_before
+    fine = pd.read_csv(folder / "fine" / "trials.csv")
+    assert len(fine) == 3 and fine["trial_id"].is_unique and (fine["status"] != "unfinished").all()
+    assert json.loads((folder / "plan.json").read_text())["status"] == "completed"
