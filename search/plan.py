@@ -29,6 +29,7 @@ KINDS = {
     "bracket": "tabula rasa: bisect a complexity axis from too simple to too complex",
     "valley": "pick the architectures within threshold standard errors of the best",
     "confirm": "re-train the top configurations over several seeds with fresh splits",
+    "transfer": "re-run the top configurations verbatim on another data set",
 }
 STAGE_KEYS = {
     "name": "the stage's name, also its folder", "kind": "|".join(KINDS), "from": "the stage it builds on",
@@ -39,7 +40,7 @@ STAGE_KEYS = {
     "arch_keys": "config keys that make an architecture (valley)", "threshold": "standard errors (valley)",
     "keep": "at most this many valley architectures, smallest first", "top": "configurations (confirm)",
     "seeds": "seeds per configuration (confirm)", "axis": "the complexity key (bracket)",
-    "low": "too simple (bracket)", "high": "too complex (bracket)", "rounds": "bisection rounds (bracket)",
+    "dataset": "the data set to transfer to (transfer)", "low": "too simple (bracket)", "high": "too complex (bracket)", "rounds": "bisection rounds (bracket)",
 }
 PLAN_KEYS = {"description": "one line", "dataset": "the default data set", "stages": "the list of stages"}
 # Config keys that say how a trial runs, not what it is: never carried between stages.
@@ -120,7 +121,9 @@ def parse_plan(doc: Any, source: str, name: str) -> Plan:
         if source_stage is not None and source_stage not in {s.name for s in stages}:
             raise fail(f"{where}: from", f"{source_stage!r} is not an earlier stage; earlier stages: "
                                          f"{', '.join(s.name for s in stages) or 'none'}")
-        if kind in ("valley", "confirm") and source_stage is None:
+        if kind == "transfer" and "dataset" not in raw:
+            raise fail(f"{where}: dataset", "a transfer stage needs `dataset:`, the data set to re-run on")
+        if kind in ("valley", "confirm", "transfer") and source_stage is None:
             raise fail(f"{where}: from", f"a {kind} stage needs `from:` naming the stage it reads")
         if kind in ("search", "bracket") and "space" not in raw:
             raise fail(f"{where}: space", f"a {kind} stage needs `space:` (a built-in space or YAML file)")
@@ -258,10 +261,10 @@ def _train(run: PlanRun, stage: Stage, space: Space, experiment: str, **changes:
 
 
 def write_space(run: PlanRun, name: str, space: Space, grid: list[dict[str, Any]],
-                params: dict[str, Any], note: str) -> Space:
+                params: dict[str, Any], note: str, dataset: str | None = None) -> Space:
     """Write a derived space as YAML beside the plan (its provenance) and load it back, checked."""
     doc = {"description": note, "family": space.family, "metric": space.metric, "mode": space.mode,
-           "dataset": run.base.dataset, "grid": grid or None, "params": _params_doc(params)}
+           "dataset": dataset or run.base.dataset, "grid": grid or None, "params": _params_doc(params)}
     if space.max_epochs:
         doc["max_epochs"] = space.max_epochs
     path = run.folder / f"{name}.space.yaml"
@@ -447,29 +450,40 @@ ARCH_KEYS = {"mlp": ["hidden", "layers"], "cnn": ["arch", "width", "batchnorm"],
              "clock": ["backbone", "encoding"]}
 
 
-def _stage_confirm(run: PlanRun, stage: Stage) -> str:
-    trials, _ = run.trials(stage.source)
-    first = run.stage_state(stage.source)["experiments"][0]
-    source_space = load_space(run.folder / first / "space.yaml")
-    top, seeds = int(stage.get("top", 3)), int(stage.get("seeds", 5))
-    metric_col = f"best_{source_space.metric}" if source_space.metric.startswith("val_") else source_space.metric
-    ranked = trials[trials["status"] == "completed"].dropna(subset=[metric_col])
-    ranked = ranked.sort_values(metric_col, ascending=source_space.mode == "min")
+def top_configs(trials: pd.DataFrame, metric: str, mode: str, top: int
+                ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``top`` distinct configs of completed trials, best first, with the trial each came from."""
+    column = f"best_{metric}" if metric.startswith("val_") else metric
+    ranked = trials[trials["status"] == "completed"].dropna(subset=[column])
+    ranked = ranked.sort_values(column, ascending=mode == "min")
     configs: list[dict[str, Any]] = []
-    chosen_ids = []
+    ids: list[str] = []
     for _, row in ranked.iterrows():
         config = _config_of(row)
         if config not in configs:
             configs.append(config)
-            chosen_ids.append(row["trial_id"])
+            ids.append(row["trial_id"])
         if len(configs) == top:
             break
+    return configs, ids
+
+
+def _source_space(run: PlanRun, stage_name: str) -> Space:
+    """The space a training stage ran (its first experiment's copy)."""
+    return load_space(run.folder / run.stage_state(stage_name)["experiments"][0] / "space.yaml")
+
+
+def _stage_confirm(run: PlanRun, stage: Stage) -> str:
+    trials, _ = run.trials(stage.source)
+    source_space = _source_space(run, stage.source)
+    seeds = int(stage.get("seeds", 5))
+    configs, ids = top_configs(trials, source_space.metric, source_space.mode, int(stage.get("top", 3)))
     if not configs:
         raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to confirm")
     grid = [{**config, "seed": s, "split_seed": s} for config in configs for s in range(seeds)]
     space = write_space(run, stage.name, source_space, grid, {},
                         f"stage {stage.name}: top {len(configs)} of {stage.source} x {seeds} seeds")
-    run.record(stage, derived_from={"stage": stage.source, "trials": chosen_ids},
+    run.record(stage, derived_from={"stage": stage.source, "trials": ids},
                configs=configs, space=f"{stage.name}.space.yaml")
     status = _train(run, stage, space, stage.name, search="random", scheduler="fifo", samples=1)
     if status != "completed":
@@ -480,6 +494,30 @@ def _stage_confirm(run: PlanRun, stage: Stage) -> str:
     run.record(stage, summary=summary)
     run.say(table.to_string(index=False))
     run.say(f"valley: P(winner beats runner-up) = {summary['p_winner_beats_runner_up']}")
+    return "completed"
+
+
+def _stage_transfer(run: PlanRun, stage: Stage) -> str:
+    """The best configurations of an earlier stage, verbatim, on another data set."""
+    from search.transfer import side_by_side
+
+    trials, _ = run.trials(stage.source)
+    source_space = _source_space(run, stage.source)
+    configs, ids = top_configs(trials, source_space.metric, source_space.mode, int(stage.get("top", 3)))
+    if not configs:
+        raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to transfer")
+    dataset = stage.get("dataset")
+    space = write_space(run, stage.name, source_space, configs, {},
+                        f"stage {stage.name}: top {len(configs)} of {stage.source}, verbatim, on {dataset}",
+                        dataset=dataset)
+    run.record(stage, derived_from={"stage": stage.source, "trials": ids}, space=f"{stage.name}.space.yaml")
+    status = _train(run, stage, space, stage.name, dataset=dataset, search="random", scheduler="fifo", samples=1)
+    if status != "completed":
+        return status
+    before = trials[trials["trial_id"].isin(ids)]
+    side = side_by_side(before, run.trials(stage.name)[0], run.base.dataset, dataset)
+    side.to_csv(run.folder / f"{stage.name}.csv", index=False)
+    run.say(side.to_string(index=False))
     return "completed"
 
 
@@ -521,4 +559,5 @@ def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], n_boot: i
 
 STAGE_RUNNERS: dict[str, Callable[[PlanRun, Stage], str]] = {
     "search": _stage_search, "bracket": _stage_bracket, "valley": _stage_valley, "confirm": _stage_confirm,
+    "transfer": _stage_transfer,
 }

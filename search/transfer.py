@@ -13,14 +13,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from search.plan import _config_of
+from search.plan import _config_of, top_configs
 from search.run import SearchError, SearchOptions, run_search
 from spaces import load_space
 
 
 def best_configs(folder: Path, top: int) -> tuple[pd.DataFrame, dict]:
     """The ``top`` distinct configs of an experiment or plan folder, best first, and its manifest."""
-    from analysis.load import load_experiment, metric_column, read_manifest
+    from analysis.load import load_experiment, read_manifest
 
     if (folder / "plan.json").exists():
         state = json.loads((folder / "plan.json").read_text())
@@ -32,11 +32,9 @@ def best_configs(folder: Path, top: int) -> tuple[pd.DataFrame, dict]:
     if not manifest:
         raise SearchError(f"{folder} is not a valley experiment or plan (no valley.json or plan.json)")
     trials, _ = load_experiment(folder)
-    column = metric_column(manifest["metric"])
-    ranked = trials[trials["status"] == "completed"].dropna(subset=[column])
-    ranked = ranked.sort_values(column, ascending=manifest["mode"] == "min")
-    ranked = ranked.assign(_key=[json.dumps(_config_of(r), sort_keys=True) for _, r in ranked.iterrows()])
-    return ranked.drop_duplicates("_key").head(top), manifest
+    _, ids = top_configs(trials, manifest["metric"], manifest["mode"], top)
+    best = trials.set_index("trial_id").loc[ids].reset_index()
+    return best, manifest
 
 
 def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
@@ -70,6 +68,7 @@ def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
 def side_by_side(before: pd.DataFrame, after: pd.DataFrame, from_name: str, to_name: str) -> pd.DataFrame:
     """One row per configuration: its metrics on the source and on the target data set."""
     metrics = [c for c in ("n_params", "best_val_loss", "test_acc", "test_csd", "test_loss") if c in before]
+    before = before.assign(_key=[json.dumps(_config_of(r), sort_keys=True) for _, r in before.iterrows()])
     after = after.assign(_key=[json.dumps(_config_of(r), sort_keys=True) for _, r in after.iterrows()])
     merged = before[["_key", *metrics]].merge(after[["_key", *metrics]], on="_key",
                                               suffixes=(f"@{from_name}", f"@{to_name}"))

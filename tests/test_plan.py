@@ -135,3 +135,35 @@ def test_ctrl_c_mid_stage_then_resume(plan_file, tmp_path):
     fine = pd.read_csv(folder / "fine" / "trials.csv")
     assert len(fine) == 3 and fine["trial_id"].is_unique and (fine["status"] != "unfinished").all()
     assert json.loads((folder / "plan.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.ray
+def test_transfer_reruns_the_best_configs_on_another_dataset(ray_session, write_space, tmp_path):
+    from search.run import run_search
+    from search.transfer import transfer
+    from spaces import load_space
+
+    source = run_search(load_space(write_space(ROUGH.replace("metric", "dataset: synthetic\nmetric"))),
+                        SearchOptions(storage=str(tmp_path), name="src", max_epochs=2, quiet=True))
+    folder = transfer(source, 2, SearchOptions(storage=str(tmp_path), dataset="digits", quiet=True))
+    side = pd.read_csv(folder / "transfer.csv")
+    assert len(side) == 2
+    assert {"test_acc@synthetic", "test_acc@digits", "n_params@synthetic", "n_params@digits"} <= set(side)
+    # same hidden layers, new output layer: 4 classes -> 10 classes changes the parameter count
+    assert (side["n_params@digits"] != side["n_params@synthetic"]).all()
+    assert json.loads((folder / "valley.json").read_text())["dataset"] == "digits"
+
+
+@pytest.mark.ray
+def test_bracket_bisects_towards_the_best_depth(ray_session, write_space, tmp_path):
+    write_space("family: mlp\nmetric: val_loss\nmode: min\nparams: {layers: 1, lr: 0.01, batch_size: 32}\n",
+                "depth.yaml")
+    plan = write_space("dataset: synthetic\nstages:\n"
+                       "  - {name: b, kind: bracket, space: depth.yaml, axis: layers, low: 1, high: 5, "
+                       "rounds: 2, max_epochs: 2}\n", "bplan.yaml")
+    folder = run_plan(start_plan(load_plan(plan), SearchOptions(storage=str(tmp_path), name="b", quiet=True),
+                                 say=lambda *a: None))
+    state = json.loads((folder / "plan.json").read_text())["stages"]["b"]
+    evaluated = sorted(int(k) for k in state["evaluated"])
+    assert {1, 3, 5} <= set(evaluated) and len(evaluated) > 3  # round 2 added midpoints
+    assert state["bracket"]["best"] in evaluated and isinstance(state["bracket"]["bracketed"], bool)
