@@ -18,6 +18,7 @@ quickstart: $(STAMP)
 	$(BIN)/valley quickstart
 
 test: $(STAMP)
+	bash tests/install_chromium.sh
 	$(BIN)/python -m pytest -q
 
 clean:

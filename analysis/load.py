@@ -2,16 +2,23 @@
 
 Reads only what is on disk (Tune's ``params.json``, ``result.json`` and
 ``error.txt`` per trial, valley's ``valley.json``), so it works on a search
-still running, one that crashed, or a plain Ray Tune experiment.
+still running, one that crashed, or a plain Ray Tune experiment. ``load``
+takes any results folder (an experiment, a plain Ray Tune experiment, or a
+plan: a folder of experiments) and says what it found missing or half-written.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+class ResultsError(ValueError):
+    """A folder that holds no results to load; the message says what to pass instead."""
+
 
 # Ray's bookkeeping keys that say nothing about the model.
 RAY_KEYS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "trial_id", "date", "pid",
@@ -31,17 +38,29 @@ def trial_dirs(folder: Path) -> list[Path]:
 
 def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     """The rows of ``result.json``; a half-written last line (a killed driver) is skipped."""
+    return _read_results_checked(trial_dir)[0]
+
+
+def _read_results_checked(trial_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """(rows, 1-based numbers of the lines that were not valid JSON objects)."""
     path = trial_dir / "result.json"
-    rows = []
+    rows, bad = [], []
     if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
                 continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(number)
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad.append(number)
     # a trial resumed from a checkpoint repeats the epochs after it: keep the last of each
     by_iteration = {row.get("training_iteration", i): row for i, row in enumerate(rows)}
-    return [by_iteration[k] for k in sorted(by_iteration)]
+    return [by_iteration[k] for k in sorted(by_iteration)], bad
 
 
 def flat_config(config: dict[str, Any], grid: list[dict[str, Any]]) -> dict[str, Any]:
@@ -58,22 +77,50 @@ def flat_config(config: dict[str, Any], grid: list[dict[str, Any]]) -> dict[str,
 
 def load_experiment(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, epochs) frames of one experiment folder."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
+    trials, epochs, _ = _load_folder(Path(folder))
+    return trials, epochs
+
+
+def _load_folder(folder: Path, manifest: dict[str, Any] | None = None,
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(trials, epochs, warnings): what is on disk, and what is missing or half-written."""
+    manifest = read_manifest(folder) if manifest is None else manifest
     grid = manifest.get("grid", [])
     finished = manifest.get("status") == "completed"
-    trials, epochs = [], []
+    trials, epochs, warnings, no_results = [], [], [], []
     for trial_dir in trial_dirs(folder):
-        config = json.loads((trial_dir / "params.json").read_text())
-        rows = read_results(trial_dir)
         trial_id = trial_dir.name
+        try:
+            config = json.loads((trial_dir / "params.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            warnings.append(f"trial {trial_id}: params.json is unreadable ({err}); trial skipped")
+            continue
+        rows, bad = _read_results_checked(trial_dir)
+        if bad:
+            where = "a half-written last line" if len(bad) == 1 else f"{len(bad)} unreadable lines"
+            warnings.append(f"trial {trial_id}: result.json has {where} (line {', '.join(map(str, bad[:5]))}); "
+                            f"read the {len(rows)} complete epochs")
         for row in rows:
             epochs.append({"trial_id": trial_id, **{k: v for k, v in row.items() if k not in RAY_KEYS}})
         trials.append(_trial_row(trial_id, trial_dir, flat_config(config, grid), rows, finished))
-    trials_frame = pd.DataFrame(trials)
+        if not rows and not trials[-1]["error"]:
+            no_results.append(trial_id)
+    trials_frame = _numeric(pd.DataFrame(trials))
     if manifest and not trials_frame.empty:
         trials_frame.insert(1, "experiment", folder.name)
-    return trials_frame, pd.DataFrame(epochs)
+    if no_results:
+        shown = ", ".join(no_results[:10]) + (f" and {len(no_results) - 10} more" if len(no_results) > 10 else "")
+        warnings.append(f"{len(no_results)} trial(s) have no results yet: {shown}")
+    return trials_frame, _numeric(pd.DataFrame(epochs)), warnings
+
+
+def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns of numbers and None (a key some rows lack) as floats, not objects."""
+    for column in frame.columns[frame.dtypes == object]:
+        values = frame[column].dropna()
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            frame[column] = pd.to_numeric(frame[column])
+    return frame
 
 
 def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: list[dict[str, Any]],
@@ -82,7 +129,8 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
     error = _last_line(error_file) if error_file.exists() else ""
     last = rows[-1] if rows else {}
     max_epochs = config.get("max_epochs")
-    completed = bool(last) and (last.get("epoch") == max_epochs or bool(last.get("early_stopped")))
+    completed = bool(last) and ((max_epochs is not None and last.get("epoch") == max_epochs)
+                                or bool(last.get("early_stopped")))
     if completed:
         status, error = "completed", ""
     elif error:
@@ -143,3 +191,224 @@ def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
              *[c for c in ("best_val_acc", "best_val_csd", "test_acc", "test_csd") if c in trials and c != metric]]
     table = ranked[shown].head(n).rename(columns=lambda c: c.removeprefix("config/"))
     return f"top {min(n, len(ranked))} of {len(trials)} by {metric}:\n" + table.to_string(index=False, na_rep="-")
+
+
+# --- any results folder: a valley experiment, a plain Ray Tune experiment, or a plan of stages ---
+
+STATE_STATUS = {"TERMINATED": "completed", "ERROR": "failed", "RUNNING": "running", "PENDING": "pending",
+                "PAUSED": "paused"}
+DONE = ("completed", "stopped")  # statuses of a trial that finished
+FAILED = ("failed", "diverged")
+ACTIVE = ("running", "pending", "paused", "unfinished")
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A loaded results folder; ``trials`` and ``epochs`` are the frames of ``load_experiment``.
+
+    A plan's frames hold every experiment's rows, with ``stage`` (the stage in plan.json that ran
+    the experiment, else the experiment folder's name) and ``experiment`` (the folder's name) columns.
+    ``warnings`` says what was missing or half-written on disk.
+    """
+
+    path: Path
+    kind: str  # "valley" (has valley.json) | "ray" (plain Ray Tune) | "plan" (folder of experiments)
+    manifest: dict[str, Any]  # valley.json, or plan.json for a plan ({} when absent)
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    stages: dict[str, Experiment] = dataclasses.field(default_factory=dict)  # plan: experiment folder -> loaded
+    ray_metric: str | None = None  # plain Ray: the metric Tune was told to optimise
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def metric(self) -> str:
+        """The trials-frame column ranked on (``best_val_loss`` by default)."""
+        if self.kind == "ray":
+            return f"best_{self.ray_metric}" if self.ray_metric else "best_val_loss"
+        metric = self.manifest.get("metric") or next(
+            (s.manifest["metric"] for s in self.stages.values() if s.manifest.get("metric")), "val_loss")
+        return metric_column(metric)
+
+    @property
+    def mode(self) -> str:
+        mode = self.manifest.get("mode") or next(
+            (s.manifest["mode"] for s in self.stages.values() if s.manifest.get("mode")), None)
+        return mode or guess_mode(self.metric)
+
+    @property
+    def status(self) -> str:
+        """running | completed | interrupted | unknown (a plain Ray folder without its state file)."""
+        if self.manifest.get("status"):
+            return str(self.manifest["status"])
+        if self.kind == "plan":
+            statuses = {stage.status for stage in self.stages.values()}
+            if not statuses:
+                return "unknown"
+            return next((s for s in ("running", "interrupted", "unknown") if s in statuses), "completed")
+        if self.kind == "ray" and "status" in self.trials:
+            if self.trials["status"].isin(["running", "pending", "paused"]).any():
+                return "running"
+            return "completed" if self.trials["status"].isin(DONE + FAILED).all() else "unknown"
+        return "unknown"
+
+
+def guess_mode(metric: str) -> str:
+    """max for accuracy-like metrics, min for losses and errors."""
+    return "max" if any(word in metric for word in ("acc", "score", "reward", "auc", "f1", "precision",
+                                                    "recall")) else "min"
+
+
+def is_experiment(folder: Path) -> bool:
+    """valley.json, Ray Tune's experiment state or trial folders, and no plan.json."""
+    folder = Path(folder)
+    return not (folder / "plan.json").is_file() and _holds_trials(folder)
+
+
+def _holds_trials(folder: Path) -> bool:
+    return ((folder / "valley.json").is_file() or next(folder.glob("experiment_state-*.json"), None) is not None
+            or next(folder.glob("*/params.json"), None) is not None)
+
+
+def is_plan(folder: Path) -> bool:
+    """A folder with plan.json (a plan may write ``<stage>.json``, even valley.json, beside it), or
+    any folder of experiment folders."""
+    folder = Path(folder)
+    if (folder / "plan.json").is_file():
+        return True
+    return folder.is_dir() and not _holds_trials(folder) and any(is_experiment(p) for p in _subfolders(folder))
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def load(folder: str | Path) -> Experiment:
+    """Load an experiment, a plain Ray Tune experiment or a plan folder; never fails on half-written files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ResultsError(f"results folder must be an existing folder, got {str(folder)!r}; "
+                           "pass an experiment folder such as results/<name>")
+    if is_plan(folder):
+        return _load_plan(folder)
+    if not is_experiment(folder):
+        raise ResultsError(f"{folder} holds no experiment: expected valley.json, Ray Tune's experiment_state-*.json "
+                         "or trial folders with params.json, or a plan folder of such experiments")
+    manifest, warnings = _safe_manifest(folder / "valley.json")
+    trials, epochs, more = _load_folder(folder, manifest)
+    warnings += more
+    if manifest:
+        return Experiment(folder, "valley", manifest, trials, epochs, warnings)
+    metric = _apply_ray_state(folder, trials, epochs, warnings)
+    if not trials.empty and "experiment" not in trials:
+        trials.insert(1, "experiment", folder.name)
+    return Experiment(folder, "ray", {}, trials, epochs, warnings, ray_metric=metric)
+
+
+def _safe_manifest(path: Path) -> tuple[dict[str, Any], list[str]]:
+    if not path.is_file():
+        return {}, []
+    try:
+        manifest = json.loads(path.read_text())
+        if isinstance(manifest, dict):
+            return manifest, []
+        problem = f"holds a {type(manifest).__name__}, not an object"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"is unreadable ({err})"
+    return {}, [f"{path.name} {problem}; loaded the trials without it"]
+
+
+def _apply_ray_state(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame, warnings: list[str]) -> str | None:
+    """Plain Ray Tune: trial statuses from the newest experiment_state file, and the metric's best value."""
+    states = sorted(folder.glob("experiment_state-*.json"))
+    metric, status_of, id_of = None, {}, {}
+    if states:
+        try:
+            state = json.loads(states[-1].read_text())
+            metric = (state.get("runner_data") or {}).get("_metric")
+            for trial_json, *_ in state.get("trial_data", []):
+                trial = json.loads(trial_json)
+                status_of[trial.get("relative_logdir")] = STATE_STATUS.get(trial.get("status"), "unfinished")
+                id_of[trial.get("relative_logdir")] = trial.get("trial_id")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
+            warnings.append(f"{states[-1].name} is unreadable ({err}); trial statuses are guesses")
+    else:
+        warnings.append("no experiment_state-*.json: Ray Tune's trial statuses are unknown")
+    if trials.empty:
+        return metric
+    trials["status"] = [s if s in FAILED else status_of.get(t, s) for t, s in zip(trials["trial_id"], trials["status"])]
+    trials["stopped_by_scheduler"] = False
+    short = {d: i for d, i in id_of.items() if d and i}  # Tune's folder name -> its short trial id
+    if short and len(set(short.values())) == len(short):
+        trials["trial_id"] = trials["trial_id"].map(lambda t: short.get(t, t))
+        if not epochs.empty:
+            epochs["trial_id"] = epochs["trial_id"].map(lambda t: short.get(t, t))
+    if metric is None or epochs.empty or metric not in epochs:
+        return metric
+    values = pd.to_numeric(epochs[metric], errors="coerce")
+    best = values.groupby(epochs["trial_id"]).min() if guess_mode(metric) == "min" else values.groupby(
+        epochs["trial_id"]).max()
+    last = values.groupby(epochs["trial_id"]).last()
+    trials[f"best_{metric}"] = trials["trial_id"].map(best)
+    trials[f"final_{metric}"] = trials["trial_id"].map(last)
+    return metric
+
+
+def _load_plan(folder: Path) -> Experiment:
+    """Every experiment folder of a plan; ``stage`` is its stage in plan.json, else the folder's name."""
+    manifest, warnings = _safe_manifest(folder / "plan.json")
+    declared = manifest.get("stages") if isinstance(manifest.get("stages"), dict) else {}
+    stage_of = {experiment: name for name, state in declared.items() if isinstance(state, dict)
+                for experiment in state.get("experiments", [])}
+    order = {name: i for i, name in enumerate(declared)}
+    stages: dict[str, Experiment] = {}
+    trial_frames, epoch_frames = [], []
+    folders = [p for p in _subfolders(folder) if is_experiment(p)]
+    folders.sort(key=lambda p: (order.get(stage_of.get(p.name, p.name), len(order)), _stage_started(p), p.name))
+    for sub in folders:
+        experiment = load(sub)
+        stages[sub.name] = experiment
+        warnings += [f"{sub.name}: {w}" for w in experiment.warnings]
+        for frame, frames in ((experiment.trials, trial_frames), (experiment.epochs, epoch_frames)):
+            if not frame.empty:
+                frame = frame.copy()
+                frame.insert(1, "stage", stage_of.get(sub.name, sub.name))
+                if "experiment" not in frame:
+                    frame.insert(2, "experiment", sub.name)
+                frames.append(frame)
+    trials = pd.concat(trial_frames, ignore_index=True) if trial_frames else pd.DataFrame()
+    epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame()
+    return Experiment(folder, "plan", manifest, trials, epochs, warnings, stages)
+
+
+def _stage_started(folder: Path) -> str:
+    manifest, _ = _safe_manifest(folder / "valley.json")
+    return str(manifest.get("started", "~"))  # experiments without a start time sort last
+
+
+def export_tables(experiment: Experiment, out: str | Path | None = None) -> list[Path]:
+    """Write trials and epochs as CSV and parquet into ``out`` (default: the experiment folder)."""
+    out = Path(out) if out is not None else experiment.path
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, frame in (("trials", experiment.trials), ("epochs", experiment.epochs)):
+        frame.to_csv(out / f"{name}.csv", index=False)
+        frame.to_parquet(out / f"{name}.parquet", index=False)
+        written += [out / f"{name}.csv", out / f"{name}.parquet"]
+    return written
+
+
+def progress(trials: pd.DataFrame) -> dict[str, int]:
+    """Trial counts: done (completed or stopped by the scheduler), active, failed, total."""
+    status = trials["status"] if "status" in trials else pd.Series(dtype=str)
+    return {"done": int(status.isin(DONE).sum()), "active": int(status.isin(ACTIVE).sum()),
+            "failed": int(status.isin(FAILED).sum()), "total": len(trials)}
+
+
+def find_results(root: str | Path) -> list[Path]:
+    """The experiments and plans directly inside a results folder, by name."""
+    root = Path(root)
+    return [p for p in _subfolders(root) if is_experiment(p) or is_plan(p)] if root.is_dir() else []

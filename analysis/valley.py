@@ -35,9 +35,15 @@ class ValleyResult:
     reason: str  # the whole decision, one paragraph
 
 
+def is_seed(column: str) -> bool:
+    """``config/seed``, ``config/split_seed`` ...: keys that repeat a config rather than change it."""
+    name = column.removeprefix("config/")
+    return name == "seed" or name.endswith("_seed")
+
+
 def config_key(trials: pd.DataFrame) -> pd.Series:
-    """One text key per trial naming its config without the seed: repeated seeds share it."""
-    columns = [c for c in trials.columns if c.startswith("config/") and c != "config/seed"]
+    """One text key per trial naming its config without its seeds: repeated seeds share it."""
+    columns = [c for c in trials.columns if c.startswith("config/") and not is_seed(c)]
     if "stage" in trials:
         columns = ["stage", *columns]
     if not columns:
@@ -106,8 +112,8 @@ def find_valley(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, metric
               f"({threshold_se:g} SE) holds {len(band)} of {len(groups)} configs, {low:,} to {high:,} parameters; "
               f"chose trial {chosen_trial}, the smallest model in the band ({chosen_params:,} parameters)")
     return ValleyResult(members=members, chosen=str(chosen_trial), best=str(best_trial), best_value=best_value,
-                        se=se, cutoff=cutoff, threshold_se=threshold_se, metric=metric, mode=mode, se_source=source, low_params=low,
-                        high_params=high, chosen_params=chosen_params, reason=reason)
+                        se=se, cutoff=cutoff, threshold_se=threshold_se, metric=metric, mode=mode, se_source=source,
+                        low_params=low, high_params=high, chosen_params=chosen_params, reason=reason)
 
 
 def _epoch_spread(epochs: pd.DataFrame | None, trial_id: str, column: str, last: int = 3) -> tuple[float, str]:

@@ -114,6 +114,21 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return exit_status(transfer(Path(args.experiment), args.top, options_from(args)))
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    print(write_report(Path(args.experiment), out=Path(args.out) if args.out else None,
+                       images=not args.no_images))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from analysis.dashboard import serve
+
+    serve(Path(args.results), host=args.host, port=args.port)
+    return 0
+
+
 def exit_status(folder: Path) -> int:
     from analysis.load import read_manifest
 
@@ -178,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--top", type=int, default=3, help="how many of the best configurations")
     add_search_options(transfer)
     transfer.set_defaults(run=cmd_transfer)
+
+    report = commands.add_parser("report", help="write one self-contained HTML report of an experiment or plan")
+    report.add_argument("experiment", help="an experiment or plan folder")
+    report.add_argument("--out", help="the HTML file (default: EXPERIMENT/report.html)")
+    report.add_argument("--no-images", action="store_true", help="skip PNG/SVG export of each figure")
+    report.set_defaults(run=cmd_report)
+
+    dashboard = commands.add_parser("dashboard", help="serve a local page of every experiment and plan")
+    dashboard.add_argument("--results", default="results", help="the results folder (default results/)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1 only)")
+    dashboard.add_argument("--port", type=int, default=8050)
+    dashboard.set_defaults(run=cmd_dashboard)
 
     spaces = commands.add_parser("spaces", help="list the built-in search spaces and plans")
     spaces.set_defaults(run=cmd_spaces)

@@ -437,7 +437,7 @@ def _stage_valley(run: PlanRun, stage: Stage) -> str:
         "band": list(result.members), "chosen": result.chosen, "chosen_config": chosen,
         "architectures": archs,
     }
-    (run.folder / f"{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
+    (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
     run.record(stage, **summary)
     run.say(f"valley: stage {stage.name}: {result.reason}")
     for arch in archs:
@@ -489,8 +489,8 @@ def _stage_confirm(run: PlanRun, stage: Stage) -> str:
     if status != "completed":
         return status
     table, summary = confirm_table(run.trials(stage.name)[0], configs)
-    table.to_csv(run.folder / f"{stage.name}.csv", index=False)
-    (run.folder / f"{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
+    table.to_csv(run.folder / f"stage-{stage.name}.csv", index=False)
+    (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
     run.record(stage, summary=summary)
     run.say(table.to_string(index=False))
     run.say(f"valley: P(winner beats runner-up) = {summary['p_winner_beats_runner_up']}")
@@ -516,7 +516,7 @@ def _stage_transfer(run: PlanRun, stage: Stage) -> str:
         return status
     before = trials[trials["trial_id"].isin(ids)]
     side = side_by_side(before, run.trials(stage.name)[0], run.base.dataset, dataset)
-    side.to_csv(run.folder / f"{stage.name}.csv", index=False)
+    side.to_csv(run.folder / f"stage-{stage.name}.csv", index=False)
     run.say(side.to_string(index=False))
     return "completed"
 

@@ -87,16 +87,16 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path
     state = json.loads((folder / "plan.json").read_text())
     assert state["status"] == "completed"
     assert [s["status"] for s in state["stages"].values()] == ["completed"] * 4
-    valley = json.loads((folder / "valley.json").read_text())
+    valley = json.loads((folder / "stage-valley.json").read_text())
     assert valley["chosen"] in valley["band"] and 1 <= len(valley["architectures"]) <= 2
     assert state["stages"]["fine"]["derived_from"] == {"stage": "valley", "trials": valley["band"]}
     fine = pd.read_csv(folder / "fine" / "trials.csv")
     assert len(fine) == 3 and fine["config/lr"].between(1e-3, 3e-2).all()
-    confirm = pd.read_csv(folder / "confirm.csv")
+    confirm = pd.read_csv(folder / "stage-confirm.csv")
     assert len(confirm) <= 2 and (confirm["seeds"] == 2).all()
     assert (confirm["ci95_low"] <= confirm["mean_test_acc"]).all()
     assert (confirm["mean_test_acc"] <= confirm["ci95_high"]).all()
-    summary = json.loads((folder / "confirm.json").read_text())
+    summary = json.loads((folder / "stage-confirm.json").read_text())
     assert summary["p_winner_beats_runner_up"] is None or 0 <= summary["p_winner_beats_runner_up"] <= 1
     confirm_trials = pd.read_csv(folder / "confirm" / "trials.csv")
     assert sorted(confirm_trials["config/split_seed"].unique()) == [0, 1]

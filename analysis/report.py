@@ -1,0 +1,325 @@
+"""One self-contained HTML report of an experiment or plan: opens offline, no server needed.
+
+The valley figure comes first, then learning curves, stage comparison,
+hyperparameters, importance, seed intervals and the results table, then the
+top trials, failed trials and loading warnings. Plotly's JavaScript is inlined
+once; every string from disk is HTML-escaped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import html
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from analysis import figures
+from analysis.load import Experiment, load, progress
+from analysis.valley import ValleyResult, find_valley
+
+PLOT_CONFIG = {"displaylogo": False, "responsive": True,
+               "toImageButtonOptions": {"format": "png", "scale": 2}}  # the camera button saves a PNG offline
+
+
+@dataclasses.dataclass
+class Section:
+    key: str  # file name of the exported image
+    heading: str
+    figure: go.Figure
+    note: str = ""  # plain text shown under the heading
+
+
+def build_sections(experiment: Experiment) -> list[Section]:
+    """The report's figures, valley first."""
+    trials, epochs, metric, mode = experiment.trials, experiment.epochs, experiment.metric, experiment.mode
+    valley: ValleyResult | None = None
+    scope_trials, scope_epochs, scope = trials, epochs, "Valley"
+    source = _valley_source(experiment)
+    if source is not None:  # the valley the plan's own valley stage found, among every stage's trials
+        scope_trials = trials[trials["stage"] == source]
+        scope_epochs = epochs[epochs["stage"] == source] if "stage" in epochs else epochs
+        scope = f"Valley of stage {source}"
+    try:
+        valley = find_valley(scope_trials, scope_epochs, metric=metric, mode=mode)
+        note = f"{scope}: {valley.reason}."
+    except ValueError as err:
+        note = str(err)
+    sections = [Section("valley", "Loss against model size: the valley",
+                        figures.loss_vs_params(trials, epochs, metric, valley=valley, mode=mode), note)]
+    curve = metric.removeprefix("best_")
+    if epochs.empty or curve not in epochs:
+        curve = "val_loss"
+    sections.append(Section("learning-curves", "Learning curves", figures.learning_curves(trials, epochs, curve),
+                            "x marks where the scheduler (ASHA) stopped a trial; triangles mark failures."))
+    if "stage" in trials and trials["stage"].nunique() > 1:
+        by_stage = dict(list(trials.groupby("stage", sort=False)))
+        sections.append(Section("stages", "Stages side by side",
+                                figures.compare_experiments(by_stage, metric, mode)))
+    sections.append(Section("parallel", "Hyperparameters", figures.parallel_coordinates(trials, metric, mode),
+                            "Drag along an axis to select a range of trials."))
+    sections.append(Section("importance", "Hyperparameter importance", figures.importance(trials, metric, mode)))
+    task = next((c for c in ("test_acc", "test_csd") if c in trials), None)
+    if task and figures.has_repeats(trials):
+        seeds = figures.seed_frame(trials, task, min_seeds=2)
+        sections.append(Section("seeds", "Confidence intervals over seeds",
+                                figures.confidence_intervals(seeds, value=task)))
+    sections.append(Section("results", "Results table", figures.results_table(trials, metric, mode),
+                            "Test metrics of each trial's best checkpoint (by validation loss)."))
+    for section in sections:
+        section.figure.update_layout(title_text="", margin_t=50)  # the section heading names it
+    return sections
+
+
+def _valley_source(experiment: Experiment) -> str | None:
+    """The stage that a plan's valley stage read (plan.json), when its trials are loaded."""
+    stages = experiment.manifest.get("stages") if experiment.kind == "plan" else None
+    if not isinstance(stages, dict) or "stage" not in experiment.trials:
+        return None
+    for state in stages.values():
+        if isinstance(state, dict) and state.get("kind") == "valley":
+            source = state.get("from") or (state.get("derived_from") or {}).get("stage")
+            if source in set(experiment.trials["stage"]):
+                return str(source)
+    return None
+
+
+def kaleido_installed() -> bool:
+    """Whether plotly's image export backend is importable (it is not a dependency of valley)."""
+    return importlib.util.find_spec("kaleido") is not None
+
+
+def export_images(sections: list[Section], folder: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[str]:
+    """Write each figure as PNG and SVG where plotly's image export (kaleido) works; returns notes."""
+    if not kaleido_installed():
+        return ["PNG/SVG export skipped: plotly's image export needs the kaleido package, which is not "
+                "installed (pip install kaleido); the camera button on each figure saves a PNG."]
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for section in sections:
+        for fmt in formats:
+            try:
+                section.figure.write_image(folder / f"{section.key}.{fmt}")
+                written += 1
+            except Exception as err:  # kaleido fails in many ways (no Chrome, sandbox, timeouts): never fatal
+                return [f"PNG/SVG export stopped after {written} files: {type(err).__name__}: {err}"]
+    return [f"{written} figure images written to {folder}"]
+
+
+def render_report(experiment: Experiment | str | Path, plotlyjs: str = "inline", refresh_s: int | None = None,
+                  notes: list[str] | None = None, sections: list[Section] | None = None,
+                  index_url: str | None = None) -> str:
+    """The report as one HTML page; ``plotlyjs`` is "inline" (self-contained) or a script URL.
+
+    ``refresh_s`` reloads the page that often; ``index_url`` adds a link back to a list of experiments.
+    """
+    if not isinstance(experiment, Experiment):
+        experiment = load(experiment)
+    sections = build_sections(experiment) if sections is None else sections
+    e = html.escape
+    if plotlyjs == "inline":
+        from plotly.offline import get_plotlyjs
+
+        script = f"<script>{get_plotlyjs()}</script>"
+    else:
+        script = f'<script src="{e(plotlyjs)}"></script>'
+    refresh = f'<meta http-equiv="refresh" content="{int(refresh_s)}">' if refresh_s else ""
+    counts = progress(experiment.trials)
+    nav = f'<nav><a href="{e(index_url)}">&larr; all experiments</a></nav>' if index_url else ""
+    body = [nav, f"<header><h1>{e(experiment.name)}</h1>",
+            f'<span class="status {e(experiment.status)}">{e(experiment.status)}</span>',
+            f'<span class="kind">{e(KIND_NAMES[experiment.kind])}</span>',
+            f"<p class=\"counts\">{counts['total']} trials: {counts['done']} done, {counts['active']} running or "
+            f"unfinished, {counts['failed']} failed</p></header>",
+            _summary(experiment)]
+    figure_html = []
+    for section in sections:
+        div = section.figure.to_html(full_html=False, include_plotlyjs=False, config=PLOT_CONFIG,
+                                     div_id=f"fig-{section.key}")
+        note = f'<p class="note">{e(section.note)}</p>' if section.note else ""
+        figure_html.append(f'<section id="{e(section.key)}"><h2>{e(section.heading)}</h2>{note}{div}</section>')
+    body += figure_html
+    body.append(_top_trials(experiment))
+    body.append(_failures(experiment.trials))
+    messages = experiment.warnings + (notes or [])
+    if messages:
+        items = "".join(f"<li>{e(m)}</li>" for m in messages)
+        body.append(f'<section id="warnings"><h2>Notes and warnings</h2><ul>{items}</ul></section>')
+    made = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    body.append(f"<footer>valley report of {e(str(experiment.path))}, made {made}</footer>")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">{refresh}'
+            f"<title>{e(experiment.name)} · valley report</title><style>{CSS}</style>{script}</head>"
+            f'<body><main>{"".join(body)}</main></body></html>\n')
+
+
+def write_report(folder: str | Path, out: str | Path | None = None, images: bool = True) -> Path:
+    """Write ``folder/report.html`` (or ``out``): one file that opens offline; PNG/SVG beside it if possible."""
+    experiment = load(folder)
+    out = Path(out) if out is not None else experiment.path / "report.html"
+    sections = build_sections(experiment)
+    notes = export_images(sections, out.with_name(f"{out.stem}-figures")) if images else []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(experiment, notes=notes, sections=sections), encoding="utf-8")
+    return out
+
+
+KIND_NAMES = {"valley": "valley experiment", "ray": "Ray Tune experiment", "plan": "plan"}
+SUMMARY_KEYS = (("dataset", "dataset"), ("family", "family"), ("space", "space"), ("metric", "metric"),
+                ("mode", "mode"), ("max_epochs", "epochs per trial"), ("git_commit", "git commit"),
+                ("data_fingerprint", "data fingerprint"), ("started", "started"), ("finished", "finished"))
+
+
+def _summary(experiment: Experiment) -> str:
+    e = html.escape
+    if experiment.kind == "plan":
+        return _plan_stages(experiment) + _plan_experiments(experiment)
+    manifest = experiment.manifest
+    pairs = [(label, manifest[key]) for key, label in SUMMARY_KEYS if manifest.get(key) not in (None, "")]
+    options = manifest.get("options") or {}
+    pairs += [(k, options[k]) for k in ("search", "scheduler", "samples", "seed") if options.get(k) is not None]
+    if experiment.kind == "ray":
+        pairs.append(("metric", f"{experiment.metric} ({experiment.mode}, from Ray Tune's state)"))
+    if not pairs:
+        return ""
+    cells = "".join(f"<div><dt>{e(str(k))}</dt><dd title=\"{e(str(v))}\">{e(str(v))}</dd></div>" for k, v in pairs)
+    return f'<dl class="summary">{cells}</dl>'
+
+
+def _plan_stages(plan: Experiment) -> str:
+    """plan.json's stages: kind, status and what each decided."""
+    declared = plan.manifest.get("stages")
+    if not isinstance(declared, dict) or not declared:
+        return ""
+    rows = []
+    for name, state in declared.items():
+        state = state if isinstance(state, dict) else {}
+        summary = state.get("summary") if isinstance(state.get("summary"), dict) else {}
+        bracket = state.get("bracket") if isinstance(state.get("bracket"), dict) else {}
+        outcome = state.get("reason") or bracket.get("message") or (
+            f"winner {summary['winner']}, P(winner beats runner-up) = {summary.get('p_winner_beats_runner_up')}"
+            if summary.get("winner") else state.get("warm_start", ""))
+        rows.append({"stage": name, "kind": state.get("kind"), "status": state.get("status"),
+                     "from": (state.get("derived_from") or {}).get("stage") or state.get("from"),
+                     "experiments": ", ".join(map(str, state.get("experiments", []))), "outcome": outcome})
+    return f'<section id="plan-stages"><h2>Stages</h2>{_html_table(pd.DataFrame(rows))}</section>'
+
+
+def _plan_experiments(plan: Experiment) -> str:
+    columns = {"experiment", "stage"}
+    stage_of = dict(zip(plan.trials["experiment"], plan.trials["stage"])) if columns <= set(plan.trials) else {}
+    rows = []
+    for name, sub in plan.stages.items():
+        m, counts = sub.manifest, progress(sub.trials)
+        rows.append({"experiment": name, "stage": stage_of.get(name, name), "status": sub.status,
+                     "space": m.get("space"), "dataset": m.get("dataset"), "metric": m.get("metric", sub.metric),
+                     "trials": counts["total"], "done": counts["done"], "failed": counts["failed"],
+                     "git commit": m.get("git_commit"),
+                     "data fingerprint": m.get("data_fingerprint")})
+    if not rows:
+        return ""
+    return f'<section id="plan-experiments"><h2>Experiments</h2>{_html_table(pd.DataFrame(rows))}</section>'
+
+
+def _top_trials(experiment: Experiment, n: int = 10) -> str:
+    trials, metric = experiment.trials, experiment.metric
+    if trials.empty or metric not in trials:
+        return '<section id="top"><h2>Top trials</h2><p class="note">No trial has a result yet.</p></section>'
+    ranked = trials[~trials["status"].isin(["failed", "diverged"])].dropna(subset=[metric])
+    ranked = ranked.sort_values(metric, ascending=experiment.mode == "min").head(n)
+    table = pd.DataFrame({"trial": ranked["trial_id"]})
+    if "stage" in ranked:
+        table["stage"] = ranked["stage"]
+    table["config"] = figures.config_labels(trials).loc[ranked.index]
+    for column, name in (("n_params", "parameters"), ("epochs", "epochs"), ("status", "status"),
+                         (metric, metric), ("best_val_acc", "best_val_acc"), ("test_loss", "test_loss"),
+                         ("test_acc", "test_acc"), ("test_csd", "test_csd"), ("wall_s", "wall s")):
+        if column in ranked and name not in table:
+            table[name] = ranked[column]
+    return (f'<section id="top"><h2>Top {len(table)} of {len(trials)} trials by {html.escape(metric)}</h2>'
+            f"{_html_table(table)}</section>")
+
+
+def _failures(trials: pd.DataFrame) -> str:
+    if trials.empty or "status" not in trials:
+        return ""
+    failed = trials[trials["status"].isin(["failed", "diverged"])]
+    if failed.empty:
+        return ""
+    table = pd.DataFrame({"trial": failed["trial_id"], "status": failed["status"],
+                          "config": figures.config_labels(trials).loc[failed.index],
+                          "epochs": failed.get("epochs"), "error": failed.get("error")})
+    return f'<section id="failed"><h2>Failed trials ({len(failed)})</h2>{_html_table(table)}</section>'
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for row in frame.itertuples(index=False):
+        cells = []
+        for column, value in zip(frame.columns, row):
+            text = _cell(column, value)
+            kind = "num" if _is_number(value) else "long" if len(text) > 40 else "text"
+            cells.append(f'<td class="{kind}">{e(text)}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if column == "parameters" and _is_number(value):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.1f}" if column == "wall s" else f"{value:.4f}"
+    return str(value)
+
+
+CSS = """
+:root { --ink: #1f2933; --muted: #616e7c; --line: #e4e7eb; --bg: #f5f7fa; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--ink);
+       font: 15px/1.5 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 40px; }
+header { display: flex; flex-wrap: wrap; align-items: baseline; gap: 10px 14px; margin-bottom: 6px; }
+h1 { margin: 0; font-size: 26px; word-break: break-all; }
+h2 { margin: 0 0 6px; font-size: 19px; }
+.counts { flex-basis: 100%; margin: 0; color: var(--muted); }
+.status, .kind { padding: 2px 10px; border-radius: 12px; font-size: 13px; font-weight: 600; }
+.kind { background: #e4e7eb; color: var(--muted); font-weight: 500; }
+.status { background: #e4e7eb; }
+.status.completed { background: #d3f2dc; color: #1e6b36; }
+.status.running { background: #dbeafe; color: #1d4ed8; }
+.status.interrupted, .status.unknown { background: #fdebc8; color: #8a5a00; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 18px 10px;
+          margin: 18px 0; box-shadow: 0 1px 2px rgba(0, 0, 0, 0.03); }
+.note { margin: 0 0 6px; color: var(--muted); font-size: 14px; }
+dl.summary { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 2px 18px;
+              margin: 12px 0 4px; padding: 10px 16px; background: #fff; border: 1px solid var(--line);
+              border-radius: 8px; font-size: 14px; }
+dl.summary div { display: flex; gap: 10px; min-width: 0; }
+dl.summary dt { color: var(--muted); white-space: nowrap; }
+dl.summary dd { margin: 0; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px;
+                overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.table { overflow-x: auto; }
+.table table { border-collapse: collapse; width: 100%; font-size: 13.5px; }
+.table th { text-align: left; border-bottom: 2px solid var(--line); padding: 6px 10px; white-space: nowrap; }
+.table td { border-bottom: 1px solid var(--line); padding: 5px 10px; vertical-align: top; }
+.table td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.table td.text { white-space: nowrap; }
+.table td.long { min-width: 260px; overflow-wrap: anywhere; }
+#warnings ul { margin: 4px 0 8px; padding-left: 20px; color: #8a5a00; }
+nav { margin-bottom: 10px; font-size: 14px; }
+a { color: #1d4ed8; text-decoration: none; }
+a:hover { text-decoration: underline; }
+footer { color: var(--muted); font-size: 12px; margin-top: 20px; word-break: break-all; }
+"""

@@ -1,0 +1,354 @@
+"""Loading, the valley and the figures, on recorded experiments in tests/data (no Ray needed)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import figures
+from analysis.load import ResultsError, export_tables, load, load_experiment, progress, top_table, write_tables
+from analysis.valley import find_valley
+
+DATA = Path(__file__).parent / "data"
+ASHA = DATA / "asha-digits"  # mlp-rough on digits, 6 epochs, ASHA: 4 trials stopped, 1 failed (hand-made OOM)
+SEEDS = DATA / "seeds-digits"  # 3 MLPs x seeds 0, 1, 2
+PLAIN = DATA / "plain-ray"  # a plain Ray Tune experiment (metric "loss"), one trial raised
+
+
+@pytest.fixture(scope="module")
+def asha():
+    return load(ASHA)
+
+
+def make_plan(root: Path) -> Path:
+    plan = root / "plan"
+    plan.mkdir()
+    stages = {"rough": {"kind": "search", "status": "completed", "experiments": ["rough"]},
+              "valley": {"kind": "valley", "status": "completed", "from": "rough", "reason": "best ... chose ..."},
+              "confirm": {"kind": "confirm", "status": "completed", "experiments": ["confirm"]}}
+    (plan / "plan.json").write_text(json.dumps({"plan": "test", "status": "completed", "stages": stages}))
+    (plan / "valley.json").write_text(json.dumps(stages["valley"]))  # a stage named valley writes valley.json
+    shutil.copytree(SEEDS, plan / "confirm")  # sorts before "rough" by name, after it in plan.json
+    shutil.copytree(ASHA, plan / "rough")
+    return plan
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+def test_load_valley_experiment(asha):
+    assert asha.kind == "valley" and asha.status == "completed"
+    assert (asha.metric, asha.mode) == ("best_val_loss", "min")
+    assert len(asha.trials) == 14 and asha.warnings == []
+    counts = asha.trials["status"].value_counts().to_dict()
+    assert counts == {"completed": 9, "stopped": 4, "failed": 1}
+    assert progress(asha.trials) == {"done": 13, "active": 0, "failed": 1, "total": 14}
+    failed = asha.trials.set_index("trial_id").loc["9f306_00013"]
+    assert "OutOfMemoryError" in failed["error"]
+    assert set(asha.epochs["trial_id"]) == set(asha.trials["trial_id"])
+
+
+def test_load_experiment_and_tables_keep_their_behaviour(tmp_path):
+    folder = shutil.copytree(ASHA, tmp_path / "asha-digits")
+    trials, epochs = load_experiment(folder)
+    assert list(trials.columns[:3]) == ["trial_id", "experiment", "status"]
+    assert len(epochs) == 6 * 9 + 4 + 1
+    written = write_tables(folder)
+    assert len(written) == 14 and (folder / "trials.csv").exists() and (folder / "epochs.parquet").exists()
+    assert top_table(written, folder).startswith("top 5 of 14 by best_val_loss")
+
+
+def test_load_plain_ray_experiment():
+    plain = load(PLAIN)
+    assert plain.kind == "ray" and plain.metric == "best_loss" and plain.mode == "min"
+    assert plain.status == "completed"
+    by_id = plain.trials.set_index("trial_id")
+    assert set(by_id.index) == {"09108_00000", "09108_00001", "09108_00002", "09108_00003"}  # Tune's short ids
+    assert by_id.loc["09108_00002", "status"] == "failed"
+    assert "width 3 is unlucky" in by_id.loc["09108_00002", "error"]
+    assert by_id.loc["09108_00003", "best_loss"] == pytest.approx(0.25 / 3 + 0.01)
+    assert set(plain.epochs["trial_id"]) <= set(by_id.index)
+
+
+def test_load_plan_adds_stage_column(tmp_path):
+    plan = load(make_plan(tmp_path))
+    assert plan.kind == "plan" and plan.status == "completed"
+    assert list(plan.stages) == ["rough", "confirm"]  # in plan.json's order
+    assert plan.trials["stage"].value_counts().to_dict() == {"rough": 14, "confirm": 9}
+    assert set(plan.epochs["stage"]) == {"rough", "confirm"} and set(plan.epochs["experiment"]) == {"rough", "confirm"}
+    assert plan.metric == "best_val_loss" and plan.mode == "min"
+
+
+def test_any_folder_of_experiments_is_a_plan(tmp_path):
+    shutil.copytree(ASHA, tmp_path / "stages" / "b-first")
+    shutil.copytree(SEEDS, tmp_path / "stages" / "a-second")
+    plan = load(tmp_path / "stages")
+    assert plan.kind == "plan" and list(plan.stages) == ["b-first", "a-second"]  # by start time
+    assert plan.trials["stage"].unique().tolist() == ["b-first", "a-second"]
+
+
+def test_half_written_experiment_loads_what_is_there(tmp_path):
+    folder = shutil.copytree(ASHA, tmp_path / "half")
+    manifest = json.loads((folder / "valley.json").read_text())
+    (folder / "valley.json").write_text(json.dumps({**manifest, "status": "running"}))
+    result = folder / "9f306_00006" / "result.json"
+    text = result.read_text()
+    result.write_text(text[: len(text) - 200])  # a killed driver: the last line cut short
+    (folder / "9f306_00007" / "result.json").unlink()  # a trial that has not reported yet
+    (folder / "9f306_00008" / "params.json").write_text('{"lr": 0.0')  # params.json cut short
+    (folder / "abcde_00099").mkdir()
+    (folder / "abcde_00099" / "params.json").write_text('{"variant": 1}')
+
+    half = load(folder)
+    assert half.status == "running"
+    by_id = half.trials.set_index("trial_id")
+    assert "9f306_00008" not in by_id.index and len(by_id) == 14
+    assert by_id.loc["9f306_00006", "epochs"] == 5 and by_id.loc["9f306_00006", "status"] == "unfinished"
+    assert by_id.loc["9f306_00007", "status"] == "pending"
+    text = "\n".join(half.warnings)
+    assert "9f306_00006: result.json has a half-written last line" in text
+    assert "9f306_00008: params.json is unreadable" in text
+    assert "2 trial(s) have no results yet: 9f306_00007, abcde_00099" in text
+    # while the search runs, a trial ASHA stopped cannot be told from one still training: 4 + 1 + 2 pending
+    assert progress(half.trials)["active"] == 7
+
+
+def test_export_tables_round_trip(tmp_path, asha):
+    written = export_tables(asha, tmp_path / "out")
+    assert sorted(p.name for p in written) == ["epochs.csv", "epochs.parquet", "trials.csv", "trials.parquet"]
+    trials = pd.read_parquet(tmp_path / "out" / "trials.parquet")
+    assert len(trials) == 14 and len(pd.read_csv(tmp_path / "out" / "epochs.csv")) == len(asha.epochs)
+
+
+def test_load_1000_trials_is_fast(tmp_path):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    (folder / "valley.json").write_text(json.dumps({"metric": "val_loss", "mode": "min", "status": "completed"}))
+    for i in range(1000):
+        trial = folder / f"abcde_{i:05d}"
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps({"lr": 1e-3 * (1 + i % 7), "layers": i % 5, "max_epochs": 5}))
+        rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_acc": 0.5, "best_val_loss": 1.1 / e,
+                 "best_epoch": e, "n_params": 100 * (i + 1), "test_loss": 1.0, "test_acc": 0.5,
+                 "training_iteration": e, "time_total_s": 0.1 * e} for e in range(1, 6)]
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    start = time.perf_counter()
+    big = load(folder)
+    elapsed = time.perf_counter() - start
+    assert len(big.trials) == 1000 and len(big.epochs) == 5000
+    assert elapsed < 3.0, f"loading 1,000 trials took {elapsed:.2f} s; the budget is 3 s (5 s in the issue)"
+
+
+def test_load_refuses_a_folder_without_experiments(tmp_path):
+    with pytest.raises(ResultsError, match="holds no experiment"):
+        load(tmp_path)
+    with pytest.raises(ResultsError, match="existing folder"):
+        load(tmp_path / "missing")
+
+
+# --- the valley --------------------------------------------------------------------------------------
+
+def frames(sizes, losses, spread=(0.30, 0.32, 0.34), status=None, seeds=None):
+    """Hand-built trials and epochs frames; the best trial's last epochs carry ``spread``."""
+    n = len(sizes)
+    trials = pd.DataFrame({"trial_id": [f"t{i}" for i in range(n)], "status": status or ["completed"] * n,
+                           "n_params": sizes, "best_val_loss": losses,
+                           "config/layers": [s // 10 for s in sizes], "config/seed": seeds or [0] * n,
+                           "config/split_seed": seeds or [0] * n})  # as confirm stages vary it with the seed
+    best = f"t{int(np.argmin(losses))}"
+    epochs = pd.DataFrame({"trial_id": best, "epoch": [1, 2, 3, 4], "val_loss": [0.9, *spread]})
+    return trials, epochs
+
+
+def test_find_valley_one_standard_error_rule():
+    trials, epochs = frames([100, 1_000, 10_000, 100_000, 1_000_000], [1.0, 0.5, 0.31, 0.30, 0.6])
+    valley = find_valley(trials, epochs)
+    assert valley.best == "t3" and valley.best_value == pytest.approx(0.30)
+    assert valley.se == pytest.approx(0.02)  # sample sd of 0.30, 0.32, 0.34
+    assert valley.cutoff == pytest.approx(0.32)
+    assert set(valley.members) == {"t2", "t3"} and valley.chosen == "t2"
+    assert (valley.low_params, valley.high_params, valley.chosen_params) == (10_000, 100_000, 10_000)
+    assert "last 3 epochs" in valley.se_source and "chose trial t2" in valley.reason
+    wider = find_valley(trials, epochs, threshold_se=11)  # 0.30 + 0.22 takes in 0.5 too
+    assert wider.chosen == "t1" and set(wider.members) == {"t1", "t2", "t3"}
+
+
+def test_find_valley_uses_repeated_seeds():
+    sizes = [100] * 3 + [1_000] * 3 + [10_000] * 3
+    losses = [0.9, 1.0, 1.1, 0.40, 0.42, 0.44, 0.38, 0.40, 0.42]
+    trials, epochs = frames(sizes, losses, seeds=[0, 1, 2] * 3)
+    valley = find_valley(trials, epochs)
+    assert valley.best_value == pytest.approx(0.40) and valley.best == "t6"
+    assert valley.se == pytest.approx(0.02 / math.sqrt(3))
+    assert "3 seeds" in valley.se_source
+    assert set(valley.members) == {"t6", "t7", "t8"} and valley.chosen == "t6"  # 0.42 > 0.40 + 0.0115
+    assert find_valley(trials, epochs, threshold_se=2).chosen == "t3"  # 1,000 params: mean 0.42 <= 0.423
+
+
+def test_find_valley_pools_seed_spread_when_the_best_has_one_seed():
+    trials, epochs = frames([100, 100, 1_000, 10_000], [0.9, 1.1, 0.5, 0.45], seeds=[0, 1, 0, 0])
+    valley = find_valley(trials, epochs)
+    assert valley.se == pytest.approx(np.std([0.9, 1.1], ddof=1))
+    assert "pooled" in valley.se_source and valley.chosen == "t2"
+
+
+def test_find_valley_without_spread_keeps_only_the_best():
+    trials, epochs = frames([100, 1_000], [0.5, 0.4])
+    valley = find_valley(trials, epochs.iloc[:1])
+    assert valley.se == 0 and valley.members == ("t1",) and valley.chosen == "t1"
+    assert "fewer than 2" in valley.se_source
+
+
+def test_find_valley_max_mode_and_exclusions():
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "n_params": [10, 100, 1000, 5],
+                           "best_val_acc": [0.80, 0.90, 0.91, 0.99], "status": ["completed"] * 3 + ["failed"]})
+    epochs = pd.DataFrame({"trial_id": "c", "epoch": [1, 2, 3], "val_acc": [0.88, 0.90, 0.92]})
+    valley = find_valley(trials, epochs, metric="best_val_acc")
+    assert valley.mode == "max" and valley.best == "c"  # the failed trial's 0.99 does not count
+    assert valley.cutoff == pytest.approx(0.91 - 0.02) and valley.chosen == "b"
+
+
+def test_find_valley_refuses_empty_input():
+    trials, epochs = frames([100], [float("nan")])
+    with pytest.raises(ValueError, match="at least one trial with a finite best_val_loss"):
+        find_valley(trials, epochs)
+    with pytest.raises(ValueError, match="needs a 'n_params' column"):
+        find_valley(trials.drop(columns="n_params"), epochs)
+
+
+def test_find_valley_on_the_recorded_experiment(asha):
+    valley = find_valley(asha.trials, asha.epochs)
+    assert valley.best == "9f306_00009" and valley.chosen == "9f306_00006"
+    assert set(valley.members) == {"9f306_00006", "9f306_00009"}
+
+
+# --- figures -----------------------------------------------------------------------------------------
+
+def test_loss_vs_params_marks_the_valley(asha):
+    fig = figures.loss_vs_params(asha.trials, asha.epochs)
+    names = [trace.name for trace in fig.data]
+    assert names == ["validation · mlp", "validation, stopped early · mlp", "training · mlp", "best", "1-SE choice"]
+    assert fig.layout.xaxis.type == "log" and "parameters" in fig.layout.xaxis.title.text
+    choice = fig.data[names.index("1-SE choice")]
+    assert list(choice.x) == [28_710] and choice.y[0] == pytest.approx(0.279429, abs=1e-6)
+    assert len(fig.data[0].x) + len(fig.data[1].x) == 13  # the failed trial is left out
+    assert [a.text for a in fig.layout.annotations][:3] == ["<b>underfit</b>", "<b>valley</b>", "<b>overfit</b>"]
+    assert len(fig.layout.shapes) == 4  # three regions and the band edge
+    assert "9f306_00006" in choice.text[0]
+
+
+def test_loss_vs_params_colours_stages_and_survives_thin_data(tmp_path):
+    plan = load(make_plan(tmp_path))
+    fig = figures.loss_vs_params(plan.trials, plan.epochs)
+    assert {"validation · rough", "validation · confirm"} <= {t.name for t in fig.data}
+    empty = figures.loss_vs_params(plan.trials.iloc[:0])
+    assert not empty.data and "no trial" in empty.layout.annotations[0].text
+
+
+def test_learning_curves_mark_scheduler_stops(asha):
+    fig = figures.learning_curves(asha.trials, asha.epochs)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert len(lines) == 14
+    stopped = next(t for t in fig.data if t.name == "stopped by the scheduler (ASHA)")
+    assert list(stopped.x) == [1, 1, 1, 1]
+    assert next(t for t in fig.data if t.name == "failed").x == (1,)
+    assert fig.layout.xaxis.title.text == "epoch" and fig.layout.yaxis.title.text == "validation loss"
+
+
+def test_parallel_coordinates_and_importance(asha):
+    fig = figures.parallel_coordinates(asha.trials)
+    labels = [d.label for d in fig.data[0].dimensions]
+    assert labels == ["hidden", "layers", "l2", "dropout", "log10 params", "best validation loss"]
+    scores = figures.param_importance(asha.trials)
+    assert set(scores) == {"hidden", "layers", "l2", "dropout"} and sum(scores.values()) == pytest.approx(1)
+    assert max(scores, key=scores.get) == "layers"
+    bar = figures.importance(asha.trials)
+    assert bar.data[0].type == "bar" and set(bar.data[0].y) == set(scores)
+
+
+def test_importance_with_too_few_trials_says_so(asha):
+    fig = figures.importance(asha.trials.head(2))
+    assert not fig.data and "needs at least 4 trials" in fig.layout.annotations[0].text
+    with pytest.raises(ValueError, match="got 2 trials"):
+        figures.param_importance(asha.trials.head(2))
+
+
+def test_results_table_in_reference_format(asha):
+    frame = figures.results_frame(asha.trials)
+    assert list(frame.columns) == ["model", "parameters", "accuracy", "loss", "status"]
+    assert frame.iloc[0].to_dict()["model"] == "hidden=[2]" and frame["parameters"].is_monotonic_increasing
+    fig = figures.results_table(asha.trials)
+    assert fig.data[0].type == "table" and len(fig.data[0].cells.values[0]) == 14
+
+
+def test_bootstrap_intervals():
+    mean, low, high = figures.bootstrap_ci([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and 1.0 <= low < 2.5 < high <= 4.0
+    assert figures.bootstrap_ci([1.0, 2.0, 3.0, 4.0]) == (mean, low, high)  # seeded
+    assert figures.bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
+    with pytest.raises(ValueError, match="level must be between 0 and 1"):
+        figures.bootstrap_ci([1.0, 2.0], level=95)
+
+
+def test_confidence_intervals_from_seeds():
+    seeds = load(SEEDS)
+    frame = figures.seed_frame(seeds.trials, "test_acc")
+    assert list(frame.columns) == ["config", "seed", "test_acc"] and len(frame) == 9
+    summary = figures.seed_summary(frame)
+    assert list(summary["n"]) == [3, 3, 3]
+    assert (summary["low"] <= summary["mean"]).all() and (summary["mean"] <= summary["high"]).all()
+    fig = figures.confidence_intervals(frame)
+    means = fig.data[1]
+    assert means.error_x.array is not None and len(means.y) == 3
+    assert fig.layout.yaxis.ticktext[-1] == "layers=2"  # best accuracy on top
+
+
+def test_compare_two_experiments(asha):
+    seeds = load(SEEDS)
+    fig = figures.compare_experiments({"rough": asha.trials, "confirm": seeds.trials})
+    assert [t.name for t in fig.data] == ["rough", "rough: best per size", "confirm", "confirm: best per size"]
+    assert fig.layout.xaxis.type == "log"
+
+
+def test_figures_escape_user_text(asha):
+    trials = asha.trials.copy()
+    trials["config/note"] = "<img src=x onerror=alert(1)>"
+    trials.loc[0, "config/note"] = "</script><b>"
+    fig = figures.loss_vs_params(trials, asha.epochs)
+    assert "<img" not in fig.to_json() and "&lt;img src=x" in fig.to_json()
+
+
+# --- clock figures on synthetic predictions ----------------------------------------------------------
+
+def test_clock_sense_distance():
+    assert list(figures.csd([0, 0, 30, 100], [719, 360, 700, 100])) == [1, 360, 50, 0]
+    assert list(figures.csd(np.array([[0, 0], [11, 59]]), np.array([[11, 59], [0, 0]]))) == [1, 1]
+    with pytest.raises(ValueError, match="same length"):
+        figures.csd([1, 2], [1])
+    assert figures.clock_time(5) == "12:05" and figures.clock_time(719) == "11:59"
+
+
+def test_clock_figures():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 720, 200)
+    pred = (true + rng.integers(-20, 21, 200)) % 720
+    pred[:5] = (true[:5] + 360) % 720  # five reads off by six hours
+    hist = figures.csd_histogram(true, pred)
+    assert hist.data[0].type == "histogram" and "common-sense difference" in hist.layout.xaxis.title.text
+    boxes = figures.csd_by_hour(true, pred)
+    assert len(boxes.data) == 12 and boxes.data[0].name == "12"
+    confusion = figures.hour_minute_confusion(true, true)
+    hours, minutes = (np.array(t.z) for t in confusion.data)
+    assert hours.shape == (12, 12) and minutes.shape == (60, 60)
+    assert hours.sum() == 200 and np.trace(hours) == 200 and np.trace(minutes) == 200
+    images = rng.integers(0, 256, (200, 1, 16, 16), dtype=np.uint8)  # (N, C, H, W)
+    gallery = figures.worst_reads(images, true, pred, n=6, columns=3)
+    assert len(gallery.data) == 6 and gallery.data[0].type == "image"
+    assert all("CSD 360 min" in a.text for a in gallery.layout.annotations[:5])
+    floats = figures.worst_reads(rng.random((200, 16, 16)), true, pred, n=2)
+    assert np.asarray(floats.data[0].z).shape == (16, 16, 3)

@@ -1,0 +1,144 @@
+"""The dashboard: a real server on a free port, fetched with the standard library."""
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from analysis.dashboard import make_server
+from analysis.load import ResultsError
+
+DATA = Path(__file__).parent / "data"
+HOSTILE = "<script>alert('x')<img src=x onerror=alert(1)>"  # a folder name cannot hold '/', so no </script>
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """(base URL, results folder) of a dashboard over: an experiment, a plan, a hostile name, a symlink out."""
+    root = tmp_path_factory.mktemp("dash")
+    results = root / "results"
+    shutil.copytree(DATA / "asha-digits", results / "asha-digits")
+    shutil.copytree(DATA / "asha-digits", results / "plan" / "1-rough")
+    shutil.copytree(DATA / "seeds-digits", results / "plan" / "2-confirm")
+    shutil.copytree(DATA / "plain-ray", results / HOSTILE)
+    shutil.copytree(DATA / "seeds-digits", root / "outside" / "secret")
+    (results / "escape").symlink_to(root / "outside" / "secret")
+    server = make_server(results, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", results
+    server.shutdown()
+    server.server_close()
+
+
+def fetch(base: str, path: str, method: str = "GET") -> tuple[int, dict[str, str], str]:
+    """Send ``path`` exactly as written (urllib would not, for some of the hostile ones)."""
+    host = urllib.parse.urlsplit(base).netloc
+    connection = http.client.HTTPConnection(host, timeout=30)
+    connection.request(method, path)
+    response = connection.getresponse()
+    body = response.read().decode("utf-8", errors="replace")
+    connection.close()
+    return response.status, dict(response.getheaders()), body
+
+
+def test_index_lists_experiments_and_plans(site):
+    base, _ = site
+    with urllib.request.urlopen(base + "/", timeout=30) as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/html")
+        page = response.read().decode()
+    for name in ("asha-digits", "plan", "1-rough", "2-confirm"):
+        assert f">{name}</a>" in page
+    assert 'href="/exp/plan/2-confirm"' in page and "13/14" in page
+    assert "escape" not in page and "secret" not in page  # the symlink out of the results folder is not listed
+    assert 'http-equiv="refresh"' not in page  # nothing is running
+
+
+def test_index_escapes_names(site):
+    base, _ = site
+    _, _, page = fetch(base, "/")
+    assert HOSTILE not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;img src=x onerror=alert(1)&gt;" in page
+    assert 'href="/exp/%3Cscript%3Ealert%28%27x%27%29%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E"' in page
+
+
+def test_index_refreshes_while_an_experiment_runs(site):
+    base, results = site
+    manifest_path = results / "asha-digits" / "valley.json"
+    original = manifest_path.read_text()
+    manifest_path.write_text(json.dumps({**json.loads(original), "status": "running"}))
+    try:
+        _, _, page = fetch(base, "/")
+        assert '<meta http-equiv="refresh" content="10">' in page
+    finally:
+        manifest_path.write_text(original)
+    _, _, page = fetch(base, "/")
+    assert 'http-equiv="refresh"' not in page
+
+
+def test_experiment_page_renders_its_report(site):
+    base, _ = site
+    status, headers, page = fetch(base, "/exp/asha-digits")
+    assert status == 200 and "Content-Security-Policy" in headers
+    assert page.count('class="plotly-graph-div"') == 5 and '<script src="/plotly.js"></script>' in page
+    assert '<a href="/">&larr; all experiments</a>' in page and "chose trial 9f306_00006" in page
+    status, headers, script = fetch(base, "/plotly.js")
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript") and len(script) > 1_000_000
+
+
+def test_plan_and_stage_pages(site):
+    base, _ = site
+    status, _, page = fetch(base, "/exp/plan")
+    assert status == 200 and page.count('class="plotly-graph-div"') == 7
+    status, _, page = fetch(base, "/exp/plan/2-confirm/")
+    assert status == 200 and "<h1>2-confirm</h1>" in page
+
+
+def test_hostile_experiment_page_is_escaped(site):
+    base, _ = site
+    status, _, page = fetch(base, "/exp/" + urllib.parse.quote(HOSTILE, safe=""))
+    assert status == 200 and "<img src=x" not in page and "<script>alert(" not in page
+    assert "<h1>&lt;script&gt;alert(&#x27;x&#x27;)&lt;img src=x onerror=alert(1)&gt;</h1>" in page
+
+
+@pytest.mark.parametrize("path", ["/exp/../outside/secret", "/exp/%2e%2e/outside/secret", "/exp/%2E%2E/%2e%2e/etc",
+                                  "/../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/exp//etc/passwd",
+                                  "/exp/%2Fetc%2Fpasswd", "/exp/escape", "/exp/.hidden", "/exp/plan/..%2F..%2Fx",
+                                  "/exp/%ff"])
+def test_paths_outside_the_results_folder_are_refused(site, path):
+    base, _ = site
+    status, _, page = fetch(base, path)
+    assert status == 403 and "secret" not in page
+
+
+def test_unknown_paths_are_404(site):
+    base, _ = site
+    for path in ("/exp/missing", "/exp/plan/9-missing", "/favicon.ico", "/exp/asha-digits/9f306_00000/x"):
+        assert fetch(base, path)[0] == 404, path
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW"])
+def test_read_only(site, method):
+    base, _ = site
+    status, headers, _ = fetch(base, "/exp/asha-digits", method)
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+
+
+def test_head_sends_headers_only(site):
+    base, _ = site
+    status, headers, body = fetch(base, "/", "HEAD")
+    assert status == 200 and int(headers["Content-Length"]) > 0 and body == ""
+
+
+def test_make_server_refuses_a_missing_folder_and_a_busy_port(site, tmp_path):
+    base, results = site
+    with pytest.raises(ResultsError, match="existing folder"):
+        make_server(tmp_path / "missing", port=0)
+    with pytest.raises(ResultsError, match="pass another --port"):
+        make_server(results, port=int(base.rsplit(":", 1)[1]))

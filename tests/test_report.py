@@ -1,0 +1,141 @@
+"""The HTML report: written, self-contained, escaped, and rendered by headless Chromium without errors."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import plotly.graph_objects as go
+import pytest
+from plotly.offline import get_plotlyjs
+
+from analysis import report
+from analysis.report import write_report
+
+DATA = Path(__file__).parent / "data"
+CHROMIUM = Path("/usr/bin/chromium")
+HOSTILE = "<script>alert('x')<img src=x onerror=alert(1)>"  # a folder name cannot hold '/', so no </script>
+PLOT_DIV = 'class="plotly-graph-div"'
+
+
+@pytest.fixture(scope="module")
+def asha_report(tmp_path_factory) -> tuple[Path, str]:
+    folder = shutil.copytree(DATA / "asha-digits", tmp_path_factory.mktemp("r") / "asha-digits")
+    path = write_report(folder)
+    return path, path.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def plan_report(tmp_path_factory) -> tuple[Path, str]:
+    plan = tmp_path_factory.mktemp("p") / "plan"
+    shutil.copytree(DATA / "asha-digits", plan / "1-rough")
+    shutil.copytree(DATA / "seeds-digits", plan / "2-confirm")
+    stages = {"1-rough": {"kind": "search", "status": "completed", "experiments": ["1-rough"]},
+              "valley": {"kind": "valley", "status": "completed", "from": "1-rough", "reason": "chose <the small one>"},
+              "2-confirm": {"kind": "confirm", "status": "completed", "experiments": ["2-confirm"],
+                            "summary": {"winner": '{"layers": 2}', "p_winner_beats_runner_up": 0.97}}}
+    (plan / "plan.json").write_text(json.dumps({"plan": "p", "status": "completed", "stages": stages}))
+    path = write_report(plan, out=plan / "out" / "plan-report.html")
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_report_is_written_beside_the_experiment(asha_report):
+    path, _ = asha_report
+    assert path.name == "report.html" and path.parent.name == "asha-digits"
+
+
+def test_report_is_self_contained(asha_report):
+    _, page = asha_report
+    plotlyjs = get_plotlyjs()
+    assert page.count(plotlyjs) == 1  # plotly's JavaScript, inlined once
+    rest = page.replace(plotlyjs, "")  # (plotly's own code names its logo's and map tiles' URLs)
+    assert not re.search(r"<script[^>]+src=", rest)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", rest)
+
+
+def test_report_holds_summary_figures_and_tables(asha_report):
+    _, page = asha_report
+    assert page.count(PLOT_DIV) == 5  # valley, learning curves, parallel coordinates, importance, results
+    order = [page.index(f'<section id="{key}">') for key in ("valley", "learning-curves", "parallel", "top")]
+    assert order == sorted(order)
+    for text in ("<h1>asha-digits</h1>", "completed", "digits", "mlp-rough", "edf38bbff7834287",
+                 "56ed6eb07cca5ce5c35d6f43a91d0bd3ce236f7a", "chose trial 9f306_00006", "Top 10 of 14 trials",
+                 "Failed trials (1)"):
+        assert text in page, text
+
+
+def test_plan_report_compares_stages_and_shows_seed_intervals(plan_report):
+    path, page = plan_report
+    assert path.name == "plan-report.html"
+    assert page.count(PLOT_DIV) == 7  # + stages side by side, confidence intervals over seeds
+    assert '<section id="stages">' in page and '<section id="seeds">' in page
+    assert "1-rough" in page and "2-confirm" in page
+    assert '<section id="plan-stages">' in page and "chose &lt;the small one&gt;" in page
+    assert "P(winner beats runner-up) = 0.97" in page
+
+
+def test_report_of_a_plain_ray_experiment(tmp_path):
+    path = write_report(DATA / "plain-ray", out=tmp_path / "plain.html")
+    page = path.read_text()
+    assert page.count(PLOT_DIV) == 5 and "Ray Tune experiment" in page and "best_loss" in page
+
+
+def test_report_escapes_everything_from_disk(tmp_path):
+    folder = shutil.copytree(DATA / "asha-digits", tmp_path / HOSTILE)
+    params = folder / "9f306_00003" / "params.json"
+    params.write_text(json.dumps({**json.loads(params.read_text()), "note": "</script><script>alert(2)</script>"}))
+    (folder / "9f306_00013" / "error.txt").write_text("RuntimeError: <img src=y onerror=alert(3)>\n")
+    page = write_report(folder).read_text()
+    for raw in ("<script>alert(", "<img src=x", "<img src=y", "</script><script>"):
+        assert raw not in page, raw
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)" in page and "&lt;img src=y onerror=alert(3)&gt;" in page
+
+
+def test_image_export_is_skipped_or_reported_never_fatal(tmp_path, monkeypatch):
+    sections = [report.Section("valley", "Valley", go.Figure(go.Scatter(x=[1], y=[2])))]
+    monkeypatch.setattr(report, "kaleido_installed", lambda: False)
+    notes = report.export_images(sections, tmp_path / "figures")
+    assert "PNG/SVG export skipped" in notes[0] and not (tmp_path / "figures").exists()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Kaleido requires Google Chrome")
+
+    monkeypatch.setattr(report, "kaleido_installed", lambda: True)
+    monkeypatch.setattr(go.Figure, "write_image", broken)
+    notes = report.export_images(sections, tmp_path / "figures")
+    assert notes == ["PNG/SVG export stopped after 0 files: RuntimeError: Kaleido requires Google Chrome"]
+
+
+def test_report_lists_notes_and_warnings(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "kaleido_installed", lambda: False)
+    folder = shutil.copytree(DATA / "seeds-digits", tmp_path / "seeds")
+    result = folder / "f0f6b_00004" / "result.json"
+    result.write_text(result.read_text()[:-100])
+    page = write_report(folder).read_text()
+    assert '<section id="warnings">' in page and "PNG/SVG export skipped" in page
+    assert "f0f6b_00004: result.json has a half-written last line" in page
+
+
+@pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
+                    reason="headless Chromium is not installed (/usr/bin/chromium); run tests/install_chromium.sh "
+                           "(in CI, where CI is set, this test runs and fails instead)")
+def test_report_renders_in_headless_chromium(plan_report, tmp_path):
+    assert CHROMIUM.exists(), "CI needs /usr/bin/chromium for this test: run tests/install_chromium.sh first"
+    path, page = plan_report
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--enable-unsafe-swiftshader",  # software WebGL, for the parallel-coordinates figure
+               f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+               "--virtual-time-budget=10000", "--dump-dom", path.as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    dom, log = done.stdout, done.stderr
+    plots = page.count(PLOT_DIV)
+    assert done.returncode == 0, log[-2000:]
+    assert dom.count('class="plot-container plotly"') == plots, "every figure should be drawn"
+    assert dom.count('class="main-svg"') >= plots
+    errors = [line for line in log.splitlines() if "Uncaught" in line or ("CONSOLE" in line and "Error" in line
+                                                                          and "GL Driver" not in line)]
+    assert not errors, "\n".join(errors)
