@@ -172,10 +172,43 @@ def write_tables(folder: str | Path) -> pd.DataFrame:
     """Write trials.csv, trials.parquet and epochs.parquet; returns the trials frame."""
     folder = Path(folder)
     trials, epochs = load_experiment(folder)
+    trials = with_seed_spread(trials)
     trials.to_csv(folder / "trials.csv", index=False)
     trials.to_parquet(folder / "trials.parquet", index=False)
     epochs.to_parquet(folder / "epochs.parquet", index=False)
     return trials
+
+
+def test_metric(trials: pd.DataFrame) -> str | None:
+    """The headline test column: test_acc for classification, test_csd for clocks."""
+    return next((c for c in ("test_csd", "test_acc") if c in trials), None)
+
+
+def with_seed_spread(trials: pd.DataFrame) -> pd.DataFrame:
+    """Add, per trial, the mean and spread of the test metric over the seeds of its config."""
+    from analysis.valley import config_key
+
+    column = test_metric(trials)
+    if trials.empty or column is None:
+        return trials
+    usable = ~trials["status"].isin(["failed", "diverged"])
+    groups = trials[column].where(usable).groupby(config_key(trials))
+    return trials.assign(**{"seeds": groups.transform("count"), f"seeds_mean_{column}": groups.transform("mean"),
+                            f"seeds_std_{column}": groups.transform("std")})
+
+
+def seeds_table(trials: pd.DataFrame) -> str:
+    """Mean and spread of the test metric per config over its seeds; empty when nothing repeats."""
+    column = test_metric(trials)
+    if column is None or "seeds" not in trials or not (trials["seeds"] > 1).any():
+        return ""
+    varied = [c for c in trials.columns if c.startswith("config/") and not c.endswith("seed")
+              and trials[c].astype(str).nunique(dropna=False) > 1]
+    table = trials.drop_duplicates(varied or ["seeds"])[[*varied, "seeds", f"seeds_mean_{column}",
+                                                          f"seeds_std_{column}"]]
+    table = table.sort_values(f"seeds_mean_{column}", ascending=column == "test_csd")
+    return (f"{column} over seeds, per configuration:\n"
+            + table.rename(columns=lambda c: c.removeprefix("config/")).to_string(index=False, na_rep="-"))
 
 
 def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
@@ -190,7 +223,9 @@ def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
     shown = ["trial_id", *varied, "n_params", "epochs", "status", metric,
              *[c for c in ("best_val_acc", "best_val_csd", "test_acc", "test_csd") if c in trials and c != metric]]
     table = ranked[shown].head(n).rename(columns=lambda c: c.removeprefix("config/"))
-    return f"top {min(n, len(ranked))} of {len(trials)} by {metric}:\n" + table.to_string(index=False, na_rep="-")
+    text = f"top {min(n, len(ranked))} of {len(trials)} by {metric}:\n" + table.to_string(index=False, na_rep="-")
+    spread = seeds_table(trials)
+    return f"{text}\n{spread}" if spread else text
 
 
 # --- any results folder: a valley experiment, a plain Ray Tune experiment, or a plan of stages ---

@@ -6,6 +6,7 @@ with exit status 2; a search that was interrupted exits with status 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,14 +79,39 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    """The offline first run: the valley of the MLP grid, then telling the time, then one report."""
+    import time
+
+    from analysis.report import write_report
+    from search.run import SearchOptions, run_search
     from spaces import load_space
 
-    from search.run import SearchOptions, run_search
+    folder = Path(args.storage) / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = SearchOptions(storage=str(folder), scheduler="asha", num_cpus=args.num_cpus)
+    print("valley quickstart 1/2: the reference MLP grid on digits; where is the valley?", flush=True)
+    run_search(load_space("mlp-rough"), dataclasses.replace(base, name="mlp-rough", dataset="digits",
+                                                            max_epochs=10))
+    print("\nvalley quickstart 2/2: tell the time from 64x64 synthetic clocks, every label encoding",
+          flush=True)
+    clocks = run_search(load_space("clock-encodings"), dataclasses.replace(
+        base, name="clock-encodings", dataset="clocks-small", max_epochs=args.clock_epochs,
+        scheduler="fifo", overrides={"seed": 0}))
+    print("\n" + csd_by_encoding(clocks))
+    status = max(exit_status(folder / "mlp-rough"), exit_status(clocks))
+    print(f"report: {write_report(folder)}")
+    return status
 
-    opts = SearchOptions(dataset="digits", max_epochs=10, scheduler="asha", storage=args.storage)
-    folder = run_search(load_space("mlp-rough"), opts)
-    print(f"results: {folder}")
-    return exit_status(folder)
+
+def csd_by_encoding(folder: Path) -> str:
+    """Test CSD (minutes) and accuracies per label encoding of a clock experiment, best first."""
+    from analysis.load import load_experiment
+
+    trials, _ = load_experiment(folder)
+    columns = {"config/encoding": "encoding", "config/csd_weight": "csd_weight", "test_csd": "CSD (min)",
+               "test_csd_median": "median", "test_exact_acc": "exact", "test_hour_acc": "hour",
+               "test_minute_acc": "minute", "epochs": "epochs"}
+    table = trials[[c for c in columns if c in trials]].rename(columns=columns).sort_values("CSD (min)")
+    return "test CSD by encoding:\n" + table.to_string(index=False, na_rep="-", float_format="{:.3f}".format)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -126,6 +152,26 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from analysis.dashboard import serve
 
     serve(Path(args.results), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_data_clocks(args: argparse.Namespace) -> int:
+    import time
+
+    from trainables import clockgen
+
+    started = time.perf_counter()
+    folder = clockgen.write(Path(args.out), per_minute=args.per_minute, size=args.size, seed=args.seed,
+                            preset=args.preset)
+    n = 720 * args.per_minute
+    print(f"{n:,} clocks of {args.size}x{args.size} ({args.preset}) in {time.perf_counter() - started:.1f} s: "
+          f"{folder / 'images.npy'}, {folder / 'labels.npy'}")
+    if args.sheet:
+        import numpy as np
+
+        images, labels = np.load(folder / "images.npy"), np.load(folder / "labels.npy")
+        clockgen.contact_sheet(images, labels, folder / "contact_sheet.png")
+        print(f"contact sheet: {folder / 'contact_sheet.png'}")
     return 0
 
 
@@ -174,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_options(search)
     search.set_defaults(run=cmd_search)
 
-    quick = commands.add_parser("quickstart", help="the offline first search: mlp-rough on digits with ASHA")
+    quick = commands.add_parser("quickstart", help="the offline first run: the MLP valley on digits, "
+                                                   "then clock encodings, then a report")
     quick.add_argument("--storage", default="results")
+    quick.add_argument("--clock-epochs", type=int, default=5, help="epochs per clock trial (default 5)")
+    quick.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     quick.set_defaults(run=cmd_quickstart)
 
     resume = commands.add_parser("resume", help="continue an interrupted experiment")
@@ -205,6 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1 only)")
     dashboard.add_argument("--port", type=int, default=8050)
     dashboard.set_defaults(run=cmd_dashboard)
+
+    data = commands.add_parser("data", help="make data sets")
+    kinds = data.add_subparsers(dest="kind", required=True)
+    clocks = kinds.add_parser("clocks", help="synthetic analog clocks in the course format "
+                                             "(images.npy uint8 N x S x S, labels.npy int64 N x 2)")
+    clocks.add_argument("--out", required=True, help="folder to write images.npy and labels.npy into")
+    clocks.add_argument("--per-minute", type=int, default=25, help="images per minute of the dial (25)")
+    clocks.add_argument("--size", type=int, default=150, help="pixels, square (150)")
+    clocks.add_argument("--seed", type=int, default=0)
+    clocks.add_argument("--preset", default="default", help="easy, default or hard")
+    clocks.add_argument("--sheet", action="store_true", help="also write contact_sheet.png")
+    clocks.set_defaults(run=cmd_data_clocks)
 
     spaces = commands.add_parser("spaces", help="list the built-in search spaces and plans")
     spaces.set_defaults(run=cmd_spaces)

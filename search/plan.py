@@ -421,7 +421,10 @@ def _stage_valley(run: PlanRun, stage: Stage) -> str:
     arch_keys = stage.get("arch_keys") or ARCH_KEYS.get(family, [])
     if not arch_keys:
         raise SearchError(f"stage {stage.name}: say which config keys make an architecture with `arch_keys:`")
-    result = find_valley(trials, epochs, threshold_se=float(stage.get("threshold", 1.0)))
+    source_space = _source_space(run, stage.source)
+    metric = f"best_{source_space.metric}" if source_space.metric.startswith("val_") else source_space.metric
+    result = find_valley(trials, epochs, metric=metric, threshold_se=float(stage.get("threshold", 1.0)),
+                         mode=source_space.mode)
     band = trials[trials["trial_id"].isin(result.members)].sort_values("n_params")
     archs: list[dict[str, Any]] = []
     for _, row in band.iterrows():

@@ -102,6 +102,78 @@ def _synthetic(data_dir: Path | None = None, split_seed: int = 0, **_: object) -
     return make_splits("synthetic", x[:256], y[:256], x[256:], y[256:], 64, 4, split_seed)
 
 
+CLOCK_FILES = ("images.npy", "labels.npy")
+
+
+def _clocks(size: int, per_minute: int, preset: str) -> Callable[..., Splits]:
+    """Course clock files from ``data_dir`` when it holds them, else synthetic clocks (cached)."""
+    def load(data_dir: Path | None = None, split_seed: int = 0, **_: object) -> Splits:
+        if data_dir is not None and (Path(data_dir) / "images.npy").exists():
+            images, labels = read_clock_files(Path(data_dir))
+            return clock_splits(f"clocks:{Path(data_dir).name}", images, labels, split_seed)
+        from trainables import clockgen
+
+        cache = default_data_dir() / "synthetic-clocks" / f"{size}px-{per_minute}pm-{preset}-seed0"
+        if not all((cache / f).exists() for f in CLOCK_FILES):
+            clockgen.write(cache, per_minute=per_minute, size=size, seed=0, preset=preset)
+        images, labels = read_clock_files(cache)
+        return clock_splits(f"clocks-{size}px-{preset}", images, labels, split_seed)
+    return load
+
+
+def read_clock_files(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The course format: images.npy uint8 (N, S, S), labels.npy int (N, 2) [hour, minute]; checked."""
+    missing = [f for f in CLOCK_FILES if not (folder / f).exists()]
+    if missing:
+        raise DataError(f"{folder} lacks {', '.join(missing)}; a clock folder holds images.npy "
+                        "(uint8, N x 150 x 150 or N x 75 x 75) and labels.npy (int, N x 2: hour, minute)")
+    try:
+        images = np.load(folder / "images.npy", allow_pickle=False)
+        labels = np.load(folder / "labels.npy", allow_pickle=False)
+    except ValueError as err:
+        raise DataError(f"{folder}: images.npy and labels.npy must be plain numpy arrays ({err})") from None
+    if images.ndim != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
+        raise DataError(f"{folder / 'images.npy'} must be uint8 of shape (N, S, S), got {images.dtype} "
+                        f"{images.shape}; save grayscale images as uint8 squares")
+    if labels.ndim != 2 or labels.shape[1] != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{folder / 'labels.npy'} must be integers of shape (N, 2) [hour, minute], got "
+                        f"{labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{folder}: {len(images)} images but {len(labels)} labels; they must match one to one")
+    hours, minutes = labels[:, 0], labels[:, 1]
+    if hours.min() < 0 or hours.max() > 11 or minutes.min() < 0 or minutes.max() > 59:
+        raise DataError(f"{folder / 'labels.npy'}: hours must lie in 0..11 and minutes in 0..59, got hours "
+                        f"{hours.min()}..{hours.max()}, minutes {minutes.min()}..{minutes.max()}")
+    return images, labels.astype(np.int64)
+
+
+def clock_splits(name: str, images: np.ndarray, labels: np.ndarray, split_seed: int = 0,
+                 ratios: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Splits:
+    """Shuffled, stratified-by-time split: each minute of the dial splits ``ratios`` on its own.
+
+    The course files are sorted by time (25 images a minute), so an unshuffled cut would put
+    whole hours in the test set.
+    """
+    minutes = labels[:, 0] * 60 + labels[:, 1]
+    rng = np.random.default_rng(split_seed)
+    order = rng.permutation(len(labels))
+    order = order[np.argsort(minutes[order], kind="stable")]  # grouped by minute, shuffled within
+    counts = np.bincount(minutes, minlength=720)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(order)) - starts[minutes[order]]
+    share = rank / counts[minutes[order]]
+    train, val, test = (rng.permutation(part) for part in (
+        order[share < ratios[0]], order[(share >= ratios[0]) & (share < ratios[0] + ratios[1])],
+        order[share >= ratios[0] + ratios[1]]))
+    x = images[:, None]  # (N, 1, S, S)
+    sample = x[train[:10_000]].astype(np.float32) / 255.0
+    digest = hashlib.blake2b(digest_size=8)
+    for array in (images, labels, train, val, test):
+        digest.update(np.ascontiguousarray(array).data)
+    return Splits(name, x[train], labels[train], x[val], labels[val], x[test], labels[test], 720,
+                  float(sample.mean()), float(sample.std() or 1.0), digest.hexdigest())
+
+
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
@@ -190,6 +262,14 @@ DATASETS: dict[str, Dataset] = {
                        (45000, 5000, 10000), _cifar10, CIFAR_FILES, "cifar-10-batches-py"),
     "synthetic": Dataset("synthetic", "4 classes of noisy 8x8 blobs, for tests (offline)",
                          (1, 8, 8), (192, 64, 64), _synthetic),
+    "clocks": Dataset("clocks", "analog clocks, 150x150: course files from --data-dir, else synthetic "
+                      "(offline)", (1, 150, 150), (10800, 3600, 3600), _clocks(150, 25, "default")),
+    "clocks-hard": Dataset("clocks-hard", "synthetic clocks, 150x150, hard preset (glare, perspective, "
+                           "clutter)", (1, 150, 150), (10800, 3600, 3600), _clocks(150, 25, "hard")),
+    "clocks-small": Dataset("clocks-small", "synthetic clocks, 64x64, 5 per minute, for CPUs (offline)",
+                            (1, 64, 64), (2160, 720, 720), _clocks(64, 5, "default")),
+    "clocks-tiny": Dataset("clocks-tiny", "synthetic clocks, 32x32, 5 per minute, for tests (offline)",
+                           (1, 32, 32), (2160, 720, 720), _clocks(32, 5, "default")),
 }
 
 

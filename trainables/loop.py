@@ -22,7 +22,7 @@ from torch import nn
 from trainables import get_family
 from trainables.config import TrainConfig
 from trainables.data import Splits
-from trainables.report import Reporter, default_reporter
+from trainables.report import RayReporter, Reporter, default_reporter
 
 # Keys in every per-epoch report; ``{split}_{metric}`` stands for the task's metrics.
 REPORTED_KEYS = ("epoch", "train_loss", "val_loss", "n_params", "epoch_s", "lr",
@@ -63,12 +63,14 @@ class Classification:
 
 
 def train(config: dict[str, Any], data: Splits | None = None, reporter: Reporter | None = None,
-          variants: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Train one configuration; returns the last report.
+          variants: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """Train one configuration; returns the last report (None inside a Tune trial).
 
     ``data`` comes from Ray's object store (``tune.with_parameters``); outside Ray
     it is loaded from ``config['dataset']``. ``variants`` resolves a ``variant``
-    index or dict (a row of a space's grid) into flat config keys.
+    index or dict (a row of a space's grid) into flat config keys. Tune reports a
+    dict that its trainable returns once more, as an extra iteration (the last
+    epoch twice in ``result.json``), so under Tune nothing is returned.
     """
     config = resolve_variant(config, variants)
     family = get_family(config.get("family", ""))
@@ -79,7 +81,9 @@ def train(config: dict[str, Any], data: Splits | None = None, reporter: Reporter
         data = load_dataset(cfg.dataset)
     if cfg.split_seed is not None:
         data = data.resplit(cfg.split_seed)
-    return fit(cfg, family, data, reporter or default_reporter())
+    reporter = reporter or default_reporter()
+    last = fit(cfg, family, data, reporter)
+    return None if isinstance(reporter, RayReporter) else last
 
 
 def resolve_variant(config: dict[str, Any], variants: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -147,6 +151,7 @@ def fit(cfg: TrainConfig, family: Any, data: Splits, reporter: Reporter) -> dict
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
     augment = getattr(family, "augment", None)
+    passes = family.passes(cfg) if hasattr(family, "passes") else 1  # e.g. a fixed x15 augmentation
     n_params = count_params(model)
 
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "test": {}}
@@ -169,18 +174,19 @@ def fit(cfg: TrainConfig, family: Any, data: Splits, reporter: Reporter) -> dict
         started = time.perf_counter()
         model.train()
         total = torch.zeros((), device=device)
-        for idx in torch.randperm(len(x_train), device=device, generator=generator).split(cfg.batch_size):
-            xb = to_input(x_train[idx], data.mean, data.std)
-            if augment is not None:
-                xb = augment(cfg, xb, generator)
-            yb = y_train[idx]
-            loss = task.loss(model(xb).float(), yb)
-            objective = loss + cfg.l2 * l2_penalty(model) if cfg.l2 else loss
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
-            total += loss.detach() * len(idx)
-        train_loss = total.item() / len(x_train)
+        for pass_index in range(passes):
+            for idx in torch.randperm(len(x_train), device=device, generator=generator).split(cfg.batch_size):
+                xb = to_input(x_train[idx], data.mean, data.std)
+                if augment is not None:
+                    xb = augment(cfg, xb, idx, generator, pass_index)
+                yb = y_train[idx]
+                loss = task.loss(model(xb).float(), yb)
+                objective = loss + cfg.l2 * l2_penalty(model) if cfg.l2 else loss
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                optimizer.step()
+                total += loss.detach() * len(idx)
+        train_loss = total.item() / (len(x_train) * passes)
         if not math.isfinite(train_loss):
             raise Diverged(f"diverged: train loss is {train_loss} at epoch {epoch + 1} "
                            f"(lr={cfg.lr}); lower the learning rate or narrow the space")
