@@ -91,11 +91,12 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     print("valley quickstart 1/2: the reference MLP grid on digits; where is the valley?", flush=True)
     run_search(load_space("mlp-rough"), dataclasses.replace(base, name="mlp-rough", dataset="digits",
                                                             max_epochs=10))
-    print("\nvalley quickstart 2/2: tell the time from 64x64 synthetic clocks, every label encoding",
+    print("\nvalley quickstart 2/2: tell the time from 64x64 synthetic clocks, every label encoding "
+          f"(one seed, a small_cnn of width 8, {args.clock_epochs} epochs: a demo; the study is plan-clock)",
           flush=True)
     clocks = run_search(load_space("clock-encodings"), dataclasses.replace(
         base, name="clock-encodings", dataset="clocks-small", max_epochs=args.clock_epochs,
-        scheduler="fifo", overrides={"seed": 0}))
+        scheduler="fifo", overrides={"seed": 0, "width": 8}))
     print("\n" + csd_by_encoding(clocks))
     status = max(exit_status(folder / "mlp-rough"), exit_status(clocks))
     print(f"report: {write_report(folder)}")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,6 +12,15 @@ from trainables.encodings import ENCODINGS, Encoding, Split, get_encoding
 
 NAMES = list(ENCODINGS)
 CLASSIFYING = ["class720", "class_class", "class_reg", "reg_class", "class_periodic"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: an OpenMP team costs more than it gives, and stalls on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _labels(times: list[int] | torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 MINUTES = 720  # minutes on a 12-hour dial
+VERSION = 1  # bump when the images for a seed change: it keys the cache of generated data sets
 _EXT = 1.25  # half-width of a face texture in clock units (face radius 1, rim up to 1.14)
 _SS = 4  # supersampling of the PIL drawings
 _CHUNK = 4  # images rendered together; few enough that their planes stay in cache

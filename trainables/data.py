@@ -113,7 +113,8 @@ def _clocks(size: int, per_minute: int, preset: str) -> Callable[..., Splits]:
             return clock_splits(f"clocks:{Path(data_dir).name}", images, labels, split_seed)
         from trainables import clockgen
 
-        cache = default_data_dir() / "synthetic-clocks" / f"{size}px-{per_minute}pm-{preset}-seed0"
+        cache = (default_data_dir() / "synthetic-clocks"
+                 / f"{size}px-{per_minute}pm-{preset}-seed0-v{clockgen.VERSION}")
         if not all((cache / f).exists() for f in CLOCK_FILES):
             clockgen.write(cache, per_minute=per_minute, size=size, seed=0, preset=preset)
         images, labels = read_clock_files(cache)

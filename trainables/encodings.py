@@ -25,7 +25,8 @@ Conventions:
   under the predicted distribution, in fractions of the dial (minutes / 720): for ``class720``
   sum_k p_k csd(k, t) / 720; for an hour class sum_k p_k dist12(k, h) * 60 / 720; for a minute
   class sum_k p_k dist60(k, m) / 720. For split encodings it is the sum of the hour and minute
-  terms, an upper bound of the CSD's own expectation. Regression and periodic parts already
+  terms, a proxy of the expected CSD (each part is circular on its own dial, so 3:01 against
+  3:59 costs 2 minutes there, 58 in the CSD). Regression and periodic parts already
   score a distance, so ``csd_weight`` does not change them (``regression``, ``reg_reg`` and
   ``periodic`` ignore it).
 - ``minute_hidden`` and ``minute_dropout`` shape the minute branch of multi-head encodings;
@@ -215,14 +216,14 @@ class _SplitHead(nn.Module):
 
 
 ENCODINGS: dict[str, Encoding] = {e.name: e for e in (
-    Class720(),
-    Regression(),
-    Split("class_class", "class", "class"),
-    Split("class_reg", "class", "reg"),
-    Split("reg_class", "reg", "class"),
-    Split("reg_reg", "reg", "reg"),
-    Split("periodic", "periodic", "periodic"),
-    Split("class_periodic", "class", "periodic"),
+    Class720(),  # (B, 720) logits over hour * 60 + minute
+    Regression(),  # (B, 1) decimal hour
+    Split("class_class", "class", "class"),  # (B, 72) logits: 12 hours then 60 minutes
+    Split("class_reg", "class", "reg"),  # (B, 13): 12 hour logits, minute / 60
+    Split("reg_class", "reg", "class"),  # (B, 61): decimal hour, 60 minute logits
+    Split("reg_reg", "reg", "reg"),  # (B, 2): decimal hour, minute / 60
+    Split("periodic", "periodic", "periodic"),  # (B, 4): sin, cos of the hour hand's angle, then the minute's
+    Split("class_periodic", "class", "periodic"),  # (B, 14): 12 hour logits, sin, cos of the minute's angle
 )}
 
 
