@@ -99,7 +99,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         scheduler="fifo", overrides={"seed": 0, "width": 8}))
     print("\n" + csd_by_encoding(clocks))
     status = max(exit_status(folder / "mlp-rough"), exit_status(clocks))
-    print(f"report: {write_report(folder)}")
+    print(f"clock report: {write_report(clocks)}")
+    print(f"report: {write_report(folder / 'mlp-rough')}")  # the valley, last: what to open first
     return status
 
 
