@@ -21,7 +21,7 @@ class ResultsError(ValueError):
 
 
 # Ray's bookkeeping keys that say nothing about the model.
-RAY_KEYS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "trial_id", "date", "pid",
+RAY_KEYS = {"node_id", "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "trial_id", "date", "pid",
             "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
             "time_this_iter_s"}
 

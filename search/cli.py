@@ -119,7 +119,7 @@ def csd_by_encoding(folder: Path) -> str:
 def cmd_resume(args: argparse.Namespace) -> int:
     from search.resume import resume
 
-    return exit_status(resume(Path(args.experiment)))
+    return exit_status(resume(Path(args.experiment), retry_failed=args.retry_failed))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser("resume", help="continue an interrupted experiment")
     resume.add_argument("experiment", help="the experiment folder, e.g. results/mlp-rough-digits-...")
+    resume.add_argument("--retry-failed", action="store_true",
+                        help="also re-run failed trials from their last checkpoint (kept as they are by default)")
     resume.set_defaults(run=cmd_resume)
 
     plan = commands.add_parser("plan", help="run a staged plan (rough -> valley -> fine -> confirm), "

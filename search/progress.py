@@ -1,9 +1,15 @@
-"""One line per finished trial while a search runs; Ray's own tables stay off."""
+"""What valley does while a search runs: one line per finished trial (Ray's own tables stay off),
+Ctrl-C detection, and pruning checkpoints that no restore can use."""
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -19,6 +25,7 @@ class Progress(Callback):
         self.metric = metric
         self.say = say
         self.done = 0
+        self.counted = False  # whether `done` includes the trials a resumed experiment had finished
 
     def setup(self, **info: Any) -> None:
         """Wrap Tune's own SIGINT handler (installed just before callbacks are set up) to see Ctrl-C."""
@@ -31,6 +38,27 @@ class Progress(Callback):
             tune_handler(sig, frame)
 
         signal.signal(signal.SIGINT, on_sigint)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        """On the first step (of a search or of its resumption), count the trials already finished."""
+        if not getattr(self, "counted", False):
+            self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            self.counted = True
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Prune checkpoints each time Tune's experiment snapshot on disk changes (looked at once a second)."""
+        now = time.monotonic()
+        if not trials or now - getattr(self, "looked_at", 0.0) < 1.0:
+            return
+        self.looked_at = now
+        try:
+            folder = Path(trials[0].path).parent
+            snapshot = newest_snapshot(folder)
+            if snapshot is not None and snapshot[1] != getattr(self, "pruned_at", None):
+                prune_checkpoints(folder)
+                self.pruned_at = snapshot[1]
+        except Exception:  # noqa: BLE001 - pruning saves disk; it must never stop a search
+            pass
 
     def _line(self, trial: Any, outcome: str) -> None:
         self.done += 1
@@ -53,9 +81,17 @@ class Progress(Callback):
         self._line(trial, "done" if finished else "stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trial, "failed")
-        if trial.error_file:
-            self.say(f"      error: {first_error_line(trial.error_file)}")
+        error = first_error_line(trial.error_file) if trial.error_file else ""
+        self._line(trial, "diverged" if "diverged" in error else "failed")
+        if error:
+            self.say(f"      error: {error}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A crashed trial (exception, killed process, lost node) restarts from its last checkpoint."""
+        error = first_error_line(trial.error_file) if trial.error_file else "(no error file)"
+        failures = trial.run_metadata.num_failures
+        self.say(f"      {trial.trial_id} crashed ({error}); retry {failures} of {trial.max_failures} "
+                 "from its last checkpoint")
 
 
 def first_error_line(path: str) -> str:
@@ -66,3 +102,52 @@ def first_error_line(path: str) -> str:
     except OSError:
         return "(error file unreadable)"
     return lines[-1][:300] if lines else "(empty error file)"
+
+
+CHECKPOINT = re.compile(r"^checkpoint_(\d+)$")
+
+
+def newest_snapshot(folder: Path) -> tuple[Path, tuple[int, int]] | None:
+    """The experiment snapshot Tune restores from (newest by name), with its (mtime, size)."""
+    files = sorted(folder.glob("experiment_state-*.json"))
+    if not files:
+        return None
+    stat = files[-1].stat()
+    return files[-1], (stat.st_mtime_ns, stat.st_size)
+
+
+def prune_checkpoints(folder: Path) -> int:
+    """Delete the checkpoints that no restore can use; returns how many.
+
+    Tune deletes a trial's old checkpoints (``num_to_keep``) as soon as it registers new
+    ones, but writes the experiment snapshot that ``Tuner.restore`` reads every ten seconds
+    or so: a driver killed in between leaves a snapshot naming a deleted checkpoint, and that
+    trial fails on resume. valley keeps every checkpoint until the snapshot on disk names a
+    later one for the same trial, and only then deletes the older ones, keeping two per trial
+    as ``num_to_keep=2`` did. Unreadable state (a snapshot being written) deletes nothing.
+    """
+    found = newest_snapshot(folder)
+    if found is None:
+        return 0
+    try:
+        entries = json.loads(found[0].read_text())["trial_data"]
+        named = []
+        for state, metadata in entries:
+            state = json.loads(state) if isinstance(state, str) else state
+            metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+            checkpoint = (metadata.get("last_result") or {}).get("checkpoint_dir_name")
+            logdir = state.get("relative_logdir") or state.get("custom_dirname")
+            if logdir and checkpoint and CHECKPOINT.match(checkpoint):
+                # the result naming checkpoint K is recorded before Tune registers K (the save is a
+                # second actor call), so the snapshot may restore K - 1: keep both
+                named.append((folder / logdir, int(CHECKPOINT.match(checkpoint).group(1)) - 1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
+    removed = 0
+    for trial_dir, keep_from in named:
+        for path in trial_dir.glob("checkpoint_*"):
+            match = CHECKPOINT.match(path.name)
+            if match and int(match.group(1)) < keep_from and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+    return removed

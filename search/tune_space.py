@@ -6,24 +6,18 @@ every grid row and every distribution's bounds.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
-
-from ray import tune
 
 from spaces import Dist, Space, SpaceError
 from trainables import get_family
 from trainables.config import ConfigError
 from trainables.loop import REPORTED_KEYS, Classification
 
-TUNE_DISTRIBUTIONS = {
-    "uniform": tune.uniform,
-    "loguniform": tune.loguniform,
-    "randint": tune.randint,
-    "lograndint": tune.lograndint,
-    "quniform": tune.quniform,
-    "qloguniform": tune.qloguniform,
-    "qrandint": tune.qrandint,
-}
+# space distribution -> the name of Ray Tune's sampler (Ray is imported only to build param_space,
+# so that a space's mistakes are reported without paying for Ray's import)
+TUNE_DISTRIBUTIONS = {name: name for name in
+                      ("uniform", "loguniform", "randint", "lograndint", "quniform", "qloguniform", "qrandint")}
 
 
 def headline_metric(family_name: str) -> tuple[str, str]:
@@ -61,11 +55,63 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
         except ConfigError as err:
             where = f"grid row {row}" if row else "params"
             raise SpaceError(f"{space.source}: {where}: {err}") from None
+    row = {**(space.grid_points() or [{}])[0], **overrides}
+    for key, value in space.params.items():
+        if key in row or not isinstance(value, Dist):
+            continue
+        for candidate in _probe_values(value):
+            try:
+                family.Config.from_dict({**probe, **row, key: candidate, "family": space.family})
+            except ConfigError as err:
+                hint = (f"; {value.kind} draws fractions, use randint or qrandint for a whole number"
+                        if value.kind in ("uniform", "loguniform") and "must be int" in str(err) else "")
+                raise SpaceError(f"{space.source}: params.{key}: {value.kind} can draw {candidate!r}: "
+                                 f"{err}{hint}") from None
 
 
 def _probe_value(value: Any) -> Any:
     """A value a distribution can produce: its first choice, or its low bound."""
     return value.args[0] if isinstance(value, Dist) else value
+
+
+def _probe_values(dist: Dist) -> list[Any]:
+    """Values a distribution can produce that a config must accept: every choice, both ends, a fraction."""
+    if dist.kind in ("grid", "choice"):
+        return [list(a) if isinstance(a, tuple) else a for a in dist.args]
+    low, high = dist.args[0], dist.args[1]
+    if dist.kind in ("randint", "lograndint"):
+        return [low, high - 1]
+    if dist.kind == "uniform":  # [low, high): high itself is never drawn
+        return [float(low), low + (high - low) * 0.371]
+    if dist.kind == "loguniform":
+        return [float(low), low * (high / low) ** 0.371]
+    return [low, high]  # quantised: q-rounded, both bounds can be drawn
+
+
+def __getattr__(name: str) -> Any:
+    """``ValleyOptunaSearch``, built on first use so that a search without Optuna never imports it."""
+    if name != "ValleyOptunaSearch":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ray.tune.search.optuna import OptunaSearch
+
+    class ValleyOptunaSearch(OptunaSearch):
+        """Ray's OptunaSearch, except that a trial whose metric is not finite ends FAIL.
+
+        Ray's own tells Optuna the NaN, Optuna refuses it, and the study trial stays RUNNING
+        for ever; valley's loop raises ``Diverged`` instead of reporting one, and this is the
+        second line of defence. (Pickled with the experiment, so ``valley resume`` gets it back.)
+        """
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
+            if not error and isinstance(value, (int, float)) and not math.isfinite(value):
+                result, error = None, True
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    ValleyOptunaSearch.__module__ = __name__
+    ValleyOptunaSearch.__qualname__ = "ValleyOptunaSearch"
+    globals()["ValleyOptunaSearch"] = ValleyOptunaSearch
+    return ValleyOptunaSearch
 
 
 def param_space(space: Space, overrides: dict[str, Any], searcher: str) -> tuple[dict[str, Any], list]:
@@ -74,6 +120,8 @@ def param_space(space: Space, overrides: dict[str, Any], searcher: str) -> tuple
     Grid rows become ``grid_search`` over row indices with Tune's own generator,
     and a categorical over them with Optuna, which cannot enumerate grids.
     """
+    from ray import tune
+
     rows = [dict(row) for row in space.grid]
     result: dict[str, Any] = {}
     if rows:
@@ -90,6 +138,6 @@ def param_space(space: Space, overrides: dict[str, Any], searcher: str) -> tuple
         elif value.kind == "choice":
             result[key] = tune.choice([list(a) if isinstance(a, tuple) else a for a in value.args])
         else:
-            result[key] = TUNE_DISTRIBUTIONS[value.kind](*value.args)
+            result[key] = getattr(tune, TUNE_DISTRIBUTIONS[value.kind])(*value.args)
     result.update(overrides)
     return result, rows

@@ -83,5 +83,5 @@ def test_corrupt_idx_file_says_so(tmp_path):
 
 
 def test_unknown_dataset_lists_names():
-    with pytest.raises(KeyError, match="valid data sets: cifar10, digits"):
+    with pytest.raises(KeyError, match="valid data sets: cifar10, clocks"):
         get_dataset("mnist")

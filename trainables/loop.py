@@ -172,6 +172,10 @@ def fit(cfg: TrainConfig, family: Any, data: Splits, reporter: Reporter) -> dict
     last: dict[str, Any] = {}
     for epoch in range(state["epoch"], cfg.max_epochs):
         started = time.perf_counter()
+        # Batch order, augmentation and dropout depend on (seed, epoch) alone: a trial resumed
+        # from a checkpoint (a retry, `valley resume`) trains exactly as one that never stopped.
+        generator.manual_seed(cfg.seed * 1_000_003 + epoch)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         model.train()
         total = torch.zeros((), device=device)
         for pass_index in range(passes):

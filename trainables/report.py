@@ -49,12 +49,18 @@ class LocalReporter:
 
 
 class RayReporter:
-    """Reports through ``ray.tune.report``; resumes from ``ray.tune.get_checkpoint``."""
+    """Reports through ``ray.tune.report``; resumes from ``ray.tune.get_checkpoint``.
+
+    Adds ``node_id`` (Ray's id of the node the trial runs on) to every report: ``node_ip``
+    alone cannot tell apart two nodes on one machine, or a trial that moved after a node died.
+    """
 
     def __init__(self) -> None:
+        import ray
         from ray import tune
 
         self._tune = tune
+        self._node_id = ray.get_runtime_context().get_node_id()
         cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
         import torch
 
@@ -62,7 +68,7 @@ class RayReporter:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         checkpoint = self._tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        self._tune.report(metrics, checkpoint=checkpoint)
+        self._tune.report({**metrics, "node_id": self._node_id}, checkpoint=checkpoint)
 
     def restore(self) -> Path | None:
         checkpoint = self._tune.get_checkpoint()

@@ -1,0 +1,1 @@
+"""Speed and search-efficiency benchmarks; each script prints one table (see README.md)."""

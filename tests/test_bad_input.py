@@ -1,0 +1,197 @@
+"""Misconfigured searches stop before Ray starts, with one line naming the problem and the fix.
+
+Each case goes through the command line (``search.cli.main``) in this process, with Ray's start
+replaced by a tripwire, so the check is "refused before Ray", not "refused eventually". A few
+cases also run as a real ``python -m search.cli`` to hold the whole refusal under 5 s.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search import cli
+from trainables.data import FASHION_FILES
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = "family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 1\n"
+
+
+@pytest.fixture
+def refuse(monkeypatch, capsys, tmp_path):
+    """Run ``valley search ...`` (or another command); assert one error line and exit status 2."""
+    def tripwire(opts):
+        raise AssertionError("Ray was started for a search that should have been refused")
+
+    monkeypatch.setattr("search.run.start_ray", tripwire)
+    monkeypatch.setattr("search.resume.start_ray", tripwire)
+    monkeypatch.setenv("VALLEY_OFFLINE", "1")
+
+    def run(*argv: str, storage: Path | str | None = None) -> str:
+        storage = storage or tmp_path / "results"
+        args = [*argv] if argv[0] in ("resume",) else ["search", *argv, "--storage", str(storage)]
+        code = cli.main(args)
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert code == cli.EXIT_USAGE, captured.err
+        assert len(lines) == 1 and lines[0].startswith("valley: error: "), captured.err
+        return lines[0]
+
+    return run
+
+
+def space(write_space, body: str, header: str = HEADER) -> str:
+    return str(write_space(header + body + "\n"))
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("params:\n  lr: [0.1, 0.2\n", ["line", "not valid YAML", "fix the syntax"]),
+    ("paramz: {}", ["paramz: unknown key", "did you mean 'params'"]),
+    ("params: {dropuot: 0.1}", ["unknown key 'dropuot'", "did you mean 'dropout'"]),
+    ("params: {batch_size: abc}", ["batch_size must be int", "'abc'"]),
+    ("params: {batch_size: {uniform: [16, 64]}}", ["params.batch_size", "must be int", "use randint or qrandint"]),
+    ("params: {optimizer: {choice: [adam, rmsprop]}}", ["params.optimizer", "'rmsprop'", "adam, adamw, sgd"]),
+    ("params: {dropout: {grid: [0.0, 1.5]}}", ["dropout must lie in [0, 1)", "1.5"]),
+    ("params: {lr: {uniform: [0.1, 0.01]}}", ["params.lr: low <= high must hold", "swap the bounds"]),
+    ("params: {lr: {loguniform: [0, 0.01]}}", ["params.lr: a log range must be > 0", "use uniform"]),
+    ("params: {batch_size: {choice: []}}", ["params.batch_size: choice is empty"]),
+    ("params: {lr: {grid: []}}", ["params.lr: grid is empty"]),
+    ("grid: []", ["grid: is empty"]),
+    ("params: {layers: {randint: [5, 5]}}", ["low < high must hold (high is exclusive)", "layers: 5"]),
+    ("params: {lr: {uniform: [.nan, 1]}}", ["params.lr: bounds must be finite"]),
+    ("params: {lr: {loguniform: [1.0e-4, .inf]}}", ["params.lr: bounds must be finite"]),
+    ("params: {lr: .nan}", ["params.lr: must be finite"]),
+])
+def test_space_mistakes(refuse, write_space, body, expected):
+    line = refuse(space(write_space, body))
+    assert all(part in line for part in expected), line
+
+
+def test_unknown_names(refuse, write_space):
+    assert "unknown space 'mlp-ruogh'; did you mean 'mlp-rough'?" in refuse("mlp-ruogh")
+    assert "does not exist" in refuse("no/such/space.yaml")
+    line = refuse(space(write_space, "", header=HEADER.replace("family: mlp", "family: mpl")))
+    assert "unknown family 'mpl'; valid families: " in line and "mlp" in line
+    assert "unknown data set 'mnist'; valid data sets: " in refuse("mlp-rough", "--dataset", "mnist")
+    line = refuse(space(write_space, "", header=HEADER.replace("val_loss", "val_los")))
+    assert "metric: 'val_los' is not reported by family 'mlp'; reported: " in line and "val_loss" in line
+    assert "mode: must be min or max, got 'lowest'" in refuse(
+        space(write_space, "", header=HEADER.replace("mode: min", "mode: lowest")))
+
+
+def test_options_out_of_range(refuse, write_space):
+    path = space(write_space, "")
+    assert "--gpus-per-trial 1 asks for more GPUs than this machine has" in refuse(
+        path, "--gpus-per-trial", "1") or os.environ.get("CUDA_VISIBLE_DEVICES")
+    assert "--cpus-per-trial 512 asks for more CPUs than the local Ray has" in refuse(
+        path, "--cpus-per-trial", "512")
+    assert "--max-failures must be >= 0" in refuse(path, "--max-failures", "-2")
+    assert "--max-epochs must be at least 1" in refuse(path, "--max-epochs", "0")
+    assert "--name must be letters, digits" in refuse(path, "--name", "../../etc")
+    assert "--storage must be a folder" in refuse(path, storage="s3://bucket/results")
+    assert "--set takes key=value" in refuse(path, "--set", "lr")
+    assert "unknown key 'lrr'" in refuse(path, "--set", "lrr=0.1")
+
+
+def test_results_folder_unwritable_and_name_taken_lose_nothing(refuse, write_space, tmp_path):
+    path = space(write_space, "")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    assert "is not writable" in refuse(path, storage=blocker / "results")
+    assert blocker.read_text() == "keep me"
+
+    taken = tmp_path / "results" / "taken"
+    taken.mkdir(parents=True)
+    (taken / "valley.json").write_text('{"status": "completed"}')
+    before = hashlib.sha256((taken / "valley.json").read_bytes()).hexdigest()
+    line = refuse(path, "--name", "taken")
+    assert "already exists; continue it with `valley resume" in line
+    assert hashlib.sha256((taken / "valley.json").read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["taken"]  # nothing else made
+
+    assert "not a valley experiment" in refuse("resume", str(tmp_path))
+    assert "is not a folder" in refuse("resume", str(tmp_path / "nowhere"))
+
+
+# --- data folders: missing, truncated, of another shape, labels out of range ---------------------
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def fashion(folder: Path, n_train: int = 5100, size: int = 28, labels: int = 10,
+            n_labels: int | None = None) -> Path:
+    """A Fashion-MNIST folder in torchvision's layout, small and synthetic."""
+    raw = folder / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    write_idx(raw / FASHION_FILES[0], rng.integers(0, 256, (n_train, size, size)))
+    write_idx(raw / FASHION_FILES[1], rng.integers(0, labels, n_labels or n_train))
+    write_idx(raw / FASHION_FILES[2], rng.integers(0, 256, (50, size, size)))
+    write_idx(raw / FASHION_FILES[3], rng.integers(0, 10, 50))
+    return raw
+
+
+def test_data_folder_missing_or_malformed(refuse, write_space, tmp_path):
+    line = refuse(space(write_space, ""), "--data-dir", str(tmp_path / "nowhere"))
+    assert f"--data-dir {tmp_path / 'nowhere'} is not a folder" in line
+    path = space(write_space, "", header=HEADER.replace("synthetic", "fashion_mnist"))
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "nowhere", tmp_path / "empty"):  # offline: nothing downloads into them
+        line = refuse(path, "--data-dir", str(folder))
+        assert "is not in" in line and "train-images-idx3-ubyte" in line and "downloading is off" in line
+
+    fashion(tmp_path / "small", size=8)
+    line = refuse(path, "--data-dir", str(tmp_path / "small"))
+    assert "images must be 1x28x28, got 1x8x8" in line
+
+    fashion(tmp_path / "labels", labels=12)
+    assert "labels must lie in [0, 10), got 0..11" in refuse(path, "--data-dir", str(tmp_path / "labels"))
+
+    fashion(tmp_path / "short", n_labels=4000)
+    line = refuse(path, "--data-dir", str(tmp_path / "short"))
+    assert "cannot be read" in line and "replace its files" in line
+
+    raw = fashion(tmp_path / "truncated")
+    images = raw / FASHION_FILES[0]
+    images.write_bytes(images.read_bytes()[:100_000])
+    line = refuse(path, "--data-dir", str(tmp_path / "truncated"))
+    assert "cannot be read" in line and str(raw) in line
+
+    raw = fashion(tmp_path / "floats")
+    (raw / FASHION_FILES[0]).write_bytes(bytes([0, 0, 0x0D, 3]) + b"\0" * 12)
+    assert "is not an unsigned-byte IDX file" in refuse(path, "--data-dir", str(tmp_path / "floats"))
+
+
+# --- the same refusals as a user sees them: a fresh process, one line, in under 5 s --------------
+
+@pytest.mark.parametrize("extra, body, expected", [
+    ([], "family: mpl\ndataset: digits\nmetric: val_loss\nmode: min\n", "unknown family 'mpl'"),
+    (["--gpus-per-trial", "1"], HEADER, "asks for more GPUs than this machine has"),
+    (["--dataset", "fashion_mnist", "--data-dir", "EMPTY"], HEADER, "downloading is off"),
+])
+def test_refusal_in_a_fresh_process_is_fast(tmp_path, extra, body, expected):
+    if "--gpus-per-trial" in extra and os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1"):
+        pytest.skip("this machine may have a GPU")
+    (tmp_path / "empty").mkdir()
+    spec = tmp_path / "space.yaml"
+    spec.write_text(body)
+    argv = [str(tmp_path / "empty") if a == "EMPTY" else a for a in extra]
+    env = {**os.environ, "VALLEY_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "search.cli", "search", str(spec), "--storage",
+                          str(tmp_path / "results"), *argv], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    elapsed = time.perf_counter() - started
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and expected in lines[0], run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "results").exists() or \
+        not any((tmp_path / "results").iterdir())
+    assert elapsed < 5, f"refusal took {elapsed:.1f} s"

@@ -1,0 +1,103 @@
+"""The pure parts of benchmarks/: replaying strategies on a synthetic curve table, the table printer."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not an installed package
+
+from benchmarks.common import table  # noqa: E402
+from benchmarks.replay import (  # noqa: E402
+    asha_rungs, curves_from_table, run_asha, run_full, run_staged, summarise, valley_band)
+
+EPOCHS = 9
+
+
+def synthetic_table(n_arch: int = 6, configs_per_arch: int = 3, seed: int = 0) -> pd.DataFrame:
+    """Curves that fall to a floor set by the architecture (arch 3 best) plus a config offset."""
+    rng = np.random.default_rng(seed)
+    rows, cid = [], 0
+    for arch in range(n_arch):
+        floor = 0.2 + 0.05 * abs(arch - 3)
+        for k in range(configs_per_arch):
+            offset = 0.02 * k  # config 0 of each architecture is its best (and its rough config)
+            best_test = 0.0
+            for epoch in range(1, EPOCHS + 1):
+                loss = floor + offset + 1.0 / epoch + rng.normal(0, 0.002)
+                best_test = max(best_test, 1 - loss / 2)
+                rows.append({"config_id": cid, "arch": arch, "arch_label": f"a{arch}", "lr0": 1e-3 * (k + 1),
+                             "dropout": 0.0, "n_params": 100 * (arch + 1), "epoch": epoch, "val_loss": loss,
+                             "val_acc": 1 - loss / 2, "test_acc": best_test, "val_loss_se": 0.03,
+                             "epoch_s": 0.1 * (arch + 1)})
+            cid += 1
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def curves():
+    return curves_from_table(synthetic_table())
+
+
+def test_rungs_match_tune_for_the_defaults():
+    assert asha_rungs(20, 1, 3) == [1, 3, 9]
+    assert asha_rungs(9, 1, 3)[:2] == [1, 3]
+    assert asha_rungs(4, 1, 2) == [1, 2, 4]
+
+
+def test_grid_runs_everything_and_picks_the_lowest_val_loss(curves):
+    grid = run_full(curves, sorted(curves), EPOCHS)
+    assert grid.epochs_spent == len(curves) * EPOCHS
+    assert curves[grid.pick].arch == 3 and grid.pick_epochs == EPOCHS
+    losses = [t[1] for t in grid.trace]
+    assert losses == sorted(losses, reverse=True)  # best-so-far never gets worse
+
+
+def test_asha_stops_a_worse_trial_at_the_first_rung():
+    table_ = synthetic_table(n_arch=1, configs_per_arch=1)
+    worse = table_.assign(config_id=1, val_loss=table_.val_loss + 1.0)
+    curves = curves_from_table(pd.concat([table_, worse]))
+    replay = run_asha(curves, [0, 1], EPOCHS, grace=1, rf=3, concurrency=1)
+    assert replay.ran == {0: EPOCHS, 1: 1}  # trial 1 is below the rung-1 cutoff set by trial 0
+    assert replay.epochs_spent == EPOCHS + 1 and replay.pick == 0
+
+
+def test_asha_spends_less_than_the_grid(curves):
+    order = list(np.random.default_rng(1).permutation(sorted(curves)))
+    replay = run_asha(curves, order, EPOCHS)
+    assert replay.epochs_spent < len(curves) * EPOCHS
+    assert max(replay.ran.values()) == EPOCHS
+
+
+def test_valley_band_is_one_standard_error_wide(curves):
+    ran = {cid: EPOCHS for cid, c in curves.items() if c.config_id % 3 == 0}
+    band, smallest = valley_band(curves, ran)
+    assert 3 in band and all(abs(a - 3) <= 1 for a in band)  # floors 0.05 apart, se 0.03: neighbours out
+    assert smallest == min(band)  # n_params grows with arch
+
+
+def test_staged_plan_fine_tunes_only_the_valley(curves):
+    rough = {a: 3 * a for a in range(6)}
+    replay, archs = run_staged(curves, rough, np.random.default_rng(0), rough_epochs=3, max_t=EPOCHS,
+                               fine="smallest")
+    assert len(archs) == 1
+    fine_ids = {cid for cid, c in curves.items() if c.arch in archs}
+    assert {cid for cid, e in replay.ran.items() if e > 3} <= fine_ids
+    assert replay.epochs_spent < len(curves) * EPOCHS
+    grid = run_full(curves, sorted(curves), EPOCHS)
+    summary = summarise([replay], grid, grid.epochs_spent)
+    assert 0 < summary["budget %"] < 100
+
+
+def test_curve_table_needs_its_columns():
+    with pytest.raises(ValueError, match="val_loss_se"):
+        curves_from_table(synthetic_table().drop(columns="val_loss_se"))
+
+
+def test_table_prints_markdown():
+    text = table([{"variant": "bare", "wall s": 4.1234, "ratio": 1.0}, {"variant": "valley", "wall s": 1234.5}])
+    lines = text.splitlines()
+    assert lines[0].startswith("| variant") and "4.12" in lines[2] and "1,234" in lines[3] and "-" in lines[3]

@@ -1,0 +1,393 @@
+"""Faults inside a search: crashing, killed and diverging trials; Ctrl-C and `valley resume`.
+
+A failed trial is not a failed search (STYLE rule 6): every test here checks that the search
+still ends `completed` with one row per trial, and that the faulty trial reads what happened.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.load import read_results, top_table
+from search.run import SearchOptions, run_search
+from spaces import load_space
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FAULTY = """\
+family: mlp
+dataset: synthetic
+metric: val_loss
+mode: min
+max_epochs: 3
+grid:
+  - {hidden: [16]}
+  - {hidden: [100000000000]}        # 25 TB of weights: the allocator refuses, every attempt
+  - {hidden: [16], lr: 1.0e+30}     # NaN loss in the first epoch
+  - {hidden: [32]}
+params:
+  lr: 0.01
+  batch_size: 32
+"""
+
+
+def search(space_path, tmp_path, **options):
+    opts = SearchOptions(storage=str(tmp_path / "results"), **{"quiet": True, **options})
+    return run_search(load_space(space_path), opts)
+
+
+def trial_of(folder: Path, **config) -> Path:
+    """The folder of the one trial whose params.json holds ``config``."""
+    found = [p.parent for p in folder.glob("*/params.json")
+             if all(json.loads(p.read_text()).get(k) == v for k, v in config.items())]
+    assert len(found) == 1, f"{len(found)} trials match {config}"
+    return found[0]
+
+
+@pytest.mark.ray
+def test_crash_is_retried_then_failed_and_divergence_is_not_retried(ray_session, write_space, tmp_path,
+                                                                     capsys):
+    folder = search(write_space(FAULTY), tmp_path, name="faulty", max_failures=2, quiet=False)
+    out = capsys.readouterr().out
+    trials = pd.read_csv(folder / "trials.csv")
+    assert json.loads((folder / "valley.json").read_text())["status"] == "completed"
+    assert len(trials) == 4
+    by_row = {int(json.loads((folder / t / "params.json").read_text())["variant"]): row
+              for t, row in trials.set_index("trial_id").iterrows()}
+    assert by_row[0]["status"] == by_row[3]["status"] == "completed"
+
+    oom = by_row[1]
+    assert oom["status"] == "failed" and "can't allocate memory" in oom["error"]
+    errors = (trial_of(folder, variant=1) / "error.txt").read_text()
+    assert errors.count("Failure #") == 3  # the first attempt and --max-failures 2 retries
+    assert out.count("crashed (") == 2 and "retry 2 of 2 from its last checkpoint" in out
+
+    nan = by_row[2]
+    assert nan["status"] == "diverged" and "train loss is nan" in nan["error"]
+    assert (trial_of(folder, variant=2) / "error.txt").read_text().count("Failure #") == 1  # not retried
+    assert " diverged " in out
+    assert read_results(trial_of(folder, variant=2)) == []  # nothing was reported, NaN or otherwise
+
+    best = top_table(trials, folder)
+    assert "diverged" not in best and "failed" not in best
+
+
+@pytest.mark.ray
+def test_killed_trial_process_resumes_from_its_checkpoint(ray_session, write_space, tmp_path, capsys,
+                                                          monkeypatch):
+    """SIGKILL of a trial's worker (what the OOM killer does): the trial goes on from its checkpoint."""
+    from search.progress import Progress
+
+    space = write_space(FAULTY.replace("max_epochs: 3", "max_epochs: 30").split("grid:")[0]
+                        + "grid:\n  - {hidden: [64]}\nparams:\n  lr: 0.001\n  batch_size: 16\n")
+    killed: dict[str, int] = {}
+    seen_by_progress = Progress.on_trial_result
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        # in the driver, as results arrive (result.json reaches the folder only every few seconds)
+        if not killed and result["epoch"] >= 3:
+            killed.update(pid=result["pid"], epoch=result["epoch"])
+            os.kill(result["pid"], signal.SIGKILL)
+        return seen_by_progress(self, iteration, trials, trial, result, **info)
+
+    monkeypatch.setattr(Progress, "on_trial_result", on_trial_result)
+    folder = search(space, tmp_path, name="killed", max_failures=1, quiet=False)
+    assert killed
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 1 and trials.loc[0, "status"] == "completed" and trials.loc[0, "epochs"] == 30
+    rows = [json.loads(line) for line in next(folder.glob("*/result.json")).read_text().splitlines()]
+    after = [row for row in rows if row["pid"] != killed["pid"]]
+    assert after, "no result came from a new worker process"
+    # resumed from a checkpoint, not from scratch: the new process never reported epoch 1
+    assert 1 < after[0]["epoch"] <= killed["epoch"] + 1
+    assert [row["epoch"] for row in after] == list(range(after[0]["epoch"], 31))
+    assert "retry 1 of 1 from its last checkpoint" in capsys.readouterr().out
+
+
+NAN_UNDER_OPTUNA = """\
+family: mlp
+dataset: synthetic
+metric: val_loss
+mode: min
+max_epochs: 3
+grid:
+  - {hidden: [16]}
+  - {hidden: [16], lr: 1.0e+30}
+params:
+  batch_size: 32
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+"""
+
+
+@pytest.mark.ray
+def test_nan_under_optuna_and_asha_fails_that_trial_only(ray_session, write_space, tmp_path):
+    """The issue's done-when: the search completes, the trial reads 'diverged', no Optuna trial RUNNING."""
+    from search.tune_space import ValleyOptunaSearch
+
+    folder = search(write_space(NAN_UNDER_OPTUNA), tmp_path, name="tpe-nan", search="optuna",
+                    scheduler="asha", samples=5, warm_points=({"variant": 1, "lr": 0.005},))
+    assert json.loads((folder / "valley.json").read_text())["status"] == "completed"
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 5
+    diverged = trials[trials["config/lr"] == 1e30]
+    assert len(diverged) >= 1 and set(diverged["status"]) == {"diverged"}
+    assert set(trials[trials["config/lr"] != 1e30]["status"]) <= {"completed", "stopped"}
+    best = trials[~trials["status"].isin(["failed", "diverged"])]["best_val_loss"].idxmin()
+    assert trials.loc[best, "config/lr"] != 1e30
+
+    searcher = ValleyOptunaSearch()
+    searcher.restore_from_dir(str(folder))  # the state `valley resume` would continue from
+    states = [trial.state.name for trial in searcher._ot_study.trials]
+    assert len(states) == 5 and "RUNNING" not in states
+    assert states.count("FAIL") == len(diverged)
+
+
+def test_optuna_searcher_fails_a_nan_it_is_told():
+    """Second line of defence: a NaN reaching the searcher ends FAIL, not RUNNING for ever."""
+    from ray import tune
+
+    from search.tune_space import ValleyOptunaSearch
+
+    searcher = ValleyOptunaSearch(space={"lr": tune.uniform(0, 1)}, metric="val_loss", mode="min")
+    for trial_id, value in (("a", float("nan")), ("b", 0.5), ("c", float("inf"))):
+        assert searcher.suggest(trial_id)
+        searcher.on_trial_complete(trial_id, {"val_loss": value})
+    assert [t.state.name for t in searcher._ot_study.trials] == ["FAIL", "COMPLETE", "FAIL"]
+
+
+def test_resumed_training_matches_uninterrupted_training(tmp_path):
+    """A retried or resumed trial that re-runs epochs gets the numbers it had: finished trials stay unchanged."""
+    from trainables.data import load_dataset
+    from trainables.loop import train
+    from trainables.report import LocalReporter
+
+    data = load_dataset("synthetic")
+    config = {"family": "mlp", "hidden": [32], "dropout": 0.3, "batch_size": 16, "seed": 3}
+    straight = LocalReporter()
+    train({**config, "max_epochs": 4}, data=data, reporter=straight)
+    train({**config, "max_epochs": 2}, data=data, reporter=LocalReporter(tmp_path / "ckpt"))
+    resumed = LocalReporter(tmp_path / "ckpt")
+    train({**config, "max_epochs": 4}, data=data, reporter=resumed)
+    keys = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss")
+    assert [[row[k] for k in keys] for row in resumed.history] == [[row[k] for k in keys]
+                                                                    for row in straight.history[2:]]
+
+
+def test_pruning_keeps_what_the_snapshot_on_disk_can_restore(tmp_path):
+    """Only checkpoints older than the one Tune's newest snapshot names (less one) are deleted."""
+    from search.progress import prune_checkpoints
+
+    for trial, count in (("t1", 6), ("t2", 3), ("t3", 2)):
+        for index in range(count):
+            (tmp_path / trial / f"checkpoint_{index:06d}").mkdir(parents=True)
+
+    def snapshot(name: str, named: dict[str, str | None]) -> None:
+        entries = [[json.dumps({"trial_id": t, "relative_logdir": t, "status": "RUNNING"}),
+                    json.dumps({"last_result": {"checkpoint_dir_name": c} if c else {}})] for t, c in named.items()]
+        (tmp_path / f"experiment_state-{name}.json").write_text(json.dumps({"trial_data": entries}))
+
+    snapshot("2026-01-01_00-00-00", {"t1": "checkpoint_000005", "t2": "checkpoint_000002", "t3": None})
+    snapshot("2026-01-01_00-00-09", {"t1": "checkpoint_000003", "t2": "checkpoint_000001", "t3": None})
+    assert prune_checkpoints(tmp_path) == 2  # the newest snapshot by name, as Tune restores
+    left = {t: sorted(c.name[-1] for c in (tmp_path / t).iterdir()) for t in ("t1", "t2", "t3")}
+    assert left == {"t1": ["2", "3", "4", "5"], "t2": ["0", "1", "2"], "t3": ["0", "1"]}
+    (tmp_path / "experiment_state-2026-01-01_00-00-10.json").write_text('{"trial_data": [["{')  # mid-write
+    assert prune_checkpoints(tmp_path) == 0
+
+
+# --- Ctrl-C of a driver, then `valley resume` (own Ray, in a subprocess) --------------------------
+
+RESUMABLE = """\
+family: mlp
+dataset: synthetic
+metric: val_loss
+mode: min
+max_epochs: 12
+params:
+  hidden: {choice: [[16], [32]]}
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+  batch_size: 16
+"""
+
+
+KEPT = ["epochs", "best_val_loss", "n_params", "config/hidden", "config/lr"]  # a finished trial's record
+
+
+def driver_env() -> dict[str, str]:
+    """The environment for a driver with its own local Ray (never the session's)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def valley(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=ROOT, env=driver_env(),
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def epochs_on_disk(folder: Path) -> int:
+    """Epochs whose results reached the experiment folder (Tune syncs result.json every few seconds)."""
+    return sum(len(read_results(p.parent)) for p in folder.glob("*/params.json"))
+
+
+def checkpointed_epochs(folder: Path) -> int:
+    """Epochs checkpointed so far: trials write checkpoints straight to the folder, so this moves first."""
+    return sum(max((int(c.name.split("_")[1]) + 1 for c in trial.glob("checkpoint_*")), default=0)
+               for trial in folder.glob("*_*") if trial.is_dir())
+
+
+def wait_for_fresh_checkpoint(driver: subprocess.Popen, folder: Path, since: float) -> None:
+    """Until the driver's trials write a checkpoint (a resumed trial rewrites old indices, hence mtime)."""
+    def written(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:  # pruned meanwhile
+            return 0.0
+
+    deadline = time.monotonic() + 90
+    while driver.poll() is None and time.monotonic() < deadline:
+        if any(written(p) > since for p in folder.glob("*/checkpoint_*/state.pt")):
+            return
+        time.sleep(0.05)  # Ray's start-up alone takes ~10 s
+
+
+def session_processes(sid: int) -> list[str]:
+    """Processes still in the session of a driver started with start_new_session (Ray's included)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    found.append(f"{entry.name} {(entry / 'comm').read_text().strip()}")
+            except OSError:
+                continue
+    return found
+
+
+def wait_gone(sid: int, timeout: float = 20) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return left
+
+
+def interrupt_after_progress(driver: subprocess.Popen, folder: Path, since: float) -> str:
+    """Ctrl-C once the driver has checkpointed a fresh epoch; returns what it printed."""
+    wait_for_fresh_checkpoint(driver, folder, since)
+    assert driver.poll() is None, f"the search ended before Ctrl-C: {driver.communicate()[0]}"
+    os.kill(driver.pid, signal.SIGINT)
+    out, _ = driver.communicate(timeout=90)
+    return out
+
+
+@pytest.mark.ray
+def test_ctrl_c_then_resume_finishes_every_trial_once(write_space, tmp_path):
+    """Ctrl-C of a search and of its resumption: exit 130, 'interrupted'; then every trial exactly once."""
+    from search.tune_space import ValleyOptunaSearch
+
+    storage = tmp_path / "results"
+    folder = storage / "tpe"
+    started = time.time()
+    driver = valley("search", str(write_space(RESUMABLE)), "--name", "tpe", "--storage", str(storage),
+                    "--search", "optuna", "--samples", "6", "--num-cpus", "2")
+    for attempt in range(2):  # the search, then its first resumption
+        out = interrupt_after_progress(driver, folder, started)
+        assert driver.returncode == 130, out
+        assert f"valley: interrupted; continue with `valley resume {folder}`" in out
+        assert json.loads((folder / "valley.json").read_text())["status"] == "interrupted"
+        assert not wait_gone(driver.pid), "Ray processes outlived the interrupted driver"
+        if attempt == 0:
+            before = pd.read_csv(folder / "trials.csv")
+            finished = before[before["status"] == "completed"].set_index("trial_id")[KEPT].to_dict("index")
+            started = time.time()
+            driver = valley("resume", str(folder))
+
+    resumed = valley("resume", str(folder))
+    out, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, out
+    assert json.loads((folder / "valley.json").read_text())["status"] == "completed"
+    after = pd.read_csv(folder / "trials.csv")
+    assert len(after) == 6 and after["trial_id"].is_unique and (after["status"] == "completed").all()
+    final = after.set_index("trial_id")[KEPT].to_dict("index")
+    assert {t: final[t] for t in finished} == finished
+    searcher = ValleyOptunaSearch()
+    searcher.restore_from_dir(str(folder))  # Optuna's study went on from its saved state
+    assert [t.state.name for t in searcher._ot_study.trials] == ["COMPLETE"] * 6
+    assert not wait_gone(resumed.pid)
+
+
+# --- SIGKILL of the driver at random moments, three times, then `valley resume` ----------------------
+
+TWELVE = """\
+family: mlp
+dataset: synthetic
+metric: val_loss
+mode: min
+max_epochs: 10
+grid:
+  - {hidden: [8]}
+  - {hidden: [16]}
+  - {hidden: [24]}
+  - {hidden: [32]}
+params:
+  lr: {grid: [0.001, 0.003, 0.01]}
+  batch_size: 8
+"""
+
+
+@pytest.mark.ray
+def test_driver_killed_three_times_then_resumed(write_space, tmp_path):
+    """The issue's done-when: 12 trials in trials.csv, none twice, the finished ones unchanged."""
+    import random
+
+    from analysis.load import load_experiment
+
+    rng = random.Random(0)
+    storage = tmp_path / "results"
+    folder = storage / "twelve"
+    command = ["search", str(write_space(TWELVE)), "--name", "twelve", "--storage", str(storage),
+               "--num-cpus", "2"]
+    finished: dict[str, dict] = {}  # trial id -> what trials.csv says about a completed trial
+    progress, killed = [], []
+    for kill in range(3):
+        started = time.time()
+        driver = valley(*command)
+        wait_for_fresh_checkpoint(driver, folder, started)
+        time.sleep(rng.uniform(0, 0.5))
+        assert driver.poll() is None, f"the search ended before kill {kill + 1}: {driver.communicate()[0]}"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        killed.append(driver.pid)  # its local Ray must go too: checked at the end, while the next one runs
+
+        trials, _ = load_experiment(folder)
+        now = ({} if trials.empty else  # Tune syncs params.json and result.json every few seconds
+               trials[trials["status"] == "completed"].set_index("trial_id")[KEPT].to_dict("index"))
+        assert {t: now.get(t) for t in finished} == finished  # finished trials stay finished, unchanged
+        finished = now
+        progress.append(epochs_on_disk(folder) + checkpointed_epochs(folder))
+        command = ["resume", str(folder)]
+
+    assert progress == sorted(progress) and len(finished) < 12
+    resumed = valley(*command)
+    out, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, out
+    assert json.loads((folder / "valley.json").read_text())["status"] == "completed"
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 12 and trials["trial_id"].is_unique
+    assert not trials.duplicated(["config/hidden", "config/lr"]).any()  # the grid was not drawn again
+    assert (trials["status"] == "completed").all() and (trials["epochs"] == 10).all()
+    final = trials.set_index("trial_id")[KEPT].to_dict("index")
+    assert {t: final[t] for t in finished} == finished
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert len(epochs) == 12 * 10 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    for pid in [*killed, resumed.pid]:
+        assert not wait_gone(pid), f"processes of driver {pid} (its local Ray) outlived it"
