@@ -1,6 +1,6 @@
 """Per-trial overhead of a valley search against a bare PyTorch loop with the same concurrency.
 
-    python benchmarks/overhead.py            # both workloads, every variant (about 4 min on 2 cores)
+    python benchmarks/overhead.py            # both workloads, every variant (about 5 min on 2 quiet cores)
     python benchmarks/overhead.py --quick    # the fixed-cost workload only, fewer variants
 
 Two workloads, the same configurations in every variant (a grid over ``seed``):
