@@ -459,8 +459,10 @@ def fail_diverged_trials_at_once() -> None:
 
 
 def total_trials(space: Space, opts: SearchOptions) -> int:
+    """Trials the search will run; a --set key replaces its grid, as in ``param_space``."""
     samples = opts.samples or (20 if opts.search == "optuna" else 1)
-    return samples if opts.search == "optuna" else samples * space.grid_size()
+    kept = {k: v for k, v in space.params.items() if k not in opts.overrides}
+    return samples if opts.search == "optuna" else samples * dataclasses.replace(space, params=kept).grid_size()
 
 
 def build_tuner(space: Space, opts: SearchOptions, folder: Path, dataset: str, epochs: int, data: Any,
