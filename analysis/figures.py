@@ -624,8 +624,8 @@ def csd_by_hour(true: Any, pred: Any, title: str = "Common-sense difference by t
 
 
 def hour_minute_confusion(true: Any, pred: Any, title: str = "Hour and minute confusion") -> go.Figure:
-    """Counts of (true, read) hour (12 x 12) and minute (60 x 60)."""
-    t, p = minutes_of(true), minutes_of(pred)
+    """Counts of (true, read) hour (12 x 12) and minute (60 x 60); real-valued reads round to a minute."""
+    t, p = (np.rint(minutes_of(v)).astype(int) % MINUTES for v in (true, pred))
     hours = np.zeros((12, 12), dtype=int)  # (true hour, read hour)
     np.add.at(hours, (t // 60, p // 60), 1)
     minutes = np.zeros((60, 60), dtype=int)  # (true minute, read minute)

@@ -14,7 +14,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
 
 class ResultsError(ValueError):
     """A folder that holds no results to load; the message says what to pass instead."""
@@ -61,6 +63,29 @@ def _read_results_checked(trial_dir: Path) -> tuple[list[dict[str, Any]], list[i
     # a trial resumed from a checkpoint repeats the epochs after it: keep the last of each
     by_iteration = {row.get("training_iteration", i): row for i, row in enumerate(rows)}
     return [by_iteration[k] for k in sorted(by_iteration)], bad
+
+
+# Config keys that say how a trial ran, not what it is: two trials differing only in these are one config.
+RUN_KEYS = {"seed", "split_seed", "max_epochs", "family", "dataset", "device", "variant"}
+
+
+def config_of(row: pd.Series) -> dict[str, Any]:
+    """A trial's config from its trials-table row, without keys that only say how it ran."""
+    config = {}
+    for column, value in row.items():
+        if not column.startswith("config/"):
+            continue
+        key = column.removeprefix("config/")
+        if key in RUN_KEYS or value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if isinstance(value, str) and value.startswith("["):
+            value = json.loads(value)
+        if isinstance(value, (np.integer, np.floating)):
+            value = value.item()
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # pandas turns an int column with gaps into floats
+        config[key] = value
+    return config
 
 
 def flat_config(config: dict[str, Any], grid: list[dict[str, Any]]) -> dict[str, Any]:
@@ -273,6 +298,25 @@ class Experiment:
         mode = self.manifest.get("mode") or next(
             (s.manifest["mode"] for s in self.stages.values() if s.manifest.get("mode")), None)
         return mode or guess_mode(self.metric)
+
+    def trial_dir(self, trial_id: str) -> Path | None:
+        """The folder of one trial (in a plan, inside its experiment's folder)."""
+        for experiment in [self, *self.stages.values()]:
+            if (experiment.path / trial_id / "params.json").is_file():
+                return experiment.path / trial_id
+        return None
+
+    def predictions(self, trial_id: str) -> dict[str, np.ndarray] | None:
+        """The test predictions saved with the trial's newest checkpoint (``predictions.npz``), if any.
+
+        Keys: ``pred``, ``true``, ``error`` per test image; ``worst_index`` and ``worst_images``.
+        """
+        folder = self.trial_dir(trial_id)
+        saved = sorted(folder.glob("checkpoint_*/predictions.npz")) if folder else []
+        if not saved:
+            return None
+        with np.load(saved[-1], allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
 
     @property
     def status(self) -> str:

@@ -70,9 +70,35 @@ def build_sections(experiment: Experiment) -> list[Section]:
                                 figures.confidence_intervals(seeds, value=task)))
     sections.append(Section("results", "Results table", figures.results_table(trials, metric, mode),
                             "Test metrics of each trial's best checkpoint (by validation loss)."))
+    if "test_csd" in trials:
+        sections += clock_sections(experiment)
     for section in sections:
         section.figure.update_layout(title_text="", margin_t=50)  # the section heading names it
     return sections
+
+
+def clock_sections(experiment: Experiment) -> list[Section]:
+    """How the best clock model reads the test images: CSD histogram, by hour, confusion, worst reads."""
+    trials, metric, mode = experiment.trials, experiment.metric, experiment.mode
+    done = trials[trials["status"].isin(["completed", "stopped"])].dropna(subset=[metric])
+    if done.empty:
+        return []
+    best = done.sort_values(metric, ascending=mode == "min").iloc[0]
+    saved = experiment.predictions(best["trial_id"])
+    label = f"trial {best['trial_id']} (best {figures.pretty(metric)} {figures.fmt(best[metric])})"
+    if saved is None:
+        return [Section("clock-reads", "Clock reads", figures.message(
+            "Clock reads", f"{label} has no saved test predictions (predictions.npz beside its last "
+                           "checkpoint): it ran before valley saved them, or its checkpoints were deleted"))]
+    true, pred, worst = saved["true"], saved["pred"], saved["worst_index"]
+    note = f"The test images as {label} reads them, at its best epoch by validation loss."
+    return [
+        Section("csd-histogram", "Common-sense difference", figures.csd_histogram(true, pred), note),
+        Section("csd-by-hour", "Common-sense difference by hour", figures.csd_by_hour(true, pred)),
+        Section("confusion", "Hour and minute confusion", figures.hour_minute_confusion(true, pred)),
+        Section("worst-reads", "Worst reads", figures.worst_reads(saved["worst_images"], true[worst], pred[worst]),
+                f"The {len(worst)} test images {label} reads worst, with true and read times."),
+    ]
 
 
 def _valley_source(experiment: Experiment) -> str | None:

@@ -149,3 +149,33 @@ def test_clock_encodings_on_course_files(ray_session, course_dir, tmp_path):
     per_encoding = trials.groupby(["config/encoding", "config/csd_weight"], dropna=False)
     assert per_encoding["seeds_std_test_csd"].first().notna().all()
     assert trials["test_csd"].between(0, 360).all()
+    # the report shows how the best trial reads the test images, from predictions.npz
+    from analysis.load import load
+    from analysis.report import write_report
+
+    experiment = load(folder)
+    best = trials.sort_values("best_val_csd").iloc[0]["trial_id"]
+    saved = experiment.predictions(best)
+    assert saved["true"].shape == (len(saved["pred"]), 2) and len(saved["worst_images"]) == 16
+    page = write_report(folder, images=False).read_text(encoding="utf-8")
+    for key in ("csd-histogram", "csd-by-hour", "confusion", "worst-reads"):
+        assert f'<section id="{key}">' in page, key
+
+
+def test_best_checkpoint_keeps_its_test_predictions(tmp_path):
+    from trainables.loop import train
+    from trainables.metrics import csd
+    from trainables.report import LocalReporter
+
+    data = clock.tiny_data()
+    reporter = LocalReporter(tmp_path / "ckpt")
+    train({"family": "clock", "max_epochs": 2, "width": 4, "head_width": 32, "encoding": "regression"},
+          data=data, reporter=reporter)
+    saved = np.load(tmp_path / "ckpt" / "predictions.npz")
+    true = saved["true"][:, 0] * 60 + saved["true"][:, 1]
+    assert len(saved["pred"]) == len(data.x_test) and (saved["true"] == data.y_test).all()
+    assert saved["error"] == pytest.approx(csd(saved["pred"], true), abs=1e-3)
+    assert saved["error"].mean() == pytest.approx(reporter.history[-1]["test_csd"], rel=1e-4)
+    worst = saved["worst_index"]
+    assert saved["error"][worst[0]] == saved["error"].max()
+    assert (saved["worst_images"] == data.x_test[worst]).all()

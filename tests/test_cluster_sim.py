@@ -37,6 +37,7 @@ grid:
 params:
   lr: 0.003
   batch_size: 16
+  checkpoint_s: 0  # a checkpoint every epoch
 """
 
 

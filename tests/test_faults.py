@@ -36,6 +36,7 @@ grid:
 params:
   lr: 0.01
   batch_size: 32
+  checkpoint_s: 0                   # a checkpoint every epoch (the default is at most every 30 s)
 """
 
 
@@ -87,7 +88,7 @@ def test_killed_trial_process_resumes_from_its_checkpoint(ray_session, write_spa
     from search.progress import Progress
 
     space = write_space(FAULTY.replace("max_epochs: 3", "max_epochs: 30").split("grid:")[0]
-                        + "grid:\n  - {hidden: [64]}\nparams:\n  lr: 0.001\n  batch_size: 16\n")
+                        + "grid:\n  - {hidden: [64]}\nparams:\n  lr: 0.001\n  batch_size: 16\n  checkpoint_s: 0\n")
     killed: dict[str, int] = {}
     seen_by_progress = Progress.on_trial_result
 
@@ -215,6 +216,7 @@ params:
   hidden: {choice: [[16], [32]]}
   lr: {loguniform: [1.0e-3, 1.0e-2]}
   batch_size: 16
+  checkpoint_s: 0
 """
 
 
@@ -341,6 +343,7 @@ grid:
 params:
   lr: {grid: [0.001, 0.003, 0.01]}
   batch_size: 8
+  checkpoint_s: 0
 """
 
 

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import Splits
 from trainables.encodings import ENCODINGS, get_encoding
-from trainables.metrics import csd_summary, to_minutes
+from trainables.metrics import csd, csd_summary, to_minutes
 
 METRICS = ("csd", "csd_median", "csd_p90", "exact_acc", "hour_acc", "minute_acc")
 AUGMENT = ("none", "fresh", "expand")
@@ -34,7 +34,7 @@ class Config(TrainConfig):
     backbone: str = "small_cnn"  # small_cnn | resnet18 | vgg16_bn | vgg16
     encoding: str = "class_class"  # see trainables/encodings.py
     pretrained: bool = False  # ImageNet weights from torchvision's cache (or a download)
-    trainable_convs: int = 2  # pretrained VGG: convolutions left trainable, counted from the top
+    trainable_convs: int | None = None  # VGG: convolutions left trainable, from the top (pretrained: 2, else all)
     width: int = 16  # small_cnn: channels of the first block (doubling per block)
     resize: int | None = None  # images resized to this many pixels square on the device first
     head_width: int = 512  # dense units after the backbone
@@ -65,7 +65,8 @@ class Config(TrainConfig):
             (0 <= self.rotation <= 180 and 0 <= self.shear < 60, "rotation", "rotation in [0, 180], shear in [0, 60)"),
             (self.csd_weight >= 0, "csd_weight", "must be >= 0"),
             (self.resize is None or self.resize >= 16, "resize", "must be at least 16 pixels"),
-            (self.width >= 1 and self.trainable_convs >= 0, "width", "width >= 1, trainable_convs >= 0"),
+            (self.width >= 1, "width", "must be at least 1"),
+            (self.trainable_convs is None or self.trainable_convs >= 0, "trainable_convs", "must be >= 0"),
         ]
         for ok, key, rule in checks:
             if not ok:
@@ -96,6 +97,10 @@ class ClockTask:
 
     def metrics(self, pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         return csd_summary(pred, to_minutes(y[:, 0], y[:, 1]))
+
+    def errors(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """CSD of each image, in minutes."""
+        return csd(pred.float(), to_minutes(y[:, 0], y[:, 1]).float())
 
 
 def make_task(cfg: Config) -> ClockTask:
@@ -130,9 +135,10 @@ def _vgg(name: str) -> Callable[[Config, int], nn.Module]:
 
         weights = _weights("VGG16_BN_Weights" if name == "vgg16_bn" else "VGG16_Weights") if cfg.pretrained else None
         features = getattr(torchvision.models, name)(weights=weights).features  # classifier removed
-        if cfg.pretrained:
+        trainable = 2 if cfg.trainable_convs is None and cfg.pretrained else cfg.trainable_convs
+        if trainable is not None:  # the reference: ImageNet features frozen but for the last two convs
             convs = [m for m in features if isinstance(m, nn.Conv2d)]
-            keep = set(convs[len(convs) - cfg.trainable_convs:]) if cfg.trainable_convs else set()
+            keep = set(convs[len(convs) - trainable:]) if trainable else set()
             for conv in convs:
                 conv.requires_grad_(conv in keep)
             for m in features:
@@ -213,10 +219,7 @@ class ClockNet(nn.Module):
 
 
 def build_model(cfg: Config, data: Splits) -> nn.Module:
-    model = ClockNet(cfg, data)
-    if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return ClockNet(cfg, data)  # the loop makes it channels-last on CUDA
 
 
 # ----------------------------------------------------------------------------- augmentation

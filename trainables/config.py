@@ -38,9 +38,13 @@ class TrainConfig:
     min_lr: float = 1e-6
     early_stop: int = 0  # epochs without val improvement before stopping; 0 = never
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
+    checkpoint_s: float = 30.0  # and at most this often, in seconds (0: every checkpoint_every epochs)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast for conv nets on CUDA, else fp32) | fp32 | bf16
+    compile: bool = False  # torch.compile the model (minutes of compiling; pays off on long trainings)
 
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adam", "adamw", "sgd")
+    PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> TrainConfig:
@@ -70,6 +74,9 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(0 < self.lr_factor < 1, "lr_factor", self.lr_factor, "must lie in (0, 1)")
         _require(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be at least 1")
+        _require(self.checkpoint_s >= 0, "checkpoint_s", self.checkpoint_s, "must be >= 0 seconds")
+        _require(self.precision in self.PRECISIONS, "precision", self.precision,
+                 f"must be one of {', '.join(self.PRECISIONS)}")
         _require(self.optimizer in self.OPTIMIZERS, "optimizer", self.optimizer,
                  f"must be one of {', '.join(self.OPTIMIZERS)}")
 

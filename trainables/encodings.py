@@ -34,6 +34,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 
@@ -47,23 +48,23 @@ _SIZES = {"hour": {"class": 12, "reg": 1, "periodic": 2}, "minute": {"class": 60
 
 
 @dataclasses.dataclass(frozen=True)
-class Encoding:
+class Encoding(abc.ABC):
     """A label encoding: ``head`` builds the output layer, ``loss`` scores it, ``decode`` reads minutes."""
 
     name: str
 
     @property
-    def n_out(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def n_out(self) -> int: ...
 
-    def head(self, in_features: int, *, minute_hidden: int = 0, minute_dropout: float = 0.7) -> nn.Module:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def head(self, in_features: int, *, minute_hidden: int = 0, minute_dropout: float = 0.7) -> nn.Module: ...
 
-    def loss(self, out: torch.Tensor, y: torch.Tensor, csd_weight: float = 0.0) -> torch.Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def loss(self, out: torch.Tensor, y: torch.Tensor, csd_weight: float = 0.0) -> torch.Tensor: ...
 
-    def decode(self, out: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def decode(self, out: torch.Tensor) -> torch.Tensor: ...
 
     def _check(self, out: torch.Tensor, y: torch.Tensor | None = None) -> None:
         if out.ndim != 2 or out.shape[1] != self.n_out:

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 
 class Reporter(Protocol):
+    wants_checkpoints: bool  # False: checkpoints would be dropped, so the loop writes none
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
 
     def restore(self) -> Path | None:
@@ -42,6 +44,10 @@ class LocalReporter:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
             print(shown, file=sys.stderr)
 
+    @property
+    def wants_checkpoints(self) -> bool:
+        return self.checkpoint_dir is not None
+
     def restore(self) -> Path | None:
         if self.checkpoint_dir and (self.checkpoint_dir / "state.pt").exists():
             return self.checkpoint_dir
@@ -60,6 +66,7 @@ class RayReporter:
         from ray import tune
 
         self._tune = tune
+        self.wants_checkpoints = True
         self._node_id = ray.get_runtime_context().get_node_id()
         cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
         import torch

@@ -1,0 +1,86 @@
+"""The shared loop's device settings and checkpoint policy: precision, compile, checkpoint_s, frozen VGG."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainables import clock
+from trainables.config import ConfigError
+from trainables.data import load_dataset
+from trainables.loop import count_params, pick_precision, train
+from trainables.report import LocalReporter
+
+MLP = {"family": "mlp", "hidden": [16], "device": "cpu"}
+
+
+class CountingReporter(LocalReporter):
+    """A local reporter that also counts the checkpoints the loop hands it."""
+
+    def __init__(self, checkpoint_dir=None) -> None:
+        super().__init__(checkpoint_dir)
+        self.saves = 0
+
+    def report(self, metrics, checkpoint_dir) -> None:
+        self.saves += checkpoint_dir is not None
+        super().report(metrics, checkpoint_dir)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic")
+
+
+def test_auto_precision_is_bf16_only_for_convolutions_on_cuda():
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
+    cpu = torch.device("cpu")
+    assert pick_precision("auto", cpu, conv) == "fp32"
+    assert pick_precision("auto", cpu, mlp) == "fp32"
+    assert pick_precision("bf16", cpu, mlp) == "bf16"  # asked for, so given
+
+
+def test_bf16_autocast_trains_and_is_reported(data):
+    reporter = LocalReporter()
+    train({"family": "cnn", "arch": "cnn_simple", "max_epochs": 2, "precision": "bf16", "device": "cpu"},
+          data=data, reporter=reporter)
+    assert [row["precision"] for row in reporter.history] == ["bf16", "bf16"]
+    assert reporter.history[-1]["train_loss"] < reporter.history[0]["train_loss"] * 1.5
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
+        clock.Config.from_dict({"precision": "fp16"})
+
+
+def test_checkpoints_by_time_save_the_last_epoch_only(data, tmp_path):
+    hourly = CountingReporter(tmp_path / "a")
+    train({**MLP, "max_epochs": 4, "checkpoint_s": 3600}, data=data, reporter=hourly)
+    every = CountingReporter(tmp_path / "b")
+    train({**MLP, "max_epochs": 4, "checkpoint_s": 0}, data=data, reporter=every)
+    assert (hourly.saves, every.saves) == (1, 4)
+    assert torch.load(tmp_path / "a" / "state.pt", weights_only=True)["state"]["epoch"] == 4
+
+
+def test_no_checkpoints_are_written_for_a_reporter_that_drops_them(data):
+    reporter = CountingReporter()
+    assert not reporter.wants_checkpoints
+    train({**MLP, "max_epochs": 2, "checkpoint_s": 0}, data=data, reporter=reporter)
+    assert reporter.saves == 0 and len(reporter.history) == 2
+
+
+def test_compiled_model_checkpoints_with_plain_keys(data, tmp_path):
+    """torch.compile wraps the model for speed; checkpoints resume without it."""
+    first = LocalReporter(tmp_path / "ckpt")
+    train({**MLP, "max_epochs": 1, "compile": True}, data=data, reporter=first)
+    second = LocalReporter(tmp_path / "ckpt")
+    train({**MLP, "max_epochs": 2}, data=data, reporter=second)
+    assert [row["epoch"] for row in second.history] == [2]
+
+
+def test_vgg_freezes_all_but_the_last_convolutions_when_asked():
+    data = load_dataset("clocks-tiny")
+    full = clock.build_model(clock.Config.from_dict({"backbone": "vgg16"}), data)
+    frozen = clock.build_model(clock.Config.from_dict({"backbone": "vgg16", "trainable_convs": 2}), data)
+    convs = [m for m in frozen.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.weight.requires_grad for c in convs] == [False] * 11 + [True] * 2
+    assert count_params(frozen) < count_params(full)
