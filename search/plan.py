@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from analysis.load import config_of, metric_column
 from search.run import NAME_RULE, SearchError, SearchOptions, run_search, storage_root
 from spaces import BUILTIN_DIR, Dist, Space, SpaceError, load_space, read_yaml
+from trainables import get_family
 
 KINDS = {
     "search": "run a space (optionally narrowed by an earlier valley stage)",
@@ -43,8 +45,6 @@ STAGE_KEYS = {
     "dataset": "the data set to transfer to (transfer)", "low": "too simple (bracket)", "high": "too complex (bracket)", "rounds": "bisection rounds (bracket)",
 }
 PLAN_KEYS = {"description": "one line", "dataset": "the default data set", "stages": "the list of stages"}
-# Config keys that say how a trial runs, not what it is: never carried between stages.
-RUN_KEYS = {"seed", "split_seed", "max_epochs", "family", "dataset", "device", "variant"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,25 +281,6 @@ def _params_doc(params: dict[str, Any]) -> dict[str, Any]:
     return {k: plain(v) for k, v in params.items()}
 
 
-def _config_of(row: pd.Series) -> dict[str, Any]:
-    """A trial's config from its trials-table row, without keys that only say how it ran."""
-    config = {}
-    for column, value in row.items():
-        if not column.startswith("config/"):
-            continue
-        key = column.removeprefix("config/")
-        if key in RUN_KEYS or value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        if isinstance(value, str) and value.startswith("["):
-            value = json.loads(value)
-        if isinstance(value, (np.integer, np.floating)):
-            value = value.item()
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)  # pandas turns an int column with gaps into floats
-        config[key] = value
-    return config
-
-
 def _stage_search(run: PlanRun, stage: Stage) -> str:
     space = load_space(stage.space)
     grid, params, derived = list(space.grid), dict(space.params), []
@@ -327,28 +308,52 @@ def _stage_search(run: PlanRun, stage: Stage) -> str:
 
 def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
                       ) -> tuple[list[dict[str, Any]], list[float], str]:
-    """Earlier trials that fall inside ``space``, as Optuna points with their known results."""
+    """Earlier trials for Optuna: those inside ``space`` with their results, else the valley's best moved in.
+
+    Trials that fall inside the new space are told to Optuna as evaluated (points and rewards).
+    When none does (the reference's rough MLP grid trains without dropout or L2, which the fine
+    space's ranges exclude), the best rough trial of each valley architecture is moved into the
+    space, each value clipped to its range, and evaluated first (points without rewards), so the
+    sampler still starts from the rough stage's best settings rather than from nothing.
+    """
     rough_name = valley_state["from"]
     trials, _ = run.trials(rough_name)
-    metric_col = f"best_{space.metric}" if space.metric.startswith("val_") else space.metric
-    points, rewards, outside = [], [], 0
-    for _, row in trials.iterrows():
-        if row["status"] not in ("completed", "stopped") or pd.isna(row.get(metric_col)):
-            continue
-        config = _config_of(row)
+    metric_col = metric_column(space.metric)
+    done = trials[trials["status"].isin(["completed", "stopped"]) & trials[metric_col].notna()]
+    done = done.sort_values(metric_col, ascending=space.mode == "min")
+    configs = [_with_defaults(config_of(row), space.family) for _, row in done.iterrows()]
+    points, rewards = [], []
+    for config, value in zip(configs, done[metric_col]):
         point = _as_point(config, space)
-        if point is None:
-            outside += 1
-            continue
-        points.append(point)
-        rewards.append(float(row[metric_col]))
-    note = (f"warm-started Optuna with {len(points)} trials of stage {rough_name}"
-            f" ({outside} fall outside the new space)")
-    return points, rewards, note
+        if point is not None:
+            points.append(point)
+            rewards.append(float(value))
+    if points:
+        return points, rewards, (f"warm-started Optuna with {len(points)} trials of stage {rough_name} "
+                                 f"({len(configs) - len(points)} fall outside the new space)")
+    moved: list[dict[str, Any]] = []
+    for config in configs:  # best first: one per architecture of the valley
+        point = _as_point(config, space, clip=True)
+        if point is not None and point.get("variant") not in [m.get("variant") for m in moved]:
+            moved.append(point)
+    return moved, [], (f"none of the {len(configs)} trials of stage {rough_name} falls inside the new space; "
+                       f"evaluating first the best of each of {len(moved)} architectures, moved into it "
+                       "(values clipped to the ranges)")
 
 
-def _as_point(config: dict[str, Any], space: Space) -> dict[str, Any] | None:
-    """``config`` as a point of ``space`` (grid row index plus every sampled key), or None if outside."""
+def _with_defaults(config: dict[str, Any], family: str) -> dict[str, Any]:
+    """A trial's config with the family's defaults for the keys its space left out."""
+    defaults = {f.name: f.default for f in dataclasses.fields(get_family(family).Config)
+                if f.default is not dataclasses.MISSING}
+    return {**defaults, **config}
+
+
+def _as_point(config: dict[str, Any], space: Space, clip: bool = False) -> dict[str, Any] | None:
+    """``config`` as a point of ``space`` (grid row index plus every sampled key), or None if outside.
+
+    With ``clip``, a number outside a range is moved to its nearer end instead (a choice it does
+    not offer still puts the config outside).
+    """
     point: dict[str, Any] = {}
     if space.grid:
         matches = [i for i, row in enumerate(space.grid) if all(config.get(k) == v for k, v in row.items())]
@@ -357,17 +362,21 @@ def _as_point(config: dict[str, Any], space: Space) -> dict[str, Any] | None:
         point["variant"] = matches[0]
     for key, value in space.params.items():
         if not isinstance(value, Dist):
-            if config.get(key, value) != value:
+            if config.get(key, value) != value and not clip:
                 return None
             continue
         got = config.get(key)
+        if isinstance(got, tuple):
+            got = list(got)
         if got is None:
             return None
         if value.kind in ("grid", "choice"):
             if got not in [list(a) if isinstance(a, tuple) else a for a in value.args]:
                 return None
         elif not value.args[0] <= got <= value.args[1]:
-            return None
+            if not clip:
+                return None
+            got = min(max(got, value.args[0]), value.args[1])
         point[key] = got
     return point
 
@@ -422,18 +431,18 @@ def _stage_valley(run: PlanRun, stage: Stage) -> str:
     if not arch_keys:
         raise SearchError(f"stage {stage.name}: say which config keys make an architecture with `arch_keys:`")
     source_space = _source_space(run, stage.source)
-    metric = f"best_{source_space.metric}" if source_space.metric.startswith("val_") else source_space.metric
+    metric = metric_column(source_space.metric)
     result = find_valley(trials, epochs, metric=metric, threshold_se=float(stage.get("threshold", 1.0)),
                          mode=source_space.mode)
     band = trials[trials["trial_id"].isin(result.members)].sort_values("n_params")
     archs: list[dict[str, Any]] = []
     for _, row in band.iterrows():
-        config = _config_of(row)
+        config = config_of(row)
         arch = {k: config[k] for k in arch_keys if k in config}
         if arch and arch not in archs:
             archs.append(arch)
     archs = archs[: int(stage.get("keep", 3))]
-    chosen = _config_of(trials.set_index("trial_id").loc[result.chosen].rename(None))
+    chosen = config_of(trials.set_index("trial_id").loc[result.chosen].rename(None))
     summary = {
         "from": stage.source, "kind": "valley", "rule": "one standard error",
         "threshold_se": float(stage.get("threshold", 1.0)), "reason": result.reason,
@@ -456,13 +465,13 @@ ARCH_KEYS = {"mlp": ["hidden", "layers"], "cnn": ["arch", "width", "batchnorm"],
 def top_configs(trials: pd.DataFrame, metric: str, mode: str, top: int
                 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The ``top`` distinct configs of completed trials, best first, with the trial each came from."""
-    column = f"best_{metric}" if metric.startswith("val_") else metric
+    column = metric_column(metric)
     ranked = trials[trials["status"] == "completed"].dropna(subset=[column])
     ranked = ranked.sort_values(column, ascending=mode == "min")
     configs: list[dict[str, Any]] = []
     ids: list[str] = []
     for _, row in ranked.iterrows():
-        config = _config_of(row)
+        config = config_of(row)
         if config not in configs:
             configs.append(config)
             ids.append(row["trial_id"])
@@ -491,7 +500,8 @@ def _stage_confirm(run: PlanRun, stage: Stage) -> str:
     status = _train(run, stage, space, stage.name, search="random", scheduler="fifo", samples=1)
     if status != "completed":
         return status
-    table, summary = confirm_table(run.trials(stage.name)[0], configs)
+    table, summary = confirm_table(run.trials(stage.name)[0], configs, metric_column(source_space.metric),
+                                   source_space.mode)
     table.to_csv(run.folder / f"stage-{stage.name}.csv", index=False)
     (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
     run.record(stage, summary=summary)
@@ -524,39 +534,45 @@ def _stage_transfer(run: PlanRun, stage: Stage) -> str:
     return "completed"
 
 
-def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], n_boot: int = 2000
-                  ) -> tuple[pd.DataFrame, dict[str, Any]]:
+def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: str, select_mode: str,
+                  n_boot: int = 2000) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Mean, standard deviation and bootstrap 95% interval of the test metric per configuration.
 
-    Seeds are shared across configurations (seed s uses split s for every one), so the
-    bootstrap resamples seeds jointly: P(winner beats runner-up) is a paired estimate.
+    The winner is the configuration with the best mean of ``select`` (a validation column, e.g.
+    ``best_val_loss``) over the seeds: choosing by the test metric would make the reported test
+    figure optimistic. Seeds are shared across configurations (seed s uses split s for every
+    one), so the bootstrap resamples seeds jointly: P(winner beats runner-up) is a paired
+    estimate, on the test metric.
     """
     from search.tune_space import headline_metric
 
     metric, mode = headline_metric(trials["config/family"].dropna().iloc[0])
     column = f"test_{metric}"
-    labels = [_config_of(row) for _, row in trials.iterrows()]
-    by_config = []
+    labels = [config_of(row) for _, row in trials.iterrows()]
+    by_config, chosen_by = [], []
     for config in configs:
-        mine = trials[[label == config for label in labels]]
-        by_config.append(mine.set_index("config/seed")[column].dropna())
+        mine = trials[[label == config for label in labels]].set_index("config/seed")
+        by_config.append(mine[column].dropna())
+        chosen_by.append(mine[select].mean())
     seeds = sorted(set().union(*(values.index for values in by_config)))
     matrix = np.array([[values.get(s, np.nan) for s in seeds] for values in by_config], dtype=float)
     resample = np.random.default_rng(0).integers(0, len(seeds), size=(n_boot, len(seeds)))
     boot = np.nanmean(matrix[:, resample], axis=2)  # (configs, n_boot) means over resampled seeds
     table = pd.DataFrame({
         "config": range(1, len(configs) + 1), "label": [json.dumps(c) for c in configs],
-        "seeds": np.isfinite(matrix).sum(axis=1), f"mean_{column}": np.nanmean(matrix, axis=1),
+        "seeds": np.isfinite(matrix).sum(axis=1), f"mean_{select}": chosen_by,
+        f"mean_{column}": np.nanmean(matrix, axis=1),
         f"std_{column}": np.nanstd(matrix, axis=1, ddof=1) if len(seeds) > 1 else np.nan,
         "ci95_low": np.nanpercentile(boot, 2.5, axis=1), "ci95_high": np.nanpercentile(boot, 97.5, axis=1),
     })
-    order = table[f"mean_{column}"].sort_values(ascending=mode == "min").index.to_list()
+    order = table[f"mean_{select}"].sort_values(ascending=select_mode == "min", kind="stable").index.to_list()
     table = table.loc[order].reset_index(drop=True)
     p = None
     if len(order) > 1:
         winner, runner = boot[order[0]], boot[order[1]]
         p = float(np.mean(winner > runner) if mode == "max" else np.mean(winner < runner))
-    return table, {"metric": column, "mode": mode, "winner": table.loc[0, "label"],
+    return table, {"metric": column, "mode": mode, "chosen_by": f"mean {select} ({select_mode})",
+                   "winner": table.loc[0, "label"],
                    "p_winner_beats_runner_up": p, "bootstrap_resamples": n_boot, "seeds": seeds}
 
 

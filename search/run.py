@@ -488,9 +488,12 @@ def build_tuner(space: Space, opts: SearchOptions, folder: Path, dataset: str, e
 
         from search.tune_space import ValleyOptunaSearch
 
-        searcher = ValleyOptunaSearch(sampler=optuna.samplers.TPESampler(seed=opts.seed),
-                                points_to_evaluate=list(opts.warm_points) or None,
-                                evaluated_rewards=list(opts.warm_rewards) or None)
+        # TPE models the results after n_startup_trials random ones: Optuna's 10 would leave a 12-trial
+        # fine stage random, so a third of the budget (at most 10) starts it; warm-start points count.
+        startup = min(10, max(2, opts.samples // 3))
+        sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup)
+        searcher = ValleyOptunaSearch(sampler=sampler, points_to_evaluate=list(opts.warm_points) or None,
+                                      evaluated_rewards=list(opts.warm_rewards) or None)
         if rows:
             progress.say(f"valley: note: Optuna samples the {len(rows)} grid rows as a categorical choice")
     else:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from search.plan import _config_of, top_configs
+from analysis.load import config_of
+from search.plan import top_configs
 from search.run import SearchError, SearchOptions, run_search
 from spaces import load_space
 
@@ -46,7 +47,7 @@ def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
     best, manifest = best_configs(source, top)
     if best.empty:
         raise SearchError(f"{source} has no completed trial to transfer")
-    grid = [_config_of(row) for _, row in best.iterrows()]
+    grid = [config_of(row) for _, row in best.iterrows()]
     doc = {"description": f"top {len(grid)} of {source.name}, verbatim, on {opts.dataset}",
            "family": manifest["family"], "metric": manifest["metric"], "mode": manifest["mode"],
            "dataset": opts.dataset, "max_epochs": manifest["max_epochs"], "grid": grid}
@@ -68,8 +69,8 @@ def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
 def side_by_side(before: pd.DataFrame, after: pd.DataFrame, from_name: str, to_name: str) -> pd.DataFrame:
     """One row per configuration: its metrics on the source and on the target data set."""
     metrics = [c for c in ("n_params", "best_val_loss", "test_acc", "test_csd", "test_loss") if c in before]
-    before = before.assign(_key=[json.dumps(_config_of(r), sort_keys=True) for _, r in before.iterrows()])
-    after = after.assign(_key=[json.dumps(_config_of(r), sort_keys=True) for _, r in after.iterrows()])
+    before = before.assign(_key=[json.dumps(config_of(r), sort_keys=True) for _, r in before.iterrows()])
+    after = after.assign(_key=[json.dumps(config_of(r), sort_keys=True) for _, r in after.iterrows()])
     merged = before[["_key", *metrics]].merge(after[["_key", *metrics]], on="_key",
                                               suffixes=(f"@{from_name}", f"@{to_name}"))
     return merged.rename(columns={"_key": "config"})

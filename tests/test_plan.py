@@ -94,6 +94,7 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path
     assert len(fine) == 3 and fine["config/lr"].between(1e-3, 3e-2).all()
     confirm = pd.read_csv(folder / "stage-confirm.csv")
     assert len(confirm) <= 2 and (confirm["seeds"] == 2).all()
+    assert confirm["mean_best_val_loss"].is_monotonic_increasing  # the winner is chosen on validation
     assert (confirm["ci95_low"] <= confirm["mean_test_acc"]).all()
     assert (confirm["mean_test_acc"] <= confirm["ci95_high"]).all()
     summary = json.loads((folder / "stage-confirm.json").read_text())
@@ -167,3 +168,34 @@ def test_bracket_bisects_towards_the_best_depth(ray_session, write_space, tmp_pa
     evaluated = sorted(int(k) for k in state["evaluated"])
     assert {1, 3, 5} <= set(evaluated) and len(evaluated) > 3  # round 2 added midpoints
     assert state["bracket"]["best"] in evaluated and isinstance(state["bracket"]["bracketed"], bool)
+
+
+def test_a_config_outside_the_fine_space_is_moved_in_only_when_asked():
+    from search.plan import _as_point
+    from spaces import parse_space
+
+    space = parse_space({"family": "mlp", "metric": "val_loss", "mode": "min",
+                         "grid": [{"hidden": [16]}, {"hidden": [64]}],
+                         "params": {"lr": {"loguniform": [1e-6, 1e-3]}, "l2": {"loguniform": [1e-6, 1e-2]},
+                                    "batch_size": {"choice": [64, 128]}}})
+    rough = {"hidden": [64], "lr": 1e-3, "l2": 0.0, "batch_size": 128}
+    assert _as_point(rough, space) is None  # l2 = 0 lies outside the log range
+    assert _as_point(rough, space, clip=True) == {"variant": 1, "lr": 1e-3, "l2": 1e-6, "batch_size": 128}
+    assert _as_point({**rough, "batch_size": 32}, space, clip=True) is None  # not a choice the space offers
+    assert _as_point({**rough, "hidden": [8]}, space, clip=True) is None  # not one of its architectures
+
+
+def test_confirm_chooses_the_winner_on_validation_not_on_test():
+    from search.plan import confirm_table
+
+    rows = []
+    for seed in range(4):  # config A: better on test, worse on validation
+        rows.append({"config/family": "mlp", "config/hidden": "[8]", "config/seed": seed,
+                     "best_val_loss": 0.5 + 0.01 * seed, "test_acc": 0.95})
+        rows.append({"config/family": "mlp", "config/hidden": "[16]", "config/seed": seed,
+                     "best_val_loss": 0.4 + 0.01 * seed, "test_acc": 0.90 + 0.01 * (seed % 2)})
+    table, summary = confirm_table(pd.DataFrame(rows), [{"hidden": [8]}, {"hidden": [16]}],
+                                   "best_val_loss", "min")
+    assert json.loads(summary["winner"]) == {"hidden": [16]}
+    assert list(table["mean_test_acc"]) == pytest.approx([0.905, 0.95])
+    assert summary["p_winner_beats_runner_up"] == 0.0 and summary["chosen_by"] == "mean best_val_loss (min)"
