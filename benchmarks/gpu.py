@@ -1,22 +1,25 @@
-"""GPU figures in one prepared run: data path, valley's loop, and 8 trainings sharing one GPU.
+"""Every GPU figure in one prepared run: clock quality, VGG16 throughput, data path, packed trials.
 
-    python benchmarks/gpu.py              # on the GPU machine: under 6 minutes, one table
-    python benchmarks/gpu.py --smoke      # a tiny CPU version (also what runs without CUDA)
+    python benchmarks/gpu.py                  # on the GPU machine: one table per part, a summary last
+    python benchmarks/gpu.py --smoke          # tiny sizes on the CPU (also what runs without CUDA)
+    python benchmarks/gpu.py --parts vgg16    # some parts only: clocks vgg16 datapath parallel
 
-Imports only torch, numpy and valley's ``trainables`` (no Ray, Optuna or plotly: the GPU image
-has torch, torchvision and pandas). Measures, on CUDA, with Fashion-MNIST-sized random uint8
-images (55,000 train, 5,000 val, 10,000 test) and the 784-100-200-10 MLP at batch 128:
+Imports only torch, numpy, Pillow and valley's ``trainables`` (no Ray, Optuna or plotly: the GPU
+image has torch, torchvision and pandas). Parts, most important first, each timed and guarded so
+that one failure or a time-out still leaves the figures before it:
 
-1. one training epoch with the data resident on the GPU as uint8 (valley's path, fused Adam)
-   against DataLoader loops from host memory (goal: valley's epoch <= 0.5 x the DataLoader's);
-2. ``trainables.loop.train`` with a ``LocalReporter``: ``epoch_s`` as valley reports it
-   (training plus validation and test evaluation);
-3. 8 trainings in parallel processes on the one GPU against one alone: throughput ratio
-   ``8 x T(one alone) / T(eight together)``, timed from a barrier after every process has
-   loaded its data and warmed up (goal: >= 6).
-
-bf16 autocast and channels-last are a later pass; this measures what is there. Without CUDA it
-prints "no CUDA device", runs the smoke version on the CPU and exits 0.
+1. ``clocks``: the clock quality goal (``benchmarks/clock_quality.py``): ResNet-18 with
+   (class, class) heads on 18,000 synthetic 150x150 clocks, up to 60 epochs, default and hard
+   presets (``--backbone vgg16_bn --clock-epochs 30`` for VGG16-BN).
+2. ``vgg16``: the reference's clock model (VGG16, all but the last two convolutions frozen,
+   (class, class) heads, 150x150, batch 128, x15 fixed augmentation) trained by valley's loop
+   end to end (augmentation, evaluation, reporting) against a bare training step of the same
+   model on resident random inputs (goal: valley >= 0.8 x the bare step's images per second).
+3. ``datapath``: one MLP epoch (784-100-200-10, 55,000 Fashion-MNIST-sized images, batch 128)
+   with the data resident on the GPU against DataLoader loops (goal: <= 0.5 x the fastest
+   DataLoader's), and ``trainables.loop.train``'s reported ``epoch_s`` in fp32 and bf16.
+4. ``parallel``: 8 MLP trainings in parallel processes on the one GPU against one alone, timed
+   from a barrier after every process has warmed up (goal: throughput >= 6 x one's).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import multiprocessing
 import statistics
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +37,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.clock_quality import clocks, quality, setting  # noqa: E402
 from benchmarks.common import machine, table  # noqa: E402
 from benchmarks.datapath import BATCH, measure, random_images  # noqa: E402
 
+PARTS = ("clocks", "vgg16", "datapath", "parallel")
 N_VAL, N_TEST = 5_000, 10_000
 
 
@@ -47,22 +54,136 @@ def random_splits(n_train: int, seed: int = 0) -> Any:
                        y[n_train + N_VAL:], N_VAL, 10)
 
 
-def mlp_config(device: str, epochs: int) -> dict[str, Any]:
+def mlp_config(device: str, epochs: int, precision: str = "auto") -> dict[str, Any]:
     return {"family": "mlp", "dataset": "random", "hidden": [100, 200], "batch_size": BATCH, "lr": 1e-3,
-            "max_epochs": epochs, "checkpoint_every": 10_000, "device": device}  # saves only at the end
+            "max_epochs": epochs, "device": device, "precision": precision}
 
 
-def fit_epoch(device: str, n_train: int, epochs: int) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- 1. clock quality
+
+def part_clocks(args: argparse.Namespace, cuda: bool, summary: list[dict[str, Any]]) -> None:
+    size, per_minute, backbone = setting(cuda)
+    backbone = args.backbone or backbone
+    if not cuda:
+        size, per_minute, args.clock_epochs = 32, 5, 1
+    rows = []
+    for preset in args.presets:
+        data, seconds = clocks(size, per_minute, preset)
+        print(f"  {720 * per_minute:,} {preset} clocks of {size}x{size} made and split in {seconds:.1f} s",
+              file=sys.stderr, flush=True)
+        rows.append(quality(data, preset, {"backbone": backbone, "encoding": "class_class",
+                                           "max_epochs": args.clock_epochs}))
+        print(f"  {preset}: test CSD {rows[-1]['test CSD min']:.3f} min", file=sys.stderr, flush=True)
+    print(f"clock quality: {backbone}, class_class, {720 * per_minute:,} clocks of {size}x{size}, "
+          f"up to {args.clock_epochs} epochs")
+    print(table(rows), flush=True)
+    for row in rows:
+        default = row["preset"] == "default"
+        summary.append({"goal": f"clock test CSD, {row['preset']} preset, {backbone} (min)",
+                        "measured": row["test CSD min"], "target": "<= 0.1" if default else "reported",
+                        "met": row["test CSD min"] <= 0.1 if default else "-"})
+
+
+# ----------------------------------------------------------------------------- 2. VGG16 throughput
+
+def vgg_config(device: str, epochs: int, expand: int) -> dict[str, Any]:
+    """The reference's clock model; random weights frozen as ImageNet ones would be (no download here)."""
+    return {"family": "clock", "dataset": "clocks", "backbone": "vgg16", "pretrained": False,
+            "trainable_convs": 2, "encoding": "class_class", "minute_hidden": 256, "augment": "expand",
+            "expand": expand, "max_epochs": epochs, "device": device, "early_stop": 0}
+
+
+def bare_steps(config: dict[str, Any], data: Any, device: torch.device, steps: int) -> float:
+    """Images per second of forward, loss, backward and fused Adam on one resident batch, bf16 on CUDA."""
+    from trainables import clock
+    from trainables.loop import autocast, make_optimizer, pick_precision
+
+    cfg = clock.Config.from_dict(config)
+    torch.backends.cudnn.benchmark = True
+    model = clock.build_model(cfg, data).to(device).to(memory_format=torch.channels_last).train()
+    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)
+    task, precision = clock.make_task(cfg), pick_precision("auto", device, model)
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(BATCH, *data.input_shape, device=device, generator=generator)
+    y = torch.stack([torch.randint(0, 12, (BATCH,), device=device, generator=generator),
+                     torch.randint(0, 60, (BATCH,), device=device, generator=generator)], dim=1)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            with autocast(precision, device):
+                loss = task.loss(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    run(max(3, steps // 5))  # cudnn autotuning, allocator
+    sync(device)
+    started = time.perf_counter()
+    run(steps)
+    sync(device)
+    return steps * BATCH / (time.perf_counter() - started)
+
+
+def part_vgg16(args: argparse.Namespace, cuda: bool, summary: list[dict[str, Any]]) -> None:
+    from trainables.loop import train
+    from trainables.report import LocalReporter
+
+    device = torch.device("cuda" if cuda else "cpu")
+    size, per_minute, expand, steps = (150, 25, 15, 60) if cuda else (32, 5, 1, 2)
+    data, _ = clocks(size, per_minute, "default")
+    config = vgg_config(device.type, args.vgg_epochs, expand)
+    bare = bare_steps(config, data, device, steps)
+    print(f"  bare VGG16 step: {bare:,.0f} images/s", file=sys.stderr, flush=True)
+    reporter = LocalReporter()
+    train(config, data=data, reporter=reporter)
+    last = reporter.history[-1]  # the first epoch carries cudnn autotuning
+    images = len(data.x_train) * expand
+    valley = images / last["epoch_s"]
+    rows = [{"loop": "bare step, resident random batch", "images/s": bare, "vs bare": 1.0},
+            {"loop": f"valley train(): epoch {last['epoch']} of {images:,} augmented images + val/test eval",
+             "images/s": valley, "vs bare": valley / bare, "epoch s": last["epoch_s"],
+             "precision": last["precision"]}]
+    print(f"VGG16 clock model (trainable convs 2, class_class, minute head 256), {size}x{size}, batch {BATCH}")
+    print(table(rows, ["loop", "images/s", "vs bare", "epoch s", "precision"]), flush=True)
+    summary.append({"goal": "VGG16 clock trainable, images/s end to end vs bare step", "measured": valley / bare,
+                    "target": ">= 0.8", "met": valley / bare >= 0.8})
+    summary.append({"goal": "VGG16 bare step images/s (anchor ~16,000 on an H200)", "measured": bare,
+                    "target": "reported", "met": "-"})
+
+
+# ----------------------------------------------------------------------------- 3. data path
+
+def fit_epoch(device: str, n_train: int, epochs: int, precision: str) -> dict[str, Any]:
     """valley's own loop: median reported ``epoch_s`` after the first epoch."""
     from trainables.loop import train
     from trainables.report import LocalReporter
 
     reporter = LocalReporter()
-    train(mlp_config(device, epochs + 1), data=random_splits(n_train), reporter=reporter)
+    train(mlp_config(device, epochs + 1, precision), data=random_splits(n_train), reporter=reporter)
     times = [h["epoch_s"] for h in reporter.history[1:]]
-    return {"data path": f"trainables.loop.train (epoch_s: train + val/test eval), {reporter.history[-1]['device']}",
+    return {"data path": f"trainables.loop.train, {reporter.history[-1]['precision']} (epoch_s: train + "
+                         f"val/test eval), {reporter.history[-1]['device']}",
             "epoch s": statistics.median(times), "spread s": max(times) - min(times)}
 
+
+def part_datapath(args: argparse.Namespace, cuda: bool, summary: list[dict[str, Any]]) -> None:
+    device = "cuda" if cuda else "cpu"
+    n_train = 55_000 if cuda else 2_000
+    rows = measure(torch.device(device), args.epochs, n_train, tuple(args.workers),
+                   lambda s: print(s, file=sys.stderr, flush=True))
+    for precision in ("fp32", "bf16") if cuda else ("fp32",):
+        fit = fit_epoch(device, n_train, args.epochs, precision)
+        fit["valley / this"] = rows[0]["epoch s"] / fit["epoch s"]
+        rows.append(fit)
+    print(f"MLP 784-100-200-10, {n_train:,} images, batch {BATCH}, {device}")
+    print(table(rows, ["data path", "epoch s", "spread s", "data MB", "valley / this"]), flush=True)
+    loaders = [r["epoch s"] for r in rows if str(r["data path"]).startswith("DataLoader")]
+    ratio = rows[0]["epoch s"] / min(loaders)
+    summary.append({"goal": "MLP epoch, data on device vs fastest DataLoader", "measured": ratio,
+                    "target": "<= 0.5", "met": ratio <= 0.5})
+
+
+# ----------------------------------------------------------------------------- 4. packed trials
 
 def _worker(rank: int, device: str, n_train: int, epochs: int, barrier: Any, results: Any) -> None:
     """One training process: load, warm up, wait for the others, train, send (rank, seconds, memory)."""
@@ -91,64 +212,80 @@ def parallel(device: str, processes: int, n_train: int, epochs: int, timeout_s: 
              for r in range(processes)]
     for proc in procs:
         proc.start()
-    barrier.wait(timeout=timeout_s)
-    started = time.perf_counter()
-    done = [results.get(timeout=timeout_s) for _ in procs]
-    wall = time.perf_counter() - started
-    for proc in procs:
-        proc.join(timeout=30)
+    try:
+        barrier.wait(timeout=timeout_s)
+        started = time.perf_counter()
+        done = [results.get(timeout=timeout_s) for _ in procs]
+        wall = time.perf_counter() - started
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
     return {"wall s": wall, "mean per training s": float(np.mean([d[1] for d in done])),
             "peak MB per process": float(np.max([d[2] for d in done]))}
+
+
+def part_parallel(args: argparse.Namespace, cuda: bool, summary: list[dict[str, Any]]) -> None:
+    device = "cuda" if cuda else "cpu"
+    n_train, processes, epochs = (55_000, args.parallel, args.parallel_epochs) if cuda else (2_000, 2, 1)
+    one = parallel(device, 1, n_train, epochs, timeout_s=300)
+    print(f"  1 training alone: {one['wall s']:.2f} s", file=sys.stderr, flush=True)
+    many = parallel(device, processes, n_train, epochs, timeout_s=300)
+    ratio = processes * one["wall s"] / many["wall s"]
+    print(f"{processes} MLP trainings ({epochs} epochs each) in parallel processes on one {device}")
+    print(table([{"trainings": 1, **one, "throughput vs one": 1.0},
+                 {"trainings": processes, **many, "throughput vs one": ratio}],
+                ["trainings", "wall s", "mean per training s", "peak MB per process", "throughput vs one"]),
+          flush=True)
+    summary.append({"goal": f"throughput of {processes} packed MLP trainings vs one", "measured": ratio,
+                    "target": ">= 6", "met": ratio >= 6})
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (what runs without CUDA)")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per data path")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--clock-epochs", type=int, default=60, help="clock quality: epochs per preset")
+    parser.add_argument("--backbone", help="clock quality: backbone (resnet18 on CUDA, small_cnn on a CPU)")
+    parser.add_argument("--presets", nargs="+", default=["default", "hard"], help="clock quality: presets")
+    parser.add_argument("--vgg-epochs", type=int, default=2, help="VGG16: epochs (the last one is timed)")
+    parser.add_argument("--epochs", type=int, default=3, help="data path: timed epochs per path")
     parser.add_argument("--parallel", type=int, default=8, help="trainings sharing the GPU")
     parser.add_argument("--parallel-epochs", type=int, default=5, help="epochs per parallel training")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 4], help="DataLoader workers to try")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda:
-        if not args.smoke:
-            print("no CUDA device: running the tiny CPU smoke version instead", flush=True)
-        args.epochs, args.parallel, args.parallel_epochs, args.workers = 1, 2, 1, [0]
+        print("no CUDA device: running the tiny CPU smoke version", flush=True)
+        args.epochs, args.workers, args.vgg_epochs = 1, [0], 1
         torch.set_num_threads(1)  # as a 1-CPU trial; 2 spinning OpenMP threads on a busy 2-core box crawl
-    device = "cuda" if cuda else "cpu"
-    n_train = 55_000 if cuda else 2_000
     started = time.perf_counter()
-    print(f"machine: {machine()}; device {device}, {n_train:,} train images, batch {BATCH}", flush=True)
-
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    rows = measure(torch.device(device), args.epochs, n_train, tuple(args.workers), log)
-    fit = fit_epoch(device, n_train, args.epochs)
-    fit["valley / this"] = rows[0]["epoch s"] / fit["epoch s"]
-    rows.append(fit)
-    log(f"  {fit['data path']}: {fit['epoch s']:.3f} s/epoch")
-    print(table(rows, ["data path", "epoch s", "spread s", "data MB", "valley / this"]))
-    loaders = [r["epoch s"] for r in rows if str(r["data path"]).startswith("DataLoader")]
-    print(f"valley's epoch / fastest DataLoader's: {rows[0]['epoch s'] / min(loaders):.2f} (goal on a GPU: <= 0.5)")
-
-    one = parallel(device, 1, n_train, args.parallel_epochs, timeout_s=300)
-    log(f"  1 training alone: {one['wall s']:.2f} s")
-    many = parallel(device, args.parallel, n_train, args.parallel_epochs, timeout_s=300)
-    log(f"  {args.parallel} trainings together: {many['wall s']:.2f} s")
-    ratio = args.parallel * one["wall s"] / many["wall s"]
-    print(table([{"trainings": 1, **one, "throughput vs one": 1.0},
-                 {"trainings": args.parallel, **many, "throughput vs one": ratio}],
-                ["trainings", "wall s", "mean per training s", "peak MB per process", "throughput vs one"]))
-    print(f"throughput of {args.parallel} trainings on one {device} vs one: {ratio:.2f}"
-          + (" (goal: >= 6)" if cuda else ""))
-    from trainables import available_families
-
-    later = [f for f in ("clock",) if f not in available_families()]
-    if later:
-        print(f"not measured: family {', '.join(later)} (not in this checkout yet)")
+    print(f"machine: {machine()}", flush=True)
+    parts: dict[str, Callable[[argparse.Namespace, bool, list[dict[str, Any]]], None]] = {
+        "clocks": part_clocks, "vgg16": part_vgg16, "datapath": part_datapath, "parallel": part_parallel}
+    summary: list[dict[str, Any]] = []
+    failed = []
+    for name in args.parts:
+        part_started = time.perf_counter()
+        print(f"\n## {name}", flush=True)
+        try:
+            parts[name](args, cuda, summary)
+        except Exception:  # noqa: BLE001 - the next part's figures are still worth having
+            failed.append(name)
+            traceback.print_exc()
+        print(f"({name}: {time.perf_counter() - part_started:.0f} s)", flush=True)
+    print(f"\n## summary ({machine()})")
+    print(table(summary, ["goal", "measured", "target", "met"]))
+    if failed:
+        print(f"failed parts: {', '.join(failed)}")
     print(f"total {time.perf_counter() - started:.0f} s")
-    if not cuda and not args.smoke:
-        print("no CUDA device")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Per-trial overhead of a valley search against a bare PyTorch loop with the same concurrency.
 
-    python benchmarks/overhead.py            # both workloads, every variant (about 5 min on 2 quiet cores)
+    python benchmarks/overhead.py            # both workloads, every variant, 3 rounds (about 15 min on 2 quiet cores)
     python benchmarks/overhead.py --quick    # the fixed-cost workload only, fewer variants
 
 Two workloads, the same configurations in every variant (a grid over ``seed``):
@@ -15,8 +15,7 @@ Two workloads, the same configurations in every variant (a grid over ``seed``):
 local Ray (2 CPUs, 1 CPU per trial) started before any timing, and times ``Tuner.fit()`` only.
 ``valley`` is ``search.run.run_search`` on a space written to a temporary YAML file, as
 ``valley search`` runs it (``Tuner.fit()`` timed inside it); the other ``valley ...`` rows change
-one thing through options, environment variables or a patched ``CheckpointConfig``, to show
-what each part costs. CPU seconds of the whole process tree (Ray's daemons and workers
+one thing through options or environment variables, to show what each part costs. CPU seconds of the whole process tree (Ray's daemons and workers
 included) are measured beside wall time: on a shared machine they are the steadier figure.
 ``tune defaults`` is a plain ``tune.Tuner`` with Tune's defaults (no actor reuse, CSV, JSON and
 TensorBoard loggers, console progress).
@@ -31,6 +30,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -141,19 +141,6 @@ def environ(**values: str | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def checkpoint_config(**kwargs: Any) -> Iterator[None]:
-    """Make the ``tune.CheckpointConfig(...)`` that ``search.run.build_tuner`` builds use ``kwargs`` instead."""
-    from ray import tune
-
-    original = tune.CheckpointConfig
-    tune.CheckpointConfig = lambda **_: original(**kwargs)  # noqa: E731 - a benchmark-only patch
-    try:
-        yield
-    finally:
-        tune.CheckpointConfig = original
-
-
-@contextlib.contextmanager
 def timed_fit(times: list[float]) -> Iterator[None]:
     """Append the wall seconds of every ``Tuner.fit()`` call made inside to ``times``."""
     from ray.tune import Tuner
@@ -222,32 +209,18 @@ def run_tune_defaults(work: Workload, root: Path, name: str) -> dict[str, float]
 
 def variants(work: Workload, root: Path, quick: bool) -> list[tuple[str, Callable[[], dict[str, float]]]]:
     """(label, run) for every row of one workload; ``bare`` first."""
-    no_ckpt = {"checkpoint_every": work.epochs}  # only the last epoch saves
-    every = f"TUNE_RESULT_BUFFER_LENGTH={work.epochs}"
     runs: list[tuple[str, Callable[[], dict[str, float]]]] = [
         ("bare (Pool(2), LocalReporter)", functools.partial(run_bare, work, {})),
         ("valley (run_search as is)", functools.partial(run_valley, work, root, "valley")),
     ]
     if work.epochs > 1:
-        runs.insert(1, ("bare, checkpoint last epoch only", functools.partial(run_bare, work, no_ckpt)))
-        runs += [
-            ("valley, --set checkpoint_every=5",
-             functools.partial(run_valley, work, root, "valley-ckpt-5", {"checkpoint_every": 5})),
-            ("valley, --set checkpoint_every=max_epochs",
-             functools.partial(run_valley, work, root, "valley-ckpt-end", no_ckpt)),
-            ("valley, CheckpointConfig(num_to_keep=2)",  # Tune prunes, forcing a snapshot per 2 checkpoints
-             _patched(functools.partial(checkpoint_config, num_to_keep=2),
-                      _patched(functools.partial(environ,  # ... and warns each time: not timed here
-                                                 TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0"),
-                               functools.partial(run_valley, work, root, "valley-keep-2")))),
+        runs += [  # as is, these trials checkpoint once, at the end (checkpoint_s: 30 s)
+            ("valley, --set checkpoint_s=0 (a checkpoint every epoch)",
+             functools.partial(run_valley, work, root, "valley-ckpt-every", {"checkpoint_s": 0})),
             ("valley, TUNE_GLOBAL_CHECKPOINT_S=auto",
              _patched(functools.partial(environ, TUNE_GLOBAL_CHECKPOINT_S="auto"),
                       functools.partial(run_valley, work, root, "valley-snapshot-auto"))),
         ]
-        if not quick:
-            runs.append((f"valley, checkpoint_every=max_epochs, {every}",
-                         _patched(functools.partial(environ, TUNE_RESULT_BUFFER_LENGTH=str(work.epochs)),
-                                  functools.partial(run_valley, work, root, "valley-buffer", no_ckpt))))
     if not quick or work.epochs == 1:
         runs.append(("tune defaults (no reuse, all loggers)",
                      functools.partial(run_tune_defaults, work, root, "defaults")))
@@ -267,8 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the fixed-cost workload only")
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=None)
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="undisturbed runs per row; the table shows the median run and the range")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds (every row once per round); the table shows medians and the range")
     parser.add_argument("--attempts", type=int, default=3,
                         help="runs of a row at most: a run that other jobs disturbed is run again")
     parser.add_argument("--max-others", type=float, default=0.3,
@@ -285,18 +258,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {machine()}", flush=True)
     runs_of: dict[tuple[str, str], list[dict[str, float]]] = {}
 
-    def measure(work: Workload, label: str, run: Callable[[], dict[str, float]]) -> None:
-        for _ in range(args.repeats):
-            measure_once(work, label, run)
-
-    def measure_once(work: Workload, label: str, run: Callable[[], dict[str, float]]) -> None:
+    def measure_once(work: Workload, label: str, run: Callable[[], dict[str, float]], round_: int) -> None:
         """Run until one run is undisturbed by other jobs, or ``--attempts`` runs were made."""
         for _ in range(args.attempts):
             wait_for_quiet(args.max_wait)
             with CpuMeter() as meter:
                 result = run()
             runs_of.setdefault((work.name, label), []).append(
-                {**result, "cpu": meter.mine_s, "others": meter.others_cores, "kinds": meter.by_kind()})
+                {**result, "cpu": meter.mine_s, "others": meter.others_cores, "kinds": meter.by_kind(),
+                 "round": round_})
             print(f"  {work.name:<5} {label}: {result['wall']:.2f} s ({result['e2e']:.2f} s end to end, "
                   f"{result['in_trial']:.1f} s in trials, {result['train']:.1f} s training), {meter.mine_s:.1f} "
                   f"CPU s; other jobs used {meter.others_cores:.2f} cores meanwhile", file=sys.stderr, flush=True)
@@ -312,19 +282,26 @@ def main(argv: list[str] | None = None) -> None:
                 runs = [runs[0]] + [(label, run) for label, run in runs[1:]
                                     if any(word in label for word in args.variants)]
             plans.append((WORKLOADS[name], runs))
-        for work, runs in plans:  # bare first: before Ray's daemons run beside it
-            for label, run in runs:
-                if label.startswith("bare"):
-                    measure(work, label, run)
+        import ray
+
         from search.run import SearchOptions, start_ray
 
-        started = time.perf_counter()
-        start_ray(SearchOptions(num_cpus=2))
-        print(f"ray start: {time.perf_counter() - started:.1f} s (not counted below)", flush=True)
-        for work, runs in plans:
-            for label, run in runs:
-                if not label.startswith("bare"):
-                    measure(work, label, run)
+        # Rounds: every row once per round, so that a machine whose speed drifts (a VM's host is
+        # shared) slows each row alike; ratios are paired within a round. Bare runs before Ray starts,
+        # so Ray's daemons never run beside it; Ray restarts each round (its start is not counted).
+        for round_ in range(args.repeats):
+            for work, runs in plans:
+                for label, run in runs:
+                    if label.startswith("bare"):
+                        measure_once(work, label, run, round_)
+            started = time.perf_counter()
+            start_ray(SearchOptions(num_cpus=2))
+            print(f"round {round_ + 1}: ray start {time.perf_counter() - started:.1f} s (not counted)", flush=True)
+            for work, runs in plans:
+                for label, run in runs:
+                    if not label.startswith("bare"):
+                        measure_once(work, label, run, round_)
+            ray.shutdown()
 
     rows = []
     for work, runs in plans:
@@ -332,9 +309,10 @@ def main(argv: list[str] | None = None) -> None:
         bare = chosen[runs[0][0]]
         for label, _ in runs:
             best = chosen[label]
+            ratio, fixed = paired(runs_of[(work.name, label)], runs_of[(work.name, runs[0][0])], work.trials)
             rows.append({"workload": work.name, "variant": label, "trials": work.trials, "wall s": best["wall"],
-                         "per-trial s": best["wall"] / work.trials, "ratio vs bare": best["wall"] / bare["wall"],
-                         "fixed s/trial": (best["wall"] - bare["wall"]) / work.trials, "range s": best["range"],
+                         "per-trial s": best["wall"] / work.trials, "ratio vs bare": ratio,
+                         "fixed s/trial": fixed, "range s": best["range"],
                          "e2e s": best["e2e"],
                          "CPU s": best["cpu"], "CPU ratio": best["cpu"] / bare["cpu"],
                          "train s": best["train"], "in-trial s": best["in_trial"],
@@ -347,13 +325,24 @@ def main(argv: list[str] | None = None) -> None:
             kinds = representative(runs_of[(row["workload"], row["variant"])], args.max_others)["kinds"]
             shown = ", ".join(f"{k} {v:.1f}" for k, v in kinds.items() if v >= 0.05)
             print(f"CPU s by process, {row['workload']} / {row['variant']}: {shown}")
-    print("wall s: Tuner.fit() (or the pool), the median undisturbed run (range s: fastest-slowest of those); fixed s/trial = (wall - bare) / trials; e2e s: the whole "
+    print("wall s: Tuner.fit() (or the pool), the median undisturbed run (range s: fastest-slowest of those); "
+          "ratio vs bare and fixed s/trial = (wall - bare) / trials: medians over the rounds of each round's "
+          "pair (the row's last run and bare's in that round); e2e s: the whole "
           "run_search (data, manifest, fit, trials.csv), Ray already started; CPU s: this process and its "
           "descendants (Ray's daemons and workers) during the run; train s: sum of reported epoch_s (training and "
           "evaluation); in-trial s: sum of each trial's time from its start to its last report (Tune's "
           "time_total_s; for bare, the time inside train()); idle slot s: 2 x wall - in-trial, time the 2 "
           "slots spent outside any trial (start-up, scheduling, teardown); others' cores: what other jobs on the "
           "machine used meanwhile (a run above --max-others is retried; the least disturbed is shown)")
+
+
+def paired(results: list[dict[str, Any]], bare: list[dict[str, Any]], trials: int) -> tuple[float, float]:
+    """Median over rounds of (wall / bare wall) and of (wall - bare wall) / trials, each round's last runs."""
+    mine = {r["round"]: r["wall"] for r in results}  # the last run of a round is its accepted one
+    base = {r["round"]: r["wall"] for r in bare}
+    rounds = sorted(set(mine) & set(base))
+    return (statistics.median(mine[r] / base[r] for r in rounds),
+            statistics.median((mine[r] - base[r]) / trials for r in rounds))
 
 
 def representative(results: list[dict[str, Any]], max_others: float) -> dict[str, Any]:
