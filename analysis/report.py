@@ -85,7 +85,7 @@ def clock_sections(experiment: Experiment) -> list[Section]:
         return []
     best = done.sort_values(metric, ascending=mode == "min").iloc[0]
     saved = experiment.predictions(best["trial_id"])
-    label = f"trial {best['trial_id']} (best {figures.pretty(metric)} {figures.fmt(best[metric])})"
+    label = f"trial {best['trial_id']} ({figures.pretty(metric)} {figures.fmt(best[metric])})"
     if saved is None:
         return [Section("clock-reads", "Clock reads", figures.message(
             "Clock reads", f"{label} has no saved test predictions (predictions.npz beside its last "
@@ -96,7 +96,8 @@ def clock_sections(experiment: Experiment) -> list[Section]:
         Section("csd-histogram", "Common-sense difference", figures.csd_histogram(true, pred), note),
         Section("csd-by-hour", "Common-sense difference by hour", figures.csd_by_hour(true, pred)),
         Section("confusion", "Hour and minute confusion", figures.hour_minute_confusion(true, pred)),
-        Section("worst-reads", "Worst reads", figures.worst_reads(saved["worst_images"], true[worst], pred[worst]),
+        Section("worst-reads", "Worst reads",
+                figures.worst_reads(saved["worst_images"], true[worst], pred[worst], n=len(worst)),
                 f"The {len(worst)} test images {label} reads worst, with true and read times."),
     ]
 
