@@ -34,7 +34,7 @@ def reported_metrics(family_name: str) -> set[str]:
     family = get_family(family_name)
     names = getattr(family, "METRICS", Classification.names)
     per_split = {f"{split}_{name}" for split in ("val", "test") for name in ("loss", *names)}
-    return (set(REPORTED_KEYS) - {"device"}) | per_split
+    return (set(REPORTED_KEYS) - {"device", "precision"}) | per_split  # text, not numbers
 
 
 def check_space(space: Space, overrides: dict[str, Any]) -> None:

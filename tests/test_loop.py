@@ -84,3 +84,10 @@ def test_vgg_freezes_all_but_the_last_convolutions_when_asked():
     convs = [m for m in frozen.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.weight.requires_grad for c in convs] == [False] * 11 + [True] * 2
     assert count_params(frozen) < count_params(full)
+
+
+def test_precision_is_reported_but_is_no_metric_to_search_on():
+    from search.tune_space import reported_metrics
+
+    assert "precision" not in reported_metrics("clock") and "device" not in reported_metrics("clock")
+    assert {"val_csd", "epoch_s"} <= reported_metrics("clock")
