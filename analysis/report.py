@@ -230,6 +230,8 @@ def _plan_stages(plan: Experiment) -> str:
         outcome = state.get("reason") or bracket.get("message") or (
             f"winner {summary['winner']}, P(winner beats runner-up) = {summary.get('p_winner_beats_runner_up')}"
             if summary.get("winner") else state.get("warm_start", ""))
+        if state.get("note"):
+            outcome = f"{outcome} ({state['note']})" if outcome else state["note"]
         rows.append({"stage": name, "kind": state.get("kind"), "status": state.get("status"),
                      "from": (state.get("derived_from") or {}).get("stage") or state.get("from"),
                      "experiments": ", ".join(map(str, state.get("experiments", []))), "outcome": outcome})

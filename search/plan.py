@@ -462,12 +462,18 @@ ARCH_KEYS = {"mlp": ["hidden", "layers"], "cnn": ["arch", "width", "batchnorm"],
              "clock": ["backbone", "encoding"]}
 
 
-def top_configs(trials: pd.DataFrame, metric: str, mode: str, top: int
+def top_configs(trials: pd.DataFrame, metric: str, mode: str, top: int, stopped: bool = False
                 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The ``top`` distinct configs of completed trials, best first, with the trial each came from."""
+    """The ``top`` distinct configs of completed trials, best first, with the trial each came from.
+
+    With ``stopped``, trials that ASHA stopped early fill the places completed trials leave,
+    best first after every completed one (their metric is from fewer epochs).
+    """
     column = metric_column(metric)
-    ranked = trials[trials["status"] == "completed"].dropna(subset=[column])
-    ranked = ranked.sort_values(column, ascending=mode == "min")
+    statuses = ["completed", "stopped"] if stopped else ["completed"]
+    ranked = trials[trials["status"].isin(statuses)].dropna(subset=[column])
+    ranked = ranked.assign(_late=ranked["status"] != "completed")
+    ranked = ranked.sort_values(["_late", column], ascending=[True, mode == "min"])
     configs: list[dict[str, Any]] = []
     ids: list[str] = []
     for _, row in ranked.iterrows():
@@ -489,9 +495,17 @@ def _stage_confirm(run: PlanRun, stage: Stage) -> str:
     trials, _ = run.trials(stage.source)
     source_space = _source_space(run, stage.source)
     seeds = int(stage.get("seeds", 5))
-    configs, ids = top_configs(trials, source_space.metric, source_space.mode, int(stage.get("top", 3)))
+    top = int(stage.get("top", 3))
+    configs, ids = top_configs(trials, source_space.metric, source_space.mode, top, stopped=True)
     if not configs:
         raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to confirm")
+    early = trials[trials["trial_id"].isin(ids) & (trials["status"] == "stopped")]["trial_id"].tolist()
+    if early or len(configs) < top:
+        note = (f"confirming {len(configs)} configurations of stage {stage.source} (top: {top})"
+                + (f"; {len(early)} of them ASHA stopped early ({', '.join(early)}): too few trials ran all "
+                   f"their epochs" if early else f"; it has only {len(configs)} distinct finished ones"))
+        run.say(f"valley: stage {stage.name}: {note}")
+        run.record(stage, note=note)
     grid = [{**config, "seed": s, "split_seed": s} for config in configs for s in range(seeds)]
     space = write_space(run, stage.name, source_space, grid, {},
                         f"stage {stage.name}: top {len(configs)} of {stage.source} x {seeds} seeds")

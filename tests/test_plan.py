@@ -199,3 +199,15 @@ def test_confirm_chooses_the_winner_on_validation_not_on_test():
     assert json.loads(summary["winner"]) == {"hidden": [16]}
     assert list(table["mean_test_acc"]) == pytest.approx([0.905, 0.95])
     assert summary["p_winner_beats_runner_up"] == 0.0 and summary["chosen_by"] == "mean best_val_loss (min)"
+
+
+def test_top_configs_fill_with_early_stopped_trials_only_when_asked():
+    from search.plan import top_configs
+
+    trials = pd.DataFrame({
+        "trial_id": ["a", "b", "c", "d"], "status": ["stopped", "completed", "stopped", "failed"],
+        "best_val_loss": [0.1, 0.5, 0.3, 0.05], "config/hidden": ["[1]", "[2]", "[3]", "[4]"]})
+    assert top_configs(trials, "val_loss", "min", 3)[1] == ["b"]
+    configs, ids = top_configs(trials, "val_loss", "min", 3, stopped=True)
+    assert ids == ["b", "a", "c"]  # every completed trial first, then the stopped ones by their metric
+    assert configs[1] == {"hidden": [1]}

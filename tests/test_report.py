@@ -36,7 +36,8 @@ def plan_report(tmp_path_factory) -> tuple[Path, str]:
     stages = {"1-rough": {"kind": "search", "status": "completed", "experiments": ["1-rough"]},
               "valley": {"kind": "valley", "status": "completed", "from": "1-rough", "reason": "chose <the small one>"},
               "2-confirm": {"kind": "confirm", "status": "completed", "experiments": ["2-confirm"],
-                            "summary": {"winner": '{"layers": 2}', "p_winner_beats_runner_up": 0.97}}}
+                            "summary": {"winner": '{"layers": 2}', "p_winner_beats_runner_up": 0.97},
+                            "note": "1 of them ASHA stopped early"}}
     (plan / "plan.json").write_text(json.dumps({"plan": "p", "status": "completed", "stages": stages}))
     path = write_report(plan, out=plan / "out" / "plan-report.html")
     return path, path.read_text(encoding="utf-8")
@@ -74,7 +75,7 @@ def test_plan_report_compares_stages_and_shows_seed_intervals(plan_report):
     assert '<section id="stages">' in page and '<section id="seeds">' in page
     assert "1-rough" in page and "2-confirm" in page
     assert '<section id="plan-stages">' in page and "chose &lt;the small one&gt;" in page
-    assert "P(winner beats runner-up) = 0.97" in page
+    assert "P(winner beats runner-up) = 0.97 (1 of them ASHA stopped early)" in page
 
 
 def test_report_of_a_plain_ray_experiment(tmp_path):
