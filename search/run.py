@@ -458,9 +458,14 @@ def fail_diverged_trials_at_once() -> None:
     Trial.handle_error = handle_error
 
 
+def sample_count(opts: SearchOptions) -> int:
+    """Tune's num_samples: --samples, else 20 Optuna trials or 1 pass over the grid."""
+    return opts.samples or (20 if opts.search == "optuna" else 1)
+
+
 def total_trials(space: Space, opts: SearchOptions) -> int:
     """Trials the search will run; a --set key replaces its grid, as in ``param_space``."""
-    samples = opts.samples or (20 if opts.search == "optuna" else 1)
+    samples = sample_count(opts)
     kept = {k: v for k, v in space.params.items() if k not in opts.overrides}
     return samples if opts.search == "optuna" else samples * dataclasses.replace(space, params=kept).grid_size()
 
@@ -476,7 +481,7 @@ def build_tuner(space: Space, opts: SearchOptions, folder: Path, dataset: str, e
     overrides = {**opts.overrides, "family": space.family, "dataset": dataset, "max_epochs": epochs}
     params, rows = param_space(space, overrides, opts.search)
     params.setdefault("seed", opts.seed)
-    samples = opts.samples or (20 if opts.search == "optuna" else 1)
+    samples = sample_count(opts)
     scheduler = None
     if opts.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -490,7 +495,7 @@ def build_tuner(space: Space, opts: SearchOptions, folder: Path, dataset: str, e
 
         # TPE models the results after n_startup_trials random ones: Optuna's 10 would leave a 12-trial
         # fine stage random, so a third of the budget (at most 10) starts it; warm-start points count.
-        startup = min(10, max(2, opts.samples // 3))
+        startup = min(10, max(2, samples // 3))
         sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup)
         searcher = ValleyOptunaSearch(sampler=sampler, points_to_evaluate=list(opts.warm_points) or None,
                                       evaluated_rewards=list(opts.warm_rewards) or None)

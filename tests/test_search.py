@@ -60,6 +60,12 @@ def test_optuna_search_samples_grid_rows(ray_session, write_space, tmp_path):
 
 
 @pytest.mark.ray
+def test_optuna_search_runs_20_trials_without_samples(ray_session, write_space, tmp_path):
+    folder = search(write_space(TINY), tmp_path, search="optuna", max_epochs=1, name="tpe20")
+    assert len(pd.read_csv(folder / "trials.csv")) == 20
+
+
+@pytest.mark.ray
 def test_reference_mlp_grid_on_digits(ray_session, tmp_path):
     """The foundation's acceptance: 14 trials, each with n_params, best val accuracy above 90%."""
     folder = search("mlp-rough", tmp_path, dataset="digits", max_epochs=10, name="digits")
