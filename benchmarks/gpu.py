@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.clock_quality import clocks, quality, setting  # noqa: E402
 from benchmarks.common import machine, table  # noqa: E402
-from benchmarks.datapath import BATCH, measure, random_images  # noqa: E402
+from benchmarks.datapath import BATCH, measure, random_images, sync  # noqa: E402
 
 PARTS = ("clocks", "vgg16", "datapath", "parallel")
 N_VAL, N_TEST = 5_000, 10_000
@@ -102,7 +102,7 @@ def bare_steps(config: dict[str, Any], data: Any, device: torch.device, steps: i
     torch.backends.cudnn.benchmark = True
     model = clock.build_model(cfg, data).to(device).to(memory_format=torch.channels_last).train()
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)
-    task, precision = clock.make_task(cfg), pick_precision("auto", device, model)
+    task, precision = clock.make_task(cfg), pick_precision("auto", device, convolutional=True)
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(BATCH, *data.input_shape, device=device, generator=generator)
     y = torch.stack([torch.randint(0, 12, (BATCH,), device=device, generator=generator),
@@ -240,11 +240,6 @@ def part_parallel(args: argparse.Namespace, cuda: bool, summary: list[dict[str, 
           flush=True)
     summary.append({"goal": f"throughput of {processes} packed MLP trainings vs one", "measured": ratio,
                     "target": ">= 6", "met": ratio >= 6})
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,6 @@ from trainables import get_family
 from trainables.config import ConfigError
 from trainables.loop import REPORTED_KEYS, Classification
 
-# space distribution -> the name of Ray Tune's sampler (Ray is imported only to build param_space,
-# so that a space's mistakes are reported without paying for Ray's import)
-TUNE_DISTRIBUTIONS = {name: name for name in
-                      ("uniform", "loguniform", "randint", "lograndint", "quniform", "qloguniform", "qrandint")}
 
 
 def headline_metric(family_name: str) -> tuple[str, str]:
@@ -138,6 +134,8 @@ def param_space(space: Space, overrides: dict[str, Any], searcher: str) -> tuple
         elif value.kind == "choice":
             result[key] = tune.choice([list(a) if isinstance(a, tuple) else a for a in value.args])
         else:
-            result[key] = getattr(tune, TUNE_DISTRIBUTIONS[value.kind])(*value.args)
+            # every other kind a space allows is Ray Tune's sampler of the same name (Ray is imported
+            # only here, so that a space's mistakes are reported without paying for Ray's import)
+            result[key] = getattr(tune, value.kind)(*value.args)
     result.update(overrides)
     return result, rows

@@ -31,12 +31,10 @@ def data():
 
 
 def test_auto_precision_is_bf16_only_for_convolutions_on_cuda():
-    mlp = torch.nn.Sequential(torch.nn.Linear(4, 2))
-    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
     cpu = torch.device("cpu")
-    assert pick_precision("auto", cpu, conv) == "fp32"
-    assert pick_precision("auto", cpu, mlp) == "fp32"
-    assert pick_precision("bf16", cpu, mlp) == "bf16"  # asked for, so given
+    assert pick_precision("auto", cpu, convolutional=True) == "fp32"
+    assert pick_precision("auto", cpu, convolutional=False) == "fp32"
+    assert pick_precision("bf16", cpu, convolutional=False) == "bf16"  # asked for, so given
 
 
 def test_bf16_autocast_trains_and_is_reported(data):

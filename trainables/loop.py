@@ -105,7 +105,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pick_precision(name: str, device: torch.device, model: nn.Module) -> str:
+def pick_precision(name: str, device: torch.device, convolutional: bool) -> str:
     """``auto``: bf16 autocast for convolutional models on a CUDA device that has it, else fp32.
 
     Measured on an H200 (benchmarks/README.md): bf16 is what makes VGG16 reach 16,000 images/s,
@@ -114,7 +114,6 @@ def pick_precision(name: str, device: torch.device, model: nn.Module) -> str:
     """
     if name != "auto":
         return name
-    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
     return "bf16" if device.type == "cuda" and convolutional and torch.cuda.is_bf16_supported() else "fp32"
 
 
@@ -185,10 +184,11 @@ def fit(cfg: TrainConfig, family: Any, data: Splits, reporter: Reporter) -> dict
     torch.manual_seed(cfg.seed)
     task: Task = family.make_task(cfg) if hasattr(family, "make_task") else Classification()
     model = family.build_model(cfg, data).to(device)
-    precision = pick_precision(cfg.precision, device, model)
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    precision = pick_precision(cfg.precision, device, convolutional)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution once
-        if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        if convolutional:
             model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if cfg.compile else model  # ``model`` keeps plain state_dict keys
     params = [p for p in model.parameters() if p.requires_grad]
