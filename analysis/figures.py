@@ -18,7 +18,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
-from analysis.valley import EXCLUDED, ValleyResult, config_key, find_valley, is_seed
+from analysis.format import FAILED, Task, guess_mode, guess_task
+from analysis.valley import ValleyResult, config_key, find_valley, is_seed
 
 PALETTE = qualitative.Plotly
 REGIONS = {"underfit": "rgba(66, 133, 244, 0.09)", "valley": "rgba(52, 168, 83, 0.16)",
@@ -134,7 +135,7 @@ def loss_vs_params(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, met
     title = title or f"{pretty(metric).capitalize()} against model size"
     if trials.empty or "n_params" not in trials or metric not in trials:
         return message(title, f"no trial has reported n_params and {metric} yet")
-    shown = trials[~trials["status"].isin(EXCLUDED)] if "status" in trials else trials
+    shown = trials[~trials["status"].isin(FAILED)] if "status" in trials else trials
     shown = shown[pd.to_numeric(shown["n_params"], errors="coerce").gt(0)
                   & np.isfinite(pd.to_numeric(shown[metric], errors="coerce"))]
     if shown.empty:
@@ -245,7 +246,7 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, y: str = "val_lo
         colours = pd.Series([PALETTE[i % len(PALETTE)] for i in range(len(info))], index=info.index)
     fig = go.Figure()
     show_legend = len(info) <= legend_max
-    ends: dict[str, list[tuple[float, float, str]]] = {"stopped": [], "failed": [], "diverged": []}
+    ends: dict[str, list[tuple[float, float, str]]] = {status: [] for status in ("stopped", *FAILED)}
     for key, curve in epochs.groupby(keys, sort=False):
         key = key if len(keys) > 1 else key[0] if isinstance(key, tuple) else key
         if key not in info.index:
@@ -262,7 +263,8 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, y: str = "val_lo
         if status in ends and len(curve):
             ends[status].append((curve[x].iloc[-1], curve[y].iloc[-1], f"trial {escape(trial_id)}<br>{label}"))
     styles = {"stopped": ("stopped by the scheduler (ASHA)", "x", "#d62728"),
-              "failed": ("failed", "triangle-down", "#7f0000"), "diverged": ("diverged", "triangle-up", "#7f0000")}
+              **{status: (status, symbol, "#7f0000")
+                 for status, symbol in zip(FAILED, ("triangle-down", "triangle-up"))}}
     for status, points in ends.items():
         if points:
             name, symbol, colour = styles[status]
@@ -322,7 +324,7 @@ def parallel_coordinates(trials: pd.DataFrame, metric: str = "best_val_loss", mo
     if "n_params" in shown and shown["n_params"].notna().all():
         dims.append(dict(label="log10 params", values=np.log10(shown["n_params"].astype(float).clip(lower=1))))
     dims.append(dict(label=escape(pretty(metric)), values=shown[metric].astype(float)))
-    mode = mode or ("max" if "acc" in metric else "min")
+    mode = mode or guess_mode(metric)
     fig = go.Figure(go.Parcoords(
         dimensions=dims, line=dict(color=shown[metric].astype(float), colorscale="Viridis",
                                    reversescale=mode == "min", showscale=True,
@@ -343,7 +345,7 @@ def param_importance(trials: pd.DataFrame, metric: str = "best_val_loss", mode: 
 
     shown = trials[np.isfinite(pd.to_numeric(trials[metric], errors="coerce"))] if metric in trials else trials[:0]
     if "status" in shown:
-        shown = shown[~shown["status"].isin(EXCLUDED)]
+        shown = shown[~shown["status"].isin(FAILED)]
     columns = varied_columns(shown)
     if len(shown) < min_trials or not columns:
         raise ValueError(f"hyperparameter importance needs at least {min_trials} trials with a finite {metric} and "
@@ -367,7 +369,7 @@ def param_importance(trials: pd.DataFrame, metric: str = "best_val_loss", mode: 
             distributions[name] = CategoricalDistribution(sorted(text.unique()))
             values[name] = text.tolist()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "maximize" if (mode or ("max" if "acc" in metric else "min")) == "max" else "minimize"
+    direction = "maximize" if (mode or guess_mode(metric)) == "max" else "minimize"
     study = optuna.create_study(direction=direction)
     for i, value in enumerate(shown[metric].astype(float)):
         study.add_trial(optuna.trial.create_trial(
@@ -396,22 +398,22 @@ def importance(trials: pd.DataFrame, metric: str = "best_val_loss", mode: str | 
 # --- results table ---------------------------------------------------------------------------------
 
 def results_frame(trials: pd.DataFrame, metric: str = "best_val_loss", mode: str | None = None,
-                  max_rows: int = 60) -> pd.DataFrame:
-    """The reference's results table: model, parameters, accuracy and loss (test, best checkpoint).
+                  max_rows: int = 60, task: Task | None = None) -> pd.DataFrame:
+    """The reference's results table: model, parameters, the task's headline and loss (test, best checkpoint).
 
     One row per trial, smallest model first; beyond ``max_rows`` trials, the best
-    ``max_rows`` by ``metric``.
+    ``max_rows`` by ``metric``. ``task`` defaults to ``guess_task`` on the columns.
     """
+    task = task or guess_task(trials.columns)
+    headline = pretty(task.headline) if task.test_metric else "accuracy"  # the reference's column, left empty
     if trials.empty:
-        return pd.DataFrame(columns=["model", "parameters", "accuracy", "loss", "status"])
-    task = next((c for c in ("test_acc", "test_csd") if c in trials),
-                next((c for c in trials.columns if c.startswith("test_") and c != "test_loss"), None))
+        return pd.DataFrame(columns=["model", "parameters", headline, "loss", "status"])
+    test = task.test_metric if task.test_metric in trials else None
     rows = trials.copy()
     if len(rows) > max_rows and metric in rows:
         rows = rows.sort_values(metric, ascending=(mode or "min") == "min", na_position="last").head(max_rows)
     frame = pd.DataFrame({
-        "model": config_labels(rows), "parameters": rows.get("n_params"),
-        "accuracy" if task in (None, "test_acc") else task.removeprefix("test_"): rows[task] if task else None,
+        "model": config_labels(rows), "parameters": rows.get("n_params"), headline: rows[test] if test else None,
         "loss": rows.get("test_loss"), "status": rows.get("status")})
     if "stage" in rows and rows["stage"].nunique() > 1:
         frame.insert(0, "stage", pd.Categorical(rows["stage"], categories=list(dict.fromkeys(rows["stage"]))))
@@ -420,8 +422,9 @@ def results_frame(trials: pd.DataFrame, metric: str = "best_val_loss", mode: str
 
 
 def results_table(trials: pd.DataFrame, metric: str = "best_val_loss", mode: str | None = None,
-                  title: str = "Results: test metrics of each trial's best checkpoint") -> go.Figure:
-    frame = results_frame(trials, metric, mode)
+                  title: str = "Results: test metrics of each trial's best checkpoint",
+                  task: Task | None = None) -> go.Figure:
+    frame = results_frame(trials, metric, mode, task=task)
     if frame.empty:
         return message(title, "no trials yet")
     cells = []
@@ -445,12 +448,12 @@ def results_table(trials: pd.DataFrame, metric: str = "best_val_loss", mode: str
 
 # --- seeds and confidence intervals ----------------------------------------------------------------
 
-def seed_frame(trials: pd.DataFrame, value: str = "test_acc", min_seeds: int = 1) -> pd.DataFrame:
+def seed_frame(trials: pd.DataFrame, value: str, min_seeds: int = 1) -> pd.DataFrame:
     """(config, seed, value) per finished trial of configs run with ``min_seeds`` or more seeds:
     the input of ``confidence_intervals``."""
     if trials.empty or value not in trials:
         return pd.DataFrame(columns=["config", "seed", value])
-    usable = trials[~trials["status"].isin(EXCLUDED)] if "status" in trials else trials
+    usable = trials[~trials["status"].isin(FAILED)] if "status" in trials else trials
     labels = config_labels(usable)
     if "stage" in usable and usable["stage"].nunique() > 1:
         labels = usable["stage"].astype(str) + ": " + labels
@@ -463,7 +466,7 @@ def seed_frame(trials: pd.DataFrame, value: str = "test_acc", min_seeds: int = 1
 
 def has_repeats(trials: pd.DataFrame) -> bool:
     """True when some config ran with two or more seeds."""
-    usable = trials[~trials["status"].isin(EXCLUDED)] if "status" in trials else trials
+    usable = trials[~trials["status"].isin(FAILED)] if "status" in trials else trials
     return bool(len(usable)) and bool(config_key(usable).value_counts().max() >= 2)
 
 
@@ -486,7 +489,7 @@ def bootstrap_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 200
     return mean, float(low), float(high)
 
 
-def seed_summary(frame: pd.DataFrame, label: str = "config", value: str = "test_acc", level: float = 0.95,
+def seed_summary(frame: pd.DataFrame, value: str, label: str = "config", level: float = 0.95,
                  n_boot: int = 2000, random_state: int = 0) -> pd.DataFrame:
     """Per config: seeds, mean, and the bootstrap interval of the mean (columns n, mean, low, high)."""
     for column in (label, value):
@@ -500,15 +503,16 @@ def seed_summary(frame: pd.DataFrame, label: str = "config", value: str = "test_
     return pd.DataFrame(rows, columns=[label, "n", "mean", "low", "high"])
 
 
-def confidence_intervals(frame: pd.DataFrame, label: str = "config", seed: str = "seed", value: str = "test_acc",
-                         level: float = 0.95, n_boot: int = 2000, random_state: int = 0,
+def confidence_intervals(frame: pd.DataFrame, value: str, label: str = "config", seed: str = "seed",
+                         level: float = 0.95, n_boot: int = 2000, random_state: int = 0, mode: str | None = None,
                          title: str | None = None) -> go.Figure:
-    """Mean over seeds per config with its bootstrap interval (best on top), and each seed's value as a dot."""
+    """Mean over seeds per config with its bootstrap interval (best on top), and each seed's value as a dot;
+    ``mode`` (min or max for ``value``) says which is best."""
     title = title or f"{pretty(value).capitalize()} over seeds: mean and {level:.0%} bootstrap interval"
     if frame.empty or value not in frame:
         return message(title, f"no {value} values yet")
-    summary = seed_summary(frame, label, value, level, n_boot, random_state)
-    summary = summary.sort_values("mean", ascending="loss" not in value and "csd" not in value)  # best last = top
+    summary = seed_summary(frame, value, label, level, n_boot, random_state)
+    summary = summary.sort_values("mean", ascending=(mode or guess_mode(value)) == "max")  # best last = top
     order = list(summary[label])
     rows = frame.assign(_y=frame[label].map({name: i for i, name in enumerate(order)}))
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(rows))
@@ -541,11 +545,11 @@ def compare_experiments(experiments: Mapping[str, pd.DataFrame], metric: str = "
     """Several experiments' loss against model size on one log axis; a line joins each one's best per size."""
     title = title or f"{pretty(metric).capitalize()} against model size, by experiment"
     fig = go.Figure()
-    ascending = (mode or ("max" if "acc" in metric else "min")) == "min"
+    ascending = (mode or guess_mode(metric)) == "min"
     for i, (name, trials) in enumerate(experiments.items()):
         if trials.empty or "n_params" not in trials or metric not in trials:
             continue
-        shown = trials[~trials["status"].isin(EXCLUDED)] if "status" in trials else trials
+        shown = trials[~trials["status"].isin(FAILED)] if "status" in trials else trials
         shown = shown[pd.to_numeric(shown["n_params"], errors="coerce").gt(0)
                       & np.isfinite(pd.to_numeric(shown[metric], errors="coerce"))]
         if shown.empty:

@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.format import (ACTIVE, DONE, FAILED, MANIFEST, PLAN_STATE, Task, guess_mode, metric_column,
+                             read_manifest, task_of, trial_status)
+
 
 class ResultsError(ValueError):
     """A folder that holds no results to load; the message says what to pass instead."""
@@ -26,12 +29,6 @@ class ResultsError(ValueError):
 RAY_KEYS = {"node_id", "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "trial_id", "date", "pid",
             "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
             "time_this_iter_s"}
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """``valley.json``, or an empty dict for a plain Ray Tune experiment."""
-    path = Path(folder) / "valley.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def trial_dirs(folder: Path) -> list[Path]:
@@ -153,22 +150,15 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
     error_file = trial_dir / "error.txt"
     error = _last_line(error_file) if error_file.exists() else ""
     last = rows[-1] if rows else {}
-    max_epochs = config.get("max_epochs")
-    completed = bool(last) and ((max_epochs is not None and last.get("epoch") == max_epochs)
-                                or bool(last.get("early_stopped")))
-    if completed:
-        status, error = "completed", ""
-    elif error:
-        status = "diverged" if "diverged" in error else "failed"
-    elif not rows:
-        status = "pending" if not finished else "failed"
-    else:
-        status = "stopped" if finished else "unfinished"
+    status = trial_status(last, error, bool(rows), config.get("max_epochs"), finished)
+    if status == "completed":
+        error = ""
     best = next((r for r in rows if r.get("epoch") == last.get("best_epoch")), last)
     row: dict[str, Any] = {
         "trial_id": trial_id,
         "status": status,
         "stopped_by_scheduler": status == "stopped",
+        "failure": status if status in FAILED else "",
         "error": error,
         "n_params": last.get("n_params"),
         "epochs": last.get("epoch", 0),
@@ -188,50 +178,40 @@ def _last_line(path: Path) -> str:
     return lines[-1][:500] if lines else "error (no message)"
 
 
-def metric_column(metric: str) -> str:
-    """The trials-table column that holds a space's metric (``val_loss`` -> ``best_val_loss``)."""
-    return f"best_{metric}" if metric.startswith("val_") else metric
-
-
 def write_tables(folder: str | Path) -> pd.DataFrame:
     """Write trials.csv, trials.parquet and epochs.parquet; returns the trials frame."""
     folder = Path(folder)
     trials, epochs = load_experiment(folder)
-    trials = with_seed_spread(trials)
+    trials = with_seed_spread(trials, task_of(read_manifest(folder), trials.columns))
     trials.to_csv(folder / "trials.csv", index=False)
     trials.to_parquet(folder / "trials.parquet", index=False)
     epochs.to_parquet(folder / "epochs.parquet", index=False)
     return trials
 
 
-def test_metric(trials: pd.DataFrame) -> str | None:
-    """The headline test column: test_acc for classification, test_csd for clocks."""
-    return next((c for c in ("test_csd", "test_acc") if c in trials), None)
-
-
-def with_seed_spread(trials: pd.DataFrame) -> pd.DataFrame:
+def with_seed_spread(trials: pd.DataFrame, task: Task) -> pd.DataFrame:
     """Add, per trial, the mean and spread of the test metric over the seeds of its config."""
     from analysis.valley import config_key
 
-    column = test_metric(trials)
-    if trials.empty or column is None:
+    column = task.test_metric
+    if trials.empty or column is None or column not in trials:
         return trials
-    usable = ~trials["status"].isin(["failed", "diverged"])
+    usable = ~trials["status"].isin(FAILED)
     groups = trials[column].where(usable).groupby(config_key(trials))
     return trials.assign(**{"seeds": groups.transform("count"), f"seeds_mean_{column}": groups.transform("mean"),
                             f"seeds_std_{column}": groups.transform("std")})
 
 
-def seeds_table(trials: pd.DataFrame) -> str:
+def seeds_table(trials: pd.DataFrame, task: Task) -> str:
     """Mean and spread of the test metric per config over its seeds; empty when nothing repeats."""
-    column = test_metric(trials)
-    if column is None or "seeds" not in trials or not (trials["seeds"] > 1).any():
+    column = task.test_metric
+    if column is None or column not in trials or "seeds" not in trials or not (trials["seeds"] > 1).any():
         return ""
     varied = [c for c in trials.columns if c.startswith("config/") and not c.endswith("seed")
               and trials[c].astype(str).nunique(dropna=False) > 1]
     table = trials.drop_duplicates(varied or ["seeds"])[[*varied, "seeds", f"seeds_mean_{column}",
                                                           f"seeds_std_{column}"]]
-    table = table.sort_values(f"seeds_mean_{column}", ascending=column == "test_csd")
+    table = table.sort_values(f"seeds_mean_{column}", ascending=task.mode == "min")
     return (f"{column} over seeds, per configuration:\n"
             + table.rename(columns=lambda c: c.removeprefix("config/")).to_string(index=False, na_rep="-"))
 
@@ -241,15 +221,17 @@ def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
     if trials.empty:
         return "no trial reported a result"
     manifest = read_manifest(Path(folder))
+    task = task_of(manifest, trials.columns)
     metric = metric_column(manifest.get("metric", "val_loss"))
     ranked = trials.dropna(subset=[metric]).sort_values(metric, ascending=manifest.get("mode", "min") == "min")
-    ranked = ranked[~ranked["status"].isin(["failed", "diverged"])]
+    ranked = ranked[~ranked["status"].isin(FAILED)]
     varied = [c for c in trials.columns if c.startswith("config/") and trials[c].astype(str).nunique(dropna=False) > 1]
+    headline = [f"best_val_{task.headline}", task.test_metric]
     shown = ["trial_id", *varied, "n_params", "epochs", "status", metric,
-             *[c for c in ("best_val_acc", "best_val_csd", "test_acc", "test_csd") if c in trials and c != metric]]
+             *[c for c in headline if c in trials and c != metric]]
     table = ranked[shown].head(n).rename(columns=lambda c: c.removeprefix("config/"))
     text = f"top {min(n, len(ranked))} of {len(trials)} by {metric}:\n" + table.to_string(index=False, na_rep="-")
-    spread = seeds_table(trials)
+    spread = seeds_table(trials, task)
     return f"{text}\n{spread}" if spread else text
 
 
@@ -257,9 +239,6 @@ def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
 
 STATE_STATUS = {"TERMINATED": "completed", "ERROR": "failed", "RUNNING": "running", "PENDING": "pending",
                 "PAUSED": "paused"}
-DONE = ("completed", "stopped")  # statuses of a trial that finished
-FAILED = ("failed", "diverged")
-ACTIVE = ("running", "pending", "paused", "unfinished")
 
 
 @dataclasses.dataclass
@@ -299,6 +278,13 @@ class Experiment:
             (s.manifest["mode"] for s in self.stages.values() if s.manifest.get("mode")), None)
         return mode or guess_mode(self.metric)
 
+    @property
+    def task(self) -> Task:
+        """What the family trains for (headline metric, its mode, the test column), from the manifest."""
+        manifests = [self.manifest, *(s.manifest for s in self.stages.values())]
+        recorded = next((m for m in manifests if isinstance(m.get("task"), dict)), {})
+        return task_of(recorded, self.trials.columns)
+
     def trial_dir(self, trial_id: str) -> Path | None:
         """The folder of one trial (in a plan, inside its experiment's folder)."""
         for experiment in [self, *self.stages.values()]:
@@ -335,20 +321,14 @@ class Experiment:
         return "unknown"
 
 
-def guess_mode(metric: str) -> str:
-    """max for accuracy-like metrics, min for losses and errors."""
-    return "max" if any(word in metric for word in ("acc", "score", "reward", "auc", "f1", "precision",
-                                                    "recall")) else "min"
-
-
 def is_experiment(folder: Path) -> bool:
     """valley.json, Ray Tune's experiment state or trial folders, and no plan.json."""
     folder = Path(folder)
-    return not (folder / "plan.json").is_file() and _holds_trials(folder)
+    return not (folder / PLAN_STATE).is_file() and _holds_trials(folder)
 
 
 def _holds_trials(folder: Path) -> bool:
-    return ((folder / "valley.json").is_file() or next(folder.glob("experiment_state-*.json"), None) is not None
+    return ((folder / MANIFEST).is_file() or next(folder.glob("experiment_state-*.json"), None) is not None
             or next(folder.glob("*/params.json"), None) is not None)
 
 
@@ -356,7 +336,7 @@ def is_plan(folder: Path) -> bool:
     """A folder with plan.json (a plan may write ``<stage>.json``, even valley.json, beside it), or
     any folder of experiment folders."""
     folder = Path(folder)
-    if (folder / "plan.json").is_file():
+    if (folder / PLAN_STATE).is_file():
         return True
     return folder.is_dir() and not _holds_trials(folder) and any(is_experiment(p) for p in _subfolders(folder))
 
@@ -376,7 +356,7 @@ def load(folder: str | Path) -> Experiment:
     if not is_experiment(folder):
         raise ResultsError(f"{folder} holds no experiment: expected valley.json, Ray Tune's experiment_state-*.json "
                          "or trial folders with params.json, or a plan folder of such experiments")
-    manifest, warnings = _safe_manifest(folder / "valley.json")
+    manifest, warnings = _safe_manifest(folder / MANIFEST)
     trials, epochs, more = _load_folder(folder, manifest)
     warnings += more
     if manifest:
@@ -438,7 +418,7 @@ def _apply_ray_state(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame, w
 
 def _load_plan(folder: Path) -> Experiment:
     """Every experiment folder of a plan; ``stage`` is its stage in plan.json, else the folder's name."""
-    manifest, warnings = _safe_manifest(folder / "plan.json")
+    manifest, warnings = _safe_manifest(folder / PLAN_STATE)
     declared = manifest.get("stages") if isinstance(manifest.get("stages"), dict) else {}
     stage_of = {experiment: name for name, state in declared.items() if isinstance(state, dict)
                 for experiment in state.get("experiments", [])}
@@ -464,7 +444,7 @@ def _load_plan(folder: Path) -> Experiment:
 
 
 def _stage_started(folder: Path) -> str:
-    manifest, _ = _safe_manifest(folder / "valley.json")
+    manifest, _ = _safe_manifest(folder / MANIFEST)
     return str(manifest.get("started", "~"))  # experiments without a start time sort last
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import figures
+from analysis.format import DONE, FAILED, metric_column
 from analysis.load import Experiment, load, progress
 from analysis.valley import ValleyResult, find_valley
 
@@ -63,14 +64,14 @@ def build_sections(experiment: Experiment) -> list[Section]:
     sections.append(Section("parallel", "Hyperparameters", figures.parallel_coordinates(trials, metric, mode),
                             "Drag along an axis to select a range of trials."))
     sections.append(Section("importance", "Hyperparameter importance", figures.importance(trials, metric, mode)))
-    task = next((c for c in ("test_acc", "test_csd") if c in trials), None)
-    if task and figures.has_repeats(trials):
-        seeds = figures.seed_frame(trials, task, min_seeds=2)
+    task = experiment.task
+    if task.test_metric in trials and figures.has_repeats(trials):
+        seeds = figures.seed_frame(trials, task.test_metric, min_seeds=2)
         sections.append(Section("seeds", "Confidence intervals over seeds",
-                                figures.confidence_intervals(seeds, value=task)))
-    sections.append(Section("results", "Results table", figures.results_table(trials, metric, mode),
+                                figures.confidence_intervals(seeds, task.test_metric, mode=task.mode)))
+    sections.append(Section("results", "Results table", figures.results_table(trials, metric, mode, task=task),
                             "Test metrics of each trial's best checkpoint (by validation loss)."))
-    if "test_csd" in trials:
+    if task.kind == "clock":
         sections += clock_sections(experiment)
     for section in sections:
         section.figure.update_layout(title_text="", margin_t=50)  # the section heading names it
@@ -80,7 +81,7 @@ def build_sections(experiment: Experiment) -> list[Section]:
 def clock_sections(experiment: Experiment) -> list[Section]:
     """How the best clock model reads the test images: CSD histogram, by hour, confusion, worst reads."""
     trials, metric, mode = experiment.trials, experiment.metric, experiment.mode
-    done = trials[trials["status"].isin(["completed", "stopped"])].dropna(subset=[metric])
+    done = trials[trials["status"].isin(DONE)].dropna(subset=[metric])
     if done.empty:
         return []
     best = done.sort_values(metric, ascending=mode == "min").iloc[0]
@@ -258,15 +259,17 @@ def _top_trials(experiment: Experiment, n: int = 10) -> str:
     trials, metric = experiment.trials, experiment.metric
     if trials.empty or metric not in trials:
         return '<section id="top"><h2>Top trials</h2><p class="note">No trial has a result yet.</p></section>'
-    ranked = trials[~trials["status"].isin(["failed", "diverged"])].dropna(subset=[metric])
+    ranked = trials[~trials["status"].isin(FAILED)].dropna(subset=[metric])
     ranked = ranked.sort_values(metric, ascending=experiment.mode == "min").head(n)
     table = pd.DataFrame({"trial": ranked["trial_id"]})
     if "stage" in ranked:
         table["stage"] = ranked["stage"]
     table["config"] = figures.config_labels(trials).loc[ranked.index]
+    task = experiment.task
+    val = metric_column(f"val_{task.headline}") if task.test_metric else None
+    scores = (metric, val, "test_loss", task.test_metric)
     for column, name in (("n_params", "parameters"), ("epochs", "epochs"), ("status", "status"),
-                         (metric, metric), ("best_val_acc", "best_val_acc"), ("test_loss", "test_loss"),
-                         ("test_acc", "test_acc"), ("test_csd", "test_csd"), ("wall_s", "wall s")):
+                         *((c, c) for c in scores if c), ("wall_s", "wall s")):
         if column in ranked and name not in table:
             table[name] = ranked[column]
     return (f'<section id="top"><h2>Top {len(table)} of {len(trials)} trials by {html.escape(metric)}</h2>'
@@ -276,7 +279,7 @@ def _top_trials(experiment: Experiment, n: int = 10) -> str:
 def _failures(trials: pd.DataFrame) -> str:
     if trials.empty or "status" not in trials:
         return ""
-    failed = trials[trials["status"].isin(["failed", "diverged"])]
+    failed = trials[trials["status"].isin(FAILED)]
     if failed.empty:
         return ""
     table = pd.DataFrame({"trial": failed["trial_id"], "status": failed["status"],

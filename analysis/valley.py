@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-EXCLUDED = ("failed", "diverged")  # trials whose metric says nothing about the model
+from analysis.format import FAILED, guess_mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ def find_valley(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, metric
     deviation) of the best trial's last 3 epochs of the per-epoch metric
     (``val_loss`` for ``best_val_loss``). Failed and diverged trials are left out.
     """
-    mode = mode or ("max" if any(w in metric for w in ("acc", "score")) else "min")
+    mode = mode or guess_mode(metric)
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
     if not threshold_se >= 0:
@@ -71,7 +71,7 @@ def find_valley(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, metric
         if column not in trials:
             raise ValueError(f"find_valley needs a {column!r} column in trials, got columns "
                              f"{sorted(map(str, trials.columns))[:12]}; pass the trials frame of analysis.load")
-    usable = trials[~trials.get("status", pd.Series("", index=trials.index)).isin(EXCLUDED)].copy()
+    usable = trials[~trials.get("status", pd.Series("", index=trials.index)).isin(FAILED)].copy()
     usable[metric] = pd.to_numeric(usable[metric], errors="coerce")
     usable["n_params"] = pd.to_numeric(usable["n_params"], errors="coerce")
     usable = usable[np.isfinite(usable[metric]) & np.isfinite(usable["n_params"])]

@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
             plans.append((WORKLOADS[name], runs))
         import ray
 
-        from search.run import SearchOptions, start_ray
+        from search.options import SearchOptions
+        from search.ray_start import start_ray
 
         # Rounds: every row once per round, so that a machine whose speed drifts (a VM's host is
         # shared) slows each row alike; ratios are paired within a round. Bare runs before Ray starts,

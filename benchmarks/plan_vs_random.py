@@ -26,8 +26,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from search.plan import load_plan, run_plan, start_plan, top_configs  # noqa: E402
-from search.run import SearchOptions, run_search, start_ray  # noqa: E402
+from search.plans import load_plan, run_plan, start_plan, top_configs  # noqa: E402
+from search.ray_start import start_ray  # noqa: E402
+from search.run import SearchOptions, run_search  # noqa: E402
 from spaces import load_space  # noqa: E402
 
 EPOCHS = 15  # the plan's fine and confirm budget per trial

@@ -105,7 +105,7 @@ class SEReporter:
         family = get_family(config["family"])
         self.local = LocalReporter()
         self.history = self.local.history
-        self.model = family.build_model(family.Config.from_dict(config), data)
+        self.model = family.build_model(family.make_config(config), data)
         self.x_val = torch.from_numpy(np.array(data.x_val))
         self.y_val = torch.from_numpy(np.array(data.y_val))
         self.mean, self.std = data.mean, data.std
@@ -195,7 +195,7 @@ def _cost(config: dict[str, Any]) -> int:
 
 def _git_commit() -> str:
     try:
-        from search.run import git_commit
+        from search.manifest import git_commit
 
         return git_commit()
     except ImportError:

@@ -14,15 +14,18 @@ from typing import Any
 
 from ray.tune import Callback
 
+from analysis.format import failure_kind
+
 # Set by Ctrl-C during fit(): Tune returns normally after it, so callers check this instead.
 # Module-level because `valley resume` runs the Progress object that Tune unpickles, not a new one.
 INTERRUPTED = threading.Event()
 
 
 class Progress(Callback):
-    def __init__(self, total: int, metric: str, say: Callable[..., None]) -> None:
+    def __init__(self, total: int, metric: str, task_metric: str, say: Callable[..., None]) -> None:
         self.total = total
-        self.metric = metric
+        self.metric = metric  # what the search ranks on
+        self.task_metric = task_metric  # the family's validation headline, e.g. val_acc
         self.say = say
         self.done = 0
         self.counted = False  # whether `done` includes the trials a resumed experiment had finished
@@ -64,7 +67,8 @@ class Progress(Callback):
         self.done += 1
         result = trial.last_result or {}
         parts = [f"[{self.done:>3}/{self.total}] {trial.trial_id} {outcome:<9}"]
-        for key in dict.fromkeys((self.metric, "val_loss", "val_acc", "val_csd")):
+        # an experiment saved before task_metric existed is resumed with what it has
+        for key in dict.fromkeys((self.metric, "val_loss", getattr(self, "task_metric", self.metric))):
             if isinstance(result.get(key), float):
                 parts.append(f"{key} {result[key]:.4f}")
         if "n_params" in result:
@@ -82,7 +86,7 @@ class Progress(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = first_error_line(trial.error_file) if trial.error_file else ""
-        self._line(trial, "diverged" if "diverged" in error else "failed")
+        self._line(trial, failure_kind(error))
         if error:
             self.say(f"      error: {error}")
 

@@ -13,25 +13,28 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from analysis import format as fmt
 from analysis.load import config_of
-from search.plan import top_configs
-from search.run import SearchError, SearchOptions, run_search
+from search.options import SearchError, SearchOptions
+from search.plans.select import side_by_side, top_configs
+from search.run import run_search
 from spaces import load_space
+from trainables import get_family
 
 
 def best_configs(folder: Path, top: int) -> tuple[pd.DataFrame, dict]:
     """The ``top`` distinct configs of an experiment or plan folder, best first, and its manifest."""
-    from analysis.load import load_experiment, read_manifest
+    from analysis.load import load_experiment
 
-    if (folder / "plan.json").exists():
-        state = json.loads((folder / "plan.json").read_text())
+    if (folder / fmt.PLAN_STATE).exists():
+        state = json.loads((folder / fmt.PLAN_STATE).read_text())
         trained = [name for name, stage in state["stages"].items() if stage.get("experiments")]
         if not trained:
             raise SearchError(f"plan {folder} has no trained stage yet; run it first")
         folder = folder / state["stages"][trained[-1]]["experiments"][-1]
-    manifest = read_manifest(folder)
+    manifest = fmt.read_manifest(folder)
     if not manifest:
-        raise SearchError(f"{folder} is not a valley experiment or plan (no valley.json or plan.json)")
+        raise SearchError(f"{folder} is not a valley experiment or plan (no {fmt.MANIFEST} or {fmt.PLAN_STATE})")
     trials, _ = load_experiment(folder)
     _, ids = top_configs(trials, manifest["metric"], manifest["mode"], top)
     best = trials.set_index("trial_id").loc[ids].reset_index()
@@ -60,17 +63,8 @@ def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
     from analysis.load import load_experiment
 
     trials, _ = load_experiment(folder)
-    side = side_by_side(best, trials, manifest["dataset"], opts.dataset)
+    side = side_by_side(best, trials, manifest["dataset"], opts.dataset,
+                        get_family(manifest["family"]).task.test_metric)
     side.to_csv(folder / "transfer.csv", index=False)
     print(side.to_string(index=False))
     return folder
-
-
-def side_by_side(before: pd.DataFrame, after: pd.DataFrame, from_name: str, to_name: str) -> pd.DataFrame:
-    """One row per configuration: its metrics on the source and on the target data set."""
-    metrics = [c for c in ("n_params", "best_val_loss", "test_acc", "test_csd", "test_loss") if c in before]
-    before = before.assign(_key=[json.dumps(config_of(r), sort_keys=True) for _, r in before.iterrows()])
-    after = after.assign(_key=[json.dumps(config_of(r), sort_keys=True) for _, r in after.iterrows()])
-    merged = before[["_key", *metrics]].merge(after[["_key", *metrics]], on="_key",
-                                              suffixes=(f"@{from_name}", f"@{to_name}"))
-    return merged.rename(columns={"_key": "config"})

@@ -1,8 +1,9 @@
 """A checked :class:`spaces.Space` into Ray Tune's ``param_space``.
 
 Checks that need the family (unknown config keys, wrong types, a metric no
-trainable reports) run here, before Ray starts, on a probe config built from
-every grid row and every distribution's bounds.
+trainable reports, the family's own preflight such as reachable pretrained
+weights) run here, before Ray starts, on a probe config built from every grid
+row and every distribution's bounds.
 """
 from __future__ import annotations
 
@@ -12,25 +13,6 @@ from typing import Any
 from spaces import Dist, Space, SpaceError
 from trainables import get_family
 from trainables.config import ConfigError
-from trainables.loop import REPORTED_KEYS, Classification
-
-
-
-def headline_metric(family_name: str) -> tuple[str, str]:
-    """The family's task metric and its mode, e.g. ('acc', 'max')."""
-    family = get_family(family_name)
-    if hasattr(family, "make_task"):
-        task = family.make_task(family.Config.from_dict({"family": family_name}))
-        return task.metric, task.mode
-    return Classification.metric, Classification.mode
-
-
-def reported_metrics(family_name: str) -> set[str]:
-    """Every numeric key a family's trainable reports."""
-    family = get_family(family_name)
-    names = getattr(family, "METRICS", Classification.names)
-    per_split = {f"{split}_{name}" for split in ("val", "test") for name in ("loss", *names)}
-    return (set(REPORTED_KEYS) - {"device", "precision"}) | per_split  # text, not numbers
 
 
 def check_space(space: Space, overrides: dict[str, Any]) -> None:
@@ -39,7 +21,7 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
         family = get_family(space.family)
     except KeyError as err:
         raise SpaceError(f"{space.source}: family: {err.args[0]}") from None
-    metrics = reported_metrics(space.family)
+    metrics = family.task.reported()
     if space.metric not in metrics:
         raise SpaceError(f"{space.source}: metric: {space.metric!r} is not reported by family "
                          f"{space.family!r}; reported: {', '.join(sorted(metrics))}")
@@ -47,7 +29,7 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
     for row in space.grid_points():
         config = {**probe, **row, **overrides, "family": space.family}
         try:
-            family.Config.from_dict(config)
+            family.preflight(family.make_config(config))
         except ConfigError as err:
             where = f"grid row {row}" if row else "params"
             raise SpaceError(f"{space.source}: {where}: {err}") from None
@@ -57,7 +39,7 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
             continue
         for candidate in _probe_values(value):
             try:
-                family.Config.from_dict({**probe, **row, key: candidate, "family": space.family})
+                family.make_config({**probe, **row, key: candidate, "family": space.family})
             except ConfigError as err:
                 hint = (f"; {value.kind} draws fractions, use randint or qrandint for a whole number"
                         if value.kind in ("uniform", "loguniform") and "must be int" in str(err) else "")

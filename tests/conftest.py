@@ -13,7 +13,8 @@ def ray_session():
     """A local Ray with 2 CPUs, shared by every test that runs a search."""
     import ray
 
-    from search.run import SearchOptions, start_ray
+    from search.options import SearchOptions
+    from search.ray_start import start_ray
 
     start_ray(SearchOptions(num_cpus=2))
     yield ray

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis import figures
+from analysis.format import Task
 from analysis.load import ResultsError, export_tables, load, load_experiment, progress, top_table, write_tables
 from analysis.valley import find_valley
 
@@ -286,6 +287,15 @@ def test_results_table_in_reference_format(asha):
     assert fig.data[0].type == "table" and len(fig.data[0].cells.values[0]) == 14
 
 
+def test_results_frame_names_the_headline_of_the_task(asha):
+    clock = Task("clock", "csd", "min", "test_csd", ("csd",))
+    frame = figures.results_frame(asha.trials.rename(columns={"test_acc": "test_csd"}), task=clock)
+    assert list(frame.columns) == ["model", "parameters", "csd", "loss", "status"] and frame["csd"].notna().any()
+    assert list(figures.results_frame(asha.trials[:0], task=clock).columns)[2] == "csd"
+    plain = figures.results_frame(load(PLAIN).trials)  # no test column: the reference's empty accuracy column
+    assert list(plain.columns)[2] == "accuracy" and plain["accuracy"].isna().all()
+
+
 def test_bootstrap_intervals():
     mean, low, high = figures.bootstrap_ci([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and 1.0 <= low < 2.5 < high <= 4.0
@@ -299,13 +309,15 @@ def test_confidence_intervals_from_seeds():
     seeds = load(SEEDS)
     frame = figures.seed_frame(seeds.trials, "test_acc")
     assert list(frame.columns) == ["config", "seed", "test_acc"] and len(frame) == 9
-    summary = figures.seed_summary(frame)
+    summary = figures.seed_summary(frame, "test_acc")
     assert list(summary["n"]) == [3, 3, 3]
     assert (summary["low"] <= summary["mean"]).all() and (summary["mean"] <= summary["high"]).all()
-    fig = figures.confidence_intervals(frame)
+    fig = figures.confidence_intervals(frame, "test_acc")
     means = fig.data[1]
     assert means.error_x.array is not None and len(means.y) == 3
     assert fig.layout.yaxis.ticktext[-1] == "layers=2"  # best accuracy on top
+    lowest = figures.confidence_intervals(frame, "test_acc", mode="min").layout.yaxis.ticktext[-1]
+    assert lowest != "layers=2"  # with min, the lowest mean is on top
 
 
 def test_compare_two_experiments(asha):

@@ -97,6 +97,22 @@ def test_options_out_of_range(refuse, write_space):
     assert "--storage must be a folder" in refuse(path, storage="s3://bucket/results")
     assert "--set takes key=value" in refuse(path, "--set", "lr")
     assert "unknown key 'lrr'" in refuse(path, "--set", "lrr=0.1")
+    assert "lr must be a number, got lr='abc'" in refuse("mlp-rough", "--dataset", "digits", "--set", "lr=abc")
+    assert "batch_size must be int, got batch_size=0.5" in refuse(path, "--set", "batch_size=0.5")
+    assert "hidden must be a list" in refuse(path, "--set", "hidden=7")
+
+
+def test_a_bug_is_a_traceback_that_says_so(monkeypatch, capsys, write_space, tmp_path):
+    """An internal error is not dressed up as a user mistake: traceback, a line naming it a bug, exit 1."""
+    def broken(space, overrides):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr("search.tune_space.check_space", broken)
+    code = cli.main(["search", space(write_space, ""), "--storage", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_BUG
+    assert "Traceback (most recent call last)" in err and "ValueError: an internal invariant broke" in err
+    assert err.strip().splitlines()[-1].startswith("valley: internal error (ValueError): this is a bug in valley")
 
 
 def test_results_folder_unwritable_and_name_taken_lose_nothing(refuse, write_space, tmp_path):
@@ -195,3 +211,12 @@ def test_refusal_in_a_fresh_process_is_fast(tmp_path, extra, body, expected):
     assert "Traceback" not in run.stderr and not (tmp_path / "results").exists() or \
         not any((tmp_path / "results").iterdir())
     assert elapsed < 5, f"refusal took {elapsed:.1f} s"
+
+
+def test_missing_pretrained_weights_stop_the_search_before_ray(refuse, write_space, monkeypatch, tmp_path):
+    """The family's preflight runs before Ray starts: no trial is left to find out."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    header = "family: clock\ndataset: clocks-tiny\nmetric: val_csd\nmode: min\nmax_epochs: 1\n"
+    line = refuse(space(write_space, "params: {backbone: resnet18, pretrained: true}", header=header))
+    assert "pretrained ResNet18_Weights weights are not in torchvision's cache" in line
+    assert "set `pretrained: false` to train the backbone from scratch" in line

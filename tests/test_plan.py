@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from search.plan import load_plan, reopen_plan, run_plan, start_plan
+from search.plans import load_plan, reopen_plan, run_plan, start_plan
 from search.run import SearchError, SearchOptions
 
 ROUGH = """\
@@ -72,7 +72,7 @@ def test_plan_mistakes_are_one_line(write_space, body, message):
 
 
 def test_builtin_plans_load():
-    from search.plan import builtin_plans
+    from search.plans import builtin_plans
 
     assert "plan-mlp-digits" in builtin_plans()
     for name in builtin_plans():
@@ -165,13 +165,51 @@ def test_bracket_bisects_towards_the_best_depth(ray_session, write_space, tmp_pa
     folder = run_plan(start_plan(load_plan(plan), SearchOptions(storage=str(tmp_path), name="b", quiet=True),
                                  say=lambda *a: None))
     state = json.loads((folder / "plan.json").read_text())["stages"]["b"]
-    evaluated = sorted(int(k) for k in state["evaluated"])
+    evaluated = {int(k): v for k, v in state["evaluated"].items()}
     assert {1, 3, 5} <= set(evaluated) and len(evaluated) > 3  # round 2 added midpoints
-    assert state["bracket"]["best"] in evaluated and isinstance(state["bracket"]["bracketed"], bool)
+    best = min(evaluated, key=evaluated.get)  # ranked on the space's metric, val_loss (min)
+    assert state["bracket"]["best"] == best
+    assert state["bracket"]["bracketed"] == (min(evaluated) < best < max(evaluated))
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_bisection_closes_in_on_the_bottom_of_a_known_valley(mode):
+    from search.plans.stages.bracket import bisect, verdict
+
+    def curve(x: int) -> float:  # a valley at 13: a loss, or (mode max) an accuracy that peaks there
+        loss = (x - 13) ** 2 / 100
+        return loss if mode == "min" else 1 - loss
+
+    rounds: list[list[int]] = []
+    done: dict[int, float] = {}
+    best_after: list[int] = []  # distance from the bottom of the best value so far, after each round
+
+    def evaluate(r, todo):
+        rounds.append(todo)
+        seen = {**done, **{x: curve(x) for x in todo}}
+        best_after.append(min(abs(x - 13) for x in seen if seen[x] == (min if mode == "min" else max)(seen.values())))
+        return {x: curve(x) for x in todo}
+
+    assert bisect(done, 1, 40, 6, mode, evaluate)
+    assert rounds[0] == [1, 20, 40]
+    # until it stands on the bottom, every round probes a value nearer to it than the best so far
+    assert all(any(abs(x - 13) < best for x in todo) for todo, best in zip(rounds[1:], best_after) if best)
+    assert best_after == sorted(best_after, reverse=True) and best_after[-1] == 0
+    assert verdict(done, mode, "layers", 1, 40)["best"] == 13 and verdict(done, mode, "layers", 1, 40)["bracketed"]
+
+
+def test_bisection_says_when_the_valley_lies_outside_the_range():
+    from search.plans.stages.bracket import bisect, verdict
+
+    done: dict[int, float] = {}
+    assert bisect(done, 1, 9, 4, "min", lambda r, todo: {x: 10.0 - x for x in todo})  # still falling at 9
+    result = verdict(done, "min", "layers", 1, 9)
+    assert result["best"] == 9 and not result["bracketed"] and "widen the range" in result["message"]
+    assert not bisect({}, 1, 9, 4, "min", lambda r, todo: None)  # an interrupted round stops it
 
 
 def test_a_config_outside_the_fine_space_is_moved_in_only_when_asked():
-    from search.plan import _as_point
+    from search.plans.stages.search import as_point
     from spaces import parse_space
 
     space = parse_space({"family": "mlp", "metric": "val_loss", "mode": "min",
@@ -179,14 +217,15 @@ def test_a_config_outside_the_fine_space_is_moved_in_only_when_asked():
                          "params": {"lr": {"loguniform": [1e-6, 1e-3]}, "l2": {"loguniform": [1e-6, 1e-2]},
                                     "batch_size": {"choice": [64, 128]}}})
     rough = {"hidden": [64], "lr": 1e-3, "l2": 0.0, "batch_size": 128}
-    assert _as_point(rough, space) is None  # l2 = 0 lies outside the log range
-    assert _as_point(rough, space, clip=True) == {"variant": 1, "lr": 1e-3, "l2": 1e-6, "batch_size": 128}
-    assert _as_point({**rough, "batch_size": 32}, space, clip=True) is None  # not a choice the space offers
-    assert _as_point({**rough, "hidden": [8]}, space, clip=True) is None  # not one of its architectures
+    assert as_point(rough, space) is None  # l2 = 0 lies outside the log range
+    assert as_point(rough, space, clip=True) == {"variant": 1, "lr": 1e-3, "l2": 1e-6, "batch_size": 128}
+    assert as_point({**rough, "batch_size": 32}, space, clip=True) is None  # not a choice the space offers
+    assert as_point({**rough, "hidden": [8]}, space, clip=True) is None  # not one of its architectures
 
 
 def test_confirm_chooses_the_winner_on_validation_not_on_test():
-    from search.plan import confirm_table
+    from search.plans import confirm_table
+    from trainables import get_family
 
     rows = []
     for seed in range(4):  # config A: better on test, worse on validation
@@ -195,14 +234,14 @@ def test_confirm_chooses_the_winner_on_validation_not_on_test():
         rows.append({"config/family": "mlp", "config/hidden": "[16]", "config/seed": seed,
                      "best_val_loss": 0.4 + 0.01 * seed, "test_acc": 0.90 + 0.01 * (seed % 2)})
     table, summary = confirm_table(pd.DataFrame(rows), [{"hidden": [8]}, {"hidden": [16]}],
-                                   "best_val_loss", "min")
+                                   "best_val_loss", "min", get_family("mlp").task)
     assert json.loads(summary["winner"]) == {"hidden": [16]}
     assert list(table["mean_test_acc"]) == pytest.approx([0.905, 0.95])
     assert summary["p_winner_beats_runner_up"] == 0.0 and summary["chosen_by"] == "mean best_val_loss (min)"
 
 
 def test_top_configs_fill_with_early_stopped_trials_only_when_asked():
-    from search.plan import top_configs
+    from search.plans import top_configs
 
     trials = pd.DataFrame({
         "trial_id": ["a", "b", "c", "d"], "status": ["stopped", "completed", "stopped", "failed"],

@@ -9,8 +9,10 @@ import stat
 
 import pytest
 
-from search import run
-from search.run import SearchOptions, experiment_name, protect_auth_token
+from search import ray_start
+from search.manifest import experiment_name
+from search.options import NAME_RULE, SearchOptions
+from search.ray_start import protect_auth_token
 from spaces import parse_space
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -48,7 +50,7 @@ def test_local_ray_listens_on_loopback_only_without_dashboard(ray_session):
 
 @pytest.mark.ray
 def test_auth_token_is_private_after_start(ray_session):
-    path = run.auth_token_path()
+    path = ray_start.auth_token_path()
     if path is None or not path.exists():
         pytest.skip("token authentication is off here")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -65,10 +67,10 @@ def test_start_ray_asks_for_a_fresh_loopback_ray(monkeypatch):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
-    monkeypatch.setattr(run, "reap_local_ray_with_driver", lambda before: None)
-    monkeypatch.setattr(run, "protect_auth_token", lambda create=False: None)
+    monkeypatch.setattr(ray_start, "reap_local_ray_with_driver", lambda before: None)
+    monkeypatch.setattr(ray_start, "protect_auth_token", lambda create=False: None)
     before = ray_constants.ENABLE_RAY_CLUSTER
-    run.start_ray(SearchOptions(num_cpus=2))
+    ray_start.start_ray(SearchOptions(num_cpus=2))
     assert seen["address"] == "local"  # never an existing cluster that RAY_ADDRESS or `ray start` names
     assert seen["include_dashboard"] is False and seen["cluster_switch"] is False
     assert ray_constants.ENABLE_RAY_CLUSTER == before  # restored for anything else in the process
@@ -97,7 +99,7 @@ def test_auth_token_created_private_and_tightened(monkeypatch, tmp_path):
 def test_default_experiment_name_is_a_safe_folder_name():
     space = parse_space({"family": "mlp", "metric": "val_loss", "mode": "min"}, name="../my space;rm -rf ~")
     name = experiment_name(space, "digits")
-    assert run.NAME_RULE.match(name) and "/" not in name and " " not in name and ";" not in name
+    assert NAME_RULE.match(name) and "/" not in name and " " not in name and ";" not in name
 
 
 @pytest.mark.parametrize("name", ["../up", "/abs", ".hidden", "a/b", "x" * 101, "semi;colon", ""])

@@ -22,9 +22,9 @@ from torch.nn import functional as F
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import Splits
 from trainables.encodings import ENCODINGS, get_encoding
-from trainables.metrics import csd, csd_summary, to_minutes
+from trainables.family import Family, TaskSpec
+from trainables.metrics import CSD_METRICS, csd, csd_summary, to_minutes
 
-METRICS = ("csd", "csd_median", "csd_p90", "exact_acc", "hour_acc", "minute_acc")
 AUGMENT = ("none", "fresh", "expand")
 
 
@@ -80,10 +80,6 @@ def _one_of(key: str, value: str, valid: dict) -> None:
 
 class ClockTask:
     """Loss and decoding of one encoding; CSD metrics on the 720-minute dial."""
-
-    metric = "csd"
-    mode = "min"
-    names = METRICS
 
     def __init__(self, cfg: Config) -> None:
         self.encoding = get_encoding(cfg.encoding)
@@ -264,3 +260,11 @@ def tiny_data() -> Splits:
 
     return load_dataset("clocks-tiny")
 
+
+
+FAMILY = Family(
+    name="clock", config=Config, build_model=build_model, arch_keys=("backbone", "encoding"),
+    tiny_data=tiny_data, make_task=make_task, preflight=preflight, augment=augment, passes=passes,
+    # CSD in minutes, lower is better; the accuracies are of the exact time, the hour and the minute
+    task=TaskSpec(kind="clock", metrics=CSD_METRICS, headline="csd", mode="min"),
+)

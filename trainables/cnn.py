@@ -45,7 +45,8 @@ import torch
 from torch import nn
 
 from trainables.config import ConfigError, TrainConfig
-from trainables.data import Splits
+from trainables.data import Splits, load_dataset
+from trainables.family import Family
 
 _BASE_HEAD = ["F", "d128", "p0.5", "d64", "p0.5"]
 
@@ -111,10 +112,7 @@ def describe(arch: str) -> str:
 
 
 def build_model(cfg: Config, data: Splits) -> nn.Module:
-    model = _build(ARCHS[cfg.arch], data.input_shape, data.n_classes, cfg)
-    if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
-        model = model.to(memory_format=torch.channels_last)  # faster cuDNN convolutions; .to(device) keeps it
-    return model
+    return _build(ARCHS[cfg.arch], data.input_shape, data.n_classes, cfg)  # the loop makes it channels-last on CUDA
 
 
 class _Residual(nn.Module):
@@ -184,3 +182,11 @@ def _unknown_arch(arch: str) -> str:
     close = difflib.get_close_matches(arch, ARCHS, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown arch {arch!r}; {hint}valid archs: {', '.join(ARCHS)}"
+
+
+def tiny_data() -> Splits:
+    return load_dataset("synthetic")
+
+
+FAMILY = Family(name="cnn", config=Config, build_model=build_model, arch_keys=("arch", "width", "batchnorm"),
+                tiny_data=tiny_data)

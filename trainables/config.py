@@ -110,8 +110,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key} must be a list, got {key}={value!r}")
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
         return tuple(_coerce(key, v, item) for v in value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {key}={value!r} ({type(value).__name__})")
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)  # quantised distributions hand integers over as floats
     if hint in (int, str, bool) and type(value) is not hint:

@@ -2,7 +2,7 @@
 
 ``train(config, data)`` is the trainable: a plain function of Tune's ``config``
 dict. It builds the family's typed config, trains, and reports every epoch the
-keys listed in ``REPORTED_KEYS``; every ``checkpoint_every`` epochs, at most every
+keys listed in ``trainables.family.REPORTED_KEYS``; every ``checkpoint_every`` epochs, at most every
 ``checkpoint_s`` seconds and always at the end, with a checkpoint (model, optimiser,
 scheduler, epoch, best model so far, its test predictions) so Ray can resume and retry it.
 """
@@ -15,7 +15,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,59 +24,28 @@ from torch import nn
 from trainables import get_family
 from trainables.config import TrainConfig
 from trainables.data import Splits
+from trainables.family import Family, Task
 from trainables.report import RayReporter, Reporter, default_reporter
-
-# Keys in every per-epoch report; ``{split}_{metric}`` stands for the task's metrics.
-REPORTED_KEYS = ("epoch", "train_loss", "val_loss", "n_params", "epoch_s", "lr",
-                 "best_epoch", "best_val_loss", "test_loss", "device", "precision")
-
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite: this configuration fails, the search goes on."""
 
 
-class Task(Protocol):
-    """What a family trains for: a loss, a prediction and metrics on a whole split."""
-
-    metric: str  # the headline metric, reported as val_<metric> and test_<metric>
-    names: tuple[str, ...]  # every metric ``metrics`` returns
-    mode: str  # "max" or "min" for that metric
-
-    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
-
-    def predict(self, out: torch.Tensor) -> torch.Tensor: ...
-
-    def metrics(self, pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]: ...
-
-
-class Classification:
-    metric = "acc"
-    names = ("acc",)  # every metric ``metrics`` returns
-    mode = "max"
-
-    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(out, y)
-
-    def predict(self, out: torch.Tensor) -> torch.Tensor:
-        return out.argmax(dim=1)
-
-    def metrics(self, pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return {"acc": (pred == y).float().mean().item()}
-
-
 def train(config: dict[str, Any], data: Splits | None = None, reporter: Reporter | None = None,
-          variants: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+          variants: list[dict[str, Any]] | None = None, family: Family | None = None) -> dict[str, Any] | None:
     """Train one configuration; returns the last report (None inside a Tune trial).
 
     ``data`` comes from Ray's object store (``tune.with_parameters``); outside Ray
     it is loaded from ``config['dataset']``. ``variants`` resolves a ``variant``
-    index or dict (a row of a space's grid) into flat config keys. Tune reports a
+    index or dict (a row of a space's grid) into flat config keys. ``family`` is the
+    record the search resolved (so a family registered in the driver alone trains on
+    every node); without it, ``config['family']`` is looked up. Tune reports a
     dict that its trainable returns once more, as an extra iteration (the last
     epoch twice in ``result.json``), so under Tune nothing is returned.
     """
     config = resolve_variant(config, variants)
-    family = get_family(config.get("family", ""))
-    cfg = family.Config.from_dict(config)
+    family = family or get_family(config.get("family", ""))
+    cfg = family.make_config(config)
     if data is None:
         from trainables.data import load_dataset
 
@@ -171,18 +140,18 @@ def save_predictions(folder: Path, task: Task, pred: torch.Tensor, x: torch.Tens
     minutes on the 720-minute dial, and [hour, minute]), ``error`` per image (clocks: CSD in
     minutes; classes: 0 or 1), ``worst_index`` and ``worst_images`` (uint8, as stored).
     """
-    error = task.errors(pred, y) if hasattr(task, "errors") else (pred != y).float()
+    error = task.errors(pred, y)
     order = torch.argsort(error, descending=True, stable=True)[:worst]
     np.savez_compressed(folder / "predictions.npz", pred=pred.cpu().numpy(), true=y.cpu().numpy(),
                         error=error.cpu().numpy(), worst_index=order.cpu().numpy(),
                         worst_images=x[order].cpu().numpy())
 
 
-def fit(cfg: TrainConfig, family: Any, data: Splits, reporter: Reporter) -> dict[str, Any]:
+def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> dict[str, Any]:
     """Train ``cfg`` on ``data``, reporting every epoch; resumes from the reporter's checkpoint."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    task: Task = family.make_task(cfg) if hasattr(family, "make_task") else Classification()
+    task = family.make_task(cfg)
     model = family.build_model(cfg, data).to(device)
     convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
     precision = pick_precision(cfg.precision, device, convolutional)
@@ -195,8 +164,8 @@ def fit(cfg: TrainConfig, family: Any, data: Splits, reporter: Reporter) -> dict
     optimizer = make_optimizer(cfg, params, device)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
-    augment = getattr(family, "augment", None)
-    passes = family.passes(cfg) if hasattr(family, "passes") else 1  # e.g. a fixed x15 augmentation
+    augment = family.augment
+    passes = family.passes(cfg)  # e.g. a fixed x15 augmentation
     n_params = count_params(model)
 
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "test": {}}

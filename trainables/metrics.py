@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 MINUTES = 720  # minutes on a 12-hour dial
+CSD_METRICS = ("csd", "csd_median", "csd_p90", "exact_acc", "hour_acc", "minute_acc")  # csd_summary's keys
 
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 

@@ -13,7 +13,8 @@ import math
 from torch import nn
 
 from trainables.config import ConfigError, TrainConfig
-from trainables.data import Splits
+from trainables.data import Splits, load_dataset
+from trainables.family import Family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,3 +53,11 @@ def build_model(cfg: Config, data: Splits) -> nn.Module:
         width = hidden
     layers.append(nn.Linear(width, data.n_classes))  # (B, n_classes) logits
     return nn.Sequential(*layers)
+
+
+def tiny_data() -> Splits:
+    return load_dataset("synthetic")
+
+
+FAMILY = Family(name="mlp", config=Config, build_model=build_model, arch_keys=("hidden", "layers"),
+                tiny_data=tiny_data)

@@ -1,0 +1,145 @@
+"""The experiment folder, as one format: search/ writes it, analysis/ and ``valley resume`` read it.
+
+```
+results/<name>/
+  valley.json         the manifest (MANIFEST_FIELDS): how the experiment was made, its status, and
+                      the task (headline metric, its mode, the test column) so readers never guess
+  space.yaml          the space file as it was
+  trials.csv, trials.parquet, epochs.parquet   one row per trial / per trial-epoch (TRIAL_COLUMNS)
+  <trial_id>/params.json, result.json, error.txt, checkpoint_*/   Ray Tune's, per trial
+```
+
+A trial's identity is its folder's name (Tune's trial id). A plain Ray Tune folder has no
+manifest; :func:`guess_task` is the one place that guesses what it optimised.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "valley.json"
+SPACE_COPY = "space.yaml"
+PLAN_STATE = "plan.json"
+
+# What valley.json holds (search.manifest writes every one of them).
+MANIFEST_FIELDS = {
+    "space": "the space's name", "space_file": "its path", "family": "the model family",
+    "metric": "the reported key trials are ranked on (e.g. val_loss)", "mode": "min or max for it",
+    "task": "the family's task: kind, metrics, headline, mode, test_metric",
+    "dataset": "the data set", "max_epochs": "epochs per trial", "grid": "the space's grid rows",
+    "options": "the search options", "data_fingerprint": "blake2b of the arrays", "git_commit": "the code",
+    "command": "argv", "environment": "torch, python, cuda", "status": "running | completed | interrupted",
+    "started": "local time", "finished": "local time",
+}
+RUNNING, COMPLETED, INTERRUPTED = "running", "completed", "interrupted"
+
+# Trial statuses in trials.csv.
+TRIAL_STATUSES = {
+    "completed": "ran its epochs, or stopped early by its own patience",
+    "stopped": "stopped by the scheduler (ASHA)",
+    "failed": "raised an error (see error)", "diverged": "its loss became NaN or infinite",
+    "unfinished": "the search was interrupted; `valley resume` continues it", "pending": "not started",
+}
+DONE = ("completed", "stopped")  # a trial that finished
+FAILED = ("failed", "diverged")  # its metric says nothing about the model
+ACTIVE = ("running", "pending", "paused", "unfinished")
+
+# The fixed columns of trials.csv, in order; then best_val_<m> and test_<m> for each task metric,
+# final_val_loss, wall_s, device, and config/<key> for each config key.
+TRIAL_COLUMNS = ("trial_id", "experiment", "status", "stopped_by_scheduler", "failure", "error", "n_params",
+                 "epochs", "best_epoch", "best_val_loss")
+
+DIVERGED_MARK = "diverged:"  # how trainables.loop.Diverged's message begins
+
+
+def failure_kind(error: str) -> str:
+    """``diverged`` for a trial whose loss became non-finite, else ``failed`` (``error``: any text of it)."""
+    return "diverged" if DIVERGED_MARK in error else "failed"
+
+
+def trial_status(last: dict[str, Any], error: str, has_rows: bool, max_epochs: int | None,
+                 search_finished: bool) -> str:
+    """A trial's status from its last report, its error text and whether the search has ended."""
+    if last and ((max_epochs is not None and last.get("epoch") == max_epochs) or last.get("early_stopped")):
+        return "completed"
+    if error:
+        return failure_kind(error)
+    if not has_rows:
+        return "failed" if search_finished else "pending"
+    return "stopped" if search_finished else "unfinished"
+
+
+def metric_column(metric: str) -> str:
+    """The trials-table column that holds a reported metric (``val_loss`` -> ``best_val_loss``)."""
+    return f"best_{metric}" if metric.startswith("val_") else metric
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """``valley.json``, or an empty dict for a plain Ray Tune experiment."""
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write ``valley.json`` (atomically: a reader never sees half of it)."""
+    unknown = set(manifest) - set(MANIFEST_FIELDS)
+    if unknown:
+        raise ValueError(f"manifest fields {sorted(unknown)} are not in analysis.format.MANIFEST_FIELDS")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    tmp.replace(folder / MANIFEST)
+
+
+def update_status(folder: Path, status: str) -> None:
+    """Set the experiment's status and the time it changed."""
+    manifest = read_manifest(folder)
+    manifest.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_manifest(folder, manifest)
+
+
+# ----------------------------------------------------------------------------- the task
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What an experiment's family trains for, as its manifest records it."""
+
+    kind: str  # "classification" | "clock" | "unknown"
+    headline: str  # e.g. "acc"
+    mode: str  # min | max for the headline
+    test_metric: str | None  # the trials-table column of the headline on the test set
+    metrics: tuple[str, ...] = ()
+
+
+def task_of(manifest: dict[str, Any], columns: Iterable[str] = ()) -> Task:
+    """The manifest's task; for folders without one, :func:`guess_task` on the table's columns."""
+    task = manifest.get("task")
+    if isinstance(task, dict) and task.get("headline"):
+        return Task(task.get("kind", "unknown"), task["headline"], task["mode"], task.get("test_metric"),
+                    tuple(task.get("metrics", ())))
+    return guess_task(columns)
+
+
+def guess_task(columns: Iterable[str]) -> Task:
+    """The one fallback, for plain Ray Tune folders (and manifests older than the task record).
+
+    The headline is the first reported ``test_*`` column other than the loss (valley reports
+    the task's headline metric first), and its mode is guessed from its name by :func:`guess_mode`.
+    """
+    columns = list(columns)
+    test = next((c for c in columns if c.startswith("test_") and c != "test_loss"), None)
+    headline = test.removeprefix("test_") if test else "loss"
+    kind = "clock" if headline == "csd" else "classification" if headline == "acc" else "unknown"
+    return Task(kind, headline, guess_mode(headline), test)
+
+
+def guess_mode(metric: str) -> str:
+    """max for accuracy-like metric names, min for losses and errors (plain Ray Tune folders only)."""
+    return "max" if any(word in metric for word in ("acc", "score", "reward", "auc", "f1", "precision",
+                                                    "recall")) else "min"

@@ -1,0 +1,69 @@
+"""The command line's shared pieces: exit statuses, ``--set`` and the flags of ``SearchOptions``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+EXIT_BUG = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(ValueError):
+    """A command-line value no command can use."""
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs, values read as YAML (``hidden=[100,200]``, ``lr=1e-3``)."""
+    import yaml
+
+    from spaces import Loader
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set takes key=value, got {item!r}; e.g. --set lr=1e-3")
+        overrides[key.strip()] = yaml.load(value, Loader=Loader)  # noqa: S506 - a SafeLoader
+    return overrides
+
+
+def add_search_options(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``SearchOptions``; their defaults are read from it, never repeated here."""
+    from search.options import DEFAULTS, SCHEDULERS, SEARCHERS
+
+    d = DEFAULTS
+    parser.add_argument("--dataset", help="data set to train on (default: the space's); see `valley datasets`")
+    parser.add_argument("--data-dir", help="folder holding the data set's files (default ~/.cache/valley/data)")
+    parser.add_argument("--max-epochs", type=int, help="epochs per trial (default: the space's, else 10)")
+    parser.add_argument("--samples", type=int, help="passes over the grid, or Optuna trials (default 1 / 20)")
+    parser.add_argument("--search", choices=SEARCHERS, default=d.search,
+                        help="random: Tune's grid and random sampling; optuna: TPE")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
+                        help="asha stops poor trials early on the space's metric")
+    parser.add_argument("--grace-period", type=int, default=d.grace_period,
+                        help=f"ASHA: epochs before a trial can stop (default {d.grace_period})")
+    parser.add_argument("--reduction-factor", type=float, default=d.reduction_factor,
+                        help=f"ASHA: keep 1 in this many (default {d.reduction_factor:g})")
+    parser.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
+    parser.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial,
+                        help="fractions pack trials on a GPU")
+    parser.add_argument("--max-concurrent", type=int, default=d.max_concurrent,
+                        help="trials at once (0: as resources allow)")
+    parser.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a crashed trial")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seeds the searcher and every trial")
+    parser.add_argument("--name", help="experiment folder name (default: SPACE-DATASET-TIME)")
+    parser.add_argument("--storage", default=d.storage, help=f"results folder (default {d.storage}/)")
+    parser.add_argument("--address", help="Ray cluster address, e.g. auto (default: a local Ray)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="fix a config key for every trial, e.g. --set layers=5")
+
+
+def options_from(args: argparse.Namespace) -> Any:
+    """``SearchOptions`` from the flags of ``add_search_options`` (each flag is the field of that name)."""
+    from search.options import SearchOptions
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchOptions) if hasattr(args, f.name)}
+    return SearchOptions(**{**values, "overrides": parse_set(args.set)})

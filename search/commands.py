@@ -1,0 +1,161 @@
+"""What each ``valley`` command does, given its parsed arguments; returns the exit status."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from search.cli_options import EXIT_INTERRUPTED, UsageError, options_from
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from spaces import load_space
+
+    space = load_space(args.space)
+    from search.run import run_search
+
+    folder = run_search(space, options_from(args))
+    return exit_status(folder)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """The offline first run: the valley of the MLP grid, then telling the time, then one report."""
+    import time
+
+    from analysis.report import write_report
+    from search.run import SearchOptions, run_search
+    from spaces import load_space
+
+    folder = Path(args.storage) / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = SearchOptions(storage=str(folder), scheduler="asha", num_cpus=args.num_cpus)
+    print("valley quickstart 1/2: the reference MLP grid on digits; where is the valley?", flush=True)
+    run_search(load_space("mlp-rough"), dataclasses.replace(base, name="mlp-rough", dataset="digits",
+                                                            max_epochs=10))
+    print("\nvalley quickstart 2/2: tell the time from 64x64 synthetic clocks, every label encoding "
+          f"(one seed, a small_cnn of width 8, {args.clock_epochs} epochs: a demo; the study is plan-clock)",
+          flush=True)
+    clocks = run_search(load_space("clock-encodings"), dataclasses.replace(
+        base, name="clock-encodings", dataset="clocks-small", max_epochs=args.clock_epochs,
+        scheduler="fifo", overrides={"seed": 0, "width": 8}))
+    print("\n" + by_configuration(clocks))
+    status = max(exit_status(folder / "mlp-rough"), exit_status(clocks))
+    print(f"clock report: {write_report(clocks)}")
+    print(f"report: {write_report(folder / 'mlp-rough')}")  # the valley, last: what to open first
+    return status
+
+
+def by_configuration(folder: Path) -> str:
+    """The test metrics of every trial of an experiment, by what its configurations vary, best first."""
+    from analysis.load import load
+
+    experiment = load(folder)
+    trials, task = experiment.trials, experiment.task
+    varied = [c for c in trials.columns if c.startswith("config/") and c != "config/variant"
+              and trials[c].astype(str).nunique(dropna=False) > 1]
+    metrics = [f"test_{m}" for m in task.metrics if f"test_{m}" in trials]
+    table = trials[[*varied, *metrics, "epochs"]].rename(columns=lambda c: c.removeprefix("config/"))
+    if task.test_metric in trials:
+        table = table.sort_values(task.test_metric, ascending=task.mode == "min")
+    return (f"test metrics by configuration ({task.test_metric}: {'lower' if task.mode == 'min' else 'higher'} "
+            "is better):\n" + table.to_string(index=False, na_rep="-", float_format="{:.3f}".format))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from search.resume import resume
+
+    return exit_status(resume(Path(args.experiment), retry_failed=args.retry_failed))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis.format import COMPLETED, PLAN_STATE
+    from search.plans import load_plan, reopen_plan, run_plan, start_plan
+
+    target = Path(args.plan).expanduser()
+    if (target / PLAN_STATE).exists():
+        run = reopen_plan(target)
+    else:
+        run = start_plan(load_plan(args.plan), options_from(args))
+    folder = run_plan(run)
+    return EXIT_INTERRUPTED if json.loads((folder / PLAN_STATE).read_text())["status"] != COMPLETED else 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from search.transfer import transfer
+
+    return exit_status(transfer(Path(args.experiment), args.top, options_from(args)))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    print(write_report(Path(args.experiment), out=Path(args.out) if args.out else None,
+                       images=not args.no_images))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from analysis.dashboard import serve
+
+    serve(Path(args.results), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_data_clocks(args: argparse.Namespace) -> int:
+    import time
+
+    from trainables import clockgen
+
+    started = time.perf_counter()
+    try:
+        folder = clockgen.write(Path(args.out), per_minute=args.per_minute, size=args.size, seed=args.seed,
+                                preset=args.preset)
+    except ValueError as err:  # clockgen states the rule and the value (an unknown preset, a size < 16)
+        raise UsageError(str(err)) from None
+    n = 720 * args.per_minute
+    print(f"{n:,} clocks of {args.size}x{args.size} ({args.preset}) in {time.perf_counter() - started:.1f} s: "
+          f"{folder / 'images.npy'}, {folder / 'labels.npy'}")
+    if args.sheet:
+        import numpy as np
+
+        images, labels = np.load(folder / "images.npy"), np.load(folder / "labels.npy")
+        clockgen.contact_sheet(images, labels, folder / "contact_sheet.png")
+        print(f"contact sheet: {folder / 'contact_sheet.png'}")
+    return 0
+
+
+def exit_status(folder: Path) -> int:
+    from analysis.format import INTERRUPTED, read_manifest
+
+    return EXIT_INTERRUPTED if read_manifest(folder).get("status") == INTERRUPTED else 0
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from spaces import builtin_spaces, load_space
+
+    for name in builtin_spaces():
+        space = load_space(name)
+        size = f"{space.grid_size()} grid points" if not space.is_sampled() else "sampled"
+        print(f"{name:<18} {space.family:<6} {size:<16} {space.description}")
+    from search.plans import builtin_plans, load_plan
+
+    print("\nplans (valley plan NAME):")
+    for name in builtin_plans():
+        plan = load_plan(name)
+        stages = " -> ".join(stage.name for stage in plan.stages)
+        print(f"{name:<24} {stages:<40} {plan.description}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from trainables.data import DATASETS, default_data_dir, is_available
+
+    folder = Path(args.data_dir) if args.data_dir else default_data_dir()
+    print(f"data folder: {folder}")
+    for name, dataset in DATASETS.items():
+        shape = "x".join(map(str, dataset.shape))
+        sizes = "/".join(f"{n:,}" for n in dataset.sizes)
+        where = "offline" if is_available(name, folder) else "needs download"
+        print(f"{name:<14} {shape:<9} {sizes:<22} {where:<15} {dataset.description}")
+    return 0

@@ -1,0 +1,49 @@
+"""``valley.json``: how an experiment was made, written beside its results (format: analysis.format)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from analysis import format as fmt
+from search.options import SearchOptions
+from spaces import Space
+from trainables.family import Family
+
+
+def experiment_name(space: Space, dataset: str) -> str:
+    """SPACE-DATASET-TIME, with anything but letters, digits, '.', '_' and '-' in a file name made '-'."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", space.name).strip(".-")[:60] or "space"
+    return f"{stem}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def git_commit() -> str:
+    """The commit the code ran at, with '+dirty' when files differ from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit or "unknown") + ("+dirty" if dirty else "")
+
+
+def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptions, dataset: str, epochs: int,
+                   fingerprint: str, status: str) -> None:
+    """The manifest and a copy of the space file."""
+    from trainables.loop import environment
+
+    fmt.write_manifest(folder, {
+        "space": space.name, "space_file": space.source, "family": space.family,
+        "metric": space.metric, "mode": space.mode, "task": family.task.as_manifest(),
+        "dataset": dataset, "max_epochs": epochs, "grid": [dict(row) for row in space.grid],
+        "options": dataclasses.asdict(opts), "data_fingerprint": fingerprint, "git_commit": git_commit(),
+        "command": sys.argv, "environment": environment(), "status": status,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    (folder / fmt.SPACE_COPY).write_text(Path(space.source).read_text())

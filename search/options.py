@@ -1,0 +1,98 @@
+"""The options of a search, their checks, and the few numbers derived from them.
+
+``SearchOptions`` is the one place their defaults live: the command line reads them from
+here, and ``valley resume`` and plans rebuild options from a manifest with ``from_dict``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from spaces import Space
+
+NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SEARCHERS = ("random", "optuna")  # random: Tune's grid and random sampling; optuna: TPE
+SCHEDULERS = ("fifo", "asha")
+
+
+class SearchError(ValueError):
+    """A search that cannot start; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    dataset: str | None = None  # None: the space's own
+    data_dir: str | None = None
+    max_epochs: int | None = None  # None: the space's own, else 10
+    samples: int | None = None  # None: 1 pass over the grid, or 20 Optuna trials
+    search: str = "random"  # one of SEARCHERS
+    scheduler: str = "fifo"  # one of SCHEDULERS
+    grace_period: int = 1  # ASHA: epochs before a trial can be stopped
+    reduction_factor: float = 3.0  # ASHA: keep 1 in this many at each rung
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 0  # 0: as many as the resources allow
+    max_failures: int = 1  # retries of a crashed trial from its last checkpoint
+    seed: int = 0
+    name: str | None = None
+    storage: str = "results"
+    address: str | None = None  # None: a local Ray started here
+    num_cpus: int | None = None  # local Ray only
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set key=value
+    warm_points: tuple[dict[str, Any], ...] = ()  # Optuna: configs already evaluated (a plan's warm start)
+    warm_rewards: tuple[float, ...] = ()  # their metric values
+    quiet: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SearchOptions:
+        """Options as a manifest or plan.json stored them (JSON lists back to tuples; unknown keys dropped)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kept = {k: v for k, v in values.items() if k in fields}
+        for key in ("warm_points", "warm_rewards"):
+            kept[key] = tuple(kept.get(key) or ())
+        return cls(**kept)
+
+    def check(self) -> None:
+        """Refuse values no search can run with, naming the flag and the fix."""
+        checks = [
+            (self.search in SEARCHERS, f"--search must be {' or '.join(SEARCHERS)}, got {self.search!r}"),
+            (self.scheduler in SCHEDULERS, f"--scheduler must be {' or '.join(SCHEDULERS)}, got {self.scheduler!r}"),
+            (self.reduction_factor > 1, f"--reduction-factor must be > 1, got {self.reduction_factor}"),
+            (self.samples is None or self.samples >= 1, f"--samples must be at least 1, got {self.samples}"),
+            (self.cpus_per_trial > 0 and self.gpus_per_trial >= 0,
+             f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got {self.cpus_per_trial} and "
+             f"{self.gpus_per_trial}"),
+            (self.max_failures >= 0,
+             f"--max-failures must be >= 0 (retries of a crashed trial), got {self.max_failures}"),
+            (self.max_concurrent >= 0,
+             f"--max-concurrent must be >= 0 (0: as many as resources allow), got {self.max_concurrent}"),
+            (self.num_cpus is None or self.num_cpus >= 1, f"--num-cpus must be at least 1, got {self.num_cpus}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SearchError(message)
+
+    def epochs(self, space: Space) -> int:
+        """Epochs per trial: --max-epochs, else the space's, else 10; checked against the grace period."""
+        epochs = self.max_epochs if self.max_epochs is not None else space.max_epochs or 10
+        if epochs < 1:
+            raise SearchError(f"--max-epochs must be at least 1, got {epochs}")
+        if self.scheduler == "asha" and self.grace_period > epochs:
+            raise SearchError(f"--grace-period ({self.grace_period}) must be <= --max-epochs ({epochs})")
+        return epochs
+
+
+DEFAULTS = SearchOptions()
+
+
+def sample_count(opts: SearchOptions) -> int:
+    """Tune's num_samples: --samples, else 20 Optuna trials or 1 pass over the grid."""
+    return opts.samples or (20 if opts.search == "optuna" else 1)
+
+
+def total_trials(space: Space, opts: SearchOptions) -> int:
+    """Trials the search will run; a --set key replaces its grid, as in ``param_space``."""
+    samples = sample_count(opts)
+    kept = {k: v for k, v in space.params.items() if k not in opts.overrides}
+    return samples if opts.search == "optuna" else samples * dataclasses.replace(space, params=kept).grid_size()

@@ -1,0 +1,145 @@
+"""The plan file: a YAML list of stages, each a kind (search, bracket, valley, confirm, transfer) and its settings.
+
+Built-in plans are ``spaces/plan-*.yaml``. Every mistake names the file, the stage, the key and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.options import NAME_RULE, SearchError
+from spaces import BUILTIN_DIR, SpaceError, load_space, read_yaml
+
+KINDS = {
+    "search": "run a space (optionally narrowed by an earlier valley stage)",
+    "bracket": "tabula rasa: bisect a complexity axis from too simple to too complex",
+    "valley": "pick the architectures within threshold standard errors of the best",
+    "confirm": "re-train the top configurations over several seeds with fresh splits",
+    "transfer": "re-run the top configurations verbatim on another data set",
+}
+STAGE_KEYS = {
+    "name": "the stage's name, also its folder", "kind": "|".join(KINDS), "from": "the stage it builds on",
+    "space": "a built-in space or YAML file (search, bracket)", "max_epochs": "epochs per trial",
+    "search": "random or optuna", "scheduler": "fifo or asha", "samples": "passes or Optuna trials",
+    "grace_period": "ASHA grace period", "reduction_factor": "ASHA reduction factor",
+    "warm_start": "seed Optuna with earlier trials inside the new space (default true)",
+    "arch_keys": "config keys that make an architecture (valley)", "threshold": "standard errors (valley)",
+    "keep": "at most this many valley architectures, smallest first", "top": "configurations (confirm)",
+    "seeds": "seeds per configuration (confirm)", "axis": "the complexity key (bracket)",
+    "dataset": "the data set to transfer to (transfer)", "low": "too simple (bracket)", "high": "too complex (bracket)", "rounds": "bisection rounds (bracket)",
+}
+PLAN_KEYS = {"description": "one line", "dataset": "the default data set", "stages": "the list of stages"}
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str
+    source: str | None = None  # "from"
+    space: str | None = None
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.settings.get(key, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    name: str
+    source: str
+    stages: tuple[Stage, ...]
+    description: str = ""
+    dataset: str | None = None
+
+
+def builtin_plans() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("plan-*.yaml"))}
+
+
+def load_plan(name_or_path: str | Path) -> Plan:
+    """Read and check a plan: every mistake names the file, the stage, the key and the fix."""
+    plans = builtin_plans()
+    text = str(name_or_path)
+    path = plans.get(text) or Path(text).expanduser()
+    if not path.is_file():
+        close = difflib.get_close_matches(text, plans, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SearchError(f"no plan {text!r}; {hint}built-in plans: {', '.join(plans)} (or a YAML file)")
+    try:
+        doc = read_yaml(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise SearchError(f"{path}: line {mark.line + 1 if mark else '?'}: not valid YAML") from None
+    return parse_plan(doc, str(path), path.stem)
+
+
+def parse_plan(doc: Any, source: str, name: str) -> Plan:
+    def fail(where: str, message: str) -> SearchError:
+        return SearchError(f"{source}: {where}: {message}")
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
+        raise fail("stages", "a plan is a mapping with a non-empty `stages:` list")
+    for key in doc:
+        if key not in PLAN_KEYS:
+            raise fail(str(key), f"unknown key; valid keys: {', '.join(PLAN_KEYS)}")
+    stages: list[Stage] = []
+    for i, raw in enumerate(doc["stages"]):
+        stages.append(parse_stage(raw, i, stages, source, fail))
+    return Plan(name, source, tuple(stages), doc.get("description", ""), doc.get("dataset"))
+
+
+
+def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
+                fail: Callable[[str, str], SearchError]) -> Stage:
+    """Stage ``i`` of a plan file, checked against the stages before it."""
+    where = f"stages[{i}]"
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise fail(where, "each stage is a mapping with at least `name:` and `kind:`")
+    name_i = str(raw["name"])
+    where = f"stage {name_i!r}"
+    if not NAME_RULE.match(name_i):
+        raise fail(where, "a stage name is letters, digits, '.', '_' or '-'")
+    if name_i in {s.name for s in earlier}:
+        raise fail(where, "two stages share this name; rename one")
+    for key in raw:
+        if key not in STAGE_KEYS:
+            close = difflib.get_close_matches(str(key), STAGE_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise fail(f"{where}: {key}", f"unknown key; {hint}valid keys: {', '.join(STAGE_KEYS)}")
+    kind = raw.get("kind", "search")
+    if kind not in KINDS:
+        raise fail(f"{where}: kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    source_stage = raw.get("from")
+    if source_stage is not None and source_stage not in {s.name for s in earlier}:
+        raise fail(f"{where}: from", f"{source_stage!r} is not an earlier stage; earlier stages: "
+                                     f"{', '.join(s.name for s in earlier) or 'none'}")
+    if kind == "transfer" and "dataset" not in raw:
+        raise fail(f"{where}: dataset", "a transfer stage needs `dataset:`, the data set to re-run on")
+    if kind in ("valley", "confirm", "transfer") and source_stage is None:
+        raise fail(f"{where}: from", f"a {kind} stage needs `from:` naming the stage it reads")
+    if kind in ("search", "bracket") and "space" not in raw:
+        raise fail(f"{where}: space", f"a {kind} stage needs `space:` (a built-in space or YAML file)")
+    if kind == "bracket":
+        for key in ("axis", "low", "high"):
+            if key not in raw:
+                raise fail(f"{where}: {key}", f"a bracket stage needs `{key}:` ({STAGE_KEYS[key]})")
+        if not (isinstance(raw["low"], int) and isinstance(raw["high"], int) and raw["low"] < raw["high"]):
+            raise fail(f"{where}: low", f"low < high must hold (integers), got low={raw['low']!r}, "
+                                        f"high={raw['high']!r}")
+    settings = {k: v for k, v in raw.items() if k not in ("name", "kind", "from", "space")}
+    space = raw.get("space")
+    if space is not None:
+        space = str(space)
+        if space.endswith((".yaml", ".yml")) and not Path(space).is_absolute():
+            space = str(Path(source).parent / space)  # relative to the plan file
+        try:
+            load_space(space)
+        except SpaceError as err:
+            raise fail(f"{where}: space", str(err)) from None
+    return Stage(name_i, kind, source_stage, space, settings)

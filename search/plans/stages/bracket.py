@@ -1,0 +1,92 @@
+"""A bracket stage (tabula rasa): evaluate too simple, too complex and the middle, then bisect towards the best."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from analysis.format import metric_column
+from search.plans.format import Stage
+from search.plans.state import PlanRun, train_stage, write_space
+from spaces import load_space
+
+
+def best_of(done: dict[int, float], mode: str) -> int:
+    """The axis value with the best result (a missing result, NaN, counts as the worst)."""
+    def badness(value: int) -> float:
+        result = done[value]
+        if math.isnan(result):
+            return math.inf
+        return result if mode == "min" else -result
+    return min(sorted(done), key=badness)
+
+
+def next_probes(done: dict[int, float], mode: str) -> list[int]:
+    """The midpoints between the best value and its evaluated neighbours that are not yet evaluated."""
+    ordered = sorted(done)
+    i = ordered.index(best_of(done, mode))
+    neighbours = ordered[max(0, i - 1): i + 2]
+    return sorted({(a + b) // 2 for a, b in zip(neighbours, neighbours[1:])} - set(done))
+
+
+def verdict(done: dict[int, float], mode: str, axis: str, low: int, high: int) -> dict[str, object]:
+    ordered = sorted(done)
+    best = best_of(done, mode)
+    bracketed = ordered[0] < best < ordered[-1]
+    i = ordered.index(best)
+    message = (f"valley bracketed at {axis}={best} between {ordered[i - 1]} and {ordered[i + 1]}" if bracketed else
+               f"valley NOT bracketed: the best {axis}={best} is at the edge of [{low}, {high}]; widen the range")
+    return {"axis": axis, "best": best, "bracketed": bracketed, "message": message}
+
+
+def bisect(done: dict[int, float], low: int, high: int, rounds: int, mode: str,
+           evaluate: Callable[[int, list[int]], dict[int, float] | None]) -> bool:
+    """Evaluate ``low``, ``high`` and the middle, then the midpoints around the best, for ``rounds`` rounds.
+
+    ``done`` holds what is already evaluated (a resumed plan's) and gains every result;
+    ``evaluate(round, values)`` returns the results of ``values``, or None when it was
+    interrupted (then this returns False).
+    """
+    todo = sorted({low, high, (low + high) // 2} - set(done))
+    for r in range(rounds):
+        if todo:
+            results = evaluate(r, todo)
+            if results is None:
+                return False
+            done.update(results)
+        todo = next_probes(done, mode)
+        if not todo:
+            break
+    return True
+
+
+def run(run: PlanRun, stage: Stage) -> str:
+    """Bisect ``axis`` from ``low`` (too simple) and ``high`` (too complex), ranking on the space's metric."""
+    space = load_space(stage.space)
+    axis, low, high = stage.get("axis"), stage.get("low"), stage.get("high")
+    column = metric_column(space.metric)
+    done = {int(k): v for k, v in run.stage_state(stage.name).get("evaluated", {}).items()}
+    status = "completed"
+
+    def evaluate(r: int, todo: list[int]) -> dict[int, float] | None:
+        nonlocal status
+        grid = [{**row, axis: value} for value in todo for row in (space.grid or [{}])]
+        params = {k: v for k, v in space.params.items() if k != axis}
+        derived = write_space(run, f"{stage.name}-r{r}", space, grid, params,
+                              f"stage {stage.name}, round {r}: {axis} in {todo}")
+        status = train_stage(run, stage, derived, f"{stage.name}-r{r}")
+        if status != "completed":
+            return None
+        trials, _ = run.trials(stage.name)
+        results = {}
+        for value in todo:
+            found = trials.loc[trials.get(f"config/{axis}") == value, column].dropna()
+            results[value] = float(found.min() if space.mode == "min" else found.max()) if len(found) else math.nan
+        run.record(stage, evaluated={str(k): v for k, v in sorted({**done, **results}.items())})
+        return results
+
+    if not bisect(done, low, high, stage.get("rounds", 3), space.mode, evaluate):
+        return status
+    result = verdict(done, space.mode, axis, low, high)
+    run.say(f"valley: stage {stage.name}: {result['message']}")
+    run.record(stage, bracket=result)
+    return "completed"

@@ -1,0 +1,91 @@
+"""A confirm stage: the top configurations over several seeds, with bootstrap intervals and a paired P."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.format import metric_column
+from analysis.load import config_of
+from search.options import SearchError
+from search.plans.format import Stage
+from search.plans.select import top_configs
+from search.plans.state import PlanRun, train_stage, write_space
+from search.plans.state import source_space as source_space_of
+from trainables import get_family
+from trainables.family import TaskSpec
+
+
+def run(run: PlanRun, stage: Stage) -> str:
+    """Re-train the top configurations of ``from`` over ``seeds`` seeds, each with a fresh validation split."""
+    trials, _ = run.trials(stage.source)
+    source_space = source_space_of(run, stage.source)
+    seeds = int(stage.get("seeds", 5))
+    top = int(stage.get("top", 3))
+    configs, ids = top_configs(trials, source_space.metric, source_space.mode, top, stopped=True)
+    if not configs:
+        raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to confirm")
+    early = trials[trials["trial_id"].isin(ids) & (trials["status"] == "stopped")]["trial_id"].tolist()
+    if early or len(configs) < top:
+        note = (f"confirming {len(configs)} configurations of stage {stage.source} (top: {top})"
+                + (f"; {len(early)} of them ASHA stopped early ({', '.join(early)}): too few trials ran all "
+                   f"their epochs" if early else f"; it has only {len(configs)} distinct finished ones"))
+        run.say(f"valley: stage {stage.name}: {note}")
+        run.record(stage, note=note)
+    grid = [{**config, "seed": s, "split_seed": s} for config in configs for s in range(seeds)]
+    space = write_space(run, stage.name, source_space, grid, {},
+                        f"stage {stage.name}: top {len(configs)} of {stage.source} x {seeds} seeds")
+    run.record(stage, derived_from={"stage": stage.source, "trials": ids},
+               configs=configs, space=f"{stage.name}.space.yaml")
+    status = train_stage(run, stage, space, stage.name, search="random", scheduler="fifo", samples=1)
+    if status != "completed":
+        return status
+    table, summary = confirm_table(run.trials(stage.name)[0], configs, metric_column(source_space.metric),
+                                   source_space.mode, get_family(source_space.family).task)
+    table.to_csv(run.folder / f"stage-{stage.name}.csv", index=False)
+    (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
+    run.record(stage, summary=summary)
+    run.say(table.to_string(index=False))
+    run.say(f"valley: P(winner beats runner-up) = {summary['p_winner_beats_runner_up']}")
+    return "completed"
+
+
+def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: str, select_mode: str,
+                  task: TaskSpec, n_boot: int = 2000) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Mean, standard deviation and bootstrap 95% interval of the test metric per configuration.
+
+    The winner is the configuration with the best mean of ``select`` (a validation column, e.g.
+    ``best_val_loss``) over the seeds: choosing by the test metric would make the reported test
+    figure optimistic. Seeds are shared across configurations (seed s uses split s for every
+    one), so the bootstrap resamples seeds jointly: P(winner beats runner-up) is a paired
+    estimate, on the test metric.
+    """
+    column, mode = task.test_metric, task.mode
+    labels = [config_of(row) for _, row in trials.iterrows()]
+    by_config, chosen_by = [], []
+    for config in configs:
+        mine = trials[[label == config for label in labels]].set_index("config/seed")
+        by_config.append(mine[column].dropna())
+        chosen_by.append(mine[select].mean())
+    seeds = sorted(set().union(*(values.index for values in by_config)))
+    matrix = np.array([[values.get(s, np.nan) for s in seeds] for values in by_config], dtype=float)
+    resample = np.random.default_rng(0).integers(0, len(seeds), size=(n_boot, len(seeds)))
+    boot = np.nanmean(matrix[:, resample], axis=2)  # (configs, n_boot) means over resampled seeds
+    table = pd.DataFrame({
+        "config": range(1, len(configs) + 1), "label": [json.dumps(c) for c in configs],
+        "seeds": np.isfinite(matrix).sum(axis=1), f"mean_{select}": chosen_by,
+        f"mean_{column}": np.nanmean(matrix, axis=1),
+        f"std_{column}": np.nanstd(matrix, axis=1, ddof=1) if len(seeds) > 1 else np.nan,
+        "ci95_low": np.nanpercentile(boot, 2.5, axis=1), "ci95_high": np.nanpercentile(boot, 97.5, axis=1),
+    })
+    order = table[f"mean_{select}"].sort_values(ascending=select_mode == "min", kind="stable").index.to_list()
+    table = table.loc[order].reset_index(drop=True)
+    p = None
+    if len(order) > 1:
+        winner, runner = boot[order[0]], boot[order[1]]
+        p = float(np.mean(winner > runner) if mode == "max" else np.mean(winner < runner))
+    return table, {"metric": column, "mode": mode, "chosen_by": f"mean {select} ({select_mode})",
+                   "winner": table.loc[0, "label"],
+                   "p_winner_beats_runner_up": p, "bootstrap_resamples": n_boot, "seeds": seeds}

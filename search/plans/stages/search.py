@@ -1,0 +1,110 @@
+"""A search stage: run a space, narrowed to the architectures of a valley stage, warm-started from its trials."""
+from __future__ import annotations
+
+from typing import Any
+
+from analysis.format import metric_column
+from analysis.load import config_of
+from search.plans.format import Stage
+from search.plans.state import PlanRun, train_stage, write_space
+from spaces import Dist, Space, load_space
+from trainables import get_family
+
+
+def run(run: PlanRun, stage: Stage) -> str:
+    """Run a space, over the architectures of a valley stage when ``from`` names one."""
+    space = load_space(stage.space)
+    grid, params, derived = list(space.grid), dict(space.params), []
+    source = run.stage_state(stage.source) if stage.source else {}
+    if source.get("kind") == "valley":
+        archs = source["architectures"]
+        arch_keys = {k for arch in archs for k in arch}
+        grid = archs
+        params = {k: v for k, v in params.items() if k not in arch_keys}
+        derived = source.get("band", [])
+    narrowed = write_space(run, stage.name, space, grid, params,
+                           f"stage {stage.name}: {space.name}" + (f" over the {len(grid)} architectures of "
+                                                                  f"stage {stage.source}" if derived else ""))
+    changes: dict[str, Any] = {}
+    if stage.get("search") == "optuna" and stage.get("warm_start", True) and source.get("kind") == "valley":
+        points, rewards, note = warm_start_points(run, source, narrowed)
+        run.say(f"valley: stage {stage.name}: {note}")
+        if points:
+            changes.update(warm_points=tuple(points), warm_rewards=tuple(rewards))
+        run.record(stage, warm_start=note)
+    run.record(stage, derived_from={"stage": stage.source, "trials": derived},
+               space=f"{stage.name}.space.yaml")
+    return train_stage(run, stage, narrowed, stage.name, **changes)
+
+
+def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
+                      ) -> tuple[list[dict[str, Any]], list[float], str]:
+    """Earlier trials for Optuna: those inside ``space`` with their results, else the valley's best moved in.
+
+    Trials that fall inside the new space are told to Optuna as evaluated (points and rewards).
+    When none does (the reference's rough MLP grid trains without dropout or L2, which the fine
+    space's ranges exclude), the best rough trial of each valley architecture is moved into the
+    space, each value clipped to its range, and evaluated first (points without rewards), so the
+    sampler still starts from the rough stage's best settings rather than from nothing.
+    """
+    rough_name = valley_state["from"]
+    trials, _ = run.trials(rough_name)
+    metric_col = metric_column(space.metric)
+    done = trials[trials["status"].isin(["completed", "stopped"]) & trials[metric_col].notna()]
+    done = done.sort_values(metric_col, ascending=space.mode == "min")
+    configs = [_with_defaults(config_of(row), space.family) for _, row in done.iterrows()]
+    points, rewards = [], []
+    for config, value in zip(configs, done[metric_col]):
+        point = as_point(config, space)
+        if point is not None:
+            points.append(point)
+            rewards.append(float(value))
+    if points:
+        return points, rewards, (f"warm-started Optuna with {len(points)} trials of stage {rough_name} "
+                                 f"({len(configs) - len(points)} fall outside the new space)")
+    moved: list[dict[str, Any]] = []
+    for config in configs:  # best first: one per architecture of the valley
+        point = as_point(config, space, clip=True)
+        if point is not None and point.get("variant") not in [m.get("variant") for m in moved]:
+            moved.append(point)
+    return moved, [], (f"none of the {len(configs)} trials of stage {rough_name} falls inside the new space; "
+                       f"evaluating first the best of each of {len(moved)} architectures, moved into it "
+                       "(values clipped to the ranges)")
+
+
+def _with_defaults(config: dict[str, Any], family: str) -> dict[str, Any]:
+    """A trial's config with the family's defaults for the keys its space left out."""
+    return {**get_family(family).defaults(), **config}
+
+
+def as_point(config: dict[str, Any], space: Space, clip: bool = False) -> dict[str, Any] | None:
+    """``config`` as a point of ``space`` (grid row index plus every sampled key), or None if outside.
+
+    With ``clip``, a number outside a range is moved to its nearer end instead (a choice it does
+    not offer still puts the config outside).
+    """
+    point: dict[str, Any] = {}
+    if space.grid:
+        matches = [i for i, row in enumerate(space.grid) if all(config.get(k) == v for k, v in row.items())]
+        if not matches:
+            return None
+        point["variant"] = matches[0]
+    for key, value in space.params.items():
+        if not isinstance(value, Dist):
+            if config.get(key, value) != value and not clip:
+                return None
+            continue
+        got = config.get(key)
+        if isinstance(got, tuple):
+            got = list(got)
+        if got is None:
+            return None
+        if value.kind in ("grid", "choice"):
+            if got not in [list(a) if isinstance(a, tuple) else a for a in value.args]:
+                return None
+        elif not value.args[0] <= got <= value.args[1]:
+            if not clip:
+                return None
+            got = min(max(got, value.args[0]), value.args[1])
+        point[key] = got
+    return point

@@ -1,0 +1,32 @@
+"""A transfer stage: the best configurations of an earlier stage, verbatim, on another data set."""
+from __future__ import annotations
+
+from search.options import SearchError
+from search.plans.format import Stage
+from search.plans.select import side_by_side, top_configs
+from search.plans.state import PlanRun, train_stage, write_space
+from search.plans.state import source_space as source_space_of
+from trainables import get_family
+
+
+def run(run: PlanRun, stage: Stage) -> str:
+    """The best configurations of an earlier stage, verbatim, on another data set."""
+    trials, _ = run.trials(stage.source)
+    source_space = source_space_of(run, stage.source)
+    configs, ids = top_configs(trials, source_space.metric, source_space.mode, int(stage.get("top", 3)))
+    if not configs:
+        raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to transfer")
+    dataset = stage.get("dataset")
+    space = write_space(run, stage.name, source_space, configs, {},
+                        f"stage {stage.name}: top {len(configs)} of {stage.source}, verbatim, on {dataset}",
+                        dataset=dataset)
+    run.record(stage, derived_from={"stage": stage.source, "trials": ids}, space=f"{stage.name}.space.yaml")
+    status = train_stage(run, stage, space, stage.name, dataset=dataset, search="random", scheduler="fifo", samples=1)
+    if status != "completed":
+        return status
+    before = trials[trials["trial_id"].isin(ids)]
+    side = side_by_side(before, run.trials(stage.name)[0], run.base.dataset, dataset,
+                        get_family(source_space.family).task.test_metric)
+    side.to_csv(run.folder / f"stage-{stage.name}.csv", index=False)
+    run.say(side.to_string(index=False))
+    return "completed"

@@ -1,0 +1,41 @@
+"""A valley stage: the architectures within ``threshold`` standard errors of the best, smallest first."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from analysis.format import metric_column
+from analysis.load import config_of
+from search.plans.format import Stage
+from search.plans.state import PlanRun, source_space
+from trainables import get_family
+
+
+def run(run: PlanRun, stage: Stage) -> str:
+    from analysis.valley import find_valley
+
+    trials, epochs = run.trials(stage.source)
+    space = source_space(run, stage.source)
+    arch_keys = stage.get("arch_keys") or list(get_family(space.family).arch_keys)
+    threshold = float(stage.get("threshold", 1.0))
+    result = find_valley(trials, epochs, metric=metric_column(space.metric), threshold_se=threshold, mode=space.mode)
+    band = trials[trials["trial_id"].isin(result.members)].sort_values("n_params")
+    archs: list[dict[str, Any]] = []
+    for _, row in band.iterrows():
+        config = config_of(row)
+        arch = {k: config[k] for k in arch_keys if k in config}
+        if arch and arch not in archs:
+            archs.append(arch)
+    archs = archs[: int(stage.get("keep", 3))]
+    chosen = config_of(trials.set_index("trial_id").loc[result.chosen].rename(None))
+    summary = {
+        "from": stage.source, "kind": "valley", "rule": "one standard error", "threshold_se": threshold,
+        "reason": result.reason, "band": list(result.members), "chosen": result.chosen, "chosen_config": chosen,
+        "architectures": archs,
+    }
+    (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
+    run.record(stage, **summary)
+    run.say(f"valley: stage {stage.name}: {result.reason}")
+    for arch in archs:
+        run.say(f"valley:   carried on: {arch}")
+    return "completed"

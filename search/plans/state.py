@@ -1,0 +1,138 @@
+"""A plan being run: its folder, ``plan.json`` (its state), and what every stage kind shares.
+
+Every stage that trains writes the concrete space it ran as ``<stage>.space.yaml`` beside its
+experiment, and ``plan.json`` records each stage's status and provenance (the stage and trials
+it was derived from), so a plan can be inspected, resumed after an interruption (finished
+stages are not re-run) or extended.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from analysis import format as fmt
+from search.options import SearchError, SearchOptions
+from search.plans.format import Plan, Stage, parse_plan
+from search.run import storage_root
+from spaces import Dist, Space, load_space, read_yaml
+
+
+@dataclasses.dataclass
+class PlanRun:
+    """A plan being run in ``folder``; ``state`` mirrors ``plan.json``."""
+
+    plan: Plan
+    folder: Path
+    base: SearchOptions
+    state: dict[str, Any]
+    say: Callable[..., None]
+
+    def save(self) -> None:
+        tmp = self.folder / f"{fmt.PLAN_STATE}.tmp"
+        tmp.write_text(json.dumps(self.state, indent=2, default=str))
+        tmp.replace(self.folder / fmt.PLAN_STATE)
+
+    def record(self, stage: Stage, **fields: Any) -> None:
+        self.state["stages"].setdefault(stage.name, {}).update(fields)
+        self.save()
+
+    def stage_state(self, name: str) -> dict[str, Any]:
+        return self.state["stages"].get(name, {})
+
+    def trials(self, stage_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Every trial and epoch of a training stage (all rounds of a bracket)."""
+        from analysis.load import load_experiment
+
+        frames, curves = [], []
+        for experiment in self.stage_state(stage_name).get("experiments", []):
+            trials, epochs = load_experiment(self.folder / experiment)
+            frames.append(trials.assign(stage=stage_name))
+            curves.append(epochs)
+        if not frames:
+            raise SearchError(f"stage {stage_name!r} has no results in {self.folder}")
+        return pd.concat(frames, ignore_index=True), pd.concat(curves, ignore_index=True)
+
+
+def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print) -> PlanRun:
+    dataset = base.dataset or plan.dataset
+    if dataset is None:
+        raise SearchError(f"{plan.source} names no dataset; pass --dataset")
+    name = base.name or f"{plan.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = storage_root(base.storage) / name
+    if folder.exists():
+        raise SearchError(f"plan folder {folder} already exists; continue it with `valley plan {folder}` "
+                          "or choose another --name")
+    folder.mkdir(parents=True)
+    stages = [{"name": st.name, "kind": st.kind, **({"from": st.source} if st.source else {}),
+               **({"space": st.space} if st.space else {}), **st.settings} for st in plan.stages]
+    (folder / "plan.yaml").write_text(f"# {plan.source}, with space paths resolved\n" + yaml.safe_dump(
+        {"description": plan.description, "dataset": dataset, "stages": stages}, sort_keys=False))
+    state = {"plan": plan.name, "plan_file": plan.source, "dataset": dataset, "status": "running",
+             "options": dataclasses.asdict(base), "stages": {}}
+    run = PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), state, say)
+    run.save()
+    return run
+
+
+def reopen_plan(folder: Path, say: Callable[..., None] = print) -> PlanRun:
+    folder = folder.expanduser().resolve()
+    state = json.loads((folder / fmt.PLAN_STATE).read_text())
+    plan = parse_plan(read_yaml(folder / "plan.yaml"), str(folder / "plan.yaml"), state["plan"])
+    base = SearchOptions.from_dict(state["options"])
+    return PlanRun(plan, folder, dataclasses.replace(base, dataset=state["dataset"]), state, say)
+
+
+def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **changes: Any) -> str:
+    """Run (or resume) one experiment of a stage; returns its status."""
+    from search.resume import resume
+    from search.run import run_search
+
+    folder = run.folder / experiment
+    experiments = run.stage_state(stage.name).get("experiments", [])
+    if experiment not in experiments:
+        run.record(stage, experiments=[*experiments, experiment])
+    if folder.exists():
+        status = fmt.read_manifest(folder).get("status")
+        if status == "completed":
+            return status
+        if status is not None:
+            resume(folder)
+            return fmt.read_manifest(folder).get("status", "interrupted")
+    options = {k: stage.get(k) for k in ("max_epochs", "search", "scheduler", "samples", "grace_period",
+                                         "reduction_factor") if stage.get(k) is not None}
+    opts = dataclasses.replace(run.base, name=experiment, storage=str(run.folder), **options, **changes)
+    run_search(space, opts)
+    return fmt.read_manifest(folder).get("status", "interrupted")
+
+
+def write_space(run: PlanRun, name: str, space: Space, grid: list[dict[str, Any]],
+                params: dict[str, Any], note: str, dataset: str | None = None) -> Space:
+    """Write a derived space as YAML beside the plan (its provenance) and load it back, checked."""
+    doc = {"description": note, "family": space.family, "metric": space.metric, "mode": space.mode,
+           "dataset": dataset or run.base.dataset, "grid": grid or None, "params": _params_doc(params)}
+    if space.max_epochs:
+        doc["max_epochs"] = space.max_epochs
+    path = run.folder / f"{name}.space.yaml"
+    path.write_text(f"# written by valley plan: {note}\n" + yaml.safe_dump(
+        {k: v for k, v in doc.items() if v is not None}, sort_keys=False))
+    return load_space(path)
+
+
+def _params_doc(params: dict[str, Any]) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, Dist):
+            return {value.kind: [plain(a) for a in value.args]}
+        return list(value) if isinstance(value, tuple) else value
+    return {k: plain(v) for k, v in params.items()}
+
+
+def source_space(run: PlanRun, stage_name: str) -> Space:
+    """The space a training stage ran (its first experiment's copy)."""
+    return load_space(run.folder / run.stage_state(stage_name)["experiments"][0] / fmt.SPACE_COPY)

@@ -1,0 +1,122 @@
+"""Starting Ray: join a cluster, or start a local Ray that only this machine can reach.
+
+A local Ray binds to 127.0.0.1, runs without its dashboard, keeps its auth token private to
+its owner, and dies with its driver (``search/reaper.py``). The environment Tune reads is set
+here, when a search starts, never when a module is imported.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from search.options import SearchOptions
+
+# Tune's automatic CSV and TensorBoard loggers cost time per result and nothing reads them (the JSON
+# logger, result.json and params.json, is added back explicitly); the old progress output stays off
+# the terminal; the experiment snapshot, what a killed driver can resume and readers of a running
+# search see, is written at most every second (Tune's "auto" is >= 10 s).
+TUNE_ENVIRONMENT = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
+                    "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+
+
+def tune_environment() -> None:
+    """Set what Tune reads when a Tuner runs, unless the user set it."""
+    for key, value in TUNE_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While a local Ray starts, make it take 127.0.0.1 as its node address.
+
+    Ray 2.60 turns ``_node_ip_address="127.0.0.1"`` into the machine's routable
+    address, so its gRPC servers (GCS, raylet, every worker) listen on all
+    interfaces. With its "no cluster" switch (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``,
+    the default on macOS and Windows) the node address is 127.0.0.1 and every
+    server binds there. The switch is read when ``ray`` is imported, so the
+    constant is set for the duration of ``ray.init`` instead.
+    """
+    from ray._private import ray_constants
+
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if saved is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def auth_token_path() -> Path | None:
+    """The token file Ray's token authentication reads, unless the token comes from the environment."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+
+
+def protect_auth_token(create: bool = False) -> None:
+    """Keep Ray's auth token readable by its owner only (Ray writes it with the default umask, 0644).
+
+    With ``create``, a missing default token is written here, 0600 from the start, so Ray finds
+    it instead of writing a world-readable one.
+    """
+    path = auth_token_path()
+    if path is None or os.environ.get("RAY_AUTH_MODE", "token").lower() == "disabled":
+        return
+    try:
+        if create and not path.exists() and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+        if path.exists() and path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        print(f"valley: warning: could not restrict {path} to its owner ({err.strerror}); "
+              f"run `chmod 600 {path}`", file=sys.stderr)
+
+
+def descendants() -> set[int]:
+    """Process ids of everything this process has started, and they in turn."""
+    import psutil  # Ray's own copy, importable once ray is
+
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def reap_local_ray_with_driver(before: set[int]) -> None:
+    """Start the reaper for the processes that appeared while Ray started (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    pids = sorted(descendants() - before)
+    if pids:
+        reaper = Path(__file__).with_name("reaper.py")
+        subprocess.Popen([sys.executable, str(reaper), str(os.getpid()), *map(str, pids)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         close_fds=True)
+
+
+def start_ray(opts: SearchOptions) -> None:
+    """Join ``--address``, or start a local Ray: loopback only, dashboard off, token file private."""
+    import ray
+
+    tune_environment()
+    if ray.is_initialized():
+        return
+    if opts.address:
+        ray.init(address=opts.address, log_to_driver=False)
+        return
+    protect_auth_token(create=True)
+    before = descendants()
+    with loopback_only():  # address="local": a new Ray, even where RAY_ADDRESS or a `ray start` points elsewhere
+        ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
+    protect_auth_token()
+    reap_local_ray_with_driver(before)

@@ -1,0 +1,101 @@
+"""Assemble Ray Tune's Tuner for a space: the trainable, its searcher, its scheduler, its run config."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from analysis.format import failure_kind
+from search.options import SearchOptions, sample_count
+from spaces import Space
+from trainables.family import Family
+
+
+def trainable(family: Family, data: Any, rows: list[dict[str, Any]], opts: SearchOptions) -> Any:
+    """``trainables.loop.train`` with the data (shared through Ray's object store), the grid rows and the
+    family record bound, and one trial's resources; the same for a new search and for ``valley resume``."""
+    from ray import tune
+
+    from trainables.loop import train
+
+    return tune.with_resources(tune.with_parameters(train, data=data, variants=rows, family=family),
+                               {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+
+
+def scheduler(opts: SearchOptions, epochs: int) -> Any:
+    """ASHA on training iterations (epochs), or None for FIFO."""
+    if opts.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=opts.grace_period,
+                         reduction_factor=opts.reduction_factor)
+
+
+def searcher(opts: SearchOptions, n_rows: int, say: Any) -> Any:
+    """Optuna's TPE (warm-started with a plan's points), or Tune's grid and random sampling."""
+    if opts.search != "optuna":
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=opts.seed)
+    import optuna
+
+    from search.tune_space import ValleyOptunaSearch
+
+    # TPE models the results after n_startup_trials random ones: Optuna's 10 would leave a 12-trial
+    # fine stage random, so a third of the budget (at most 10) starts it; warm-start points count.
+    startup = min(10, max(2, sample_count(opts) // 3))
+    sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup)
+    if n_rows:
+        say(f"valley: note: Optuna samples the {n_rows} grid rows as a categorical choice")
+    return ValleyOptunaSearch(sampler=sampler, points_to_evaluate=list(opts.warm_points) or None,
+                              evaluated_rewards=list(opts.warm_rewards) or None)
+
+
+def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path, dataset: str, epochs: int,
+                data: Any, progress: Any) -> Any:
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from search.tune_space import param_space
+
+    overrides = {**opts.overrides, "family": space.family, "dataset": dataset, "max_epochs": epochs}
+    params, rows = param_space(space, overrides, opts.search)
+    params.setdefault("seed", opts.seed)
+    return tune.Tuner(
+        trainable(family, data, rows, opts),
+        param_space=params,
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, num_samples=sample_count(opts),
+            search_alg=searcher(opts, len(rows), progress.say), scheduler=scheduler(opts, epochs),
+            max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True,
+            trial_dirname_creator=lambda trial: trial.trial_id),
+        run_config=tune.RunConfig(
+            name=folder.name, storage_path=str(folder.parent), verbose=0,
+            callbacks=[JsonLoggerCallback(), progress],
+            # Tune keeps every checkpoint; search.progress prunes those the snapshot on disk no
+            # longer names (Tune's own num_to_keep can delete the one a killed driver's snapshot names)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures)),
+    )
+
+
+def fail_diverged_trials_at_once() -> None:
+    """Tune retries every failed trial up to --max-failures times; a diverged one is not retried.
+
+    Training restarts from the checkpoint before the divergence and, being seeded, diverges
+    again: retrying costs epochs and changes nothing. Ray has no per-exception retry rule, so
+    ``Trial.handle_error`` is wrapped to count a divergence as the last allowed failure.
+    """
+    from ray.tune.experiment.trial import Trial
+
+    if getattr(Trial.handle_error, "_valley", False):
+        return
+    original = Trial.handle_error
+
+    def handle_error(self: Any, exc: Any = None) -> None:
+        original(self, exc)
+        if failure_kind(f"{getattr(exc, 'cause', '')}\n{exc}") == "diverged" and self.max_failures >= 0:
+            self.run_metadata.num_failures = max(self.run_metadata.num_failures, self.max_failures + 1)
+
+    handle_error._valley = True  # type: ignore[attr-defined]
+    Trial.handle_error = handle_error
