@@ -48,6 +48,8 @@ def add_search_commands(commands: argparse._SubParsersAction) -> None:
                                              "or continue one given its folder")
     plan.add_argument("plan", help="a built-in plan (see `valley spaces`), a plan YAML, or a plan folder")
     add_search_options(plan)
+    plan.add_argument("--budget", help="the whole plan's budget, split over its stages by the plan's budget_split: "
+                                       "trial-epochs (e.g. 600) or wall-clock time (e.g. 90m, 2h)")
     plan.set_defaults(run=run_command.cmd_plan)
 
     transfer = commands.add_parser("transfer", help="re-run the best configs of an experiment on another data set")

@@ -39,7 +39,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", type=int, help="epochs per trial (default: the space's, else 10)")
     parser.add_argument("--samples", type=int, help="passes over the grid, or Optuna trials (default 1 / 20)")
     parser.add_argument("--search", choices=SEARCHERS, default=d.search,
-                        help="random: Tune's grid and random sampling; optuna: TPE")
+                        help="random: Tune's grid and random sampling; optuna: TPE; bohb: BOHB (with --scheduler hyperband)")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
                         help="asha stops poor trials early on the space's metric")
     parser.add_argument("--grace-period", type=int, default=d.grace_period,

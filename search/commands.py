@@ -71,12 +71,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from analysis.format import COMPLETED, PLAN_STATE
     from search.plans import load_plan, reopen_plan, run_plan, start_plan
+    from search.plans.budget import Budget
 
     target = Path(args.plan).expanduser()
     if (target / PLAN_STATE).exists():
+        if args.budget:
+            raise UsageError(f"a plan's budget is fixed when it starts; continue it with `valley plan {target}` "
+                             "and no --budget")
         run = reopen_plan(target)
     else:
-        run = start_plan(load_plan(args.plan), options_from(args))
+        budget = Budget.parse(args.budget) if args.budget else None
+        run = start_plan(load_plan(args.plan), options_from(args), budget=budget)
     folder = run_plan(run)
     return EXIT_INTERRUPTED if json.loads((folder / PLAN_STATE).read_text())["status"] != COMPLETED else 0
 

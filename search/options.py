@@ -12,8 +12,8 @@ from typing import Any
 from spaces import Space
 
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-SEARCHERS = ("random", "optuna")  # random: Tune's grid and random sampling; optuna: TPE
-SCHEDULERS = ("fifo", "asha")
+SEARCHERS = ("random", "optuna", "bohb")  # Tune's grid and random sampling; Optuna's TPE; TuneBOHB
+SCHEDULERS = ("fifo", "asha", "hyperband")  # hyperband: HyperBandForBOHB, the scheduler BOHB needs
 
 
 class SearchError(ValueError):
@@ -25,7 +25,7 @@ class SearchOptions:
     dataset: str | None = None  # None: the space's own
     data_dir: str | None = None
     max_epochs: int | None = None  # None: the space's own, else 10
-    samples: int | None = None  # None: 1 pass over the grid, or 20 Optuna trials
+    samples: int | None = None  # None: 1 pass over the grid, or 20 Optuna (BOHB) trials
     search: str = "random"  # one of SEARCHERS
     scheduler: str = "fifo"  # one of SCHEDULERS
     grace_period: int = 1  # ASHA: epochs before a trial can be stopped
@@ -42,6 +42,8 @@ class SearchOptions:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set key=value
     warm_points: tuple[dict[str, Any], ...] = ()  # Optuna: configs already evaluated (a plan's warm start)
     warm_rewards: tuple[float, ...] = ()  # their metric values
+    budget_epochs: int | None = None  # stop the search once its trials have trained this many epochs in all
+    budget_s: float | None = None  # or once this many seconds have passed (Tune's time_budget_s)
     quiet: bool = False
 
     @classmethod
@@ -59,6 +61,9 @@ class SearchOptions:
             (self.search in SEARCHERS, f"--search must be {' or '.join(SEARCHERS)}, got {self.search!r}"),
             (self.scheduler in SCHEDULERS, f"--scheduler must be {' or '.join(SCHEDULERS)}, got {self.scheduler!r}"),
             (self.reduction_factor > 1, f"--reduction-factor must be > 1, got {self.reduction_factor}"),
+            ((self.search == "bohb") == (self.scheduler == "hyperband"),
+             f"--search bohb goes with --scheduler hyperband (BOHB's own), and only it; got --search {self.search} "
+             f"--scheduler {self.scheduler}"),
             (self.samples is None or self.samples >= 1, f"--samples must be at least 1, got {self.samples}"),
             (self.cpus_per_trial > 0 and self.gpus_per_trial >= 0,
              f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got {self.cpus_per_trial} and "
@@ -68,6 +73,9 @@ class SearchOptions:
             (self.max_concurrent >= 0,
              f"--max-concurrent must be >= 0 (0: as many as resources allow), got {self.max_concurrent}"),
             (self.num_cpus is None or self.num_cpus >= 1, f"--num-cpus must be at least 1, got {self.num_cpus}"),
+            (self.budget_epochs is None or self.budget_epochs >= 1,
+             f"a budget must be at least 1 trial-epoch, got {self.budget_epochs}"),
+            (self.budget_s is None or self.budget_s > 0, f"a time budget must be > 0 seconds, got {self.budget_s}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -88,11 +96,11 @@ DEFAULTS = SearchOptions()
 
 def sample_count(opts: SearchOptions) -> int:
     """Tune's num_samples: --samples, else 20 Optuna trials or 1 pass over the grid."""
-    return opts.samples or (20 if opts.search == "optuna" else 1)
+    return opts.samples or (1 if opts.search == "random" else 20)
 
 
 def total_trials(space: Space, opts: SearchOptions) -> int:
     """Trials the search will run; a --set key replaces its grid, as in ``param_space``."""
     samples = sample_count(opts)
     kept = {k: v for k, v in space.params.items() if k not in opts.overrides}
-    return samples if opts.search == "optuna" else samples * dataclasses.replace(space, params=kept).grid_size()
+    return samples if opts.search != "random" else samples * dataclasses.replace(space, params=kept).grid_size()

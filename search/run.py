@@ -5,6 +5,7 @@ checked before Ray starts; a trial that fails is recorded and the search goes on
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +104,9 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None]) -> Path:
     status = fmt.INTERRUPTED
     INTERRUPTED.clear()
     fail_diverged_trials_at_once()
+    # Tune's own table of results warns of every trial a budget stopped before its first epoch; valley
+    # reads the results from disk (analysis.load), which says what is missing or half-written
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         grid = tuner.fit()
         trials = grid._experiment_analysis.trials

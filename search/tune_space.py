@@ -96,7 +96,7 @@ def param_space(space: Space, overrides: dict[str, Any], searcher: str) -> tuple
     """Tune's ``param_space`` and the grid rows (the trainable resolves ``variant`` against them).
 
     Grid rows become ``grid_search`` over row indices with Tune's own generator,
-    and a categorical over them with Optuna, which cannot enumerate grids.
+    and a categorical over them with Optuna or BOHB, which cannot enumerate grids.
     """
     from ray import tune
 
@@ -104,7 +104,7 @@ def param_space(space: Space, overrides: dict[str, Any], searcher: str) -> tuple
     result: dict[str, Any] = {}
     if rows:
         indices = list(range(len(rows)))
-        result["variant"] = tune.grid_search(indices) if searcher != "optuna" else tune.choice(indices)
+        result["variant"] = tune.grid_search(indices) if searcher == "random" else tune.choice(indices)
     for key, value in space.params.items():
         if key in overrides:
             continue
@@ -112,7 +112,7 @@ def param_space(space: Space, overrides: dict[str, Any], searcher: str) -> tuple
             result[key] = list(value) if isinstance(value, tuple) else value
         elif value.kind == "grid":
             args = [list(a) if isinstance(a, tuple) else a for a in value.args]
-            result[key] = tune.grid_search(args) if searcher != "optuna" else tune.choice(args)
+            result[key] = tune.grid_search(args) if searcher == "random" else tune.choice(args)
         elif value.kind == "choice":
             result[key] = tune.choice([list(a) if isinstance(a, tuple) else a for a in value.args])
         else:

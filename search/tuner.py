@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ray.tune.stopper import Stopper
+
 from analysis.format import failure_kind
 from search.options import SearchOptions, sample_count
 from spaces import Space
@@ -22,7 +24,12 @@ def trainable(family: Family, data: Any, rows: list[dict[str, Any]], opts: Searc
 
 
 def scheduler(opts: SearchOptions, epochs: int) -> Any:
-    """ASHA on training iterations (epochs), or None for FIFO."""
+    """ASHA or BOHB's HyperBand on training iterations (epochs), or None for FIFO."""
+    if opts.scheduler == "hyperband":
+        from ray.tune.schedulers import HyperBandForBOHB
+
+        return HyperBandForBOHB(time_attr="training_iteration", max_t=epochs,
+                                reduction_factor=opts.reduction_factor)
     if opts.scheduler != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
@@ -32,11 +39,17 @@ def scheduler(opts: SearchOptions, epochs: int) -> Any:
 
 
 def searcher(opts: SearchOptions, n_rows: int, say: Any) -> Any:
-    """Optuna's TPE (warm-started with a plan's points), or Tune's grid and random sampling."""
-    if opts.search != "optuna":
+    """Optuna's TPE (warm-started with a plan's points), BOHB, or Tune's grid and random sampling."""
+    if opts.search == "random":
         from ray.tune.search import BasicVariantGenerator
 
         return BasicVariantGenerator(random_state=opts.seed)
+    if n_rows:
+        say(f"valley: note: {opts.search} samples the {n_rows} grid rows as a categorical choice")
+    if opts.search == "bohb":
+        from ray.tune.search.bohb import TuneBOHB
+
+        return TuneBOHB(seed=opts.seed)
     import optuna
 
     from search.tune_space import ValleyOptunaSearch
@@ -45,10 +58,47 @@ def searcher(opts: SearchOptions, n_rows: int, say: Any) -> Any:
     # fine stage random, so a third of the budget (at most 10) starts it; warm-start points count.
     startup = min(10, max(2, sample_count(opts) // 3))
     sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup)
-    if n_rows:
-        say(f"valley: note: Optuna samples the {n_rows} grid rows as a categorical choice")
     return ValleyOptunaSearch(sampler=sampler, points_to_evaluate=list(opts.warm_points) or None,
                               evaluated_rewards=list(opts.warm_rewards) or None)
+
+
+class EpochBudget(Stopper):
+    """A Tune stopper: ends the search before its trials have trained more than ``budget`` epochs in all.
+
+    A trial's epochs are its highest ``training_iteration`` (a trial resumed from a checkpoint
+    retrains nothing it has reported). The search stops ``concurrency - 1`` epochs early, so the
+    trials still running when it stops, each finishing at most the epoch it is in, never take
+    the total past the budget. Pickled with the experiment, so ``valley resume`` keeps the count.
+    """
+
+    def __init__(self, budget: int, concurrency: int) -> None:
+        self.budget = budget
+        self.margin = max(0, concurrency - 1)
+        self.epochs: dict[str, int] = {}
+
+    def spent(self) -> int:
+        return sum(self.epochs.values())
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        done = int(result.get("training_iteration", 0))
+        self.epochs[trial_id] = max(self.epochs.get(trial_id, 0), done)
+        return self.stop_all()
+
+    def stop_all(self) -> bool:
+        return self.spent() >= self.budget - self.margin
+
+
+def concurrency(opts: SearchOptions) -> int:
+    """How many trials may train at once: --max-concurrent, else what the CPUs of a local Ray allow."""
+    from search.cluster import local_cpus
+
+    if opts.max_concurrent:
+        return opts.max_concurrent
+    if opts.address is None:
+        return max(1, int((opts.num_cpus or local_cpus()) // opts.cpus_per_trial))
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // opts.cpus_per_trial))
 
 
 def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path, dataset: str, epochs: int,
@@ -68,9 +118,10 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
             metric=space.metric, mode=space.mode, num_samples=sample_count(opts),
             search_alg=searcher(opts, len(rows), progress.say), scheduler=scheduler(opts, epochs),
             max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True,
-            trial_dirname_creator=lambda trial: trial.trial_id),
+            time_budget_s=opts.budget_s, trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(
             name=folder.name, storage_path=str(folder.parent), verbose=0,
+            stop=EpochBudget(opts.budget_epochs, concurrency(opts)) if opts.budget_epochs else None,
             callbacks=[JsonLoggerCallback(), progress],
             # Tune keeps every checkpoint; search.progress prunes those the snapshot on disk no
             # longer names (Tune's own num_to_keep can delete the one a killed driver's snapshot names)

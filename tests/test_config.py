@@ -35,3 +35,15 @@ def test_k_times_100_rule():
 def test_range_rules(bad, message):
     with pytest.raises(ConfigError, match=message):
         Config.from_dict(bad)
+
+
+def test_numpy_scalars_from_tunes_samplers_are_accepted():
+    """Tune's random choice draws numpy scalars (str_, bool_, int64): they are the values they hold."""
+    import numpy as np
+
+    from trainables import get_family
+
+    cfg = get_family("cnn").make_config({"arch": np.str_("cnn_gap"), "batchnorm": np.bool_(True),
+                                         "batch_size": np.int64(64), "lr": np.float64(0.01)})
+    assert (cfg.arch, cfg.batchnorm, cfg.batch_size, cfg.lr) == ("cnn_gap", True, 64, 0.01)
+    assert type(cfg.arch) is str and type(cfg.batchnorm) is bool and type(cfg.batch_size) is int

@@ -184,9 +184,27 @@ def _unknown_arch(arch: str) -> str:
     return f"unknown arch {arch!r}; {hint}valid archs: {', '.join(ARCHS)}"
 
 
+def own_values(config: dict) -> dict:
+    """``kernel`` and ``dropout`` left None (the arch's own) as the values the arch uses.
+
+    kernel: the arch's most common kernel larger than 1x1 (3 for cnn_base, whose first 7x7 is one of
+    five); dropout: the rate of its dense dropouts (0.5 for the base head, 0 for an arch without).
+    """
+    tokens = ARCHS.get(config.get("arch"), [])
+    config = dict(config)
+    if config.get("kernel") is None:
+        kernels = [int(m["kernel"] or 3) for m in map(_TOKEN.match, tokens) if m and m["conv"]]
+        kernels = [k for k in kernels if k > 1]
+        config["kernel"] = max(set(kernels), key=kernels.count) if kernels else 3
+    if config.get("dropout") is None:
+        rates = [float(m["p"]) for m in map(_TOKEN.match, tokens) if m and m["p"]]
+        config["dropout"] = max(rates, default=0.0)
+    return config
+
+
 def tiny_data() -> Splits:
     return load_dataset("synthetic")
 
 
 FAMILY = Family(name="cnn", config=Config, build_model=build_model, arch_keys=("arch", "width", "batchnorm"),
-                tiny_data=tiny_data)
+                tiny_data=tiny_data, concrete=own_values)

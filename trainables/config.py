@@ -116,6 +116,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{key} must be a number, got {key}={value!r} ({type(value).__name__})")
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)  # quantised distributions hand integers over as floats
+    if hint is str and isinstance(value, str):
+        return str(value)  # Tune's random choice hands over numpy's str_
+    if hint is bool and getattr(value, "dtype", None) is not None and value.dtype.kind == "b":
+        return bool(value)
     if hint in (int, str, bool) and type(value) is not hint:
         if not (hint is int and hasattr(value, "__index__") and not isinstance(value, bool)):
             raise ConfigError(f"{key} must be {hint.__name__}, got {key}={value!r} ({type(value).__name__})")

@@ -96,6 +96,10 @@ def classification(cfg: TrainConfig) -> Task:
 CLASSIFICATION = TaskSpec(kind="classification", metrics=("acc",), headline="acc", mode="max")
 
 
+def as_given(config: dict[str, Any]) -> dict[str, Any]:
+    return config
+
+
 def one_pass(cfg: TrainConfig) -> int:
     return 1
 
@@ -121,6 +125,9 @@ class Family:
     preflight: Callable[[Any], None] = no_preflight  # cfg -> None or ConfigError, run before Ray starts
     augment: Augment | None = None  # (cfg, x (B, C, H, W) standardised, idx, generator, pass) -> x
     passes: Callable[[Any], int] = one_pass  # passes over the training set per epoch
+    # a full config dict -> the same with every None ("the architecture's own") replaced by the value it
+    # stands for, so a trial can be placed in a space that ranges over that key (a plan's warm start)
+    concrete: Callable[[dict[str, Any]], dict[str, Any]] = as_given
 
     def __post_init__(self) -> None:
         if self.task.mode not in MODES:
@@ -143,3 +150,7 @@ class Family:
     def defaults(self) -> dict[str, Any]:
         """Every config key with its default value."""
         return {f.name: f.default for f in dataclasses.fields(self.config) if f.default is not dataclasses.MISSING}
+
+    def complete(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` with the defaults of the keys it leaves out, and concrete values for every None."""
+        return self.concrete({**self.defaults(), **config})

@@ -25,7 +25,7 @@ KINDS = {
 STAGE_KEYS = {
     "name": "the stage's name, also its folder", "kind": "|".join(KINDS), "from": "the stage it builds on",
     "space": "a built-in space or YAML file (search, bracket)", "max_epochs": "epochs per trial",
-    "search": "random or optuna", "scheduler": "fifo or asha", "samples": "passes or Optuna trials",
+    "search": "random, optuna or bohb", "scheduler": "fifo, asha or hyperband", "samples": "passes or trials",
     "grace_period": "ASHA grace period", "reduction_factor": "ASHA reduction factor",
     "warm_start": "seed Optuna with earlier trials inside the new space (default true)",
     "arch_keys": "config keys that make an architecture (valley)", "threshold": "standard errors (valley)",
@@ -33,7 +33,9 @@ STAGE_KEYS = {
     "seeds": "seeds per configuration (confirm)", "axis": "the complexity key (bracket)",
     "dataset": "the data set to transfer to (transfer)", "low": "too simple (bracket)", "high": "too complex (bracket)", "rounds": "bisection rounds (bracket)",
 }
-PLAN_KEYS = {"description": "one line", "dataset": "the default data set", "stages": "the list of stages"}
+PLAN_KEYS = {"description": "one line", "dataset": "the default data set", "stages": "the list of stages",
+             "budget_split": "each training stage's share of `valley plan --budget`, e.g. {rough: 0.3, ...}"}
+TRAINING_KINDS = ("search", "bracket", "confirm", "transfer")
 
 
 
@@ -56,6 +58,10 @@ class Plan:
     stages: tuple[Stage, ...]
     description: str = ""
     dataset: str | None = None
+    budget_split: dict[str, float] | None = None  # training stage -> share of a --budget
+
+    def training_stages(self) -> list[str]:
+        return [stage.name for stage in self.stages if stage.kind in TRAINING_KINDS]
 
 
 def builtin_plans() -> dict[str, Path]:
@@ -91,7 +97,13 @@ def parse_plan(doc: Any, source: str, name: str) -> Plan:
     stages: list[Stage] = []
     for i, raw in enumerate(doc["stages"]):
         stages.append(parse_stage(raw, i, stages, source, fail))
-    return Plan(name, source, tuple(stages), doc.get("description", ""), doc.get("dataset"))
+    plan = Plan(name, source, tuple(stages), doc.get("description", ""), doc.get("dataset"))
+    if "budget_split" in doc:
+        from search.plans.budget import check_split
+
+        split = check_split(doc["budget_split"], plan.training_stages(), source)
+        plan = dataclasses.replace(plan, budget_split=split)
+    return plan
 
 
 

@@ -1,10 +1,12 @@
 """Run a plan's stages in order; each kind of stage is one module under ``search/plans/stages``."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from search.plans.format import Stage
+from search.plans.budget import SECONDS, allowance
+from search.plans.format import TRAINING_KINDS, Stage
 from search.plans.state import PlanRun
 from search.plans.stages import bracket, confirm, search, transfer, valley
 
@@ -12,6 +14,31 @@ STAGE_RUNNERS: dict[str, Callable[[PlanRun, Stage], str]] = {
     "search": search.run, "bracket": bracket.run, "valley": valley.run, "confirm": confirm.run,
     "transfer": transfer.run,
 }
+
+
+def allow(run: PlanRun, stage: Stage) -> None:
+    """Fix the stage's allowance when it first starts (a resumed stage keeps its own)."""
+    budget = run.state.get("budget")
+    if budget is None or stage.kind not in TRAINING_KINDS or stage.name in budget["allowed"]:
+        return
+    training = run.plan.training_stages()
+    later = training[training.index(stage.name) + 1:]
+    budget["allowed"][stage.name] = allowance(budget, stage.name, later)
+    run.save()
+    run.say(f"valley: stage {stage.name}: may spend {run.budget.describe(budget['allowed'][stage.name])} "
+            f"of the plan's {run.budget.describe(budget['total'])}")
+
+
+def account(run: PlanRun, stage: Stage, seconds: float) -> None:
+    """Record what the stage spent: its trial-epochs on disk, or the seconds it ran (added up over resumes)."""
+    budget = run.state.get("budget")
+    if budget is None or stage.kind not in TRAINING_KINDS:
+        return
+    if run.budget.unit == SECONDS:
+        budget["spent"][stage.name] = budget["spent"].get(stage.name, 0.0) + seconds
+    else:
+        budget["spent"][stage.name] = run.spent(stage.name)
+    run.save()
 
 
 def run_plan(run: PlanRun) -> Path:
@@ -24,7 +51,12 @@ def run_plan(run: PlanRun) -> Path:
             continue
         run.say(f"valley: stage {stage.name} ({stage.kind})" + (f" from {stage.source}" if stage.source else ""))
         run.record(stage, status="running", kind=stage.kind, derived_from={"stage": stage.source})
-        status = STAGE_RUNNERS[stage.kind](run, stage)
+        allow(run, stage)
+        started = time.monotonic()
+        try:
+            status = STAGE_RUNNERS[stage.kind](run, stage)
+        finally:
+            account(run, stage, time.monotonic() - started)
         run.record(stage, status=status)
         if status != "completed":
             run.state["status"] = status
@@ -33,5 +65,10 @@ def run_plan(run: PlanRun) -> Path:
             return run.folder
     run.state["status"] = "completed"
     run.save()
+    budget = run.state.get("budget")
+    if budget is not None:
+        run.say(f"valley: spent {run.budget.describe(sum(budget['spent'].values()))} of "
+                f"{run.budget.describe(budget['total'])}: " + ", ".join(
+                    f"{name} {run.budget.describe(value)}" for name, value in budget["spent"].items()))
     run.say(f"valley: plan completed: {run.folder}")
     return run.folder

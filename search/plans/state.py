@@ -19,7 +19,8 @@ import yaml
 
 from analysis import format as fmt
 from search.options import SearchError, SearchOptions
-from search.plans.format import Plan, Stage, parse_plan
+from search.plans.budget import SECONDS, Budget
+from search.plans.format import TRAINING_KINDS, Plan, Stage, parse_plan
 from search.run import storage_root
 from spaces import Dist, Space, load_space, read_yaml
 
@@ -46,6 +47,28 @@ class PlanRun:
     def stage_state(self, name: str) -> dict[str, Any]:
         return self.state["stages"].get(name, {})
 
+    @property
+    def budget(self) -> Budget | None:
+        saved = self.state.get("budget")
+        return Budget(saved["total"], saved["unit"]) if saved else None
+
+    def spent(self, stage_name: str) -> float:
+        """What a stage has spent of the budget: its trial-epochs on disk, or its seconds so far."""
+        budget = self.budget
+        if budget is None or budget.unit == SECONDS:
+            return float(self.state.get("budget", {}).get("spent", {}).get(stage_name, 0.0))
+        try:
+            trials, _ = self.trials(stage_name)
+        except SearchError:  # no experiment yet
+            return 0.0
+        return float(trials["epochs"].sum()) if "epochs" in trials else 0.0
+
+    def left_for(self, stage: Stage) -> float | None:
+        """What the stage may still spend (its allowance less what it has spent), or None without a budget."""
+        if self.budget is None or stage.kind not in TRAINING_KINDS:
+            return None
+        return max(0.0, self.state["budget"]["allowed"][stage.name] - self.spent(stage.name))
+
     def trials(self, stage_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Every trial and epoch of a training stage (all rounds of a bracket)."""
         from analysis.load import load_experiment
@@ -60,10 +83,14 @@ class PlanRun:
         return pd.concat(frames, ignore_index=True), pd.concat(curves, ignore_index=True)
 
 
-def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print) -> PlanRun:
+def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print,
+               budget: Budget | None = None) -> PlanRun:
     dataset = base.dataset or plan.dataset
     if dataset is None:
         raise SearchError(f"{plan.source} names no dataset; pass --dataset")
+    if budget is not None and plan.budget_split is None:
+        raise SearchError(f"{plan.source} has no budget_split, so --budget cannot be divided among its stages; add "
+                          f"e.g. `budget_split: {{{', '.join(f'{n}: ...' for n in plan.training_stages())}}}`")
     name = base.name or f"{plan.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = storage_root(base.storage) / name
     if folder.exists():
@@ -72,10 +99,15 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print
     folder.mkdir(parents=True)
     stages = [{"name": st.name, "kind": st.kind, **({"from": st.source} if st.source else {}),
                **({"space": st.space} if st.space else {}), **st.settings} for st in plan.stages]
+    doc = {"description": plan.description, "dataset": dataset, "stages": stages}
+    if plan.budget_split:
+        doc["budget_split"] = plan.budget_split
     (folder / "plan.yaml").write_text(f"# {plan.source}, with space paths resolved\n" + yaml.safe_dump(
-        {"description": plan.description, "dataset": dataset, "stages": stages}, sort_keys=False))
+        doc, sort_keys=False))
     state = {"plan": plan.name, "plan_file": plan.source, "dataset": dataset, "status": "running",
              "options": dataclasses.asdict(base), "stages": {}}
+    if budget is not None:
+        state["budget"] = budget.as_state(plan.budget_split)
     run = PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), state, say)
     run.save()
     return run
@@ -108,8 +140,29 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
     options = {k: stage.get(k) for k in ("max_epochs", "search", "scheduler", "samples", "grace_period",
                                          "reduction_factor") if stage.get(k) is not None}
     opts = dataclasses.replace(run.base, name=experiment, storage=str(run.folder), **options, **changes)
+    left = run.left_for(stage)
+    if left is not None:
+        if left < 1:
+            run.say(f"valley: stage {stage.name}: its budget is spent; {experiment} is not run")
+            return "completed"
+        opts = with_budget(opts, run.budget, left, space)
     run_search(space, opts)
     return fmt.read_manifest(folder).get("status", "interrupted")
+
+
+def with_budget(opts: SearchOptions, budget: Budget, left: float, space: Space) -> SearchOptions:
+    """The options of a search that may spend ``left``: a stopper on trial-epochs, or a time limit.
+
+    An Optuna search gets enough samples to spend it (as many trials as could stop at the first
+    rung), since the budget, not the sample count, is then what ends it.
+    """
+    if budget.unit == SECONDS:
+        return dataclasses.replace(opts, budget_s=left)
+    opts = dataclasses.replace(opts, budget_epochs=int(left))
+    if opts.search == "optuna":
+        shortest = opts.grace_period if opts.scheduler == "asha" else opts.epochs(space)
+        opts = dataclasses.replace(opts, samples=max(opts.samples or 1, int(left) // max(1, shortest)))
+    return opts
 
 
 def write_space(run: PlanRun, name: str, space: Space, grid: list[dict[str, Any]],

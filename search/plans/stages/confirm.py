@@ -18,32 +18,90 @@ from trainables import get_family
 from trainables.family import TaskSpec
 
 
-def run(run: PlanRun, stage: Stage) -> str:
-    """Re-train the top configurations of ``from`` over ``seeds`` seeds, each with a fresh validation split."""
-    trials, _ = run.trials(stage.source)
+def incumbents(run: PlanRun, stage: Stage) -> list[tuple[str, dict[str, Any], str]]:
+    """The best configuration of every training stage before ``stage`` (a plan never forgets what it found).
+
+    (stage, config, trial id) per earlier search or bracket stage other than ``from``, each ranked
+    on its own space's metric, completed trials first.
+    """
+    found = []
+    for earlier in run.plan.stages:
+        if earlier.name == stage.name:
+            break
+        if earlier.name == stage.source or earlier.kind not in ("search", "bracket"):
+            continue
+        if run.stage_state(earlier.name).get("status") != "completed":
+            continue
+        space = source_space_of(run, earlier.name)
+        configs, ids = top_configs(run.trials(earlier.name)[0], space.metric, space.mode, 1, stopped=True)
+        if configs:
+            found.append((earlier.name, configs[0], ids[0]))
+    return found
+
+
+def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
+               ) -> tuple[list[dict[str, Any]], list[str], list[str], str]:
+    """The configurations to confirm, with the trial and stage each came from, and a note (or "").
+
+    The best of ``from`` first, then the incumbent of each earlier stage, then the rest of the top
+    of ``from``; at most ``fits`` of them when a budget allows no more.
+    """
     source_space = source_space_of(run, stage.source)
-    seeds = int(stage.get("seeds", 5))
-    top = int(stage.get("top", 3))
+    trials, _ = run.trials(stage.source)
     configs, ids = top_configs(trials, source_space.metric, source_space.mode, top, stopped=True)
     if not configs:
         raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to confirm")
+    rows = [(stage.source, configs[0], ids[0])]
+    rows += [row for row in incumbents(run, stage) if row[1] not in configs]
+    rows += list(zip([stage.source] * len(configs), configs, ids))[1:]
+    notes = []
     early = trials[trials["trial_id"].isin(ids) & (trials["status"] == "stopped")]["trial_id"].tolist()
     if early or len(configs) < top:
-        note = (f"confirming {len(configs)} configurations of stage {stage.source} (top: {top})"
-                + (f"; {len(early)} of them ASHA stopped early ({', '.join(early)}): too few trials ran all "
-                   f"their epochs" if early else f"; it has only {len(configs)} distinct finished ones"))
+        notes.append(f"confirming {len(configs)} configurations of stage {stage.source} (top: {top})"
+                     + (f"; {len(early)} of them ASHA stopped early ({', '.join(early)}): too few trials ran all "
+                        f"their epochs" if early else f"; it has only {len(configs)} distinct finished ones"))
+    if len(rows) > len(configs):
+        notes.append("carried forward the best of " + ", ".join(origin for origin, _, _ in rows
+                                                                  if origin != stage.source))
+    if fits is not None and fits < len(rows):
+        if fits < 1:
+            raise SearchError(f"stage {stage.name}: its budget cannot pay for one configuration over its seeds; "
+                              "raise --budget or this stage's share in budget_split")
+        notes.append(f"the budget pays for {fits} of the {len(rows)} candidates")
+        rows = rows[:fits]
+    origins, configs, ids = (list(column) for column in zip(*rows))
+    return configs, ids, origins, "; ".join(notes)
+
+
+def run(run: PlanRun, stage: Stage) -> str:
+    """Re-train the best configurations over ``seeds`` seeds, each with a fresh validation split."""
+    source_space = source_space_of(run, stage.source)
+    seeds = int(stage.get("seeds", 5))
+    left = run.left_for(stage)
+    epochs = stage.get("max_epochs") or run.base.max_epochs or source_space.max_epochs or 10
+    fits = None if left is None or run.budget.unit != "trial-epochs" else int(left // (seeds * epochs))
+    configs, ids, origins, note = candidates(run, stage, int(stage.get("top", 3)), fits)
+    if note:
         run.say(f"valley: stage {stage.name}: {note}")
         run.record(stage, note=note)
     grid = [{**config, "seed": s, "split_seed": s} for config in configs for s in range(seeds)]
     space = write_space(run, stage.name, source_space, grid, {},
-                        f"stage {stage.name}: top {len(configs)} of {stage.source} x {seeds} seeds")
-    run.record(stage, derived_from={"stage": stage.source, "trials": ids},
+                        f"stage {stage.name}: {len(configs)} configurations of {', '.join(dict.fromkeys(origins))} "
+                        f"x {seeds} seeds")
+    run.record(stage, derived_from={"stage": stage.source, "trials": ids, "stages": origins},
                configs=configs, space=f"{stage.name}.space.yaml")
     status = train_stage(run, stage, space, stage.name, search="random", scheduler="fifo", samples=1)
     if status != "completed":
         return status
     table, summary = confirm_table(run.trials(stage.name)[0], configs, metric_column(source_space.metric),
                                    source_space.mode, get_family(source_space.family).task)
+    origin = {json.dumps(c): o for c, o in zip(configs, origins)}
+    table.insert(2, "stage", [origin.get(label, "") for label in table["label"]])
+    summary["winner_stage"] = origin.get(summary["winner"])
+    if summary["winner_stage"] != stage.source:
+        summary["note"] = (f"the winner is stage {summary['winner_stage']}'s best: the stages after it found "
+                           "nothing better")
+        run.say(f"valley: stage {stage.name}: {summary['note']}")
     table.to_csv(run.folder / f"stage-{stage.name}.csv", index=False)
     (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
     run.record(stage, summary=summary)

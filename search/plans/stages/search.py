@@ -52,7 +52,8 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
     metric_col = metric_column(space.metric)
     done = trials[trials["status"].isin(["completed", "stopped"]) & trials[metric_col].notna()]
     done = done.sort_values(metric_col, ascending=space.mode == "min")
-    configs = [_with_defaults(config_of(row), space.family) for _, row in done.iterrows()]
+    family = get_family(space.family)
+    configs = [family.complete(config_of(row)) for _, row in done.iterrows()]
     points, rewards = [], []
     for config, value in zip(configs, done[metric_col]):
         point = as_point(config, space)
@@ -70,11 +71,6 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
     return moved, [], (f"none of the {len(configs)} trials of stage {rough_name} falls inside the new space; "
                        f"evaluating first the best of each of {len(moved)} architectures, moved into it "
                        "(values clipped to the ranges)")
-
-
-def _with_defaults(config: dict[str, Any], family: str) -> dict[str, Any]:
-    """A trial's config with the family's defaults for the keys its space left out."""
-    return {**get_family(family).defaults(), **config}
 
 
 def as_point(config: dict[str, Any], space: Space, clip: bool = False) -> dict[str, Any] | None:

@@ -1,0 +1,471 @@
+"""Rough, then fine, against every search a user would pick instead, on the same budget, in one run.
+
+Three offline tasks, each a combined space (architecture x regularisation x optimisation) that a
+user would search in one go: the MLP grid's architectures x mlp-fine's distributions on digits;
+the CNN grid's variants x cnn-fine's distributions on digits (channels x 0.25, so five repetitions
+fit on 2 cores); the clock encodings x clock-fine's distributions on 32x32 clocks (small_cnn of
+width 8). Strategies, each given the same budget in trial-epochs (every epoch counts, the
+confirmation of its pick over 5 seeds included) and the same parallelism (2 trials at a time):
+
+- ``random``: Tune's random search, FIFO, trials of E epochs;
+- ``random+asha``: the same under ASHA (grace 1, keep 1 in 3), as many trials as the budget pays for;
+- ``tpe+asha``: Tune's OptunaSearch with Optuna 5's defaults (multivariate TPE, 10 random
+  start-up trials) under the same ASHA;
+- ``optuna``: a plain Optuna study, TPESampler + HyperbandPruner, no Ray (two threads);
+- ``bohb``: Tune's TuneBOHB + HyperBandForBOHB (needs ``pip install hpbandster ConfigSpace``);
+- ``valley``: the task's built-in plan with ``--budget`` (its confirm stage over the same 5
+  seeds is its confirmation: those trainings are not repeated).
+
+Every pick is confirmed the same way: seeds 0-4, each with its own fresh validation split
+(``split_seed``), E epochs; the test metric is read once, never used for choosing. Repetition r
+seeds every strategy's searcher with r (paired by seed). Writes ``strategies.csv`` (every run),
+``strategies.md`` (a table per task) and ``strategies.html`` (anytime curves) beside this file.
+
+    python benchmarks/strategies.py                 # 5 repetitions, about 80 minutes on 2 cores
+    python benchmarks/strategies.py --quick --out DIR   # one tiny repetition of each (tests)
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import HERE, machine, table  # noqa: E402
+from search.manifest import git_commit  # noqa: E402
+from search.options import SearchOptions  # noqa: E402
+from search.plans import load_plan, run_plan, start_plan, top_configs  # noqa: E402
+from search.plans.budget import EPOCHS, Budget  # noqa: E402
+from search.ray_start import start_ray  # noqa: E402
+from search.run import run_search  # noqa: E402
+from spaces import BUILTIN_DIR, Dist, load_space, read_yaml  # noqa: E402
+from trainables import get_family  # noqa: E402
+
+SEEDS = 5
+# Tune hands Optuna the MLP widths as a choice of lists, which Optuna warns it could not store in a database
+warnings.filterwarnings("ignore", message="Choices for a categorical distribution")
+STRATEGIES = ("random", "random+asha", "tpe+asha", "optuna", "bohb", "valley")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    dataset: str
+    plan: str  # valley's built-in plan
+    rough: str  # the space whose grid rows are the architectures
+    arch_key: str  # the one key the architectures become a choice of
+    fine: str  # the space whose distributions are searched with them
+    epochs: int  # E: epochs of a full trial and of each confirmation seed
+    budget: int  # trial-epochs per strategy, confirmation included
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)  # keys every trial shares
+    n_test: int = 360
+
+
+# Sized so that 5 repetitions of 6 strategies fit in 90 minutes on 2 cores: a peer's budget pays for its pick's
+# confirmation (5 x E) and 25 full trials; the CNNs have a quarter of the channels, the clocks are 32x32.
+TASKS = {
+    "mlp-digits": Task("mlp-digits", "digits", "plan-mlp-digits", "mlp-rough", "hidden", "mlp-fine", 10, 300),
+    "cnn-digits": Task("cnn-digits", "digits", "plan-cnn-digits", "cnn-rough", "arch", "cnn-fine", 6, 180,
+                       {"width": 0.25}),
+    "clock-tiny": Task("clock-tiny", "clocks-tiny", "plan-clock-small", "clock-encodings", "encoding", "clock-fine",
+                       5, 150, {"width": 8}, n_test=720),
+}
+
+
+def quick(task: Task) -> Task:
+    """One tiny repetition: 2 epochs a trial, a budget that pays for a few trials and one confirmation."""
+    return dataclasses.replace(task, epochs=2, budget=SEEDS * 2 + 24)
+
+
+# ----------------------------------------------------------------------------- the spaces
+
+def architectures(task: Task) -> list[Any]:
+    """The rough grid's rows as values of one key (MLP depth rows as their k x 100 widths)."""
+    values = []
+    for row in load_space(task.rough).grid:
+        if task.arch_key == "hidden":
+            value = row.get("hidden") or [100 * k for k in range(1, row["layers"] + 1)]
+        else:
+            value = row[task.arch_key]
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def combined_space(task: Task, folder: Path) -> Path:
+    """The architectures as one categorical, crossed with the fine space's distributions."""
+    fine = load_space(task.fine)
+    params: dict[str, Any] = {task.arch_key: {"choice": architectures(task)}}
+    for key, value in fine.params.items():
+        if key in ("layers", "arch", "encoding"):
+            continue
+        params[key] = {value.kind: list(value.args)} if isinstance(value, Dist) else value
+    params.update(task.fixed)
+    doc = {"description": f"{task.rough} x {task.fine}, flat", "family": fine.family, "dataset": task.dataset,
+           "metric": "val_loss", "mode": "min", "max_epochs": task.epochs, "params": params}
+    path = folder / f"{task.name}-combined.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def plan_file(task: Task, folder: Path, quick_run: bool) -> Path:
+    """The task's plan with trials of at most E epochs and its confirm stage over the benchmark's seeds."""
+    doc = read_yaml(BUILTIN_DIR / f"{task.plan}.yaml")
+    for stage in doc["stages"]:
+        if "max_epochs" in stage:
+            stage["max_epochs"] = min(stage["max_epochs"], task.epochs)
+        if quick_run and "grace_period" in stage:
+            stage["grace_period"] = 1
+        if stage.get("kind") == "confirm":
+            stage.update(seeds=SEEDS, max_epochs=task.epochs)
+        if stage.get("space") and not str(stage["space"]).endswith(".yaml"):
+            stage["space"] = str(BUILTIN_DIR / f"{stage['space']}.yaml")
+    path = folder / f"{task.name}-plan.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+# ----------------------------------------------------------------------------- what a run spent
+
+def results(folder: Path) -> pd.DataFrame:
+    """Every epoch reported under ``folder`` (all experiments, all stages), in the order they came."""
+    frames = [pd.read_json(p, lines=True, dtype=False) for p in sorted(folder.rglob("result.json"))
+              if p.stat().st_size]
+    if not frames:
+        return pd.DataFrame(columns=["timestamp", "val_loss"])
+    return pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
+
+
+def anytime(rows: pd.DataFrame, metric: str, mode: str, started: float) -> pd.DataFrame:
+    """Best validation metric so far against trial-epochs and wall seconds."""
+    best = rows[metric].cummin() if mode == "min" else rows[metric].cummax()
+    return pd.DataFrame({"trial_epochs": np.arange(1, len(rows) + 1), "wall_s": rows["timestamp"] - started,
+                         "best_val": best.to_numpy()})
+
+
+def trial_epochs(folder: Path) -> int:
+    """Epochs trained: each trial's last epoch, summed (a trial resumed from a checkpoint counts once)."""
+    return int(sum(pd.read_csv(p)["epochs"].sum() for p in folder.rglob("trials.csv")))
+
+
+# ----------------------------------------------------------------------------- the strategies
+
+def ray_search(task: Task, space: Path, root: Path, name: str, seed: int, **options: Any) -> dict[str, Any]:
+    opts = SearchOptions(storage=str(root), name=name, seed=seed, quiet=True, max_epochs=task.epochs,
+                         dataset=task.dataset, **options)
+    folder = run_search(load_space(space), opts)
+    (pick,), _ = top_configs(pd.read_csv(folder / "trials.csv"), "val_loss", "min", 1, stopped=True)
+    return {"pick": pick, "folder": folder}
+
+
+def plain_optuna(task: Task, space_path: Path, seed: int, budget: int) -> dict[str, Any]:
+    """What an Optuna user writes: TPE + Hyperband pruning, the trainable called directly, 2 threads."""
+    import optuna
+    import torch
+
+    from trainables.data import load_dataset
+    from trainables.loop import Diverged, train
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(1)
+    space = load_space(space_path)
+    family = get_family(space.family)
+    data = load_dataset(task.dataset)
+    lock, spent, curve = threading.Lock(), [0], []
+    started = time.time()
+
+    class Pruning:
+        wants_checkpoints = False
+
+        def __init__(self, trial: optuna.Trial) -> None:
+            self.trial = trial
+
+        def restore(self) -> None:
+            return None
+
+        def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+            with lock:
+                spent[0] += 1
+                curve.append((time.time(), metrics[family.task.val_metric]))
+                over = spent[0] >= budget - 1  # the other thread may be in an epoch too: never overspend
+            self.trial.report(metrics["val_loss"], metrics["epoch"])
+            if over:
+                self.trial.study.stop()
+                raise optuna.TrialPruned()
+            if self.trial.should_prune():
+                raise optuna.TrialPruned()
+
+    def objective(trial: optuna.Trial) -> float:
+        config = {"family": space.family, "dataset": task.dataset, "max_epochs": task.epochs, "seed": seed}
+        for key, value in space.params.items():
+            config[key] = suggest(trial, key, value) if isinstance(value, Dist) else value
+        try:
+            last = train(config, data=data, reporter=Pruning(trial), family=family)
+        except Diverged:
+            raise optuna.TrialPruned() from None
+        return last["best_val_loss"]
+
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=task.epochs))
+    study.optimize(objective, n_trials=10_000, n_jobs=2)
+    config = {k: json.loads(v) if isinstance(v, str) and v.startswith("[") else v
+              for k, v in study.best_trial.params.items()}
+    fixed = {k: v for k, v in space.params.items() if not isinstance(v, Dist)}
+    pick = {**fixed, **config}
+    rows = pd.DataFrame(curve, columns=["timestamp", "val"])
+    return {"pick": pick, "spent": spent[0], "rows": rows, "started": started}
+
+
+def suggest(trial: Any, key: str, dist: Dist) -> Any:
+    kind, args = dist.kind, dist.args
+    if kind in ("choice", "grid"):
+        options = [json.dumps(a) if isinstance(a, (list, tuple)) else a for a in args]
+        value = trial.suggest_categorical(key, options)
+        return json.loads(value) if isinstance(value, str) and value.startswith("[") else value
+    if kind in ("uniform", "loguniform"):
+        return trial.suggest_float(key, args[0], args[1], log=kind == "loguniform")
+    if kind in ("randint", "lograndint"):
+        return trial.suggest_int(key, args[0], args[1] - 1, log=kind == "lograndint")
+    raise ValueError(f"the plain Optuna strategy does not draw {kind!r} ({key})")
+
+
+def run_valley(task: Task, root: Path, seed: int, quick_run: bool) -> dict[str, Any]:
+    opts = SearchOptions(storage=str(root), name="valley", seed=seed, quiet=True, dataset=task.dataset,
+                         overrides=dict(task.fixed))
+    run = start_plan(load_plan(plan_file(task, root, quick_run)), opts, say=lambda *a: None,
+                     budget=Budget(task.budget, EPOCHS))
+    folder = run_plan(run)
+    state = json.loads((folder / "plan.json").read_text())
+    confirm = next(name for name, stage in state["stages"].items() if stage["kind"] == "confirm")
+    summary = state["stages"][confirm]["summary"]
+    trials = pd.read_csv(folder / confirm / "trials.csv")
+    config = json.loads(summary["winner"])
+    return {"pick": config, "folder": folder, "confirm_trials": trials, "summary": summary,
+            "spent_plan": sum(state["budget"]["spent"].values())}
+
+
+# ----------------------------------------------------------------------------- confirmation
+
+def confirm(task: Task, pick: dict[str, Any], root: Path, name: str) -> tuple[list[float], Path]:
+    """The pick over seeds 0-4, each with its own validation split: the test metric of each seed."""
+    family = get_family(load_space(task.fine).family)
+    grid = [{**task.fixed, **pick, "seed": s, "split_seed": s} for s in range(SEEDS)]
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"family": family.name, "dataset": task.dataset, "metric": "val_loss",
+                                    "mode": "min", "max_epochs": task.epochs, "grid": grid}, sort_keys=False))
+    folder = run_search(load_space(path), SearchOptions(storage=str(root), name=name, quiet=True))
+    trials = pd.read_csv(folder / "trials.csv").sort_values("config/seed")
+    return trials[family.task.test_metric].tolist(), folder
+
+
+def winner_seeds(task: Task, trials: pd.DataFrame, pick: dict[str, Any]) -> list[float]:
+    """A valley winner's confirm-stage rows: the same seeds, splits and epochs as ``confirm``."""
+    from analysis.load import config_of
+
+    family = get_family(load_space(task.fine).family)
+    mine = trials[[config_of(row) == pick for _, row in trials.iterrows()]].sort_values("config/seed")
+    return mine[family.task.test_metric].tolist()
+
+
+def repetition(task: Task, strategy: str, seed: int, root: Path, quick_run: bool) -> dict[str, Any]:
+    family = get_family(load_space(task.fine).family)
+    metric, mode = family.task.val_metric, family.task.mode
+    search_budget = task.budget - SEEDS * task.epochs
+    space = combined_space(task, root)
+    started = time.time()
+    if strategy == "valley":
+        out = run_valley(task, root, seed, quick_run)
+        seeds = winner_seeds(task, out["confirm_trials"], out["pick"])
+        spent, rows = out["spent_plan"], results(out["folder"])
+    elif strategy == "optuna":
+        out = plain_optuna(task, space, seed, search_budget)
+        rows = out["rows"].rename(columns={"val": metric})
+        seeds, confirmed = confirm(task, out["pick"], root, "confirm")
+        spent = out["spent"] + trial_epochs(confirmed)
+    else:
+        options = {
+            "random": dict(samples=max(1, search_budget // task.epochs)),
+            "random+asha": dict(scheduler="asha", samples=search_budget, budget_epochs=search_budget),
+            "tpe+asha": dict(search="optuna", scheduler="asha", samples=search_budget, budget_epochs=search_budget),
+            "bohb": dict(search="bohb", scheduler="hyperband", samples=search_budget, budget_epochs=search_budget),
+        }[strategy]
+        out = ray_search(task, space, root, strategy.replace("+", "-"), seed, **options)
+        rows = results(out["folder"])
+        seeds, confirmed = confirm(task, out["pick"], root, "confirm")
+        spent = trial_epochs(out["folder"]) + trial_epochs(confirmed)
+    wall = time.time() - started
+    curve = anytime(rows, metric, mode, started)
+    return {"task": task.name, "strategy": strategy, "repetition": seed, "test": float(np.mean(seeds)),
+            "test_by_seed": json.dumps(seeds), "trial_epochs": int(spent), "budget": task.budget, "wall_s": wall,
+            "pick": json.dumps(out["pick"]), "curve": curve.to_json(orient="split", index=False)}
+
+
+# ----------------------------------------------------------------------------- the tables
+
+def bootstrap(values: np.ndarray, n: int = 4000, seed: int = 0) -> tuple[float, float, np.ndarray]:
+    means = np.random.default_rng(seed).choice(values, size=(n, len(values)), replace=True).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)), means
+
+
+def task_table(runs: pd.DataFrame, task: Task) -> tuple[str, dict[str, Any]]:
+    """Mean test metric with its 95% interval; the paired difference to valley, its interval, P(valley better)."""
+    family = get_family(load_space(task.fine).family)
+    sign = 1 if family.task.mode == "max" else -1  # differences in "better is positive" units
+    mine = runs[runs["task"] == task.name]
+    ours = mine[mine["strategy"] == "valley"].set_index("repetition")["test"]
+    rows, verdict = [], {}
+    for strategy, group in mine.groupby("strategy", sort=False):
+        test = group.set_index("repetition")["test"]
+        low, high, _ = bootstrap(test.to_numpy())
+        row = {"strategy": strategy, "runs": len(test), f"mean {family.task.test_metric}": test.mean(),
+               "95% CI": f"[{low:.4g}, {high:.4g}]", "trial-epochs": group["trial_epochs"].mean(),
+               "wall s": group["wall_s"].mean()}
+        if strategy != "valley":
+            paired = (sign * (ours - test)).dropna()
+            if len(paired):
+                d_low, d_high, means = bootstrap(paired.to_numpy())
+                row.update({"valley - it (better +)": paired.mean(), "diff 95% CI": f"[{d_low:.4g}, {d_high:.4g}]",
+                            "P(valley better)": float((means > 0).mean())})
+                verdict[strategy] = {"diff": paired.mean(), "low": d_low, "p": float((means > 0).mean())}
+        rows.append(row)
+    return table(rows), verdict
+
+
+def goal(runs: pd.DataFrame, task: Task, verdict: dict[str, Any]) -> str:
+    """The issue's goal on one task, line by line: a loss stated as plainly as a win."""
+    family = get_family(load_space(task.fine).family)
+    mine = runs[runs["task"] == task.name]
+    means = mine.groupby("strategy")["test"].mean()
+    peers = means.drop("valley", errors="ignore")
+    if peers.empty or "valley" not in means:
+        return ""
+    best = peers.idxmax() if family.task.mode == "max" else peers.idxmin()
+    one_image = (1 if family.task.mode == "max" else 360) / task.n_test  # one test image, in metric units
+    v = verdict[best]
+    spent = mine.groupby("strategy")["trial_epochs"].mean()
+    reach = half_budget_reach(mine, best, family.task.mode)
+    return "\n".join([
+        f"- best peer: {best} (mean {means[best]:.4g}); valley {means['valley']:.4g}",
+        f"- at least as good (lower end of the paired difference >= -1 test image = {-one_image:.3g}): "
+        f"{'met' if v['low'] >= -one_image else 'NOT met'} ({v['low']:.4g})",
+        f"- better with P >= 0.9: {'yes' if v['p'] >= 0.9 else 'no'} (P = {v['p']:.2f})",
+        f"- no more trial-epochs than the peers: {'met' if spent['valley'] <= spent.drop('valley').min() else 'NOT met'}"
+        f" (valley {spent['valley']:.0f}, peers {spent.drop('valley').min():.0f} to {spent.drop('valley').max():.0f})",
+        f"- reaches {best}'s final validation metric within half its trial-epochs: {reach}",
+    ])
+
+
+def half_budget_reach(runs: pd.DataFrame, peer: str, mode: str) -> str:
+    """Per repetition, whether valley's best validation so far reaches the peer's final one by half its epochs."""
+    hits = []
+    for rep, group in runs.groupby("repetition"):
+        by = {row["strategy"]: pd.read_json(io.StringIO(row["curve"]), orient="split") for _, row in group.iterrows()}
+        if peer not in by or "valley" not in by or by[peer].empty or by["valley"].empty:
+            continue
+        target, half = by[peer]["best_val"].iloc[-1], by[peer]["trial_epochs"].iloc[-1] / 2
+        ours = by["valley"][by["valley"]["trial_epochs"] <= half]["best_val"]
+        hits.append(bool(len(ours)) and (ours.max() >= target if mode == "max" else ours.min() <= target))
+    return f"{sum(hits)} of {len(hits)} repetitions"
+
+
+def figure(runs: pd.DataFrame, out: Path) -> None:
+    """Anytime curves: best validation metric so far against trial-epochs and wall seconds, mean and band."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    tasks = list(dict.fromkeys(runs["task"]))
+    fig = make_subplots(rows=len(tasks), cols=2, subplot_titles=[f"{t}: {x}" for t in tasks
+                                                                for x in ("trial-epochs", "wall seconds")])
+    colours = dict(zip(STRATEGIES, ("#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#d62728")))
+    for r, task in enumerate(tasks, 1):
+        for strategy, group in runs[runs["task"] == task].groupby("strategy", sort=False):
+            curves = [pd.read_json(io.StringIO(c), orient="split") for c in group["curve"]]
+            for col, x in ((1, "trial_epochs"), (2, "wall_s")):
+                grid = np.linspace(0, max(c[x].max() for c in curves if len(c)) or 1, 60)
+                values = np.array([np.interp(grid, c[x], c["best_val"], left=np.nan) if len(c) else grid * np.nan
+                                   for c in curves])
+                mean, low, high = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
+                show = r == 1 and col == 1
+                fig.add_trace(go.Scatter(x=grid, y=mean, name=strategy, legendgroup=strategy, showlegend=show,
+                                         line=dict(color=colours.get(strategy))), row=r, col=col)
+                fig.add_trace(go.Scatter(x=np.r_[grid, grid[::-1]], y=np.r_[high, low[::-1]], fill="toself",
+                                         line=dict(width=0), fillcolor=colours.get(strategy), opacity=0.15,
+                                         legendgroup=strategy, showlegend=False, hoverinfo="skip"), row=r, col=col)
+    fig.update_layout(height=360 * len(tasks), title="Best validation metric so far (mean, band: min to max over "
+                                                     "repetitions)")
+    fig.write_html(out, include_plotlyjs="cdn")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--quick", action="store_true", help="one tiny repetition of each strategy (tests)")
+    parser.add_argument("--out", default=str(HERE), help="folder for strategies.csv, .md and .html")
+    parser.add_argument("--tables-only", metavar="CSV", help="rebuild the tables and figure from a saved CSV")
+    args = parser.parse_args(argv)
+    if args.tables_only:
+        return write_outputs(pd.read_csv(args.tables_only), args, f"tables rebuilt from {args.tables_only}",
+                             list(dict.fromkeys(pd.read_csv(args.tables_only)["strategy"])))
+    repetitions = 1 if args.quick else args.repetitions
+    strategies = [s for s in args.strategies if s != "bohb" or bohb_available()]
+    start_ray(SearchOptions(num_cpus=2))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started, runs = time.time(), []
+    for seed in range(repetitions):  # repetitions outermost: a run stopped early leaves whole, paired ones
+        for name in args.tasks:
+            task = quick(TASKS[name]) if args.quick else TASKS[name]
+            for strategy in strategies:
+                with tempfile.TemporaryDirectory() as tmp:
+                    runs.append(repetition(task, strategy, seed, Path(tmp), args.quick))
+                shown = {k: v for k, v in runs[-1].items() if k not in ("curve", "test_by_seed")}
+                print(json.dumps(shown), flush=True)
+                pd.DataFrame(runs).to_csv(out / "strategies.csv", index=False)  # nothing lost if stopped
+    header = (f"`python benchmarks/strategies.py{' --quick' if args.quick else ''}`, {machine()}, "
+              f"{time.strftime('%Y-%m-%d')}, commit {git_commit()}, {time.time() - started:.0f} s in all, "
+              f"{repetitions} repetition(s)")
+    return write_outputs(pd.DataFrame(runs), args, header, strategies)
+
+
+def write_outputs(frame: pd.DataFrame, args: argparse.Namespace, header: str, strategies: list[str]) -> Path:
+    out = Path(args.out)
+    sections = [f"# Strategies on the same budget\n\n{header}\n"]
+    if "bohb" in args.strategies and "bohb" not in strategies:
+        sections.append("bohb: not run, `hpbandster` and `ConfigSpace` are not installed "
+                        "(`pip install hpbandster ConfigSpace`)\n")
+    for name in [n for n in args.tasks if n in set(frame["task"])]:
+        task = quick(TASKS[name]) if args.quick else TASKS[name]
+        text, verdict = task_table(frame, task)
+        sections.append(f"## {name}\n\n{text}\n\n{goal(frame, task, verdict)}\n")
+    (out / "strategies.md").write_text("\n".join(sections))
+    figure(frame, out / "strategies.html")
+    print("\n".join(sections))
+    return out
+
+
+def bohb_available() -> bool:
+    try:
+        import ConfigSpace  # noqa: F401
+        import hpbandster  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
