@@ -40,7 +40,7 @@ RUNNING, COMPLETED, INTERRUPTED = "running", "completed", "interrupted"
 # Trial statuses in trials.csv.
 TRIAL_STATUSES = {
     "completed": "ran its epochs, or stopped early by its own patience",
-    "stopped": "stopped by the scheduler (ASHA)",
+    "stopped": "stopped by the scheduler (ASHA) or a budget, perhaps before its first epoch",
     "failed": "raised an error (see error)", "diverged": "its loss became NaN or infinite",
     "unfinished": "the search was interrupted; `valley resume` continues it", "pending": "not started",
 }
@@ -68,8 +68,8 @@ def trial_status(last: dict[str, Any], error: str, has_rows: bool, max_epochs: i
         return "completed"
     if error:
         return failure_kind(error)
-    if not has_rows:
-        return "failed" if search_finished else "pending"
+    if not has_rows:  # never reported: not started yet, or stopped before its first epoch (a budget)
+        return "stopped" if search_finished else "pending"
     return "stopped" if search_finished else "unfinished"
 
 

@@ -223,6 +223,7 @@ def _plan_stages(plan: Experiment) -> str:
     declared = plan.manifest.get("stages")
     if not isinstance(declared, dict) or not declared:
         return ""
+    budget = plan.manifest.get("budget") if isinstance(plan.manifest.get("budget"), dict) else None
     rows = []
     for name, state in declared.items():
         state = state if isinstance(state, dict) else {}
@@ -231,12 +232,21 @@ def _plan_stages(plan: Experiment) -> str:
         outcome = state.get("reason") or bracket.get("message") or (
             f"winner {summary['winner']}, P(winner beats runner-up) = {summary.get('p_winner_beats_runner_up')}"
             if summary.get("winner") else state.get("warm_start", ""))
-        if state.get("note"):
-            outcome = f"{outcome} ({state['note']})" if outcome else state["note"]
-        rows.append({"stage": name, "kind": state.get("kind"), "status": state.get("status"),
-                     "from": (state.get("derived_from") or {}).get("stage") or state.get("from"),
-                     "experiments": ", ".join(map(str, state.get("experiments", []))), "outcome": outcome})
-    return f'<section id="plan-stages"><h2>Stages</h2>{_html_table(pd.DataFrame(rows))}</section>'
+        for note in (state.get("note"), summary.get("note")):
+            if note:
+                outcome = f"{outcome} ({note})" if outcome else note
+        row = {"stage": name, "kind": state.get("kind"), "status": state.get("status"),
+               "from": (state.get("derived_from") or {}).get("stage") or state.get("from"),
+               "experiments": ", ".join(map(str, state.get("experiments", []))), "outcome": outcome}
+        if budget and name in budget.get("split", {}):
+            row.update({"budget share": budget["split"][name], "allowed": budget.get("allowed", {}).get(name),
+                        "spent": budget.get("spent", {}).get(name)})
+        rows.append(row)
+    heading = "Stages"
+    if budget:
+        spent = sum((budget.get("spent") or {}).values())
+        heading += f" (budget: {spent:,.0f} of {budget['total']:,.0f} {budget['unit']} spent)"
+    return f'<section id="plan-stages"><h2>{html.escape(heading)}</h2>{_html_table(pd.DataFrame(rows))}</section>'
 
 
 def _plan_experiments(plan: Experiment) -> str:

@@ -5,6 +5,7 @@ checked before Ray starts; a trial that fails is recorded and the search goes on
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -47,6 +48,9 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
     from trainables.data import DATASETS
 
     opts.check()
+    if opts.search == "bohb" and not all(importlib.util.find_spec(m) for m in ("hpbandster", "ConfigSpace")):
+        raise SearchError("--search bohb needs hpbandster and ConfigSpace; install them with "
+                          "`pip install -e '.[bohb]'` (or `pip install hpbandster ConfigSpace`)")
     if space.family not in FAMILIES:
         raise SpaceError(f"{space.source}: family: unknown family {space.family!r}; valid families: "
                          f"{', '.join(sorted(FAMILIES))}")

@@ -99,3 +99,27 @@ def test_malformed_yaml_fails_fast_without_ray(write_space, tmp_path):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("valley: error: ") and "params.lr" in lines[0]
     assert "Ray" not in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.ray
+def test_bohb_search_under_its_hyperband(ray_session, write_space, tmp_path):
+    """--search bohb --scheduler hyperband: Tune's TuneBOHB over the grid rows (as a choice) and lr."""
+    folder = search(write_space(TINY), tmp_path, search="bohb", scheduler="hyperband", samples=6, name="bohb")
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 6 and trials["status"].isin(["completed", "stopped"]).all()
+    assert trials["config/lr"].between(1e-3, 1e-2).all()
+    assert trials["epochs"].between(1, 4).all()
+
+
+@pytest.mark.ray
+def test_an_epoch_budget_stops_the_search_before_it_is_spent(ray_session, write_space, tmp_path):
+    folder = search(write_space(TINY), tmp_path, scheduler="asha", samples=50, budget_epochs=20, name="budget")
+    trials = pd.read_csv(folder / "trials.csv")
+    assert 0 < trials["epochs"].sum() <= 20
+    assert json.loads((folder / "valley.json").read_text())["status"] == "completed"
+    assert not trials["status"].isin(["failed", "unfinished"]).any()  # stopped by the budget, not failed
+
+
+def test_bohb_goes_with_its_own_scheduler(write_space, tmp_path):
+    with pytest.raises(SearchError, match="--search bohb goes with --scheduler hyperband"):
+        search(write_space(TINY), tmp_path, search="bohb", scheduler="asha")

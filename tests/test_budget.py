@@ -1,0 +1,166 @@
+"""One budget for a plan: parsing, the split, never overspending, resuming within it, and the incumbent."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from search.options import SearchError, SearchOptions
+from search.plans import builtin_plans, load_plan, reopen_plan, run_plan, start_plan
+from search.plans.budget import EPOCHS, SECONDS, Budget, allowance
+
+ROUGH = """\
+family: mlp
+metric: val_loss
+mode: min
+grid:
+  - {hidden: [2]}
+  - {hidden: [16]}
+  - {hidden: [64]}
+  - {layers: 1}
+params:
+  lr: 0.01
+  batch_size: 32
+"""
+# a fine space that cannot learn in a few epochs (lr around 1e-6): the rough stage's best must win
+USELESS_FINE = """\
+family: mlp
+metric: val_loss
+mode: min
+params:
+  hidden: [16]
+  lr: {loguniform: [1.0e-7, 1.0e-6]}
+  batch_size: 32
+"""
+PLAN = """\
+dataset: synthetic
+budget_split: {rough: 0.35, fine: 0.25, confirm: 0.4}
+stages:
+  - {name: rough, space: rough.yaml, max_epochs: 3}
+  - {name: valley, kind: valley, from: rough, keep: 1}
+  - {name: fine, space: fine.yaml, from: valley, search: optuna, samples: 3, max_epochs: FINE_EPOCHS}
+  - {name: confirm, kind: confirm, from: fine, top: 1, seeds: 2, max_epochs: 3}
+"""
+
+
+@pytest.fixture
+def budget_plan(write_space):
+    write_space(ROUGH, "rough.yaml")
+    write_space(USELESS_FINE, "fine.yaml")
+    return lambda fine_epochs=3: write_space(PLAN.replace("FINE_EPOCHS", str(fine_epochs)), "plan.yaml")
+
+
+@pytest.mark.parametrize("text, budget", [("600", Budget(600, EPOCHS)), ("90m", Budget(5400.0, SECONDS)),
+                                          ("2h", Budget(7200.0, SECONDS)), ("45s", Budget(45.0, SECONDS))])
+def test_a_budget_is_trial_epochs_or_a_time(text, budget):
+    assert Budget.parse(text) == budget
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "abc", "2 days", "1.5"])
+def test_a_bad_budget_says_what_it_takes(text):
+    with pytest.raises(SearchError, match="--budget must be a whole number of trial-epochs"):
+        Budget.parse(text)
+
+
+def test_what_a_stage_leaves_goes_to_the_later_ones():
+    state = Budget(100, EPOCHS).as_state({"rough": 0.2, "fine": 0.4, "confirm": 0.4})
+    assert allowance(state, "rough", ["fine", "confirm"]) == pytest.approx(20)
+    state["spent"]["rough"] = 10  # the rough grid needed half its share
+    assert allowance(state, "fine", ["confirm"]) == pytest.approx(45)
+    state["spent"]["fine"] = 45
+    assert allowance(state, "confirm", []) == pytest.approx(45)
+    state["spent"]["fine"] = 200  # nothing left: nothing allowed, never a negative allowance
+    assert allowance(state, "confirm", []) == 0
+
+
+@pytest.mark.parametrize("split, message", [
+    ("{rough: 0.5, fine: 0.5}", "missing: ['confirm']"),
+    ("{rough: 0.3, fine: 0.3, confirm: 0.3, valley: 0.1}", "unknown: ['valley']"),
+    ("{rough: 0.5, fine: 0.5, confirm: 0.5}", "shares must sum to 1, got 1.5"),
+    ("{rough: 0, fine: 0.5, confirm: 0.5}", "shares must be numbers > 0"),
+])
+def test_a_bad_split_is_one_line(budget_plan, write_space, split, message):
+    path = write_space(PLAN.replace("{rough: 0.35, fine: 0.25, confirm: 0.4}", split).replace("FINE_EPOCHS", "3"),
+                       "bad.yaml")
+    with pytest.raises(SearchError, match="budget_split") as err:
+        load_plan(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", list(builtin_plans()))
+def test_every_builtin_plan_takes_a_budget(name, tmp_path):
+    plan = load_plan(name)
+    assert set(plan.budget_split) == set(plan.training_stages())
+    run = start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", quiet=True), say=lambda *a: None,
+                     budget=Budget(500, EPOCHS))
+    saved = json.loads((run.folder / "plan.json").read_text())["budget"]
+    assert saved["total"] == 500 and saved["unit"] == EPOCHS and saved["split"] == plan.budget_split
+
+
+def test_a_plan_without_a_split_refuses_a_budget(write_space, tmp_path):
+    write_space(ROUGH, "rough.yaml")
+    path = write_space("dataset: synthetic\nstages:\n  - {name: rough, space: rough.yaml}\n", "nosplit.yaml")
+    with pytest.raises(SearchError, match="has no budget_split, so --budget cannot be divided"):
+        start_plan(load_plan(path), SearchOptions(storage=str(tmp_path)), budget=Budget(10, EPOCHS))
+
+
+def trial_epochs(folder) -> int:
+    return int(sum(pd.read_csv(p)["epochs"].sum() for p in folder.rglob("trials.csv")))
+
+
+@pytest.mark.ray
+def test_a_budgeted_plan_never_overspends_and_carries_its_incumbent(ray_session, budget_plan, tmp_path):
+    run = start_plan(load_plan(budget_plan()), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
+                     say=lambda *a: None, budget=Budget(40, EPOCHS))
+    folder = run_plan(run)
+    state = json.loads((folder / "plan.json").read_text())
+    assert state["status"] == "completed"
+    spent = state["budget"]["spent"]
+    assert sum(spent.values()) == trial_epochs(folder) <= 40
+    assert all(spent[name] <= state["budget"]["allowed"][name] for name in spent)
+    # the useless fine stage found nothing better: the rough stage's best is confirmed, and wins
+    confirm = state["stages"]["confirm"]
+    assert confirm["derived_from"]["stages"] == ["fine", "rough"]
+    assert confirm["summary"]["winner_stage"] == "rough"
+    assert "found nothing better" in confirm["summary"]["note"]
+    table = pd.read_csv(folder / "stage-confirm.csv")
+    assert list(table["stage"]) == ["rough", "fine"]  # ranked on mean validation loss
+    said = []
+    run_plan(reopen_plan(folder, say=said.append))  # a finished plan spends nothing more
+    assert trial_epochs(folder) == sum(spent.values())
+
+
+def test_an_interrupted_plan_resumes_within_the_same_budget(budget_plan, tmp_path):
+    """SIGINT in the fine stage, then `valley plan FOLDER`: the plan finishes and its total stays in budget."""
+    command = [sys.executable, "-m", "search.cli", "plan", str(budget_plan(fine_epochs=60)), "--storage",
+               str(tmp_path), "--name", "p", "--num-cpus", "2", "--budget", "400"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder = tmp_path / "p"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((folder / "fine").glob("*/result.json")):
+        time.sleep(0.5)
+    assert list((folder / "fine").glob("*/result.json")), "the fine stage never started"
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    state = json.loads((folder / "plan.json").read_text())
+    assert state["stages"]["fine"]["status"] == "interrupted"
+    allowed = state["budget"]["allowed"]["fine"]
+
+    again = subprocess.run([sys.executable, "-m", "search.cli", "plan", str(folder), "--budget", "10"],
+                           capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert again.returncode == 2 and "a plan's budget is fixed when it starts" in again.stderr
+    resumed = subprocess.run([sys.executable, "-m", "search.cli", "plan", str(folder)],
+                             capture_output=True, text=True, timeout=400, env={**os.environ})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    state = json.loads((folder / "plan.json").read_text())
+    assert state["status"] == "completed" and state["budget"]["allowed"]["fine"] == allowed
+    assert sum(state["budget"]["spent"].values()) == trial_epochs(folder) <= 400
+    assert state["budget"]["spent"]["fine"] <= allowed
+    assert "spent" in resumed.stdout and "of 400 trial-epochs" in resumed.stdout
