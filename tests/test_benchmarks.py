@@ -1,6 +1,7 @@
 """The pure parts of benchmarks/: replaying strategies on a synthetic curve table, the table printer."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -112,3 +113,47 @@ def test_overhead_ratios_pair_each_round_with_its_own_bare_run():
     ratio, fixed = paired(mine, bare, trials=2)
     assert ratio == pytest.approx(1.1)  # median of 1.1, 1.1, 1.3
     assert fixed == pytest.approx(1.0)  # median of 0.5, 1.0, 1.5
+
+
+@pytest.mark.ray
+def test_strategies_bookkeeping_on_one_tiny_repetition(ray_session, tmp_path):
+    """benchmarks/strategies.py --quick: every strategy within the same budget, paired by seed, the tables.
+
+    Who wins and how fast are not checked: one tiny repetition says nothing about either.
+    """
+    from benchmarks import strategies
+
+    out = strategies.main(["--quick", "--tasks", "mlp-digits", "--strategies", "random", "random+asha", "optuna",
+                           "valley", "--out", str(tmp_path)])
+    runs = pd.read_csv(out / "strategies.csv")
+    assert list(runs["strategy"]) == ["random", "random+asha", "optuna", "valley"]
+    budget = strategies.quick(strategies.TASKS["mlp-digits"]).budget
+    assert (runs["budget"] == budget).all() and (runs["trial_epochs"] <= budget).all()
+    assert (runs["trial_epochs"] >= strategies.SEEDS * 2).all()  # every pick's confirmation is paid for
+    assert (runs["repetition"] == 0).all()  # paired: the same seed for every strategy
+    seeds = runs["test_by_seed"].map(lambda text: len(json.loads(text)))
+    assert (seeds == strategies.SEEDS).all() and runs["test"].between(0, 1).all()
+    text = (out / "strategies.md").read_text()
+    assert "## mlp-digits" in text and "P(valley better)" in text and "best peer:" in text
+    assert text.count("\n| random") == 2  # random and random+asha, one row each
+    assert (out / "strategies.html").stat().st_size > 1000
+
+
+def test_strategy_tables_pair_repetitions_and_state_the_goal():
+    from benchmarks import strategies
+
+    def curve(values):
+        return pd.DataFrame({"trial_epochs": [1, 2], "wall_s": [0.5, 1.0], "best_val": values}).to_json(
+            orient="split", index=False)
+
+    curves = {"valley": curve([0.92, 0.95]), "random": curve([0.5, 0.9])}  # valley passes 0.9 by epoch 1
+    rows = [{"task": "mlp-digits", "strategy": s, "repetition": r, "test": t, "trial_epochs": 100, "wall_s": 1.0,
+             "curve": curves[s]} for s, base in (("valley", 0.95), ("random", 0.90)) for r, t in
+            enumerate(base + np.array([0.0, 0.01, -0.01]))]
+    frame = pd.DataFrame(rows)
+    task = strategies.TASKS["mlp-digits"]
+    text, verdict = strategies.task_table(frame, task)
+    assert verdict["random"]["diff"] == pytest.approx(0.05) and verdict["random"]["p"] == 1.0
+    goal = strategies.goal(frame, task, verdict)
+    assert "best peer: random" in goal and "at least as good" in goal and ": met" in goal
+    assert "within half its trial-epochs: 3 of 3 repetitions" in goal

@@ -153,12 +153,17 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
 def with_budget(opts: SearchOptions, budget: Budget, left: float, space: Space) -> SearchOptions:
     """The options of a search that may spend ``left``: a stopper on trial-epochs, or a time limit.
 
+    A grid (a rough sweep) whose every point cannot get its full epochs gives each point the same
+    shorter training, FIFO, so that the sweep covers the whole grid rather than its first rows.
     An Optuna search gets enough samples to spend it (as many trials as could stop at the first
     rung), since the budget, not the sample count, is then what ends it.
     """
     if budget.unit == SECONDS:
         return dataclasses.replace(opts, budget_s=left)
     opts = dataclasses.replace(opts, budget_epochs=int(left))
+    points = space.grid_size() * (opts.samples or 1)
+    if opts.search == "random" and not space.is_sampled() and points * opts.epochs(space) > left:
+        opts = dataclasses.replace(opts, max_epochs=max(1, int(left) // points), scheduler="fifo")
     if opts.search == "optuna":
         shortest = opts.grace_period if opts.scheduler == "asha" else opts.epochs(space)
         opts = dataclasses.replace(opts, samples=max(opts.samples or 1, int(left) // max(1, shortest)))
