@@ -31,7 +31,8 @@ MANIFEST_FIELDS = {
     "metric": "the reported key trials are ranked on (e.g. val_loss)", "mode": "min or max for it",
     "task": "the family's task: kind, metrics, headline, mode, test_metric",
     "dataset": "the data set", "max_epochs": "epochs per trial", "grid": "the space's grid rows",
-    "options": "the search options", "data_fingerprint": "blake2b of the arrays", "git_commit": "the code",
+    "options": "the search options", "data_fingerprint": "blake2b of the arrays",
+    "data": "train / val / test sizes, how they were split (e.g. stratified by minute), notes on the files", "git_commit": "the code",
     "command": "argv", "environment": "torch, python, cuda", "status": "running | completed | interrupted",
     "started": "local time", "finished": "local time",
 }

@@ -210,6 +210,10 @@ def _summary(experiment: Experiment) -> str:
     pairs = [(label, manifest[key]) for key, label in SUMMARY_KEYS if manifest.get(key) not in (None, "")]
     options = manifest.get("options") or {}
     pairs += [(k, options[k]) for k in ("search", "scheduler", "samples", "seed") if options.get(k) is not None]
+    data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
+    if data.get("sizes"):
+        pairs.append(("train / val / test", " / ".join(f"{n:,}" for n in data["sizes"]) + f", {data.get('split')}"))
+    pairs += [("data note", note) for note in data.get("notes", [])]
     if experiment.kind == "ray":
         pairs.append(("metric", f"{experiment.metric} ({experiment.mode}, from Ray Tune's state)"))
     if not pairs:

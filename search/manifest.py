@@ -7,11 +7,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis import format as fmt
 from search.options import SearchOptions
 from spaces import Space
 from trainables.family import Family
+
+if TYPE_CHECKING:
+    from trainables.data import Splits
 
 
 def experiment_name(space: Space, dataset: str) -> str:
@@ -34,7 +38,7 @@ def git_commit() -> str:
 
 
 def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptions, dataset: str, epochs: int,
-                   fingerprint: str, status: str) -> None:
+                   data: Splits, status: str) -> None:
     """The manifest and a copy of the space file."""
     from trainables.loop import environment
 
@@ -42,7 +46,8 @@ def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptio
         "space": space.name, "space_file": space.source, "family": space.family,
         "metric": space.metric, "mode": space.mode, "task": family.task.as_manifest(),
         "dataset": dataset, "max_epochs": epochs, "grid": [dict(row) for row in space.grid],
-        "options": dataclasses.asdict(opts), "data_fingerprint": fingerprint, "git_commit": git_commit(),
+        "options": dataclasses.asdict(opts), "data_fingerprint": data.fingerprint,
+        "data": {"sizes": list(data.sizes()), "split": data.split_rule, "notes": list(data.notes)}, "git_commit": git_commit(),
         "command": sys.argv, "environment": environment(), "status": status,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })

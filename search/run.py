@@ -91,12 +91,14 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
     data = load_data(dataset, opts.data_dir)
     say = sayer(opts)
     say(f"valley: {space.name} on {dataset} ({len(data.x_train)} train / {len(data.x_val)} val / "
-        f"{len(data.x_test)} test), {epochs} epochs per trial -> {folder}")
+        f"{len(data.x_test)} test, {data.split_rule}), {epochs} epochs per trial -> {folder}")
+    for note in data.notes:
+        say(f"valley: note: {note}")
     start_ray(opts)
     check_cluster(opts, folder.parent)
     progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say)
     tuner = build_tuner(space, family, opts, folder, dataset, epochs, data, progress)
-    write_manifest(folder, space, family, opts, dataset, epochs, data.fingerprint, status=fmt.RUNNING)
+    write_manifest(folder, space, family, opts, dataset, epochs, data, status=fmt.RUNNING)
     return fit_and_finish(tuner, folder, say)
 
 

@@ -38,7 +38,74 @@ def test_split_ratios_and_seed():
     assert c.sizes()[0] == 14400 and sum(c.sizes()[1:]) == 3600  # 2.5 a minute: val takes the third
 
 
+def course_folder(folder, labels, size=16, rgb=False):
+    """A course-format folder with one synthetic-looking image per label row."""
+    rng = np.random.default_rng(0)
+    shape = (len(labels), size, size, 3) if rgb else (len(labels), size, size)
+    np.save(folder / "images.npy", rng.integers(0, 256, size=shape, dtype=np.uint8))
+    np.save(folder / "labels.npy", np.asarray(labels, np.int64))
+    return folder
+
+
+def every_minute(per_minute=1):
+    return np.stack(np.divmod(np.repeat(np.arange(720), per_minute), 60), axis=1)
+
+
+def test_one_clock_a_minute_splits_by_hour(tmp_path):
+    """720 clocks, 1 a minute: no minute can give every split an image, every hour can (60 each)."""
+    data = load_dataset("clocks", data_dir=course_folder(tmp_path, every_minute()))
+    assert data.split_rule == "stratified by hour" and data.sizes() == (432, 144, 144)
+    for y in (data.y_train, data.y_val, data.y_test):
+        assert len(np.unique(y[:, 0])) == 12
+
+
+@pytest.mark.parametrize("case", ["shuffled", "uneven", "missing minutes", "75x75"])
+def test_course_files_as_users_have_them(tmp_path, case):
+    labels = every_minute(per_minute=5)
+    rng = np.random.default_rng(1)
+    if case == "shuffled":
+        labels = labels[rng.permutation(len(labels))]
+    elif case == "uneven":  # a few photographs an hour, unevenly: 1 to 9 for each of 200 minutes
+        minutes = rng.choice(720, size=200, replace=False)
+        labels = every_minute()[np.repeat(minutes, rng.integers(1, 10, size=200))]
+    elif case == "missing minutes":  # the afternoon only, 5 a minute
+        labels = labels[labels[:, 0] < 6]
+    data = load_dataset("clocks", data_dir=course_folder(tmp_path, labels, size=75 if case == "75x75" else 16))
+    assert sum(data.sizes()) == len(labels) and min(data.sizes()) > 0
+    expected = {"uneven": "stratified by hour"}.get(case, "stratified by minute")
+    assert data.split_rule == expected
+    if case == "75x75":
+        assert data.input_shape == (1, 75, 75)
+    if case == "missing minutes":
+        assert set(np.unique(data.y_test[:, 0] * 60 + data.y_test[:, 1])) == set(range(360))
+
+
+def test_rgb_clocks_are_read_as_grayscale_with_a_note(tmp_path):
+    course_folder(tmp_path, every_minute(), rgb=True)
+    rgb = np.load(tmp_path / "images.npy")
+    images, labels, notes = read_clock_files(tmp_path)
+    assert images.shape == rgb.shape[:3] and images.dtype == np.uint8
+    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    assert np.abs(images.astype(float) - luma).max() <= 0.5 + 1e-3
+    assert len(notes) == 1 and "RGB images read as grayscale" in notes[0]
+    assert load_dataset("clocks", data_dir=tmp_path).notes == notes
+
+
+def test_a_folder_too_small_to_split_says_how_many_it_needs(tmp_path):
+    course_folder(tmp_path, every_minute()[:30])
+    with pytest.raises(DataError, match="has 30 clocks, too few to train and evaluate on; it needs at least 50"):
+        load_dataset("clocks", data_dir=tmp_path)
+
+
+def test_a_few_clocks_an_hour_are_shuffled_not_refused(tmp_path):
+    data = load_dataset("clocks", data_dir=course_folder(tmp_path, every_minute()[::12]))  # 60: 5 an hour
+    assert data.split_rule == "stratified by hour"
+    data = load_dataset("clocks", data_dir=course_folder(tmp_path, every_minute()[::14][:52]))  # 4-5 an hour
+    assert data.split_rule == "seeded shuffle" and sum(data.sizes()) == 52
+
+
 @pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((10, 8, 8, 4), np.uint8), np.zeros((10, 2), np.int64), "or \\(N, S, S, 3\\) for RGB"),
     (np.zeros((10, 8, 8), np.float32), np.zeros((10, 2), np.int64), "must be uint8 of shape"),
     (np.zeros((10, 8, 6), np.uint8), np.zeros((10, 2), np.int64), "must be uint8 of shape"),
     (np.zeros((10, 8, 8), np.uint8), np.zeros((10, 3), np.int64), "integers of shape \\(N, 2\\)"),
@@ -179,3 +246,26 @@ def test_best_checkpoint_keeps_its_test_predictions(tmp_path):
     worst = saved["worst_index"]
     assert saved["error"][worst[0]] == saved["error"].max()
     assert (saved["worst_images"] == data.x_test[worst]).all()
+
+
+@pytest.mark.ray
+def test_a_search_on_photographed_clocks_says_how_it_split_them(ray_session, write_space, tmp_path):
+    """720 RGB clocks, one a minute: the search runs, and the manifest and report say what loading did."""
+    import json
+
+    from analysis.report import write_report
+    from search.run import SearchOptions, run_search
+    from spaces import load_space
+
+    course = tmp_path / "photos"
+    course.mkdir()
+    course_folder(course, every_minute(), size=32, rgb=True)
+    space = write_space("family: clock\ndataset: clocks\nmetric: val_csd\nmode: min\nmax_epochs: 1\n"
+                        "params: {width: 4, head_width: 16, encoding: regression}\n")
+    folder = run_search(load_space(space), SearchOptions(data_dir=str(course), storage=str(tmp_path / "r"),
+                                                         name="photos", quiet=True))
+    manifest = json.loads((folder / "valley.json").read_text())
+    assert manifest["data"]["split"] == "stratified by hour" and manifest["data"]["sizes"] == [432, 144, 144]
+    assert "RGB images read as grayscale" in manifest["data"]["notes"][0]
+    page = write_report(folder, images=False).read_text(encoding="utf-8")
+    assert "stratified by hour" in page and "RGB images read as grayscale" in page

@@ -38,6 +38,8 @@ class Splits:
     mean: float  # of the training pixels in [0, 1], for standardising
     std: float
     fingerprint: str  # blake2b of every array: which data a result was made with
+    split_rule: str = "seeded shuffle"  # how validation and test were carved (clocks: stratified by time)
+    notes: tuple[str, ...] = ()  # what loading changed about the files (e.g. RGB read as grayscale)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -109,21 +111,30 @@ def _clocks(size: int, per_minute: int, preset: str) -> Callable[..., Splits]:
     """Course clock files from ``data_dir`` when it holds them, else synthetic clocks (cached)."""
     def load(data_dir: Path | None = None, split_seed: int = 0, **_: object) -> Splits:
         if data_dir is not None and (Path(data_dir) / "images.npy").exists():
-            images, labels = read_clock_files(Path(data_dir))
-            return clock_splits(f"clocks:{Path(data_dir).name}", images, labels, split_seed)
+            images, labels, notes = read_clock_files(Path(data_dir))
+            return clock_splits(f"clocks:{Path(data_dir).name}", images, labels, split_seed, notes=notes)
         from trainables import clockgen
 
         cache = (default_data_dir() / "synthetic-clocks"
                  / f"{size}px-{per_minute}pm-{preset}-seed0-v{clockgen.VERSION}")
         if not all((cache / f).exists() for f in CLOCK_FILES):
             clockgen.write(cache, per_minute=per_minute, size=size, seed=0, preset=preset)
-        images, labels = read_clock_files(cache)
+        images, labels, _ = read_clock_files(cache)
         return clock_splits(f"clocks-{size}px-{preset}", images, labels, split_seed)
     return load
 
 
-def read_clock_files(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The course format: images.npy uint8 (N, S, S), labels.npy int (N, 2) [hour, minute]; checked."""
+MIN_CLOCKS = 50  # fewer cannot give a training, a validation and a test set worth the name
+PER_STRATUM = 5  # images a minute (or an hour) needs so that every split gets one of it
+
+
+def read_clock_files(folder: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The course format, checked: images.npy uint8 (N, S, S), labels.npy int (N, 2) [hour, minute].
+
+    Any square size (the 150x150 and the 75x75 releases), labels in any order and any number of
+    images a minute load as they are; RGB images (N, S, S, 3) are read as grayscale (the course's
+    photographs are), which the returned notes say.
+    """
     missing = [f for f in CLOCK_FILES if not (folder / f).exists()]
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}; a clock folder holds images.npy "
@@ -133,36 +144,56 @@ def read_clock_files(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         labels = np.load(folder / "labels.npy", allow_pickle=False)
     except ValueError as err:
         raise DataError(f"{folder}: images.npy and labels.npy must be plain numpy arrays ({err})") from None
+    notes: tuple[str, ...] = ()
+    if images.ndim == 4 and images.shape[-1] in (1, 3) and images.dtype == np.uint8:
+        if images.shape[-1] == 3:
+            notes = (f"{folder / 'images.npy'}: RGB images read as grayscale (luma 0.299 R + 0.587 G + 0.114 B)",)
+            images = np.rint(images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+            images = np.clip(images, 0, 255).astype(np.uint8)
+        else:
+            images = images[..., 0]
     if images.ndim != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
-        raise DataError(f"{folder / 'images.npy'} must be uint8 of shape (N, S, S), got {images.dtype} "
-                        f"{images.shape}; save grayscale images as uint8 squares")
+        raise DataError(f"{folder / 'images.npy'} must be uint8 of shape (N, S, S), or (N, S, S, 3) for RGB, got "
+                        f"{images.dtype} {images.shape}; save the images as uint8 squares")
     if labels.ndim != 2 or labels.shape[1] != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{folder / 'labels.npy'} must be integers of shape (N, 2) [hour, minute], got "
                         f"{labels.dtype} {labels.shape}")
     if len(images) != len(labels):
         raise DataError(f"{folder}: {len(images)} images but {len(labels)} labels; they must match one to one")
+    if not len(labels):
+        raise DataError(f"{folder}: images.npy holds no images; a clock folder needs at least {MIN_CLOCKS}")
     hours, minutes = labels[:, 0], labels[:, 1]
     if hours.min() < 0 or hours.max() > 11 or minutes.min() < 0 or minutes.max() > 59:
         raise DataError(f"{folder / 'labels.npy'}: hours must lie in 0..11 and minutes in 0..59, got hours "
                         f"{hours.min()}..{hours.max()}, minutes {minutes.min()}..{minutes.max()}")
-    return images, labels.astype(np.int64)
+    return images, labels.astype(np.int64), notes
 
 
 def clock_splits(name: str, images: np.ndarray, labels: np.ndarray, split_seed: int = 0,
-                 ratios: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Splits:
-    """Shuffled, stratified-by-time split: each minute of the dial splits ``ratios`` on its own.
+                 ratios: tuple[float, float, float] = (0.6, 0.2, 0.2), notes: tuple[str, ...] = ()) -> Splits:
+    """Shuffled split, stratified by time as finely as the files allow.
 
-    The course files are sorted by time (25 images a minute), so an unshuffled cut would put
-    whole hours in the test set.
+    Each minute of the dial splits ``ratios`` on its own when every minute present has at least
+    PER_STRATUM images (the course's 25 a minute); otherwise each hour does, when every hour has
+    that many (one image a minute, a few photographs an hour); otherwise a seeded shuffle. The
+    course files are sorted by time, so an unshuffled cut would put whole hours in the test set.
+    Fewer than MIN_CLOCKS images are refused.
     """
+    if len(labels) < MIN_CLOCKS:
+        raise DataError(f"data set {name!r} has {len(labels)} clocks, too few to train and evaluate on; it needs at "
+                        f"least {MIN_CLOCKS} (60% train, 20% validation, 20% test)")
     minutes = labels[:, 0] * 60 + labels[:, 1]
+    for rule, key in (("stratified by minute", minutes), ("stratified by hour", labels[:, 0]),
+                      ("seeded shuffle", np.zeros(len(labels), np.int64))):
+        present = np.bincount(key)
+        if present[present > 0].min() >= PER_STRATUM:
+            break
     rng = np.random.default_rng(split_seed)
     order = rng.permutation(len(labels))
-    order = order[np.argsort(minutes[order], kind="stable")]  # grouped by minute, shuffled within
-    counts = np.bincount(minutes, minlength=720)
+    order = order[np.argsort(key[order], kind="stable")]  # grouped by stratum, shuffled within
+    counts = np.bincount(key)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(order)) - starts[minutes[order]]
-    share = rank / counts[minutes[order]]
+    share = (np.arange(len(order)) - starts[key[order]]) / counts[key[order]]
     train, val, test = (rng.permutation(part) for part in (
         order[share < ratios[0]], order[(share >= ratios[0]) & (share < ratios[0] + ratios[1])],
         order[share >= ratios[0] + ratios[1]]))
@@ -172,7 +203,7 @@ def clock_splits(name: str, images: np.ndarray, labels: np.ndarray, split_seed: 
     for array in (images, labels, train, val, test):
         digest.update(np.ascontiguousarray(array).data)
     return Splits(name, x[train], labels[train], x[val], labels[val], x[test], labels[test], 720,
-                  float(sample.mean()), float(sample.std() or 1.0), digest.hexdigest())
+                  float(sample.mean()), float(sample.std() or 1.0), digest.hexdigest(), rule, notes)
 
 
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
