@@ -42,10 +42,12 @@ RUNNING, COMPLETED, INTERRUPTED = "running", "completed", "interrupted"
 TRIAL_STATUSES = {
     "completed": "ran its epochs, or stopped early by its own patience",
     "stopped": "stopped by the scheduler (ASHA) or a budget, perhaps before its first epoch",
+    "stalled": "ended with its validation metric at chance level for its last stall_epochs epochs (it learned "
+               "nothing); ranked by its metric like any other, never picked without a warning",
     "failed": "raised an error (see error)", "diverged": "its loss became NaN or infinite",
     "unfinished": "the search was interrupted; `valley resume` continues it", "pending": "not started",
 }
-DONE = ("completed", "stopped")  # a trial that finished
+DONE = ("completed", "stopped", "stalled")  # a trial that finished
 FAILED = ("failed", "diverged")  # its metric says nothing about the model
 ACTIVE = ("running", "pending", "paused", "unfinished")
 
@@ -66,12 +68,14 @@ def trial_status(last: dict[str, Any], error: str, has_rows: bool, max_epochs: i
                  search_finished: bool) -> str:
     """A trial's status from its last report, its error text and whether the search has ended."""
     if last and ((max_epochs is not None and last.get("epoch") == max_epochs) or last.get("early_stopped")):
-        return "completed"
+        return "stalled" if last.get("stalled") else "completed"
     if error:
         return failure_kind(error)
     if not has_rows:  # never reported: not started yet, or stopped before its first epoch (a budget)
         return "stopped" if search_finished else "pending"
-    return "stopped" if search_finished else "unfinished"
+    if not search_finished:
+        return "unfinished"
+    return "stalled" if last.get("stalled") else "stopped"
 
 
 def metric_column(metric: str) -> str:

@@ -293,13 +293,16 @@ def _top_trials(experiment: Experiment, n: int = 10) -> str:
 def _failures(trials: pd.DataFrame) -> str:
     if trials.empty or "status" not in trials:
         return ""
-    failed = trials[trials["status"].isin(FAILED)]
+    failed = trials[trials["status"].isin((*FAILED, "stalled"))]
     if failed.empty:
         return ""
+    error = failed.get("error", pd.Series("", index=failed.index)).fillna("")
+    error = error.where(failed["status"] != "stalled", "validation metric at chance level: it learned nothing")
     table = pd.DataFrame({"trial": failed["trial_id"], "status": failed["status"],
                           "config": figures.config_labels(trials).loc[failed.index],
-                          "epochs": failed.get("epochs"), "error": failed.get("error")})
-    return f'<section id="failed"><h2>Failed trials ({len(failed)})</h2>{_html_table(table)}</section>'
+                          "epochs": failed.get("epochs"), "error": error})
+    return (f'<section id="failed"><h2>Failed and stalled trials ({len(failed)})</h2>{_html_table(table)}'
+            '</section>')
 
 
 def _html_table(frame: pd.DataFrame) -> str:

@@ -82,7 +82,7 @@ class Progress(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         finished = result.get("early_stopped") or result.get("epoch") == trial.config.get("max_epochs")
-        self._line(trial, "done" if finished else "stopped")
+        self._line(trial, "stalled" if result.get("stalled") else "done" if finished else "stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = first_error_line(trial.error_file) if trial.error_file else ""

@@ -116,7 +116,8 @@ def trial_epochs(folder) -> int:
 
 @pytest.mark.ray
 def test_a_budgeted_plan_never_overspends_and_carries_its_incumbent(ray_session, budget_plan, tmp_path):
-    run = start_plan(load_plan(budget_plan()), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
+    run = start_plan(load_plan(budget_plan()), SearchOptions(storage=str(tmp_path), name="p", quiet=True,
+                                                             overrides={"stall_epochs": 2}),
                      say=lambda *a: None, budget=Budget(40, EPOCHS))
     folder = run_plan(run)
     state = json.loads((folder / "plan.json").read_text())
@@ -129,6 +130,7 @@ def test_a_budgeted_plan_never_overspends_and_carries_its_incumbent(ray_session,
     assert confirm["derived_from"]["stages"] == ["fine", "rough"]
     assert confirm["summary"]["winner_stage"] == "rough"
     assert "found nothing better" in confirm["summary"]["note"]
+    assert "stalled at chance level" in confirm["note"]  # the fine stage's pick learned nothing: said, not hidden
     table = pd.read_csv(folder / "stage-confirm.csv")
     assert list(table["stage"]) == ["rough", "fine"]  # ranked on mean validation loss
     said = []

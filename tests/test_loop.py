@@ -111,3 +111,25 @@ def test_precision_is_reported_but_is_no_metric_to_search_on():
     reported = clock.FAMILY.task.reported()
     assert "precision" not in reported and "device" not in reported
     assert {"val_csd", "epoch_s"} <= reported
+
+
+def test_a_trial_at_chance_level_is_marked_stalled(data):
+    """lr 1e-9 learns nothing: after stall_epochs epochs at chance (accuracy 1/4 here) it reads stalled."""
+    still = LocalReporter()
+    train({**MLP, "max_epochs": 3, "lr": 1e-9, "stall_epochs": 2}, data=data, reporter=still)
+    assert [row["stalled"] for row in still.history] == [False, True, True]
+    learning = LocalReporter()
+    train({**MLP, "max_epochs": 8, "lr": 0.01, "batch_size": 32, "stall_epochs": 2}, data=data, reporter=learning)
+    assert not learning.history[-1]["stalled"]
+    never = LocalReporter()
+    train({**MLP, "max_epochs": 3, "lr": 1e-9, "stall_epochs": 0}, data=data, reporter=never)
+    assert not any(row["stalled"] for row in never.history)
+
+
+def test_chance_level_is_the_tasks_own():
+    from trainables.family import CLASSIFICATION
+
+    assert CLASSIFICATION.at_chance(0.12, n_classes=10) and not CLASSIFICATION.at_chance(0.30, n_classes=10)
+    task = clock.FAMILY.task  # CSD: 180 minutes guessing, 0 reading every clock right
+    assert task.at_chance(175.0, n_classes=720) and task.at_chance(200.0, n_classes=720)
+    assert not task.at_chance(150.0, n_classes=720)

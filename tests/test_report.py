@@ -64,7 +64,7 @@ def test_report_holds_summary_figures_and_tables(asha_report):
     assert order == sorted(order)
     for text in ("<h1>asha-digits</h1>", "completed", "digits", "mlp-rough", "edf38bbff7834287",
                  "56ed6eb07cca5ce5c35d6f43a91d0bd3ce236f7a", "chose trial 9f306_00006", "Top 10 of 14 trials",
-                 "Failed trials (1)"):
+                 "Failed and stalled trials (1)"):
         assert text in page, text
 
 

@@ -123,3 +123,16 @@ def test_an_epoch_budget_stops_the_search_before_it_is_spent(ray_session, write_
 def test_bohb_goes_with_its_own_scheduler(write_space, tmp_path):
     with pytest.raises(SearchError, match="--search bohb goes with --scheduler hyperband"):
         search(write_space(TINY), tmp_path, search="bohb", scheduler="asha")
+
+
+@pytest.mark.ray
+def test_a_trial_that_learns_nothing_reads_stalled_not_completed(ray_session, write_space, tmp_path, capsys):
+    space = write_space("family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 3\n"
+                        "grid:\n  - {lr: 1.0e-9}\n  - {lr: 0.02}\nparams: {hidden: [16], batch_size: 32, "
+                        "stall_epochs: 2}\n")
+    folder = run_search(load_space(space), SearchOptions(storage=str(tmp_path / "results"), name="stall",
+                                                         scheduler="asha", grace_period=3))
+    trials = pd.read_csv(folder / "trials.csv").set_index("config/lr")
+    assert trials.loc[1e-9, "status"] == "stalled" and trials.loc[0.02, "status"] == "completed"
+    assert trials.loc[1e-9, "epochs"] == 3  # trained on: ASHA and the searcher see a poor result, not a failure
+    assert " stalled " in capsys.readouterr().out

@@ -37,6 +37,7 @@ class TrainConfig:
     lr_factor: float = 0.1
     min_lr: float = 1e-6
     early_stop: int = 0  # epochs without val improvement before stopping; 0 = never
+    stall_epochs: int = 5  # epochs at chance level, from the first, that mark a trial stalled; 0 = never
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
     checkpoint_s: float = 30.0  # and at most this often, in seconds (0: every checkpoint_every epochs)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -73,6 +74,7 @@ class TrainConfig:
         _require(self.l2 >= 0, "l2", self.l2, "must be >= 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(0 < self.lr_factor < 1, "lr_factor", self.lr_factor, "must lie in (0, 1)")
+        _require(self.stall_epochs >= 0, "stall_epochs", self.stall_epochs, "must be >= 0 (0: never stalled)")
         _require(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be at least 1")
         _require(self.checkpoint_s >= 0, "checkpoint_s", self.checkpoint_s, "must be >= 0 seconds")
         _require(self.precision in self.PRECISIONS, "precision", self.precision,

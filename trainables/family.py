@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 # Keys in every per-epoch report; ``val_<metric>`` and ``test_<metric>`` stand for the task's metrics.
 REPORTED_KEYS = ("epoch", "train_loss", "val_loss", "n_params", "epoch_s", "lr",
-                 "best_epoch", "best_val_loss", "test_loss", "device", "precision")
-TEXT_KEYS = ("device", "precision")  # reported as text: never a metric a space can rank on
+                 "best_epoch", "best_val_loss", "test_loss", "device", "precision", "stalled")
+TEXT_KEYS = ("device", "precision", "stalled")  # text and flags: never a metric a space can rank on
 MODES = ("min", "max")
 
 
@@ -51,6 +51,16 @@ class TaskSpec:
     metrics: tuple[str, ...]  # every name Task.metrics returns
     headline: str  # the task's metric, e.g. "acc"
     mode: str  # "max" or "min" for the headline
+    perfect: float = 1.0  # the headline of a model that makes no mistake
+    chance: float | None = None  # the headline of one that learned nothing (None: 1 / n_classes)
+
+    def chance_level(self, n_classes: int) -> float:
+        return self.chance if self.chance is not None else 1 / n_classes
+
+    def at_chance(self, value: float, n_classes: int) -> bool:
+        """Whether ``value`` lies within a tenth of the way from chance to perfect (or beyond chance)."""
+        chance = self.chance_level(n_classes)
+        return (value - chance) / (self.perfect - chance) < 0.1
 
     @property
     def test_metric(self) -> str:
@@ -68,7 +78,7 @@ class TaskSpec:
     def as_manifest(self) -> dict[str, Any]:
         """What an experiment's manifest records of the task, for readers that never import a family."""
         return {"kind": self.kind, "metrics": list(self.metrics), "headline": self.headline, "mode": self.mode,
-                "test_metric": self.test_metric}
+                "test_metric": self.test_metric, "perfect": self.perfect, "chance": self.chance}
 
 
 class Classification:

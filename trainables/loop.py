@@ -223,6 +223,9 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
+        # epochs in a row at chance level (state saved before this key existed resumes from 0)
+        at_chance = family.task.at_chance(val[family.task.headline], data.n_classes)
+        state["at_chance"] = state.get("at_chance", 0) + 1 if at_chance else 0
         stop = epoch + 1 == cfg.max_epochs or (cfg.early_stop and state["bad_epochs"] >= cfg.early_stop)
         last = {
             "epoch": epoch + 1,
@@ -237,6 +240,7 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
             "device": str(device),
             "precision": precision,
             "early_stopped": bool(stop and epoch + 1 < cfg.max_epochs),
+            "stalled": bool(cfg.stall_epochs) and state["at_chance"] >= cfg.stall_epochs,
         }
         due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - saved_at >= cfg.checkpoint_s
         if reporter.wants_checkpoints and (stop or due):

@@ -15,12 +15,13 @@ def top_configs(trials: pd.DataFrame, metric: str, mode: str, top: int, stopped:
     """The ``top`` distinct configs of completed trials, best first, with the trial each came from.
 
     With ``stopped``, trials that ASHA stopped early fill the places completed trials leave,
-    best first after every completed one (their metric is from fewer epochs).
+    best first after every completed one (their metric is from fewer epochs). Stalled trials
+    (at chance level) come last of all, so one is picked only when nothing else finished.
     """
     column = metric_column(metric)
-    statuses = ["completed", "stopped"] if stopped else ["completed"]
+    statuses = ["completed", "stopped", "stalled"] if stopped else ["completed", "stalled"]
     ranked = trials[trials["status"].isin(statuses)].dropna(subset=[column])
-    ranked = ranked.assign(_late=ranked["status"] != "completed")
+    ranked = ranked.assign(_late=ranked["status"].map({"completed": 0, "stopped": 1, "stalled": 2}))
     ranked = ranked.sort_values(["_late", column], ascending=[True, mode == "min"])
     configs: list[dict[str, Any]] = []
     ids: list[str] = []

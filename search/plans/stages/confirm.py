@@ -63,6 +63,11 @@ def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
     if len(rows) > len(configs):
         notes.append("carried forward the best of " + ", ".join(origin for origin, _, _ in rows
                                                                   if origin != stage.source))
+    stalled = trials[trials["trial_id"].isin(ids) & (trials["status"] == "stalled")]["trial_id"].tolist()
+    if stalled:
+        notes.append(f"WARNING: {len(stalled)} of the configurations confirmed from stage {stage.source} stalled at "
+                     f"chance level there ({', '.join(stalled)}): it may have learned nothing; check its learning "
+                     "rate and its data")
     if fits is not None and fits < len(rows):
         if fits < 1:
             raise SearchError(f"stage {stage.name}: its budget cannot pay for one configuration over its seeds; "

@@ -50,7 +50,7 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
     rough_name = valley_state["from"]
     trials, _ = run.trials(rough_name)
     metric_col = metric_column(space.metric)
-    done = trials[trials["status"].isin(["completed", "stopped"]) & trials[metric_col].notna()]
+    done = trials[trials["status"].isin(["completed", "stopped"]) & trials[metric_col].notna()]  # not stalled
     done = done.sort_values(metric_col, ascending=space.mode == "min")
     family = get_family(space.family)
     configs = [family.complete(config_of(row)) for _, row in done.iterrows()]
