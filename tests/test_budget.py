@@ -14,20 +14,8 @@ import pytest
 from search.options import SearchError, SearchOptions
 from search.plans import builtin_plans, load_plan, reopen_plan, run_plan, start_plan
 from search.plans.budget import EPOCHS, SECONDS, Budget, allowance
+from test_plan import ROUGH  # the same four rough architectures
 
-ROUGH = """\
-family: mlp
-metric: val_loss
-mode: min
-grid:
-  - {hidden: [2]}
-  - {hidden: [16]}
-  - {hidden: [64]}
-  - {layers: 1}
-params:
-  lr: 0.01
-  batch_size: 32
-"""
 # a fine space that cannot learn in a few epochs (lr around 1e-6): the rough stage's best must win
 USELESS_FINE = """\
 family: mlp
