@@ -133,3 +133,40 @@ def test_chance_level_is_the_tasks_own():
     task = clock.FAMILY.task  # CSD: 180 minutes guessing, 0 reading every clock right
     assert task.at_chance(175.0, n_classes=720) and task.at_chance(200.0, n_classes=720)
     assert not task.at_chance(150.0, n_classes=720)
+
+
+class Crash(LocalReporter):
+    """Keeps checkpoints like a LocalReporter, then dies after ``epochs`` epochs (a killed trial)."""
+
+    def __init__(self, folder, epochs):
+        super().__init__(folder)
+        self.epochs = epochs
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if metrics["epoch"] == self.epochs:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_modern_schedules_step_every_batch_and_resume_exactly(schedule, data, tmp_path):
+    config = {**MLP, "max_epochs": 4, "lr": 0.01, "batch_size": 32, "schedule": schedule, "optimizer": "adamw",
+              "warmup_epochs": 1 if schedule == "cosine" else 0, "checkpoint_s": 0}
+    whole = LocalReporter()
+    train(config, data=data, reporter=whole)
+    lrs = [row["lr"] for row in whole.history]  # at the end of each epoch
+    assert lrs[-1] < 1e-4 and max(lrs) <= 0.01 and lrs[1:] == sorted(lrs[1:], reverse=True)  # then down to ~0
+    learns(whole.history)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data=data, reporter=Crash(tmp_path / "ckpt", epochs=2))
+    resumed = LocalReporter(tmp_path / "ckpt")
+    train(config, data=data, reporter=resumed)
+    assert [row["epoch"] for row in resumed.history] == [3, 4]
+    assert [row["lr"] for row in resumed.history] == pytest.approx(lrs[2:], rel=1e-9)
+    assert [row["train_loss"] for row in resumed.history] == pytest.approx(
+        [row["train_loss"] for row in whole.history[2:]], rel=1e-5)
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ConfigError, match="schedule must be one of plateau, onecycle, cosine"):
+        clock.Config.from_dict({"schedule": "step"})

@@ -33,7 +33,9 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     l2: float = 0.0  # Keras-style kernel penalty: l2 * sum(w**2) added to the loss
     weight_decay: float = 0.0  # decoupled decay (adamw) or plain decay (adam, sgd)
-    lr_patience: int = 3  # epochs without val improvement before lr /= lr_factor
+    schedule: str = "plateau"  # plateau (the reference's) | onecycle | cosine (both stepped every batch)
+    warmup_epochs: float = 0.0  # cosine: linear warm-up from 0 over this many epochs (onecycle warms up by itself)
+    lr_patience: int = 3  # plateau: epochs without val improvement before lr /= lr_factor
     lr_factor: float = 0.1
     min_lr: float = 1e-6
     early_stop: int = 0  # epochs without val improvement before stopping; 0 = never
@@ -45,6 +47,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (minutes of compiling; pays off on long trainings)
 
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adam", "adamw", "sgd")
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("plateau", "onecycle", "cosine")
     PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
 
     @classmethod
@@ -81,6 +84,10 @@ class TrainConfig:
                  f"must be one of {', '.join(self.PRECISIONS)}")
         _require(self.optimizer in self.OPTIMIZERS, "optimizer", self.optimizer,
                  f"must be one of {', '.join(self.OPTIMIZERS)}")
+        _require(self.schedule in self.SCHEDULES, "schedule", self.schedule,
+                 f"must be one of {', '.join(self.SCHEDULES)}")
+        _require(0 <= self.warmup_epochs < self.max_epochs, "warmup_epochs", self.warmup_epochs,
+                 "must lie in [0, max_epochs)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

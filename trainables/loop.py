@@ -106,6 +106,27 @@ def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter], device: torch.d
     return optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
+def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) -> Any:
+    """The learning-rate schedule: the reference's plateau rule (per epoch), or one stepped every batch.
+
+    ``onecycle``: up from lr/25 to ``lr`` over the first 30% of the steps, then down to lr/2.5e4
+    (torch's OneCycleLR); ``cosine``: a linear warm-up over ``warmup_epochs``, then half a cosine to 0.
+    """
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    total = cfg.max_epochs * steps
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.3)
+    warmup = round(cfg.warmup_epochs * steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def l2_penalty(model: nn.Module) -> torch.Tensor:
     """Keras-style kernel regulariser: sum of squared weights of layers, biases and norms excluded."""
     return sum(p.pow(2).sum() for name, p in model.named_parameters() if p.requires_grad and p.dim() > 1)
@@ -162,10 +183,10 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
     forward = torch.compile(model) if cfg.compile else model  # ``model`` keeps plain state_dict keys
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params, device)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
     augment = family.augment
     passes = family.passes(cfg)  # e.g. a fixed x15 augmentation
+    steps = passes * math.ceil(len(data.x_train) / cfg.batch_size)  # optimiser steps per epoch
+    scheduler = make_schedule(cfg, optimizer, steps)
     n_params = count_params(model)
 
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "test": {}}
@@ -207,6 +228,8 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
                 optimizer.step()
+                if cfg.schedule != "plateau":
+                    scheduler.step()
                 total += loss.detach() * len(idx)
         train_loss = total.item() / (len(x_train) * passes)
         if not math.isfinite(train_loss):
@@ -215,7 +238,8 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
         val, _ = evaluate(forward, task, x_val, y_val, data, precision=precision)
         if not math.isfinite(val["loss"]):
             raise Diverged(f"diverged: validation loss is {val['loss']} at epoch {epoch + 1} (lr={cfg.lr})")
-        scheduler.step(val["loss"])
+        if cfg.schedule == "plateau":
+            scheduler.step(val["loss"])
         if val["loss"] < state["best_val_loss"]:
             best_model = copy.deepcopy(model.state_dict())
             test, test_pred = evaluate(forward, task, x_test, y_test, data, precision=precision)
