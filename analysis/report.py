@@ -1,9 +1,11 @@
 """One self-contained HTML report of an experiment or plan: opens offline, no server needed.
 
-The valley figure comes first, then learning curves, stage comparison,
-hyperparameters, importance, seed intervals and the results table, then the
-top trials, failed trials and loading warnings. Plotly's JavaScript is inlined
-once; every string from disk is HTML-escaped.
+The first figure answers the question the search asked (``lead``): stage against
+stage for a plan, the valley when the architecture varies, a categorical key's
+configurations over seeds when that is what varied, the hyperparameters
+otherwise; then the rest, the results table, the top trials, failed trials and
+loading warnings. Plotly's JavaScript is inlined once; every string from disk is
+HTML-escaped.
 """
 from __future__ import annotations
 
@@ -35,8 +37,67 @@ class Section:
     note: str = ""  # plain text shown under the heading
 
 
+def lead(experiment: Experiment) -> tuple[str, str | None]:
+    """The question the search asked, which the report answers first: (kind, the key compared).
+
+    ``stages`` for a plan of several stages; ``valley`` when the architecture varies (model size
+    spans at least a factor of 2); ``compare`` when a categorical key varies (an encoding, a
+    backbone, an optimizer: the key is returned); otherwise ``hyperparameters``.
+    """
+    trials = experiment.trials
+    if "stage" in trials and trials["stage"].nunique() > 1:
+        return "stages", None
+    sizes = pd.to_numeric(trials.get("n_params", pd.Series(dtype=float)), errors="coerce").dropna()
+    if len(sizes) and sizes.min() > 0 and sizes.max() / sizes.min() >= 2:
+        return "valley", None
+    categorical = [c for c in figures.varied_columns(trials)
+                   if not pd.api.types.is_numeric_dtype(trials[c]) or trials[c].nunique() <= 3]
+    if categorical:
+        return "compare", categorical[0]
+    return "hyperparameters", None
+
+
 def build_sections(experiment: Experiment) -> list[Section]:
-    """The report's figures, valley first."""
+    """The report's figures, the one that answers what the search asked first (see ``lead``)."""
+    trials, epochs, metric, mode = experiment.trials, experiment.epochs, experiment.metric, experiment.mode
+    task = experiment.task
+    asked, key = lead(experiment)
+    sections = [_valley_section(experiment)]
+    curve = metric.removeprefix("best_")
+    if epochs.empty or curve not in epochs:
+        curve = "val_loss"
+    sections.append(Section("learning-curves", "Learning curves", figures.learning_curves(trials, epochs, curve),
+                            "x marks where the scheduler (ASHA) stopped a trial; triangles mark failures."))
+    if asked == "stages":
+        by_stage = dict(list(trials.groupby("stage", sort=False)))
+        sections.insert(0, Section("stages", "Stages side by side", figures.compare_experiments(by_stage, metric, mode),
+                                   "Each stage's trials against model size; a line joins each stage's best per size."))
+    if asked == "compare" and task.test_metric in trials:
+        seeds = figures.seed_frame(trials, task.test_metric)
+        name = key.removeprefix("config/")
+        sections.insert(0, Section("compare", f"{name} compared: {task.test_metric} over seeds",
+                                   figures.confidence_intervals(seeds, task.test_metric, mode=task.mode),
+                                   f"The search varied {name}: each configuration's test metric per seed, its mean "
+                                   "and a bootstrap 95% interval (the valley over model sizes is further down)."))
+    hyper = [Section("parallel", "Hyperparameters", figures.parallel_coordinates(trials, metric, mode),
+                     "Drag along an axis to select a range of trials."),
+             Section("importance", "Hyperparameter importance", figures.importance(trials, metric, mode))]
+    sections = hyper + sections if asked == "hyperparameters" else sections + hyper
+    if asked != "compare" and task.test_metric in trials and figures.has_repeats(trials):
+        seeds = figures.seed_frame(trials, task.test_metric, min_seeds=2)
+        sections.append(Section("seeds", "Confidence intervals over seeds",
+                                figures.confidence_intervals(seeds, task.test_metric, mode=task.mode)))
+    sections.append(Section("results", "Results table", figures.results_table(trials, metric, mode, task=task),
+                            "Test metrics of each trial's best checkpoint (by validation loss)."))
+    if task.kind == "clock":
+        sections += clock_sections(experiment)
+    for section in sections:
+        section.figure.update_layout(title_text="", margin_t=50)  # the section heading names it
+    return sections
+
+
+def _valley_section(experiment: Experiment) -> Section:
+    """Loss against model size with the valley marked (for a plan: its valley stage's valley)."""
     trials, epochs, metric, mode = experiment.trials, experiment.epochs, experiment.metric, experiment.mode
     valley: ValleyResult | None = None
     scope_trials, scope_epochs, scope = trials, epochs, "Valley"
@@ -50,32 +111,8 @@ def build_sections(experiment: Experiment) -> list[Section]:
         note = f"{scope}: {valley.reason}."
     except ValueError as err:
         note = str(err)
-    sections = [Section("valley", "Loss against model size: the valley",
-                        figures.loss_vs_params(trials, epochs, metric, valley=valley, mode=mode), note)]
-    curve = metric.removeprefix("best_")
-    if epochs.empty or curve not in epochs:
-        curve = "val_loss"
-    sections.append(Section("learning-curves", "Learning curves", figures.learning_curves(trials, epochs, curve),
-                            "x marks where the scheduler (ASHA) stopped a trial; triangles mark failures."))
-    if "stage" in trials and trials["stage"].nunique() > 1:
-        by_stage = dict(list(trials.groupby("stage", sort=False)))
-        sections.append(Section("stages", "Stages side by side",
-                                figures.compare_experiments(by_stage, metric, mode)))
-    sections.append(Section("parallel", "Hyperparameters", figures.parallel_coordinates(trials, metric, mode),
-                            "Drag along an axis to select a range of trials."))
-    sections.append(Section("importance", "Hyperparameter importance", figures.importance(trials, metric, mode)))
-    task = experiment.task
-    if task.test_metric in trials and figures.has_repeats(trials):
-        seeds = figures.seed_frame(trials, task.test_metric, min_seeds=2)
-        sections.append(Section("seeds", "Confidence intervals over seeds",
-                                figures.confidence_intervals(seeds, task.test_metric, mode=task.mode)))
-    sections.append(Section("results", "Results table", figures.results_table(trials, metric, mode, task=task),
-                            "Test metrics of each trial's best checkpoint (by validation loss)."))
-    if task.kind == "clock":
-        sections += clock_sections(experiment)
-    for section in sections:
-        section.figure.update_layout(title_text="", margin_t=50)  # the section heading names it
-    return sections
+    return Section("valley", "Loss against model size: the valley",
+                   figures.loss_vs_params(trials, epochs, metric, valley=valley, mode=mode), note)
 
 
 def clock_sections(experiment: Experiment) -> list[Section]:

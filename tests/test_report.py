@@ -140,3 +140,37 @@ def test_report_renders_in_headless_chromium(plan_report, tmp_path):
     errors = [line for line in log.splitlines() if "Uncaught" in line or ("CONSOLE" in line and "Error" in line
                                                                           and "GL Driver" not in line)]
     assert not errors, "\n".join(errors)
+
+
+def sections_of(experiment) -> list[str]:
+    return [section.key for section in report.build_sections(experiment)]
+
+
+def test_the_report_leads_with_the_question_the_search_asked(tmp_path):
+    """Architectures varied: the valley first. One architecture, a categorical key varied (as the clock
+    encodings on one backbone): that key compared over seeds first, the valley further down. Only
+    continuous keys varied: the hyperparameters first. A plan: stage against stage."""
+    from analysis.load import load
+
+    sized = load(DATA / "seeds-digits")  # 760 to 28,000 parameters
+    assert report.lead(sized) == ("valley", None) and sections_of(sized)[0] == "valley"
+
+    encodings = load(DATA / "seeds-digits")  # the same trials, as if each row were an encoding of one model
+    trials = encodings.trials
+    kind = {"[10]": "class720", "1": "regression", "2": "class_class"}
+    key = trials["config/hidden"].fillna(trials["config/layers"]).astype(str).str.replace(".0", "", regex=False)
+    encodings.trials = trials.drop(columns=["config/hidden", "config/layers"]).assign(
+        **{"config/encoding": key.map(kind), "n_params": 550_000 + trials["n_params"]})
+    assert report.lead(encodings) == ("compare", "config/encoding")
+    keys = sections_of(encodings)
+    assert keys[0] == "compare" and keys.index("valley") > 0 and "seeds" not in keys
+
+    tuned = load(DATA / "seeds-digits")
+    tuned.trials = tuned.trials.drop(columns=["config/hidden", "config/layers"]).assign(
+        n_params=1000, **{"config/lr": [1e-3 * (1 + i) for i in range(len(tuned.trials))]})
+    assert report.lead(tuned) == ("hyperparameters", None) and sections_of(tuned)[:2] == ["parallel", "importance"]
+
+
+def test_a_plan_report_leads_with_its_stages(plan_report):
+    _, text = plan_report
+    assert text.index('<section id="stages">') < text.index('<section id="valley">')
