@@ -57,6 +57,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=d.storage, help=f"results folder (default {d.storage}/)")
     parser.add_argument("--address", help="Ray cluster address, e.g. auto (default: a local Ray)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--progress-every", dest="progress_s", type=float, default=d.progress_s, metavar="SECONDS",
+                        help="seconds between progress lines when the output is a file or a pipe "
+                             f"(default {d.progress_s:g}; on a terminal the board is redrawn in place)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fix a config key for every trial, e.g. --set layers=5")
 

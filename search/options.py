@@ -45,6 +45,8 @@ class SearchOptions:
     budget_epochs: int | None = None  # stop the search once its trials have trained this many epochs in all
     budget_s: float | None = None  # or once this many seconds have passed (Tune's time_budget_s)
     quiet: bool = False
+    progress_s: float = 30.0  # seconds between board lines when the output is not a terminal
+    label: str = ""  # what the board calls this search (a plan: its stage and budget)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SearchOptions:
@@ -76,6 +78,7 @@ class SearchOptions:
             (self.budget_epochs is None or self.budget_epochs >= 1,
              f"a budget must be at least 1 trial-epoch, got {self.budget_epochs}"),
             (self.budget_s is None or self.budget_s > 0, f"a time budget must be > 0 seconds, got {self.budget_s}"),
+            (self.progress_s > 0, f"--progress-every must be > 0 seconds, got {self.progress_s:g}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,5 +1,6 @@
-"""What valley does while a search runs: one line per finished trial (Ray's own tables stay off),
-Ctrl-C detection, and pruning checkpoints that no restore can use."""
+"""What valley does while a search runs: one line per finished trial and the live board of the rest
+(``search.board``; Ray's own tables stay off), Ctrl-C detection, and pruning checkpoints that no
+restore can use."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from analysis.format import failure_kind
+from search.board import Board
 
 # Set by Ctrl-C during fit(): Tune returns normally after it, so callers check this instead.
 # Module-level because `valley resume` runs the Progress object that Tune unpickles, not a new one.
@@ -22,13 +24,24 @@ INTERRUPTED = threading.Event()
 
 
 class Progress(Callback):
-    def __init__(self, total: int, metric: str, task_metric: str, say: Callable[..., None]) -> None:
+    def __init__(self, total: int, metric: str, task_metric: str, say: Callable[..., None],
+                 board: Board | None = None) -> None:
         self.total = total
         self.metric = metric  # what the search ranks on
         self.task_metric = task_metric  # the family's validation headline, e.g. val_acc
         self.say = say
+        self.board = board  # None under --quiet
         self.done = 0
         self.counted = False  # whether `done` includes the trials a resumed experiment had finished
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if getattr(self, "board", None) is not None:
+            self.board.result(trial.trial_id, result)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if getattr(self, "board", None) is not None:
+            self.board.show(trials, force=True)
+            self.board.close()
 
     def setup(self, **info: Any) -> None:
         """Wrap Tune's own SIGINT handler (installed just before callbacks are set up) to see Ctrl-C."""
@@ -49,7 +62,9 @@ class Progress(Callback):
             self.counted = True
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        """Prune checkpoints each time Tune's experiment snapshot on disk changes (looked at once a second)."""
+        """Show the board; prune checkpoints each time Tune's snapshot on disk changes (looked at once a second)."""
+        if getattr(self, "board", None) is not None and trials:
+            self.board.show(trials)
         now = time.monotonic()
         if not trials or now - getattr(self, "looked_at", 0.0) < 1.0:
             return

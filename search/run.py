@@ -82,6 +82,7 @@ def sayer(opts: SearchOptions) -> Callable[..., None]:
 
 def run_search(space: Space, opts: SearchOptions) -> Path:
     """Run ``space``; returns the experiment folder, which holds trials.csv when it finishes."""
+    from search.board import Board
     from search.progress import Progress
     from search.tuner import build_tuner
     from trainables import get_family
@@ -96,7 +97,8 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
         say(f"valley: note: {note}")
     start_ray(opts)
     check_cluster(opts, folder.parent)
-    progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say)
+    board = None if opts.quiet else Board(space.metric, space.mode, epochs, opts.progress_s, opts.label)
+    progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say, board)
     tuner = build_tuner(space, family, opts, folder, dataset, epochs, data, progress)
     write_manifest(folder, space, family, opts, dataset, epochs, data, status=fmt.RUNNING)
     return fit_and_finish(tuner, folder, say)

@@ -102,9 +102,10 @@ def test_malformed_yaml_fails_fast_without_ray(write_space, tmp_path):
 
 
 @pytest.mark.ray
-def test_bohb_search_under_its_hyperband(ray_session, write_space, tmp_path):
+def test_bohb_search_under_its_hyperband(ray_session, write_space, tmp_path, capsys):
     """--search bohb --scheduler hyperband: Tune's TuneBOHB over the grid rows (as a choice) and lr."""
     folder = search(write_space(TINY), tmp_path, search="bohb", scheduler="hyperband", samples=6, name="bohb")
+    assert capsys.readouterr().out == ""  # quiet: no per-trial lines, no board
     trials = pd.read_csv(folder / "trials.csv")
     assert len(trials) == 6 and trials["status"].isin(["completed", "stopped"]).all()
     assert trials["config/lr"].between(1e-3, 1e-2).all()
@@ -136,3 +137,45 @@ def test_a_trial_that_learns_nothing_reads_stalled_not_completed(ray_session, wr
     assert trials.loc[1e-9, "status"] == "stalled" and trials.loc[0.02, "status"] == "completed"
     assert trials.loc[1e-9, "epochs"] == 3  # trained on: ASHA and the searcher see a poor result, not a failure
     assert " stalled " in capsys.readouterr().out
+
+
+BOARD_SPACE = "family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 30\n" \
+              "grid:\n  - {hidden: [8]}\n  - {hidden: [16]}\n  - {hidden: [32]}\nparams: {lr: 0.01, batch_size: 16}\n"
+
+
+def test_the_board_is_a_line_every_so_often_in_a_pipe(write_space, tmp_path):
+    command = [sys.executable, "-m", "search.cli", "search", str(write_space(BOARD_SPACE)), "--storage",
+               str(tmp_path), "--name", "piped", "--num-cpus", "2", "--progress-every", "0.5"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=180).stdout
+    boards = [line for line in out.splitlines() if line.startswith("valley: ") and " finished (" in line]
+    assert boards and boards[-1].startswith("valley: 3/3 finished (3 done, 0 stopped, 0 failed), 0 running")
+    assert "best val_loss" in boards[-1] and "elapsed" in boards[-1] and "\x1b[" not in out
+    assert sum(line.startswith("[") for line in out.splitlines()) == 3  # the per-trial lines stay
+
+
+def test_the_board_is_redrawn_in_place_on_a_terminal(write_space, tmp_path):
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    command = [sys.executable, "-m", "search.cli", "search", str(write_space(BOARD_SPACE)), "--storage",
+               str(tmp_path), "--name", "tty", "--num-cpus", "2"]
+    proc = subprocess.Popen(command, stdout=secondary, stderr=secondary, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "COLUMNS": "160", "TERM": "xterm"})
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=180)
+    os.close(primary)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, screen[-2000:]
+    assert "running trial" in screen and "3 done, 0 stopped, 0 failed" in screen
+    assert "\x1b[" in screen  # rich moves the cursor to redraw, rather than printing a line each time
+    assert screen.count("[  3/3]") == 1  # the per-trial lines are printed once each

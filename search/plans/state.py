@@ -63,6 +63,17 @@ class PlanRun:
             return 0.0
         return float(trials["epochs"].sum()) if "epochs" in trials else 0.0
 
+    def label(self, stage: Stage) -> str:
+        """What the live board calls a stage's search: its place in the plan and the budget spent."""
+        names = [s.name for s in self.plan.stages]
+        text = f"stage {stage.name} ({names.index(stage.name) + 1} of {len(names)})"
+        budget = self.state.get("budget")
+        if budget:
+            spent = sum(self.spent(name) if self.budget.unit != SECONDS else budget["spent"].get(name, 0.0)
+                        for name in budget["split"])
+            text += f", budget {self.budget.describe(spent)} of {self.budget.describe(budget['total'])} spent"
+        return text
+
     def left_for(self, stage: Stage) -> float | None:
         """What the stage may still spend (its allowance less what it has spent), or None without a budget."""
         if self.budget is None or stage.kind not in TRAINING_KINDS:
@@ -140,6 +151,7 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
     options = {k: stage.get(k) for k in ("max_epochs", "search", "scheduler", "samples", "grace_period",
                                          "reduction_factor") if stage.get(k) is not None}
     opts = dataclasses.replace(run.base, name=experiment, storage=str(run.folder), **options, **changes)
+    opts = dataclasses.replace(opts, label=run.label(stage))
     left = run.left_for(stage)
     if left is not None:
         if left < 1:

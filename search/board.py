@@ -1,0 +1,143 @@
+"""The live board of a running search: trials by state, each running trial's epoch and metric, the best
+so far, the time spent and an estimate of what remains.
+
+On a terminal it is redrawn in place (``rich``'s Live display) about once a second; when the
+output is a file or a pipe (a CI log), it is one line every ``every_s`` seconds. The one line per
+finished trial that ``search.progress`` prints is kept either way; ``--quiet`` shows neither.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Any
+
+STATES = ("done", "stopped", "failed", "running", "pending")
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """What the board shows at one moment."""
+
+    counts: dict[str, int]
+    running: list[tuple[str, int, float | None]]  # (trial id, epoch, latest metric)
+    best: tuple[str, float] | None  # (trial id, best metric so far)
+    elapsed_s: float
+    left_s: float | None  # None until an epoch has finished
+
+
+def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, mode: str, max_epochs: int,
+             started: float, epochs_at_start: int = 0) -> Snapshot:
+    """Trials by state and the estimate of the time left (the epochs the unfinished trials may still train,
+    at the rate epochs have finished so far; an upper bound under ASHA, which stops some early)."""
+    counts = dict.fromkeys(STATES, 0)
+    running, best, trained, left_epochs = [], None, 0, 0
+    for trial in trials:
+        result = latest.get(trial.trial_id, {})
+        epoch = int(result.get("training_iteration", 0))
+        trained += epoch
+        value = result.get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            best_value = result.get(f"best_{metric}" if metric.startswith("val_") else metric, value)
+            if best is None or (best_value < best[1] if mode == "min" else best_value > best[1]):
+                best = (trial.trial_id, float(best_value))
+        if trial.status == "RUNNING":
+            counts["running"] += 1
+            running.append((trial.trial_id, epoch, value if isinstance(value, (int, float)) else None))
+            left_epochs += max(0, max_epochs - epoch)
+        elif trial.status in ("PENDING", "PAUSED"):
+            counts["pending"] += 1
+            left_epochs += max_epochs - epoch
+        elif trial.status == "ERROR":
+            counts["failed"] += 1
+        else:
+            finished = result.get("early_stopped") or epoch >= max_epochs
+            counts["done" if finished else "stopped"] += 1
+    elapsed = time.monotonic() - started
+    rate = (trained - epochs_at_start) / elapsed if elapsed > 0 else 0.0
+    left = left_epochs / rate if rate > 0 else None
+    return Snapshot(counts, running, best, elapsed, left)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def line(snap: Snapshot, metric: str, label: str = "") -> str:
+    """The board as one line (for a pipe or a log file)."""
+    c = snap.counts
+    finished = c["done"] + c["stopped"] + c["failed"]
+    total = finished + c["running"] + c["pending"]
+    best = f"; best {metric} {snap.best[1]:.4g} ({snap.best[0]})" if snap.best else ""
+    running = ", ".join(f"{t} epoch {e}" for t, e, _ in snap.running[:4])
+    return (f"valley: {label + ': ' if label else ''}{finished}/{total} finished ({c['done']} done, {c['stopped']} "
+            f"stopped, {c['failed']} failed), {c['running']} running{f' [{running}]' if running else ''}, "
+            f"{c['pending']} pending{best}; {duration(snap.elapsed_s)} elapsed, ~{duration(snap.left_s)} left")
+
+
+def table(snap: Snapshot, metric: str, max_epochs: int, label: str = "") -> Any:
+    """The board as a rich renderable (for a terminal)."""
+    from rich.table import Table
+
+    c = snap.counts
+    title = (f"{label + ' - ' if label else ''}{c['done']} done, {c['stopped']} stopped, {c['failed']} failed, "
+             f"{c['running']} running, {c['pending']} pending - {duration(snap.elapsed_s)} elapsed, "
+             f"~{duration(snap.left_s)} left")
+    grid = Table(title=title, title_justify="left", caption=(f"best {metric} {snap.best[1]:.4g} ({snap.best[0]})"
+                                                              if snap.best else None), caption_justify="left")
+    for column in ("running trial", "epoch", metric):
+        grid.add_column(column)
+    for trial_id, epoch, value in snap.running:
+        grid.add_row(trial_id, f"{epoch}/{max_epochs}", "-" if value is None else f"{value:.4g}")
+    return grid
+
+
+class Board:
+    """Redraws in place on a terminal; one line every ``every_s`` seconds otherwise. Never pickled live."""
+
+    def __init__(self, metric: str, mode: str, max_epochs: int, every_s: float, label: str = "",
+                 terminal: bool | None = None) -> None:
+        self.metric, self.mode, self.max_epochs, self.every_s, self.label = metric, mode, max_epochs, every_s, label
+        self.terminal = sys.stdout.isatty() if terminal is None else terminal
+        self.latest: dict[str, dict[str, Any]] = {}
+        self._live: Any = None
+        self._started = time.monotonic()
+        self._shown = self._started
+        self._epochs_at_start: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_live": None}  # a resumed search draws anew
+
+    def result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.latest[trial_id] = {k: result.get(k) for k in ("training_iteration", self.metric, "early_stopped",
+                                                            f"best_{self.metric}")}
+
+    def show(self, trials: list[Any], force: bool = False) -> None:
+        if self._epochs_at_start is None:  # a resumed search: its rate counts from here
+            self._started = time.monotonic()
+            self._epochs_at_start = sum(int(r.get("training_iteration") or 0) for r in self.latest.values())
+        now = time.monotonic()
+        if not force and now - self._shown < (1.0 if self.terminal else self.every_s):
+            return
+        self._shown = now
+        snap = snapshot(trials, self.latest, self.metric, self.mode, self.max_epochs, self._started,
+                        self._epochs_at_start)
+        if not self.terminal:
+            print(line(snap, self.metric, self.label), flush=True)
+            return
+        if self._live is None:
+            from rich.live import Live
+
+            self._live = Live(auto_refresh=False, transient=False)
+            self._live.start()
+        self._live.update(table(snap, self.metric, self.max_epochs, self.label), refresh=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
