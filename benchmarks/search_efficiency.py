@@ -150,7 +150,8 @@ def _record_one(item: dict[str, Any]) -> list[dict[str, Any]]:
     reporter = SEReporter(item["config"], _DATA)
     status = "completed"
     try:
-        train(item["config"], data=_DATA, reporter=reporter)
+        # every epoch's own weights, the last one's too: a finished trial's slim checkpoint keeps only the best
+        train({**item["config"], "keep_optimizer": True}, data=_DATA, reporter=reporter)
     except Diverged:
         status = "diverged"
     keep = ("epoch", "train_loss", "val_loss", "val_acc", "val_loss_se", "test_loss", "test_acc",

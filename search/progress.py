@@ -95,6 +95,12 @@ class Progress(Callback):
         self.say("  ".join(parts))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """The trial's line; its checkpoints keep only what a finished trial needs (unless keep_optimizer)."""
+        if not trial.config.get("keep_optimizer"):
+            try:
+                slim_checkpoints(Path(trial.path))
+            except Exception:  # noqa: BLE001 - slimming saves disk; it must never stop a search
+                pass
         result = trial.last_result or {}
         finished = result.get("early_stopped") or result.get("epoch") == trial.config.get("max_epochs")
         self._line(trial, "stalled" if result.get("stalled") else "done" if finished else "stopped")
@@ -111,6 +117,24 @@ class Progress(Callback):
         failures = trial.run_metadata.num_failures
         self.say(f"      {trial.trial_id} crashed ({error}); retry {failures} of {trial.max_failures} "
                  "from its last checkpoint")
+
+
+def slim_checkpoints(trial_dir: Path) -> int:
+    """Rewrite a finished trial's checkpoints without the optimiser state and the last weights
+    (``trainables.loop.slim``: the best weights, the state and the test predictions stay); returns how many."""
+    import torch
+
+    from trainables.loop import slim
+
+    done = 0
+    for path in trial_dir.glob("checkpoint_*/state.pt"):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if "optimizer" in saved:
+            staged = path.with_name("state.pt.slim")
+            torch.save(slim(saved), staged)
+            staged.replace(path)  # atomic: a reader sees the old file or the new one
+            done += 1
+    return done
 
 
 def first_error_line(path: str) -> str:

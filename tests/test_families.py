@@ -91,16 +91,31 @@ def test_reports_required_keys_every_epoch(name):
     assert family.task.reported() <= set(reporter.history[-1])
 
 
+class Crash(LocalReporter):
+    """Keeps checkpoints, then dies after epoch ``at`` (a killed trial)."""
+
+    def __init__(self, folder, at):
+        super().__init__(folder)
+        self.at = at
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if metrics["epoch"] == self.at:
+            raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_checkpoint_resumes_where_it_stopped(name, tmp_path):
     data = get_family(name).tiny_data()
-    first = LocalReporter(checkpoint_dir=tmp_path / "ckpt")
-    train({"family": name, "max_epochs": 2}, data=data, reporter=first)
+    config = {"family": name, "max_epochs": 3, "checkpoint_s": 0}
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data=data, reporter=Crash(tmp_path / "ckpt", at=2))
     second = LocalReporter(checkpoint_dir=tmp_path / "ckpt")
-    train({"family": name, "max_epochs": 3}, data=data, reporter=second)
+    train(config, data=data, reporter=second)
     assert [row["epoch"] for row in second.history] == [3]  # epochs 1-2 came from the checkpoint
     saved = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
     assert saved["state"]["epoch"] == 3
+    assert set(saved) == {"best_model", "state", "test_pred"}  # finished: what a user needs, not the optimiser
 
 
 def test_a_record_that_breaks_the_contract_is_refused_when_declared():

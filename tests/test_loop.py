@@ -9,6 +9,7 @@ from trainables.config import ConfigError
 from trainables.data import load_dataset
 from trainables.loop import count_params, pick_precision, train
 from trainables.report import LocalReporter
+from test_families import Crash  # a trial killed after an epoch
 
 MLP = {"family": "mlp", "hidden": [16], "device": "cpu"}
 
@@ -91,10 +92,11 @@ def test_no_checkpoints_are_written_for_a_reporter_that_drops_them(data):
 
 def test_compiled_model_checkpoints_with_plain_keys(data, tmp_path):
     """torch.compile wraps the model for speed; checkpoints resume without it."""
-    first = LocalReporter(tmp_path / "ckpt")
-    train({**MLP, "max_epochs": 1, "compile": True}, data=data, reporter=first)
+    config = {**MLP, "max_epochs": 2, "checkpoint_s": 0}
+    with pytest.raises(KeyboardInterrupt):
+        train({**config, "compile": True}, data=data, reporter=Crash(tmp_path / "ckpt", at=1))
     second = LocalReporter(tmp_path / "ckpt")
-    train({**MLP, "max_epochs": 2}, data=data, reporter=second)
+    train(config, data=data, reporter=second)
     assert [row["epoch"] for row in second.history] == [2]
 
 
@@ -135,19 +137,6 @@ def test_chance_level_is_the_tasks_own():
     assert not task.at_chance(150.0, n_classes=720)
 
 
-class Crash(LocalReporter):
-    """Keeps checkpoints like a LocalReporter, then dies after ``epochs`` epochs (a killed trial)."""
-
-    def __init__(self, folder, epochs):
-        super().__init__(folder)
-        self.epochs = epochs
-
-    def report(self, metrics, checkpoint_dir):
-        super().report(metrics, checkpoint_dir)
-        if metrics["epoch"] == self.epochs:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_modern_schedules_step_every_batch_and_resume_exactly(schedule, data, tmp_path):
     config = {**MLP, "max_epochs": 4, "lr": 0.01, "batch_size": 32, "schedule": schedule, "optimizer": "adamw",
@@ -158,7 +147,7 @@ def test_modern_schedules_step_every_batch_and_resume_exactly(schedule, data, tm
     assert lrs[-1] < 1e-4 and max(lrs) <= 0.01 and lrs[1:] == sorted(lrs[1:], reverse=True)  # then down to ~0
     learns(whole.history)
     with pytest.raises(KeyboardInterrupt):
-        train(config, data=data, reporter=Crash(tmp_path / "ckpt", epochs=2))
+        train(config, data=data, reporter=Crash(tmp_path / "ckpt", at=2))
     resumed = LocalReporter(tmp_path / "ckpt")
     train(config, data=data, reporter=resumed)
     assert [row["epoch"] for row in resumed.history] == [3, 4]
@@ -170,3 +159,17 @@ def test_modern_schedules_step_every_batch_and_resume_exactly(schedule, data, tm
 def test_unknown_schedule_is_refused():
     with pytest.raises(ConfigError, match="schedule must be one of plateau, onecycle, cosine"):
         clock.Config.from_dict({"schedule": "step"})
+
+
+def test_a_finished_trial_keeps_its_best_weights_and_says_how_to_go_on(data, tmp_path):
+    from trainables.loop import FinishedCheckpoint
+
+    train({**MLP, "max_epochs": 2}, data=data, reporter=LocalReporter(tmp_path / "slim"))
+    saved = torch.load(tmp_path / "slim" / "state.pt", weights_only=True)
+    assert set(saved) == {"best_model", "state", "test_pred"} and (tmp_path / "slim" / "predictions.npz").exists()
+    with pytest.raises(FinishedCheckpoint, match="set keep_optimizer: true"):
+        train({**MLP, "max_epochs": 3}, data=data, reporter=LocalReporter(tmp_path / "slim"))
+    train({**MLP, "max_epochs": 2, "keep_optimizer": True}, data=data, reporter=LocalReporter(tmp_path / "full"))
+    more = LocalReporter(tmp_path / "full")
+    train({**MLP, "max_epochs": 3, "keep_optimizer": True}, data=data, reporter=more)  # a finished trial, extended
+    assert [row["epoch"] for row in more.history] == [3]

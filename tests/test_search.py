@@ -179,3 +179,28 @@ def test_the_board_is_redrawn_in_place_on_a_terminal(write_space, tmp_path):
     assert "running trial" in screen and "3 done, 0 stopped, 0 failed" in screen
     assert "\x1b[" in screen  # rich moves the cursor to redraw, rather than printing a line each time
     assert screen.count("[  3/3]") == 1  # the per-trial lines are printed once each
+
+
+@pytest.mark.ray
+def test_finished_trials_keep_their_best_weights_not_the_optimiser(ray_session, write_space, tmp_path):
+    """Completed and ASHA-stopped trials alike: each checkpoint holds the best weights, the state and the
+    test predictions; a trial's folder is at most 1.1 x its best weights plus its predictions."""
+    import torch
+
+    from analysis.load import load
+
+    folder = search(write_space(TINY), tmp_path, scheduler="asha", samples=2, name="slim",
+                    overrides={"checkpoint_s": 0})
+    trials = pd.read_csv(folder / "trials.csv")
+    assert {"completed", "stopped"} <= set(trials["status"])
+    for trial in trials["trial_id"]:
+        saved = sorted((folder / trial).glob("checkpoint_*/state.pt"))
+        assert saved, trial
+        for path in saved:
+            assert set(torch.load(path, weights_only=True)) == {"best_model", "state", "test_pred"}, path
+        newest = saved[-1].parent
+        weights = sum(t.numel() * t.element_size() for t in torch.load(saved[-1], weights_only=True)
+                      ["best_model"].values())
+        kept = sum(p.stat().st_size for p in (folder / trial).rglob("checkpoint_*/*"))
+        assert kept <= 1.1 * (weights + (newest / "predictions.npz").stat().st_size) + 4096 * len(saved)
+    assert load(folder).predictions(trials["trial_id"].iloc[0]) is not None  # the report's clock figures read these

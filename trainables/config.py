@@ -42,6 +42,7 @@ class TrainConfig:
     stall_epochs: int = 5  # epochs at chance level, from the first, that mark a trial stalled; 0 = never
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
     checkpoint_s: float = 30.0  # and at most this often, in seconds (0: every checkpoint_every epochs)
+    keep_optimizer: bool = False  # a finished trial keeps only its best weights and predictions (true: all)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast for conv nets on CUDA, else fp32) | fp32 | bf16
     compile: bool = False  # torch.compile the model (minutes of compiling; pays off on long trainings)

@@ -31,6 +31,25 @@ class Diverged(RuntimeError):
     """The loss became NaN or infinite: this configuration fails, the search goes on."""
 
 
+class FinishedCheckpoint(RuntimeError):
+    """A finished trial's slim checkpoint was asked to resume training."""
+
+
+def checkpoint(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+               best_model: dict[str, Any], state: dict[str, Any], test_pred: torch.Tensor | None,
+               finished: bool) -> dict[str, Any]:
+    """What ``state.pt`` holds: everything training needs to go on, or, once the trial has finished
+    (and ``keep_optimizer`` is off), only what a user or a later stage needs (``slim``)."""
+    full = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "best_model": best_model, "state": state, "test_pred": test_pred}
+    return slim(full) if finished and not cfg.keep_optimizer else full
+
+
+def slim(saved: dict[str, Any]) -> dict[str, Any]:
+    """A finished trial's checkpoint: its best weights, its state and its test predictions, nothing else."""
+    return {k: saved[k] for k in ("best_model", "state", "test_pred") if k in saved}
+
+
 def train(config: dict[str, Any], data: Splits | None = None, reporter: Reporter | None = None,
           variants: list[dict[str, Any]] | None = None, family: Family | None = None) -> dict[str, Any] | None:
     """Train one configuration; returns the last report (None inside a Tune trial).
@@ -195,6 +214,10 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
     resume_dir = reporter.restore()
     if resume_dir is not None:
         saved = torch.load(Path(resume_dir) / "state.pt", map_location=device, weights_only=True)
+        if "optimizer" not in saved:
+            raise FinishedCheckpoint("this checkpoint is a finished trial's: it keeps its best weights and "
+                                     "predictions, not what training needs to go on; train the configuration "
+                                     "again, or set keep_optimizer: true to keep finished trials resumable")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -269,9 +292,7 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
         due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - saved_at >= cfg.checkpoint_s
         if reporter.wants_checkpoints and (stop or due):
             with tempfile.TemporaryDirectory(prefix="valley-ckpt-") as folder:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "best_model": best_model, "state": state,
-                            "test_pred": test_pred},
+                torch.save(checkpoint(cfg, model, optimizer, scheduler, best_model, state, test_pred, stop),
                            Path(folder) / "state.pt")
                 if test_pred is not None:
                     save_predictions(Path(folder), task, test_pred, x_test, y_test)
