@@ -139,7 +139,7 @@ def test_a_trial_that_learns_nothing_reads_stalled_not_completed(ray_session, wr
     assert " stalled " in capsys.readouterr().out
 
 
-BOARD_SPACE = "family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 30\n" \
+BOARD_SPACE = "family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 12\n" \
               "grid:\n  - {hidden: [8]}\n  - {hidden: [16]}\n  - {hidden: [32]}\nparams: {lr: 0.01, batch_size: 16}\n"
 
 
