@@ -67,11 +67,10 @@ class PlanRun:
         """What the live board calls a stage's search: its place in the plan and the budget spent."""
         names = [s.name for s in self.plan.stages]
         text = f"stage {stage.name} ({names.index(stage.name) + 1} of {len(names)})"
-        budget = self.state.get("budget")
-        if budget:
-            spent = sum(self.spent(name) if self.budget.unit != SECONDS else budget["spent"].get(name, 0.0)
-                        for name in budget["split"])
-            text += f", budget {self.budget.describe(spent)} of {self.budget.describe(budget['total'])} spent"
+        budget = self.budget
+        if budget is not None:
+            spent = sum(self.spent(name) for name in self.state["budget"]["split"])
+            text += f", budget {budget.describe(spent)} of {budget.describe(budget.total)} spent"
         return text
 
     def left_for(self, stage: Stage) -> float | None:
