@@ -424,6 +424,7 @@ def main(argv: list[str] | None = None) -> Path:
                              list(dict.fromkeys(pd.read_csv(args.tables_only)["strategy"])))
     repetitions = 1 if args.quick else args.repetitions
     strategies = [s for s in args.strategies if s != "bohb" or bohb_available()]
+    commit = git_commit()  # the code the run starts with
     start_ray(SearchOptions(num_cpus=2))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> Path:
                 print(json.dumps(shown), flush=True)
                 pd.DataFrame(runs).to_csv(out / "strategies.csv", index=False)  # nothing lost if stopped
     header = (f"`python benchmarks/strategies.py{' --quick' if args.quick else ''}`, {machine()}, "
-              f"{time.strftime('%Y-%m-%d')}, commit {git_commit()}, {time.time() - started:.0f} s in all, "
+              f"{time.strftime('%Y-%m-%d')}, commit {commit}, {time.time() - started:.0f} s in all, "
               f"{repetitions} repetition(s)")
     return write_outputs(pd.DataFrame(runs), args, header, strategies)
 

@@ -95,12 +95,6 @@ class Progress(Callback):
         self.say("  ".join(parts))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """The trial's line; its checkpoints keep only what a finished trial needs (unless keep_optimizer)."""
-        if not trial.config.get("keep_optimizer"):
-            try:
-                slim_checkpoints(Path(trial.path))
-            except Exception:  # noqa: BLE001 - slimming saves disk; it must never stop a search
-                pass
         result = trial.last_result or {}
         finished = result.get("early_stopped") or result.get("epoch") == trial.config.get("max_epochs")
         self._line(trial, "stalled" if result.get("stalled") else "done" if finished else "stopped")
@@ -119,22 +113,32 @@ class Progress(Callback):
                  "from its last checkpoint")
 
 
-def slim_checkpoints(trial_dir: Path) -> int:
-    """Rewrite a finished trial's checkpoints without the optimiser state and the last weights
-    (``trainables.loop.slim``: the best weights, the state and the test predictions stay); returns how many."""
+def slim_finished(trials: list) -> None:
+    """Once a search has ended: each finished trial keeps its newest checkpoint only, without the optimiser
+    state and the last weights (``trainables.loop.slim``); failed ones and ``keep_optimizer`` keep all.
+
+    Run after Tune's last snapshot, so no restore can ask for what is removed. Never stops a search.
+    """
     import torch
 
     from trainables.loop import slim
 
-    done = 0
-    for path in trial_dir.glob("checkpoint_*/state.pt"):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if "optimizer" in saved:
-            staged = path.with_name("state.pt.slim")
-            torch.save(slim(saved), staged)
-            staged.replace(path)  # atomic: a reader sees the old file or the new one
-            done += 1
-    return done
+    for trial in trials:
+        if trial.status != "TERMINATED" or trial.config.get("keep_optimizer"):
+            continue
+        try:
+            saved = sorted(Path(trial.path).glob("checkpoint_*"), key=lambda p: int(CHECKPOINT.match(p.name)[1]))
+            for old in saved[:-1]:
+                shutil.rmtree(old, ignore_errors=True)
+            path = saved[-1] / "state.pt" if saved else None
+            if path is not None and path.exists():
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                if "optimizer" in state or "test_pred" in state:
+                    staged = path.with_name("state.pt.slim")
+                    torch.save(slim(state), staged)
+                    staged.replace(path)  # atomic: a reader sees the old file or the new one
+        except Exception:  # noqa: BLE001 - slimming saves disk; it must never lose a result
+            continue
 
 
 def first_error_line(path: str) -> str:

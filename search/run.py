@@ -106,7 +106,7 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
 
 def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None]) -> Path:
     """Run the tuner; the experiment reads 'completed' only if no Ctrl-C came and every trial ended."""
-    from search.progress import INTERRUPTED, prune_checkpoints
+    from search.progress import INTERRUPTED, prune_checkpoints, slim_finished
     from search.tuner import fail_diverged_trials_at_once
 
     status = fmt.INTERRUPTED
@@ -123,6 +123,7 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None]) -> Path:
     finally:
         fmt.update_status(folder, status)
     prune_checkpoints(folder)  # Tune's last snapshot is on disk now
+    slim_finished(trials)
     return finish(folder, status, say)
 
 

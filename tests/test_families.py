@@ -115,7 +115,7 @@ def test_checkpoint_resumes_where_it_stopped(name, tmp_path):
     assert [row["epoch"] for row in second.history] == [3]  # epochs 1-2 came from the checkpoint
     saved = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
     assert saved["state"]["epoch"] == 3
-    assert set(saved) == {"best_model", "state", "test_pred"}  # finished: what a user needs, not the optimiser
+    assert set(saved) == {"best_model", "state"}  # finished: what a user needs, not the optimiser
 
 
 def test_a_record_that_breaks_the_contract_is_refused_when_declared():

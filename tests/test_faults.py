@@ -171,7 +171,8 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path):
     from trainables.report import LocalReporter
 
     data = load_dataset("synthetic")
-    config = {"family": "mlp", "hidden": [32], "dropout": 0.3, "batch_size": 16, "seed": 3}
+    config = {"family": "mlp", "hidden": [32], "dropout": 0.3, "batch_size": 16, "seed": 3,
+              "keep_optimizer": True}  # the 2-epoch run is finished: only then can it go on to 4
     straight = LocalReporter()
     train({**config, "max_epochs": 4}, data=data, reporter=straight)
     train({**config, "max_epochs": 2}, data=data, reporter=LocalReporter(tmp_path / "ckpt"))

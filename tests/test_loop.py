@@ -166,7 +166,7 @@ def test_a_finished_trial_keeps_its_best_weights_and_says_how_to_go_on(data, tmp
 
     train({**MLP, "max_epochs": 2}, data=data, reporter=LocalReporter(tmp_path / "slim"))
     saved = torch.load(tmp_path / "slim" / "state.pt", weights_only=True)
-    assert set(saved) == {"best_model", "state", "test_pred"} and (tmp_path / "slim" / "predictions.npz").exists()
+    assert set(saved) == {"best_model", "state"} and (tmp_path / "slim" / "predictions.npz").exists()
     with pytest.raises(FinishedCheckpoint, match="set keep_optimizer: true"):
         train({**MLP, "max_epochs": 3}, data=data, reporter=LocalReporter(tmp_path / "slim"))
     train({**MLP, "max_epochs": 2, "keep_optimizer": True}, data=data, reporter=LocalReporter(tmp_path / "full"))

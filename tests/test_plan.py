@@ -93,7 +93,8 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path
     fine = pd.read_csv(folder / "fine" / "trials.csv")
     assert len(fine) == 3 and fine["config/lr"].between(1e-3, 3e-2).all()
     confirm = pd.read_csv(folder / "stage-confirm.csv")
-    assert len(confirm) <= 2 and (confirm["seeds"] == 2).all()
+    assert len(confirm) <= 3 and (confirm["seeds"] == 2).all()  # top 2 of fine, and rough's best carried
+    assert "rough" in set(confirm["stage"]) or len(confirm) < 3
     assert confirm["mean_best_val_loss"].is_monotonic_increasing  # the winner is chosen on validation
     assert (confirm["ci95_low"] <= confirm["mean_test_acc"]).all()
     assert (confirm["mean_test_acc"] <= confirm["ci95_high"]).all()

@@ -195,12 +195,11 @@ def test_finished_trials_keep_their_best_weights_not_the_optimiser(ray_session, 
     assert {"completed", "stopped"} <= set(trials["status"])
     for trial in trials["trial_id"]:
         saved = sorted((folder / trial).glob("checkpoint_*/state.pt"))
-        assert saved, trial
-        for path in saved:
-            assert set(torch.load(path, weights_only=True)) == {"best_model", "state", "test_pred"}, path
-        newest = saved[-1].parent
-        weights = sum(t.numel() * t.element_size() for t in torch.load(saved[-1], weights_only=True)
+        assert len(saved) == 1, trial  # the newest checkpoint only
+        assert set(torch.load(saved[0], weights_only=True)) == {"best_model", "state"}, saved[0]
+        weights = sum(t.numel() * t.element_size() for t in torch.load(saved[0], weights_only=True)
                       ["best_model"].values())
-        kept = sum(p.stat().st_size for p in (folder / trial).rglob("checkpoint_*/*"))
-        assert kept <= 1.1 * (weights + (newest / "predictions.npz").stat().st_size) + 4096 * len(saved)
+        kept = sum(p.stat().st_size for p in saved[0].parent.iterdir())
+        # torch.save's zip headers cost a few KB: noise for real models, most of a 1-KB one
+        assert kept <= 1.1 * (weights + (saved[0].parent / "predictions.npz").stat().st_size) + 4096
     assert load(folder).predictions(trials["trial_id"].iloc[0]) is not None  # the report's clock figures read these

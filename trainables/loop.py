@@ -46,8 +46,9 @@ def checkpoint(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimi
 
 
 def slim(saved: dict[str, Any]) -> dict[str, Any]:
-    """A finished trial's checkpoint: its best weights, its state and its test predictions, nothing else."""
-    return {k: saved[k] for k in ("best_model", "state", "test_pred") if k in saved}
+    """A finished trial's checkpoint: its best weights and its state (its test predictions are in
+    ``predictions.npz`` beside it), nothing else."""
+    return {k: saved[k] for k in ("best_model", "state") if k in saved}
 
 
 def train(config: dict[str, Any], data: Splits | None = None, reporter: Reporter | None = None,
@@ -215,6 +216,9 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
     if resume_dir is not None:
         saved = torch.load(Path(resume_dir) / "state.pt", map_location=device, weights_only=True)
         if "optimizer" not in saved:
+            done = saved["state"]
+            if done["epoch"] >= cfg.max_epochs or (cfg.early_stop and done["bad_epochs"] >= cfg.early_stop):
+                return {}  # restored after it finished (a killed driver's snapshot still had it running)
             raise FinishedCheckpoint("this checkpoint is a finished trial's: it keeps its best weights and "
                                      "predictions, not what training needs to go on; train the configuration "
                                      "again, or set keep_optimizer: true to keep finished trials resumable")
