@@ -27,6 +27,7 @@ seeds every strategy's searcher with r (paired by seed). Writes ``strategies.csv
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import dataclasses
 import json
@@ -461,12 +462,7 @@ def write_outputs(frame: pd.DataFrame, args: argparse.Namespace, header: str, st
 
 
 def bohb_available() -> bool:
-    try:
-        import ConfigSpace  # noqa: F401
-        import hpbandster  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return all(importlib.util.find_spec(name) for name in ("hpbandster", "ConfigSpace"))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class Progress(Callback):
 
 
 def slim_finished(trials: list) -> None:
-    """Once a search has ended: each finished trial keeps its newest checkpoint only, without the optimiser
+    """Once a search has completed: each finished trial keeps its newest checkpoint only, without the optimiser
     state and the last weights (``trainables.loop.slim``); failed ones and ``keep_optimizer`` keep all.
 
     Run after Tune's last snapshot, so no restore can ask for what is removed. Never stops a search.

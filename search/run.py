@@ -123,7 +123,8 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None]) -> Path:
     finally:
         fmt.update_status(folder, status)
     prune_checkpoints(folder)  # Tune's last snapshot is on disk now
-    slim_finished(trials)
+    if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume
+        slim_finished(trials)
     return finish(folder, status, say)
 
 
