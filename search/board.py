@@ -39,7 +39,8 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
         trained += epoch
         value = result.get(metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            best_value = result.get(f"best_{metric}" if metric.startswith("val_") else metric, value)
+            best_value = result.get(f"best_{metric}")  # reported for val_loss only; else the latest value
+            best_value = best_value if isinstance(best_value, (int, float)) else value
             if best is None or (best_value < best[1] if mode == "min" else best_value > best[1]):
                 best = (trial.trial_id, float(best_value))
         if trial.status == "RUNNING":
@@ -118,6 +119,15 @@ class Board:
                                                             f"best_{self.metric}")}
 
     def show(self, trials: list[Any], force: bool = False) -> None:
+        """Draw the board when it is due; a board that fails to draw never stops the search."""
+        try:
+            self._show(trials, force)
+        except Exception as err:  # noqa: BLE001 - the board only shows what is on disk anyway
+            print(f"valley: note: the progress board stopped ({type(err).__name__}: {err})", flush=True)
+            self.close()
+            self.every_s, self.terminal = math.inf, False
+
+    def _show(self, trials: list[Any], force: bool) -> None:
         if self._epochs_at_start is None:  # a resumed search: its rate counts from here
             self._started = time.monotonic()
             self._epochs_at_start = sum(int(r.get("training_iteration") or 0) for r in self.latest.values())

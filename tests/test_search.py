@@ -203,3 +203,17 @@ def test_finished_trials_keep_their_best_weights_not_the_optimiser(ray_session, 
         # torch.save's zip headers cost a few KB: noise for real models, most of a 1-KB one
         assert kept <= 1.1 * (weights + (saved[0].parent / "predictions.npz").stat().st_size) + 4096
     assert load(folder).predictions(trials["trial_id"].iloc[0]) is not None  # the report's clock figures read these
+
+
+def test_the_board_counts_a_metric_without_its_best_column():
+    """val_csd (the clock task) has no best_val_csd in a report: the board takes the latest value."""
+    from types import SimpleNamespace
+
+    from search.board import Board, snapshot
+
+    trials = [SimpleNamespace(trial_id="a", status="TERMINATED"), SimpleNamespace(trial_id="b", status="RUNNING")]
+    board = Board("val_csd", "min", 5, every_s=1.0, terminal=False)
+    board.result("a", {"training_iteration": 5, "val_csd": 40.0})
+    board.result("b", {"training_iteration": 2, "val_csd": 90.0})
+    snap = snapshot(trials, board.latest, "val_csd", "min", 5, 0.0)
+    assert snap.best == ("a", 40.0) and snap.counts["done"] == 1 and snap.counts["running"] == 1
