@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.clock_quality import clocks  # noqa: E402
 from benchmarks.common import HERE, machine, table  # noqa: E402
+from search.manifest import git_commit  # noqa: E402
 from trainables.loop import train  # noqa: E402
 from trainables.report import LocalReporter  # noqa: E402
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="small_cnn")
     parser.add_argument("--preset", default="hard")
     args = parser.parse_args()
+    commit = git_commit()
     data, _ = clocks(args.size, args.per_minute, args.preset)
     rows, started = [], time.time()
     for name, regime in REGIMES.items():
@@ -57,7 +59,7 @@ def main() -> None:
                      "worst seed": float(csd.max()), "stalled seeds": sum(r["stalled"] for r in results),
                      "per seed": ", ".join(f"{v:.1f}" for v in csd), "s per run": np.mean([r["s"] for r in results])})
     print(f"\n`python benchmarks/regime.py {' '.join(sys.argv[1:])}`, {machine()}, {time.strftime('%Y-%m-%d')}, "
-          f"{time.time() - started:.0f} s; {args.backbone} on {args.size}x{args.size} {args.preset} clocks, "
+          f"commit {commit}, {time.time() - started:.0f} s; {args.backbone} on {args.size}x{args.size} {args.preset} clocks, "
           f"{args.epochs} epochs")
     print(table(rows))
     (HERE / "regime.json").write_text(json.dumps(rows, indent=1))
