@@ -31,7 +31,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 def add_search_options(parser: argparse.ArgumentParser) -> None:
     """The flags of ``SearchOptions``; their defaults are read from it, never repeated here."""
-    from search.options import DEFAULTS, SCHEDULERS, SEARCHERS
+    from search.options import DEFAULTS, LOGS, MLFLOW_INSTALL, SCHEDULERS, SEARCHERS
 
     d = DEFAULTS
     parser.add_argument("--dataset", help="data set to train on (default: the space's); see `valley datasets`")
@@ -60,6 +60,12 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress-every", dest="progress_s", type=float, default=d.progress_s, metavar="SECONDS",
                         help="seconds between progress lines when the output is a file or a pipe "
                              f"(default {d.progress_s:g}; on a terminal the board is redrawn in place)")
+    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                        help="write no TensorBoard event files (written by default: tensorboard --logdir results/EXP)")
+    parser.add_argument("--log", action="append", default=[], choices=LOGS,
+                        help=f"also record every trial in MLflow (install with {MLFLOW_INSTALL!r})")
+    parser.add_argument("--mlflow-uri", help="--log mlflow: the tracking URI, e.g. sqlite:///mlflow.db or "
+                                             "http://host:5000 (default: MLFLOW_TRACKING_URI, else MLflow's own)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fix a config key for every trial, e.g. --set layers=5")
 
@@ -69,4 +75,4 @@ def options_from(args: argparse.Namespace) -> Any:
     from search.options import SearchOptions
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchOptions) if hasattr(args, f.name)}
-    return SearchOptions(**{**values, "overrides": parse_set(args.set)})
+    return SearchOptions(**{**values, "log": tuple(dict.fromkeys(args.log)), "overrides": parse_set(args.set)})

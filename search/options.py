@@ -14,6 +14,8 @@ from spaces import Space
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SEARCHERS = ("random", "optuna", "bohb")  # Tune's grid and random sampling; Optuna's TPE; TuneBOHB
 SCHEDULERS = ("fifo", "asha", "hyperband")  # hyperband: HyperBandForBOHB, the scheduler BOHB needs
+MLFLOW_INSTALL = "pip install -e '.[mlflow]'"
+LOGS = ("mlflow",)  # --log: where else every trial is recorded (TensorBoard files are written unless switched off)
 
 
 class SearchError(ValueError):
@@ -47,13 +49,16 @@ class SearchOptions:
     quiet: bool = False
     progress_s: float = 30.0  # seconds between board lines when the output is not a terminal
     label: str = ""  # what the board calls this search (a plan: its stage and budget)
+    tensorboard: bool = True  # event files in every trial folder: `tensorboard --logdir results/EXP`
+    log: tuple[str, ...] = ()  # more places to record every trial (LOGS)
+    mlflow_uri: str | None = None  # --log mlflow: the tracking URI (None: MLflow's own default)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SearchOptions:
         """Options as a manifest or plan.json stored them (JSON lists back to tuples; unknown keys dropped)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         kept = {k: v for k, v in values.items() if k in fields}
-        for key in ("warm_points", "warm_rewards"):
+        for key in ("warm_points", "warm_rewards", "log"):
             kept[key] = tuple(kept.get(key) or ())
         return cls(**kept)
 
@@ -78,6 +83,7 @@ class SearchOptions:
             (self.budget_epochs is None or self.budget_epochs >= 1,
              f"a budget must be at least 1 trial-epoch, got {self.budget_epochs}"),
             (self.budget_s is None or self.budget_s > 0, f"a time budget must be > 0 seconds, got {self.budget_s}"),
+            (set(self.log) <= set(LOGS), f"--log must be {' or '.join(LOGS)}, got {', '.join(self.log)}"),
             (self.progress_s > 0, f"--progress-every must be > 0 seconds, got {self.progress_s:g}"),
         ]
         for ok, message in checks:

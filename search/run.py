@@ -70,6 +70,9 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
                           "or choose another --name")
     if opts.address is None:
         check_local_resources(opts)
+    from search.loggers import check as check_loggers  # imports Ray's logger callbacks
+
+    check_loggers(opts)
     from search.tune_space import check_space  # imports torch, through the family
 
     check_space(space, {**opts.overrides, "dataset": dataset, "max_epochs": epochs})

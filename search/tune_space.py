@@ -7,7 +7,6 @@ row and every distribution's bounds.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from spaces import Dist, Space, SpaceError
@@ -67,28 +66,11 @@ def _probe_values(dist: Dist) -> list[Any]:
 
 
 def __getattr__(name: str) -> Any:
-    """``ValleyOptunaSearch``, built on first use so that a search without Optuna never imports it."""
+    """``ValleyOptunaSearch`` under its old address, for experiments pickled before it moved."""
     if name != "ValleyOptunaSearch":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from ray.tune.search.optuna import OptunaSearch
+    from search.optuna_study import ValleyOptunaSearch
 
-    class ValleyOptunaSearch(OptunaSearch):
-        """Ray's OptunaSearch, except that a trial whose metric is not finite ends FAIL.
-
-        Ray's own tells Optuna the NaN, Optuna refuses it, and the study trial stays RUNNING
-        for ever; valley's loop raises ``Diverged`` instead of reporting one, and this is the
-        second line of defence. (Pickled with the experiment, so ``valley resume`` gets it back.)
-        """
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
-            if not error and isinstance(value, (int, float)) and not math.isfinite(value):
-                result, error = None, True
-            super().on_trial_complete(trial_id, result=result, error=error)
-
-    ValleyOptunaSearch.__module__ = __name__
-    ValleyOptunaSearch.__qualname__ = "ValleyOptunaSearch"
-    globals()["ValleyOptunaSearch"] = ValleyOptunaSearch
     return ValleyOptunaSearch
 
 

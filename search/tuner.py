@@ -38,8 +38,9 @@ def scheduler(opts: SearchOptions, epochs: int) -> Any:
                          reduction_factor=opts.reduction_factor)
 
 
-def searcher(opts: SearchOptions, n_rows: int, say: Any) -> Any:
-    """Optuna's TPE (warm-started with a plan's points), BOHB, or Tune's grid and random sampling."""
+def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
+    """Optuna's TPE (warm-started with a plan's points; its study in ``folder/optuna.journal``), BOHB,
+    or Tune's grid and random sampling."""
     if opts.search == "random":
         from ray.tune.search import BasicVariantGenerator
 
@@ -52,14 +53,17 @@ def searcher(opts: SearchOptions, n_rows: int, say: Any) -> Any:
         return TuneBOHB(seed=opts.seed)
     import optuna
 
-    from search.tune_space import ValleyOptunaSearch
+    from search.optuna_study import ValleyOptunaSearch, journal
 
     # TPE models the results after n_startup_trials random ones: Optuna's 10 would leave a 12-trial
     # fine stage random, so a third of the budget (at most 10) starts it; warm-start points count.
     startup = min(10, max(2, sample_count(opts) // 3))
     sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup)
-    return ValleyOptunaSearch(sampler=sampler, points_to_evaluate=list(opts.warm_points) or None,
-                              evaluated_rewards=list(opts.warm_rewards) or None)
+    found = ValleyOptunaSearch(sampler=sampler, points_to_evaluate=list(opts.warm_points) or None,
+                               evaluated_rewards=list(opts.warm_rewards) or None,
+                               storage=journal(folder), study_name=folder.name)
+    found.quiet = opts.quiet
+    return found
 
 
 class EpochBudget(Stopper):
@@ -104,8 +108,8 @@ def concurrency(opts: SearchOptions) -> int:
 def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path, dataset: str, epochs: int,
                 data: Any, progress: Any) -> Any:
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
+    from search.loggers import callbacks
     from search.tune_space import param_space
 
     overrides = {**opts.overrides, "family": space.family, "dataset": dataset, "max_epochs": epochs}
@@ -116,13 +120,13 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
         param_space=params,
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, num_samples=sample_count(opts),
-            search_alg=searcher(opts, len(rows), progress.say), scheduler=scheduler(opts, epochs),
+            search_alg=searcher(opts, len(rows), progress.say, folder), scheduler=scheduler(opts, epochs),
             max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True,
             time_budget_s=opts.budget_s, trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(
             name=folder.name, storage_path=str(folder.parent), verbose=0,
             stop=EpochBudget(opts.budget_epochs, concurrency(opts)) if opts.budget_epochs else None,
-            callbacks=[JsonLoggerCallback(), progress],
+            callbacks=[*callbacks(opts, folder, rows, family.task.reported()), progress],
             # Tune keeps every checkpoint; search.progress prunes those the snapshot on disk no
             # longer names (Tune's own num_to_keep can delete the one a killed driver's snapshot names)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),

@@ -29,3 +29,15 @@ def write_space(tmp_path):
         path.write_text(text)
         return path
     return write
+
+
+@pytest.fixture
+def events():
+    """TensorBoard's own reader of one trial folder's event files (an EventAccumulator, loaded)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def read(trial):
+        accumulator = EventAccumulator(str(trial), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        return accumulator
+    return read

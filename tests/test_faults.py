@@ -131,7 +131,7 @@ params:
 @pytest.mark.ray
 def test_nan_under_optuna_and_asha_fails_that_trial_only(ray_session, write_space, tmp_path):
     """The issue's done-when: the search completes, the trial reads 'diverged', no Optuna trial RUNNING."""
-    from search.tune_space import ValleyOptunaSearch
+    from search.optuna_study import ValleyOptunaSearch
 
     folder = search(write_space(NAN_UNDER_OPTUNA), tmp_path, name="tpe-nan", search="optuna",
                     scheduler="asha", samples=5, warm_points=({"variant": 1, "lr": 0.005},))
@@ -155,7 +155,7 @@ def test_optuna_searcher_fails_a_nan_it_is_told():
     """Second line of defence: a NaN reaching the searcher ends FAIL, not RUNNING for ever."""
     from ray import tune
 
-    from search.tune_space import ValleyOptunaSearch
+    from search.optuna_study import ValleyOptunaSearch
 
     searcher = ValleyOptunaSearch(space={"lr": tune.uniform(0, 1)}, metric="val_loss", mode="min")
     for trial_id, value in (("a", float("nan")), ("b", 0.5), ("c", float("inf"))):
@@ -232,9 +232,9 @@ def driver_env() -> dict[str, str]:
 
 
 def valley(*args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=ROOT, env=driver_env(),
+    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], env=driver_env(),
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **popen)
+                            text=True, **{"cwd": ROOT, **popen})
 
 
 def epochs_on_disk(folder: Path) -> int:
@@ -293,15 +293,20 @@ def interrupt_after_progress(driver: subprocess.Popen, folder: Path, since: floa
 
 
 @pytest.mark.ray
-def test_ctrl_c_then_resume_finishes_every_trial_once(write_space, tmp_path):
-    """Ctrl-C of a search and of its resumption: exit 130, 'interrupted'; then every trial exactly once."""
-    from search.tune_space import ValleyOptunaSearch
+def test_ctrl_c_then_resume_finishes_every_trial_once(write_space, tmp_path, events):
+    """Ctrl-C of a search and of its resumption: exit 130, 'interrupted'; then every trial exactly once,
+    in trials.csv, in Optuna's study (the searcher's and its journal) and in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from search.optuna_study import ValleyOptunaSearch, load_study
 
     storage = tmp_path / "results"
     folder = storage / "tpe"
     started = time.time()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     driver = valley("search", str(write_space(RESUMABLE)), "--name", "tpe", "--storage", str(storage),
-                    "--search", "optuna", "--samples", "6", "--num-cpus", "2")
+                    "--search", "optuna", "--samples", "6", "--num-cpus", "2", "--log", "mlflow",
+                    "--mlflow-uri", uri, cwd=tmp_path)
     for attempt in range(2):  # the search, then its first resumption
         out = interrupt_after_progress(driver, folder, started)
         assert driver.returncode == 130, out
@@ -312,9 +317,9 @@ def test_ctrl_c_then_resume_finishes_every_trial_once(write_space, tmp_path):
             before = pd.read_csv(folder / "trials.csv")
             finished = before[before["status"] == "completed"].set_index("trial_id")[KEPT].to_dict("index")
             started = time.time()
-            driver = valley("resume", str(folder))
+            driver = valley("resume", str(folder), cwd=tmp_path)
 
-    resumed = valley("resume", str(folder))
+    resumed = valley("resume", str(folder), cwd=tmp_path)
     out, _ = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, out
     assert json.loads((folder / "valley.json").read_text())["status"] == "completed"
@@ -325,6 +330,20 @@ def test_ctrl_c_then_resume_finishes_every_trial_once(write_space, tmp_path):
     searcher = ValleyOptunaSearch()
     searcher.restore_from_dir(str(folder))  # Optuna's study went on from its saved state
     assert [t.state.name for t in searcher._ot_study.trials] == ["COMPLETE"] * 6
+    study = load_study(folder)  # and so did its journal, which optuna-dashboard reads
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+    epochs = pd.read_parquet(folder / "epochs.parquet").sort_values("epoch")
+    assert sorted(t.value for t in study.trials) == pytest.approx(
+        sorted(epochs.groupby("trial_id").tail(1)["val_loss"]))
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tpe").experiment_id])
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(after["trial_id"])  # a resumed trial kept its run
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert sorted(steps) == list(range(1, 13)) and run.info.status == "FINISHED"
+    for trial in after["trial_id"]:  # TensorBoard: epochs reported again replace the earlier ones
+        curve = events(folder / trial).Scalars("ray/tune/val_loss")
+        assert [s.step for s in curve] == list(range(1, 13))
     assert not wait_gone(resumed.pid)
 
 

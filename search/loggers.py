@@ -1,0 +1,141 @@
+"""Where a search's results go besides valley's own files: TensorBoard event files and MLflow runs.
+
+Both are Ray Tune's own logger callbacks, run on the driver. valley changes what they record
+of a configuration (a grid row's keys, not its index) and of a finished trial (its final and
+test metrics), keeps a resumed trial in its own MLflow run, and writes MLflow's metrics in
+one batch per epoch.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.logger.tensorboardx import TBXLoggerCallback
+
+from analysis.format import MANIFEST
+from search.options import MLFLOW_INSTALL, SearchError, SearchOptions
+
+
+def resolved(config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A trial's configuration with its grid row's keys in place of the row's index; lists as text."""
+    row = rows[config["variant"]] if rows and "variant" in config else {}
+    merged = {**{k: v for k, v in config.items() if k != "variant"}, **row}
+    return {k: str(v) if isinstance(v, (list, tuple, dict)) else v for k, v in merged.items()
+            if v is not None}
+
+
+class TensorBoard(TBXLoggerCallback):
+    """Ray's TensorBoard logger: a curve per reported number and trial (``ray/tune/val_loss``), and
+    in the HParams tab each trial's whole configuration against its final metrics.
+
+    A trial's writer opens at its first result, with TensorBoard's ``purge_step`` set to that
+    result's step: epochs a resumed trial reports again (those after its last checkpoint, or after
+    the snapshot a killed driver left) replace the earlier ones instead of doubling the curve.
+    """
+
+    def __init__(self, rows: list[dict[str, Any]], metrics: set[str]) -> None:
+        super().__init__()
+        self.rows = rows
+        self.metrics = {f"ray/tune/{m}" for m in metrics}
+
+    def log_trial_start(self, trial: Any) -> None:
+        if trial in self._trial_writer:
+            self._trial_writer.pop(trial).close()
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+        if trial not in self._trial_writer:
+            trial.init_local_path()
+            self._trial_writer[trial] = self._summary_writer_cls(
+                trial.local_path, flush_secs=30, purge_step=int(result["training_iteration"]))
+            self._trial_result[trial] = {}
+        super().log_trial_result(iteration, trial, result)
+
+    def _try_log_hparams(self, trial: Any, result: dict[str, Any]) -> None:
+        from tensorboardX.summary import hparams
+
+        final = {k: float(v) for k, v in result.items() if k in self.metrics}
+        writer = self._trial_writer[trial].file_writer
+        for summary in hparams(hparam_dict=resolved(trial.config, self.rows), metric_dict=final):
+            writer.add_summary(summary)
+
+
+class MLflow(MLflowLoggerCallback):
+    """Ray's MLflow logger: one run per trial, tagged with its trial id, its parameters resolved,
+    its metrics per epoch (the last epoch's report carries the best checkpoint's test metrics),
+    and the experiment's manifest as an artifact when the trial ends.
+
+    A resumed trial goes on in the run it started, and an epoch it reports again (one after its
+    last checkpoint) is not logged twice: MLflow cannot replace a logged value, so the first stays.
+    """
+
+    def __init__(self, uri: str | None, folder: Path, rows: list[dict[str, Any]]) -> None:
+        super().__init__(uri, experiment_name=folder.name, tags={"valley_experiment": str(folder)})
+        self.folder = folder
+        self.rows = rows
+        self.logged: dict[str, int] = {}  # run id -> the last step logged
+
+    def log_trial_start(self, trial: Any) -> None:
+        if trial not in self._trial_runs:
+            client = self.mlflow_util._get_client()
+            found = client.search_runs([self.mlflow_util.experiment_id],
+                                       filter_string=f"tags.trial_id = '{trial.trial_id}'", max_results=1)
+            if found:
+                run_id = self._trial_runs[trial] = found[0].info.run_id
+                self.logged[run_id] = max((m.step for m in client.get_metric_history(run_id, "epoch")), default=0)
+                return
+            run = client.create_run(self.mlflow_util.experiment_id, run_name=str(trial),
+                                    tags={**self.tags, "trial_id": trial.trial_id, "trial_name": str(trial)})
+            self._trial_runs[trial] = run.info.run_id
+            self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=resolved(trial.config, self.rows))
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        run_id, step = self._trial_runs[trial], int(result["training_iteration"])
+        if step <= self.logged.get(run_id, 0):
+            return
+        self.logged[run_id] = step
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "training_iteration"]
+        self.mlflow_util._get_client().log_batch(run_id, metrics=metrics)
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        if (self.folder / MANIFEST).exists():
+            self.mlflow_util._get_client().log_artifact(self._trial_runs[trial], str(self.folder / MANIFEST))
+        super().log_trial_end(trial, failed)
+
+
+def check(opts: SearchOptions) -> None:
+    """Refuse --log mlflow without MLflow, and an MLflow store that cannot be opened, in one line."""
+    if "mlflow" not in opts.log:
+        if opts.mlflow_uri:
+            raise SearchError("--mlflow-uri goes with --log mlflow; add --log mlflow or drop --mlflow-uri")
+        return
+    if importlib.util.find_spec("mlflow") is None:
+        raise SearchError(f"--log mlflow needs MLflow, which is not installed; install it with `{MLFLOW_INSTALL}`")
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(opts.mlflow_uri).search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; each becomes one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SearchError(f"--mlflow-uri {opts.mlflow_uri or '(MLflow default)'}: MLflow cannot open it: "
+                          f"{first[:300]}; give a database URI such as sqlite:///mlflow.db or a tracking "
+                          "server's http:// address") from None
+
+
+def callbacks(opts: SearchOptions, folder: Path, rows: list[dict[str, Any]], metrics: set[str]) -> list[Any]:
+    """Tune's logger callbacks for a search: JSON always (valley reads it), TensorBoard unless
+    --no-tensorboard, MLflow with --log mlflow."""
+    chosen: list[Any] = [JsonLoggerCallback()]
+    if opts.tensorboard:
+        chosen.append(TensorBoard(rows, metrics))
+    if "mlflow" in opts.log:
+        chosen.append(MLflow(opts.mlflow_uri, folder, rows))
+    return chosen

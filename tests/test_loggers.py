@@ -1,0 +1,164 @@
+"""The tools people already use: TensorBoard event files, the Optuna study's journal, MLflow runs.
+
+One real search (Optuna's TPE under ASHA, MLflow on a local SQLite store) is read back with each
+tool's own reader: TensorBoard's EventAccumulator and HParams protos, Optuna's API, MlflowClient.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from search.options import SearchError
+from search.run import SearchOptions, prepare, run_search
+from spaces import load_space
+
+SPACE = """\
+family: mlp
+dataset: synthetic
+metric: val_loss
+mode: min
+max_epochs: 3
+grid:
+  - {hidden: [4]}
+  - {hidden: [32]}
+  - {layers: 1}
+params:
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+  batch_size: 32
+"""
+
+
+@contextlib.contextmanager
+def cwd(folder: Path):
+    """MLflow writes artifacts under ./mlruns by default: keep them in the test's folder."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@pytest.fixture(scope="module")
+def logged(ray_session, tmp_path_factory):
+    """(experiment folder, trials.csv, MLflow URI) of a 5-trial TPE + ASHA search with --log mlflow."""
+    root = tmp_path_factory.mktemp("logged")
+    (root / "space.yaml").write_text(SPACE)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    opts = SearchOptions(storage=str(root / "results"), name="logged", quiet=True, search="optuna",
+                         samples=5, scheduler="asha", log=("mlflow",), mlflow_uri=uri)
+    with cwd(root):
+        folder = run_search(load_space(root / "space.yaml"), opts)
+    return folder, pd.read_csv(folder / "trials.csv"), uri
+
+
+@pytest.mark.ray
+def test_tensorboard_shows_every_trials_curves_and_hparams(logged, events):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    folder, trials, _ = logged
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    for _, row in trials.iterrows():
+        found = events(folder / row["trial_id"])
+        curve = found.Scalars("ray/tune/val_loss")
+        mine = epochs[epochs.trial_id == row["trial_id"]].sort_values("epoch")
+        assert [s.step for s in curve] == list(mine["epoch"])
+        assert [s.value for s in curve] == pytest.approx(list(mine["val_loss"]), rel=1e-6)
+        content = found.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        params = {k: v.ListFields()[0][1] for k, v in start.session_start_info.hparams.items()}
+        assert params["lr"] == pytest.approx(row["config/lr"])
+        grid = row["config/hidden"]  # the grid row's keys, not its index
+        assert ("hidden" in params) == isinstance(grid, str) and "variant" not in params
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        assert {"ray/tune/val_loss", "ray/tune/test_acc"} <= {m.name.tag for m in experiment.metric_infos}
+
+
+@pytest.mark.ray
+def test_no_tensorboard_writes_no_event_files(ray_session, write_space, tmp_path):
+    folder = run_search(load_space(write_space(SPACE)), SearchOptions(
+        storage=str(tmp_path / "results"), name="quiet", quiet=True, max_epochs=1, tensorboard=False))
+    assert len(pd.read_csv(folder / "trials.csv")) == 3
+    assert not list(folder.rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.ray
+def test_optuna_study_is_in_the_experiment_folder(logged):
+    from search.optuna_study import load_study
+
+    folder, trials, _ = logged
+    study = load_study(folder)  # what optuna-dashboard opens: results/EXP/optuna.journal
+    assert len(study.trials) == len(trials) == 5
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    last = pd.read_parquet(folder / "epochs.parquet").sort_values("epoch").groupby("trial_id").tail(1)
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(last["val_loss"]))  # Ray tells the last
+
+
+@pytest.mark.ray
+def test_mlflow_records_every_trial(logged):
+    from mlflow.tracking import MlflowClient
+
+    folder, trials, uri = logged
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("logged").experiment_id])
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(trials["trial_id"])
+    by_id = trials.set_index("trial_id")
+    for run in runs:
+        row = by_id.loc[run.data.tags["trial_id"]]
+        assert run.info.status == "FINISHED"
+        assert float(run.data.params["lr"]) == pytest.approx(row["config/lr"])
+        assert "variant" not in run.data.params
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert sorted(m.step for m in history) == list(range(1, int(row["epochs"]) + 1))
+        assert run.data.metrics["test_acc"] == pytest.approx(row["test_acc"])
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["valley.json"]
+    local = Path(client.get_run(runs[0].info.run_id).info.artifact_uri.removeprefix("file://"))
+    assert json.loads((local / "valley.json").read_text())["status"] in ("running", "completed")
+
+
+def test_mlflow_refusals_are_one_line(write_space, tmp_path, monkeypatch):
+    space = load_space(write_space(SPACE))
+    base = SearchOptions(storage=str(tmp_path / "results"), name="refused")
+    with pytest.raises(SearchError, match=r"--mlflow-uri goes with --log mlflow"):
+        prepare(space, SearchOptions(**{**base.__dict__, "mlflow_uri": "sqlite:///x.db"}))
+    with pytest.raises(SearchError, match=r"MLflow cannot open it: .*give a database URI such as sqlite"):
+        prepare(space, SearchOptions(**{**base.__dict__, "log": ("mlflow",), "mlflow_uri": str(tmp_path / "mlruns")}))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(SearchError, match=r"needs MLflow, which is not installed; install it with `pip install"):
+        prepare(space, SearchOptions(**{**base.__dict__, "log": ("mlflow",)}))
+
+
+def test_a_restored_study_holds_each_trial_once(tmp_path):
+    """A driver killed after Tune's last snapshot: the journal is ahead of the pickled searcher."""
+    from ray import tune
+
+    from search.optuna_study import ValleyOptunaSearch, journal, load_study
+
+    folder = tmp_path / "exp"
+
+    def searcher() -> ValleyOptunaSearch:  # as `valley search` and `valley resume` build it
+        built = ValleyOptunaSearch(space={"lr": tune.uniform(0, 1)}, metric="val_loss", mode="min",
+                                   points_to_evaluate=[{"lr": 0.5}], evaluated_rewards=[0.3],
+                                   storage=journal(folder), study_name=folder.name)
+        built.quiet = True
+        return built
+
+    first = searcher()
+    first.suggest("a"), first.suggest("b")
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot
+    first.on_trial_complete("b", {"val_loss": 0.2})  # after it, b finished
+    first.suggest("c")  # and c was asked; then the driver died
+    second = searcher()  # the warm start is in the journal already: not added again
+    second.restore(str(tmp_path / "searcher.pkl"))
+    second.on_trial_complete("b", {"val_loss": 0.25})  # b, resumed, finishes again: told once
+    second.on_trial_complete("a", {"val_loss": 0.1})
+    assert [(t.state.name, t.value) for t in load_study(folder).trials] == [
+        ("COMPLETE", 0.3), ("COMPLETE", 0.1), ("COMPLETE", 0.2), ("FAIL", None)]
