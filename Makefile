@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test install clean
+.PHONY: quickstart test test-slow install clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	bash tests/install_chromium.sh
 	$(BIN)/python -m pytest -q
+
+# minutes-long tests (the 60-trial chaos test); CI runs them after `make test`
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) .pytest_cache

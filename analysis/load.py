@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +150,8 @@ def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
 def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: list[dict[str, Any]],
                finished: bool) -> dict[str, Any]:
     error_file = trial_dir / "error.txt"
-    error = _last_line(error_file) if error_file.exists() else ""
     last = rows[-1] if rows else {}
+    error = _last_line(error_file) if error_file.exists() and not _recovered(error_file, last) else ""
     status = trial_status(last, error, bool(rows), config.get("max_epochs"), finished)
     if status == "completed":
         error = ""
@@ -171,6 +173,18 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
                 "device": last.get("device")})
     row.update({f"config/{k}": v for k, v in config.items()})
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+FAILED_AT = re.compile(r"^Failure # \d+ \(occurred at (\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\)", re.M)
+
+
+def _recovered(error_file: Path, last: dict[str, Any]) -> bool:
+    """Whether the trial reported after its last failure (Tune retried it from a checkpoint)."""
+    times = FAILED_AT.findall(error_file.read_text(errors="replace"))
+    if not times or "timestamp" not in last:
+        return False
+    failed = time.mktime(time.strptime(times[-1], "%Y-%m-%d_%H-%M-%S"))  # Tune writes local time
+    return last["timestamp"] > failed
 
 
 def _last_line(path: Path) -> str:

@@ -161,8 +161,8 @@ def timed_fit(times: list[float]) -> Iterator[None]:
         Tuner.fit = original
 
 
-def run_valley(work: Workload, root: Path, name: str, overrides: dict[str, Any] | None = None
-               ) -> dict[str, float]:
+def run_valley(work: Workload, root: Path, name: str, overrides: dict[str, Any] | None = None,
+               **options: Any) -> dict[str, float]:
     """Seconds of ``Tuner.fit()`` and of the whole ``run_search`` (Ray already started)."""
     import pandas as pd
 
@@ -172,7 +172,7 @@ def run_valley(work: Workload, root: Path, name: str, overrides: dict[str, Any] 
     space_file = root / f"{work.name}.yaml"
     space_file.write_text(work.yaml())
     opts = SearchOptions(storage=str(root / "results"), name=f"{name}-{next(_RUNS)}", num_cpus=2, quiet=True,
-                         overrides=dict(overrides or {}))
+                         overrides=dict(overrides or {}), **options)
     fits: list[float] = []
     started = time.perf_counter()
     with timed_fit(fits):
@@ -212,6 +212,7 @@ def variants(work: Workload, root: Path, quick: bool) -> list[tuple[str, Callabl
     runs: list[tuple[str, Callable[[], dict[str, float]]]] = [
         ("bare (Pool(2), LocalReporter)", functools.partial(run_bare, work, {})),
         ("valley (run_search as is)", functools.partial(run_valley, work, root, "valley")),
+        ("valley, --no-tensorboard", functools.partial(run_valley, work, root, "valley-no-tb", tensorboard=False)),
     ]
     if work.epochs > 1:
         runs += [  # as is, these trials checkpoint once, at the end (checkpoint_s: 30 s)

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 JOURNAL = "optuna.journal"
+TRIAL_ID = "ray_trial_id"  # a study trial's user attribute: the Tune trial it is
 
 
 def journal(folder: Path) -> JournalStorage:
@@ -39,12 +40,13 @@ class ValleyOptunaSearch(OptunaSearch):
     * a study that its storage already holds (``valley resume``) is not warm-started twice;
     * after a restore, a study trial Tune no longer knows (asked after the snapshot the
       driver was killed behind) is marked failed, and a trial the journal already finished
-      is not told again.
+      (after that snapshot) is neither reported to nor told again while Tune reruns its end.
 
     Pickled with the experiment, so ``valley resume`` gets it back.
     """
 
     quiet = False
+    _told: frozenset[str] = frozenset()  # Tune trial ids the journal finished after the restored snapshot
 
     def _setup_study(self, mode: Any) -> None:
         points, rewards = self._points_to_evaluate, self._evaluated_rewards
@@ -56,27 +58,39 @@ class ValleyOptunaSearch(OptunaSearch):
         finally:
             self._points_to_evaluate, self._evaluated_rewards = points, rewards
 
+    def suggest(self, trial_id: str) -> dict | None:
+        found = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # which Tune trial each study trial is, in optuna-dashboard too
+            self._ot_trials[trial_id].set_user_attr(TRIAL_ID, trial_id)
+        return found
+
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         if self._storage is None or self._ot_study is None:
             return
+        in_journal = self._ot_study.get_trials(deepcopy=False)
+        finished = {t._trial_id for t in in_journal if t.state.is_finished()}
+        self._told = frozenset(tid for tid, trial in self._ot_trials.items()
+                               if trial._trial_id in finished and tid not in self._completed_trials)
         known = {t._trial_id for t in self._ot_trials.values()}
-        orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t._trial_id not in known]
-        for trial in orphans:
-            self._ot_study.tell(trial.number, state=TrialState.FAIL)
-        if orphans and not self.quiet:
-            print(f"valley: note: the Optuna study held {len(orphans)} trial(s) asked after Ray's last snapshot, "
-                  f"which the restored search does not know; marked them failed in {JOURNAL}", flush=True)
+        lost = [t for t in in_journal if TRIAL_ID in t.user_attrs and t._trial_id not in known]
+        for trial in lost:
+            if trial.state == TrialState.RUNNING:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+        if lost and not self.quiet:
+            print(f"valley: note: {len(lost)} Optuna trial(s) began after Ray's last snapshot, and the restored "
+                  f"search does not know them: those still running are marked failed in {JOURNAL}; those that "
+                  "finished keep their values in the study (the training happened) but have no row in "
+                  "trials.csv", flush=True)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self._told:
+            super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result=result, error=error)
-        if self._storage is not None:
-            told = self._storage.get_trial(self._ot_trials[trial_id]._trial_id)
-            if told.state.is_finished():  # before the crash, after the last snapshot
-                self._completed_trials.add(trial_id)
-                return None
+        if trial_id in self._told:
+            self._completed_trials.add(trial_id)
+            return None
         value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
         if not error and isinstance(value, (int, float)) and not math.isfinite(value):
             result, error = None, True

@@ -24,7 +24,8 @@ def trainable(family: Family, data: Any, rows: list[dict[str, Any]], opts: Searc
 
 
 def scheduler(opts: SearchOptions, epochs: int) -> Any:
-    """ASHA or BOHB's HyperBand on training iterations (epochs), or None for FIFO."""
+    """ASHA (its rungs rebuilt from disk on resume) or BOHB's HyperBand on training iterations (epochs),
+    or None for FIFO."""
     if opts.scheduler == "hyperband":
         from ray.tune.schedulers import HyperBandForBOHB
 
@@ -32,10 +33,10 @@ def scheduler(opts: SearchOptions, epochs: int) -> Any:
                                 reduction_factor=opts.reduction_factor)
     if opts.scheduler != "asha":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from search.asha import ValleyASHA
 
-    return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=opts.grace_period,
-                         reduction_factor=opts.reduction_factor)
+    return ValleyASHA(opts.quiet, max_t=epochs, grace_period=opts.grace_period,
+                      reduction_factor=opts.reduction_factor)
 
 
 def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
@@ -154,3 +155,28 @@ def fail_diverged_trials_at_once() -> None:
 
     handle_error._valley = True  # type: ignore[attr-defined]
     Trial.handle_error = handle_error
+
+
+def retry_trials_killed_while_starting() -> None:
+    """A trial whose reused worker dies while being reset for it is retried like any other.
+
+    With actor reuse, Tune resets an idle worker for the next trial while that trial is still
+    PENDING, and a failure then bypasses the retry rule, which asks for a RUNNING trial: the
+    trial ends failed at its first crash whatever --max-failures says. Tune itself sets a trial
+    RUNNING before handling a failure in its worker's creation (``_actor_failed``); this does the
+    same for the reset (found by tests/test_chaos.py, which kills trial workers at random).
+    """
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment.trial import Trial
+
+    if getattr(TuneController._process_trial_failure, "_valley", False):
+        return
+    original = TuneController._process_trial_failure
+
+    def process_trial_failure(self: Any, trial: Any, exception: Any) -> None:
+        if trial.status == Trial.PENDING:
+            self._set_trial_status(trial, Trial.RUNNING)
+        original(self, trial, exception)
+
+    process_trial_failure._valley = True  # type: ignore[attr-defined]
+    TuneController._process_trial_failure = process_trial_failure

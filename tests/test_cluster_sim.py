@@ -1,4 +1,4 @@
-"""A search on a simulated multi-node cluster, one of whose worker nodes disappears mid-search.
+"""A TPE + ASHA search on a simulated multi-node cluster, one of whose worker nodes disappears mid-search.
 
 ``ray.cluster_utils.Cluster`` runs a 0-CPU head and 1-CPU worker nodes as separate raylets on
 this machine. It needs its own Ray (not the session's) and must add and remove nodes from the
@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-EPOCHS = 20
+EPOCHS, TRIALS = 20, 6
 SPACE = f"""\
 family: mlp
 dataset: synthetic
@@ -58,14 +58,18 @@ def test_lost_worker_node_trials_resume_elsewhere(tmp_path):
     assert "--gpus-per-trial 0.5 asks for more GPUs than any node of the cluster" in summary["refused"][0]
     assert "--cpus-per-trial 2 asks for more CPUs than any node of the cluster" in summary["refused"][1]
     assert summary["status"] == "completed"
-    assert summary["statuses"] == ["completed"] * 4  # every trial finished all its epochs
+    assert len(summary["trials"]) == TRIALS and set(summary["statuses"]) <= {"completed", "stopped"}
+    # Optuna's study holds each trial once, finished, with the value it last reported
+    assert sorted(trial for trial, _, _ in summary["study"]) == summary["trials"]
+    assert {trial: value for trial, state, value in summary["study"] if state == "COMPLETE"} == pytest.approx(
+        summary["last_val_loss"])
     assert summary["removed"], f"no trial was seen running on a worker node: {summary}"
     assert len(summary["trial_nodes"]) >= 2, summary  # trials ran on more than one node
     moved = summary["moved"]  # trial -> the epochs it reported on the removed node, then elsewhere
     assert moved, f"no trial was running on the removed node: {summary}"
-    for before, after in moved.values():
+    for trial, (before, after) in moved.items():
         assert after[0] > 1 and after[0] <= before[-1] + 1  # from its checkpoint, not from scratch
-        assert after == list(range(after[0], EPOCHS + 1))
+        assert after == list(range(after[0], summary["epochs"][trial] + 1))  # then on to where it ended
 
 
 def scenario(tmp: Path) -> dict:
@@ -82,7 +86,7 @@ def scenario(tmp: Path) -> dict:
     cluster.wait_for_nodes()
     folder = tmp / "results" / "cluster"
     opts = SearchOptions(address=cluster.address, storage=str(tmp / "results"), name="cluster", max_failures=3,
-                         quiet=True)
+                         quiet=True, search="optuna", samples=TRIALS, scheduler="asha")
     refused = []
     for too_much in ({"gpus_per_trial": 0.5}, {"cpus_per_trial": 2}):
         try:
@@ -132,8 +136,15 @@ def scenario(tmp: Path) -> dict:
                             [row["epoch"] for row in trial_rows if row["node_id"] != removed])
     import pandas as pd
 
+    from search.optuna_study import load_study
+
     trials = pd.read_csv(folder / "trials.csv")
+    epochs = pd.read_parquet(folder / "epochs.parquet").sort_values("epoch")
     summary = {
+        "trials": sorted(trials["trial_id"]),
+        "last_val_loss": epochs.groupby("trial_id").tail(1).set_index("trial_id")["val_loss"].to_dict(),
+        "epochs": trials.set_index("trial_id")["epochs"].to_dict(),
+        "study": [[t.user_attrs.get("ray_trial_id"), t.state.name, t.value] for t in load_study(folder).trials],
         "status": json.loads((folder / "valley.json").read_text())["status"],
         "statuses": sorted(trials["status"]),
         "trial_nodes": sorted({row["node_id"] for r in results.values() for row in r}),
