@@ -19,6 +19,13 @@ one thing through options or environment variables, to show what each part costs
 included) are measured beside wall time: on a shared machine they are the steadier figure.
 ``tune defaults`` is a plain ``tune.Tuner`` with Tune's defaults (no actor reuse, CSV, JSON and
 TensorBoard loggers, console progress).
+
+``--workloads e2e`` measures what a user feels, each in a fresh process, from the command to its
+exit: ``valley search mlp-rough --dataset digits --max-epochs 1`` (the reference's 14 MLPs, one
+epoch each; also the time to its first trial's line and what it leaves on disk) against ``bare``,
+the same 14 trainings in one plain Python process (``trainables.loop.train``, imports counted),
+with Ray's own start-up (``ray.init`` and ``ray.shutdown`` in a fresh process) beside them. Goals:
+the first result within Ray's start-up + 1 s, the whole search within bare + Ray's start-up + 2 s.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import CpuMeter, machine, table, wait_for_quiet  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
 _RUNS = itertools.count()  # a fresh experiment name per run: valley never overwrites one
 
 
@@ -207,6 +215,76 @@ def run_tune_defaults(work: Workload, root: Path, name: str) -> dict[str, float]
     return {"wall": wall, "e2e": wall, **trial_times(root / "results" / name)}
 
 
+# ---- end to end: the command a user types, in fresh processes -----------------------------------------
+
+E2E_BARE = """
+import time; started = time.perf_counter()
+from spaces import load_space
+from trainables.data import load_dataset
+from trainables.loop import train
+from trainables.report import LocalReporter
+space, data = load_space("mlp-rough"), load_dataset("digits")
+for row in space.grid:
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in {**space.params, **row}.items()}
+    train({**config, "family": "mlp", "dataset": "digits", "max_epochs": 1}, data=data, reporter=LocalReporter())
+"""
+E2E_RAY = "import ray; ray.init(num_cpus=2, include_dashboard=False); ray.shutdown()"
+
+
+def python(code: str) -> float:
+    """Seconds from starting ``python -c code`` (in the repository) to its exit."""
+    import subprocess
+
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=e2e_env(), check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def e2e_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, "PYTHONPATH": str(ROOT), "VALLEY_OFFLINE": "1"}
+
+
+def run_e2e(root: Path) -> dict[str, float]:
+    """``valley search mlp-rough --dataset digits --max-epochs 1``: wall, first trial line, disk (MB)."""
+    import re
+    import subprocess
+
+    folder = root / "results" / f"e2e-{next(_RUNS)}"
+    command = [sys.executable, "-m", "search.cli", "search", "mlp-rough", "--dataset", "digits", "--max-epochs",
+               "1", "--num-cpus", "2", "--storage", str(folder.parent), "--name", folder.name]
+    started, first = time.perf_counter(), float("nan")
+    with subprocess.Popen(command, cwd=ROOT, env=e2e_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as run:
+        for line in run.stdout:
+            if first != first and re.match(r"\[\s*1/", line):
+                first = time.perf_counter() - started
+    wall = time.perf_counter() - started
+    assert run.returncode == 0, f"valley search exited with {run.returncode}"
+    disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+    return {"wall": wall, "first": first, "disk": disk}
+
+
+def end_to_end(rounds: int, max_wait: float) -> None:
+    """Rounds of (bare, Ray's start-up, valley search), each in fresh processes; a table of medians."""
+    runs: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="valley-e2e-") as tmp:
+        for round_ in range(rounds):
+            wait_for_quiet(max_wait)
+            bare, ray_start = python(E2E_BARE), python(E2E_RAY)
+            wait_for_quiet(max_wait)
+            runs.append({"bare": bare, "ray": ray_start, **run_e2e(Path(tmp))})
+            print(f"  e2e round {round_ + 1}: {runs[-1]}", file=sys.stderr, flush=True)
+    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    print(table([{"end to end (median of rounds)": "valley search mlp-rough --dataset digits --max-epochs 1",
+                  "bare s": median["bare"], "ray start s": median["ray"], "valley s": median["wall"],
+                  "ratio vs bare": median["wall"] / median["bare"],
+                  "valley - bare - ray start s": median["wall"] - median["bare"] - median["ray"],
+                  "first result s": median["first"], "first - ray start s": median["first"] - median["ray"],
+                  "disk MB": median["disk"]}]))
+    print("goals: valley - bare - ray start <= 2 s; first - ray start <= 1 s; disk <= 60 MB")
+
+
 def variants(work: Workload, root: Path, quick: bool) -> list[tuple[str, Callable[[], dict[str, float]]]]:
     """(label, run) for every row of one workload; ``bare`` first."""
     runs: list[tuple[str, Callable[[], dict[str, float]]]] = [
@@ -240,7 +318,7 @@ def _patched(context: Callable[[], contextlib.AbstractContextManager],
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the fixed-cost workload only")
-    parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=None)
+    parser.add_argument("--workloads", nargs="+", choices=[*sorted(WORKLOADS), "e2e"], default=None)
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds (every row once per round); the table shows medians and the range")
     parser.add_argument("--attempts", type=int, default=3,
@@ -254,9 +332,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-wait", type=float, default=60.0,
                         help="seconds to wait before each run for other jobs to leave the CPUs")
     args = parser.parse_args(argv)
-    names = args.workloads or (["fixed"] if args.quick else ["fixed", "5s"])
+    names = args.workloads or (["fixed"] if args.quick else ["fixed", "5s", "e2e"])
     os.environ.setdefault("VALLEY_OFFLINE", "1")
-    print(f"machine: {machine()}", flush=True)
+    from search.manifest import git_commit
+
+    print(f"machine: {machine()}, {time.strftime('%Y-%m-%d')}, commit {git_commit()}", flush=True)
+    if "e2e" in names:
+        end_to_end(args.repeats, args.max_wait)
+        names = [n for n in names if n != "e2e"]
+        if not names:
+            return
     runs_of: dict[tuple[str, str], list[dict[str, float]]] = {}
 
     def measure_once(work: Workload, label: str, run: Callable[[], dict[str, float]], round_: int) -> None:
