@@ -2,8 +2,8 @@
 
 Both are Ray Tune's own logger callbacks, run on the driver. valley changes what they record
 of a configuration (a grid row's keys, not its index) and of a finished trial (its final and
-test metrics), keeps a resumed trial in its own MLflow run, and writes MLflow's metrics in
-one batch per epoch.
+test metrics), and how a resumed trial's repeated epochs are recorded. MLflow's callback is in
+``search/mlflow_log.py``: importing it imports MLflow (a second), so only ``--log mlflow`` does.
 """
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.logger.tensorboardx import TBXLoggerCallback
 
-from analysis.format import MANIFEST
 from search.options import MLFLOW_INSTALL, SearchError, SearchOptions
 
 
@@ -62,55 +60,6 @@ class TensorBoard(TBXLoggerCallback):
             writer.add_summary(summary)
 
 
-class MLflow(MLflowLoggerCallback):
-    """Ray's MLflow logger: one run per trial, tagged with its trial id, its parameters resolved,
-    its metrics per epoch (the last epoch's report carries the best checkpoint's test metrics),
-    and the experiment's manifest as an artifact when the trial ends.
-
-    A resumed trial goes on in the run it started, and an epoch it reports again (one after its
-    last checkpoint) is not logged twice: MLflow cannot replace a logged value, so the first stays.
-    """
-
-    def __init__(self, uri: str | None, folder: Path, rows: list[dict[str, Any]]) -> None:
-        super().__init__(uri, experiment_name=folder.name, tags={"valley_experiment": str(folder)})
-        self.folder = folder
-        self.rows = rows
-        self.logged: dict[str, int] = {}  # run id -> the last step logged
-
-    def log_trial_start(self, trial: Any) -> None:
-        if trial not in self._trial_runs:
-            client = self.mlflow_util._get_client()
-            found = client.search_runs([self.mlflow_util.experiment_id],
-                                       filter_string=f"tags.trial_id = '{trial.trial_id}'", max_results=1)
-            if found:
-                run_id = self._trial_runs[trial] = found[0].info.run_id
-                self.logged[run_id] = max((m.step for m in client.get_metric_history(run_id, "epoch")), default=0)
-                return
-            run = client.create_run(self.mlflow_util.experiment_id, run_name=str(trial),
-                                    tags={**self.tags, "trial_id": trial.trial_id, "trial_name": str(trial)})
-            self._trial_runs[trial] = run.info.run_id
-            self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=resolved(trial.config, self.rows))
-
-    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        run_id, step = self._trial_runs[trial], int(result["training_iteration"])
-        if step <= self.logged.get(run_id, 0):
-            return
-        self.logged[run_id] = step
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "training_iteration"]
-        self.mlflow_util._get_client().log_batch(run_id, metrics=metrics)
-
-    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
-        if (self.folder / MANIFEST).exists():
-            self.mlflow_util._get_client().log_artifact(self._trial_runs[trial], str(self.folder / MANIFEST))
-        super().log_trial_end(trial, failed)
-
-
 def check(opts: SearchOptions) -> None:
     """Refuse --log mlflow without MLflow, and an MLflow store that cannot be opened, in one line."""
     if "mlflow" not in opts.log:
@@ -137,5 +86,7 @@ def callbacks(opts: SearchOptions, folder: Path, rows: list[dict[str, Any]], met
     if opts.tensorboard:
         chosen.append(TensorBoard(rows, metrics))
     if "mlflow" in opts.log:
+        from search.mlflow_log import MLflow
+
         chosen.append(MLflow(opts.mlflow_uri, folder, rows))
     return chosen

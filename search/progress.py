@@ -62,13 +62,13 @@ class Progress(Callback):
             self.counted = True
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        """Show the board; prune checkpoints each time Tune's snapshot on disk changes (looked at once a second)."""
+        """Show the board; prune checkpoints when Tune's snapshot on disk has changed, looking at most
+        once a second and at most 5 % of the time (reading a snapshot grows with the trials)."""
         if getattr(self, "board", None) is not None and trials:
             self.board.show(trials)
         now = time.monotonic()
-        if not trials or now - getattr(self, "looked_at", 0.0) < 1.0:
+        if not trials or now < getattr(self, "look_after", 0.0):
             return
-        self.looked_at = now
         try:
             folder = Path(trials[0].path).parent
             snapshot = newest_snapshot(folder)
@@ -77,6 +77,7 @@ class Progress(Callback):
                 self.pruned_at = snapshot[1]
         except Exception:  # noqa: BLE001 - pruning saves disk; it must never stop a search
             pass
+        self.look_after = now + max(1.0, 19 * (time.monotonic() - now))
 
     def _line(self, trial: Any, outcome: str) -> None:
         self.done += 1

@@ -13,21 +13,49 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from search.options import SearchOptions
 
 # Tune's automatic CSV and TensorBoard loggers cost time per result and nothing reads them (the JSON
-# logger, result.json and params.json, is added back explicitly); the old progress output stays off
-# the terminal; the experiment snapshot, what a killed driver can resume and readers of a running
-# search see, is written at most every second (Tune's "auto" is >= 10 s).
+# logger, result.json and params.json, is added back explicitly; TensorBoard's by search.loggers);
+# the old progress output stays off the terminal; the experiment snapshot, what a killed driver can
+# resume and readers of a running search see, is timed by Tune's "auto" rule with valley's floor.
 TUNE_ENVIRONMENT = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
-                    "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+                    "TUNE_GLOBAL_CHECKPOINT_S": "auto"}
+SNAPSHOT_FLOOR_S = 1.0
 
 
 def tune_environment() -> None:
     """Set what Tune reads when a Tuner runs, unless the user set it."""
     for key, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    snapshot_every_second_or_5_percent()
+
+
+def snapshot_every_second_or_5_percent() -> None:
+    """Tune's "auto" snapshot period: 19 x the time the last snapshot took (5 % of the driver's time
+    at most), but at least 10 s. valley keeps the rule with a floor of 1 s, so a killed driver of a
+    small search loses at most a second of results, while the snapshot of thousands of trials
+    (30 KB each) is not rewritten every second (which made a 3,000-trial search's driver spend
+    most of its time on it; ``benchmarks/scale.py``)."""
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as Manager
+
+    if getattr(Manager._update_auto_checkpoint_time, "_valley", False):
+        return
+    original_init = Manager.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        if self._auto_checkpoint_enabled:
+            self._checkpoint_period = SNAPSHOT_FLOOR_S
+
+    def update(self: Any, time_taken: float) -> None:
+        if self._auto_checkpoint_enabled:
+            self._checkpoint_period = max(SNAPSHOT_FLOOR_S, time_taken * 19)
+
+    update._valley = True  # type: ignore[attr-defined]
+    Manager.__init__, Manager._update_auto_checkpoint_time = __init__, update
 
 
 @contextlib.contextmanager
