@@ -25,6 +25,7 @@ PALETTE = qualitative.Plotly
 REGIONS = {"underfit": "rgba(66, 133, 244, 0.09)", "valley": "rgba(52, 168, 83, 0.16)",
            "overfit": "rgba(234, 67, 53, 0.09)"}
 MINUTES = 720  # minutes on a 12-hour dial
+MANY_CURVES = 150  # learning curves of more trials are drawn as one trace per colour
 LAYOUT = dict(template="plotly_white", margin=dict(l=70, r=30, t=70, b=60), font=dict(size=13))
 
 
@@ -237,16 +238,19 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, y: str = "val_lo
     info = trials.set_index(keys)
     labels = config_labels(trials).set_axis(info.index)
     sizes = pd.to_numeric(info["n_params"], errors="coerce") if "n_params" in info else None
+    many = len(info) > MANY_CURVES  # then one trace per colour, not per trial: thousands of traces are slow
     if sizes is not None and sizes.notna().any():
         logs = np.log10(sizes.clip(lower=1))
         span = (logs.min(), max(logs.max(), logs.min() + 1e-9))
-        colours = pd.Series(sample_colorscale("Viridis", list(((logs - span[0]) / (span[1] - span[0])).fillna(0))),
+        shade = ((logs - span[0]) / (span[1] - span[0])).fillna(0)
+        colours = pd.Series(sample_colorscale("Viridis", list((shade * 9).round() / 9 if many else shade)),
                             index=info.index)
     else:
         colours = pd.Series([PALETTE[i % len(PALETTE)] for i in range(len(info))], index=info.index)
     fig = go.Figure()
     show_legend = len(info) <= legend_max
     ends: dict[str, list[tuple[float, float, str]]] = {status: [] for status in ("stopped", *FAILED)}
+    merged: dict[str, tuple[list, list, list]] = {}  # colour -> x, y, hover text, curves split by None
     for key, curve in epochs.groupby(keys, sort=False):
         key = key if len(keys) > 1 else key[0] if isinstance(key, tuple) else key
         if key not in info.index:
@@ -255,13 +259,24 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, y: str = "val_lo
         trial = info.loc[key]
         trial_id = key[-1] if isinstance(key, tuple) else key
         label = escape(labels.loc[key])
-        fig.add_trace(go.Scatter(
-            x=curve[x], y=curve[y], mode="lines", name=f"{label}", showlegend=show_legend,
-            line=dict(color=colours.loc[key], width=1.6), opacity=0.85,
-            hovertemplate=f"trial {escape(trial_id)}<br>{label}<br>{x} %{{x}}: %{{y:.4g}}<extra></extra>"))
+        text = f"trial {escape(trial_id)}<br>{label}"
+        if many:
+            xs, ys, texts = merged.setdefault(colours.loc[key], ([], [], []))
+            xs += [*curve[x], None]
+            ys += [*curve[y], None]
+            texts += [text] * len(curve) + [""]
+        else:
+            fig.add_trace(go.Scatter(
+                x=curve[x], y=curve[y], mode="lines", name=f"{label}", showlegend=show_legend,
+                line=dict(color=colours.loc[key], width=1.6), opacity=0.85,
+                hovertemplate=f"{text}<br>{x} %{{x}}: %{{y:.4g}}<extra></extra>"))
         status = trial.get("status")
         if status in ends and len(curve):
-            ends[status].append((curve[x].iloc[-1], curve[y].iloc[-1], f"trial {escape(trial_id)}<br>{label}"))
+            ends[status].append((curve[x].iloc[-1], curve[y].iloc[-1], text))
+    for colour, (xs, ys, texts) in merged.items():
+        fig.add_trace(go.Scattergl(x=xs, y=ys, text=texts, mode="lines", showlegend=False, opacity=0.6,
+                                   line=dict(color=colour, width=1.2),
+                                   hovertemplate=f"%{{text}}<br>{x} %{{x}}: %{{y:.4g}}<extra></extra>"))
     styles = {"stopped": ("stopped by the scheduler (ASHA)", "x", "#d62728"),
               **{status: (status, symbol, "#7f0000")
                  for status, symbol in zip(FAILED, ("triangle-down", "triangle-up"))}}

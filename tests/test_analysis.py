@@ -261,6 +261,18 @@ def test_learning_curves_mark_scheduler_stops(asha):
     assert fig.layout.xaxis.title.text == "epoch" and fig.layout.yaxis.title.text == "validation loss"
 
 
+def test_learning_curves_of_many_trials_are_one_trace_per_colour(asha, monkeypatch):
+    """Thousands of traces make a report slow to build and to open: past MANY_CURVES, one per colour."""
+    monkeypatch.setattr(figures, "MANY_CURVES", 5)
+    fig = figures.learning_curves(asha.trials, asha.epochs)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert 1 < len(lines) <= 10  # colour buckets of model size, every curve kept
+    points = sum(sum(v is not None for v in t.y) for t in lines)
+    assert points == asha.epochs["val_loss"].notna().sum()
+    assert sum(list(t.y).count(None) for t in lines) == asha.trials["trial_id"].nunique()
+    assert next(t for t in fig.data if t.name == "stopped by the scheduler (ASHA)").x == (1, 1, 1, 1)
+
+
 def test_parallel_coordinates_and_importance(asha):
     fig = figures.parallel_coordinates(asha.trials)
     labels = [d.label for d in fig.data[0].dimensions]
