@@ -63,16 +63,25 @@ class DashboardServer(ThreadingHTTPServer):
         return self.cached("load", folder, lambda: load(folder))
 
 
-def signature(folder: Path) -> tuple[int, int]:
-    """(files seen, newest modification time in ns) of an experiment's or plan's result files."""
+def signature(folder: Path, depth: int = 2) -> tuple[int, int]:
+    """(files seen, newest modification time in ns) of an experiment's or plan's result files: every
+    ``*.json`` and ``error.txt`` down to two folders below (a plan's stage, then its trial)."""
     count, newest = 0, 0
-    for pattern in ("*.json", "*/*.json", "*/*/*.json", "*/error.txt", "*/*/error.txt"):
-        for path in folder.glob(pattern):
-            try:
-                newest = max(newest, path.stat().st_mtime_ns)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return count, newest
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if depth and not entry.name.startswith("checkpoint_"):
+                    found = signature(Path(entry.path), depth - 1)
+                    count, newest = count + found[0], max(newest, found[1])
+            elif entry.name.endswith(".json") or (entry.name == "error.txt" and depth < 2):
+                newest = max(newest, entry.stat().st_mtime_ns)
                 count += 1
-            except OSError:
-                continue
+        except OSError:
+            continue
     return count, newest
 
 

@@ -80,7 +80,7 @@ def _keys(trials: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
 def _hover(trials: pd.DataFrame, metric: str) -> list[str]:
     labels = config_labels(trials)
     lines = []
-    for (_, row), label in zip(trials.iterrows(), labels):
+    for row, label in zip(trials.to_dict("records"), labels):
         text = [f"<b>trial {escape(row['trial_id'])}</b>"]
         if "stage" in row:
             text.append(f"stage {escape(row['stage'])}")
@@ -251,28 +251,29 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, y: str = "val_lo
     show_legend = len(info) <= legend_max
     ends: dict[str, list[tuple[float, float, str]]] = {status: [] for status in ("stopped", *FAILED)}
     merged: dict[str, tuple[list, list, list]] = {}  # colour -> x, y, hover text, curves split by None
-    for key, curve in epochs.groupby(keys, sort=False):
+    status_of = info["status"].to_dict() if "status" in info else {}
+    label_of, colour_of = labels.to_dict(), colours.to_dict()  # per-trial lookups: thousands of trials
+    for key, curve in epochs.sort_values([*keys, x]).groupby(keys, sort=False):
         key = key if len(keys) > 1 else key[0] if isinstance(key, tuple) else key
-        if key not in info.index:
+        if key not in label_of:
             continue
-        curve = curve.sort_values(x)
-        trial = info.loc[key]
         trial_id = key[-1] if isinstance(key, tuple) else key
-        label = escape(labels.loc[key])
+        label = escape(label_of[key])
         text = f"trial {escape(trial_id)}<br>{label}"
+        xs_, ys_ = curve[x].tolist(), curve[y].tolist()
         if many:
-            xs, ys, texts = merged.setdefault(colours.loc[key], ([], [], []))
-            xs += [*curve[x], None]
-            ys += [*curve[y], None]
-            texts += [text] * len(curve) + [""]
+            xs, ys, texts = merged.setdefault(colour_of[key], ([], [], []))
+            xs += [*xs_, None]
+            ys += [*ys_, None]
+            texts += [text] * len(xs_) + [""]
         else:
             fig.add_trace(go.Scatter(
-                x=curve[x], y=curve[y], mode="lines", name=f"{label}", showlegend=show_legend,
-                line=dict(color=colours.loc[key], width=1.6), opacity=0.85,
+                x=xs_, y=ys_, mode="lines", name=f"{label}", showlegend=show_legend,
+                line=dict(color=colour_of[key], width=1.6), opacity=0.85,
                 hovertemplate=f"{text}<br>{x} %{{x}}: %{{y:.4g}}<extra></extra>"))
-        status = trial.get("status")
-        if status in ends and len(curve):
-            ends[status].append((curve[x].iloc[-1], curve[y].iloc[-1], text))
+        status = status_of.get(key)
+        if status in ends and xs_:
+            ends[status].append((xs_[-1], ys_[-1], text))
     for colour, (xs, ys, texts) in merged.items():
         fig.add_trace(go.Scattergl(x=xs, y=ys, text=texts, mode="lines", showlegend=False, opacity=0.6,
                                    line=dict(color=colour, width=1.2),
