@@ -73,10 +73,11 @@ class ValleyOptunaSearch(OptunaSearch):
         self._told = frozenset(tid for tid, trial in self._ot_trials.items()
                                if trial._trial_id in finished and tid not in self._completed_trials)
         known = {t._trial_id for t in self._ot_trials.values()}
-        lost = [t for t in in_journal if TRIAL_ID in t.user_attrs and t._trial_id not in known]
-        for trial in lost:
-            if trial.state == TrialState.RUNNING:
-                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+        running = [t for t in in_journal if t.state == TrialState.RUNNING and t._trial_id not in known]
+        lost = running + [t for t in in_journal if t.state.is_finished() and TRIAL_ID in t.user_attrs
+                          and t._trial_id not in known]  # (a driver killed right after asking: no id yet)
+        for trial in running:
+            self._ot_study.tell(trial.number, state=TrialState.FAIL)
         if lost and not self.quiet:
             print(f"valley: note: {len(lost)} Optuna trial(s) began after Ray's last snapshot, and the restored "
                   f"search does not know them: those still running are marked failed in {JOURNAL}; those that "

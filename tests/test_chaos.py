@@ -170,15 +170,21 @@ def test_sixty_trials_survive_trial_and_driver_kills(tmp_path):
     for milestone, values in expected.items():
         assert {t: rebuilt[milestone].get(t) for t in values} == pytest.approx(values), milestone
 
-    # Optuna's study holds each trial once, with its value (the last val_loss Tune told it); trials
-    # that began after the snapshot a kill lost are not Tune's any more: failed, or finished but apart
+    # Optuna's study holds each trial once, with the value it finished with: the val_loss of its last
+    # epoch, unless it finished after the snapshot a kill lost and, re-run, went further (ASHA, its
+    # rungs fuller, may decide otherwise the second time): the study keeps the first end, one of the
+    # trial's own epochs. Trials that began after such a snapshot are not Tune's any more: failed, or
+    # finished apart.
     study = load_study(folder)
     assert {t.state.name for t in study.trials} <= {"COMPLETE", "FAIL"}
     told = [t for t in study.trials if t.user_attrs["ray_trial_id"] in set(trials["trial_id"])]
     assert sorted(t.user_attrs["ray_trial_id"] for t in told) == sorted(trials["trial_id"])
     assert {t.state.name for t in told} == {"COMPLETE"}
-    last = epochs.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")["val_loss"]
-    assert {t.user_attrs["ray_trial_id"]: t.value for t in told} == pytest.approx(last.to_dict())
+    curves = epochs.sort_values("epoch").groupby("trial_id")["val_loss"].apply(list).to_dict()
+    for trial in told:
+        assert any(trial.value == pytest.approx(v) for v in curves[trial.user_attrs["ray_trial_id"]]), trial
+    at_end = [t.value == pytest.approx(curves[t.user_attrs["ray_trial_id"]][-1]) for t in told]
+    assert sum(at_end) >= TRIALS - 3
 
 
 def resume_recording_rungs(folder: Path, out: Path) -> int:

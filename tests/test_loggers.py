@@ -155,11 +155,12 @@ def test_a_restored_study_holds_each_trial_once(tmp_path):
     first.suggest("a"), first.suggest("b")
     first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot
     first.on_trial_complete("b", {"val_loss": 0.2})  # after it, b finished
-    first.suggest("c")  # and c was asked; then the driver died
+    first.suggest("c")  # and c was asked,
+    first._ot_study.ask()  # and one more, the driver killed before it was given a Tune trial id
     second = searcher()  # the warm start is in the journal already: not added again
     second.restore(str(tmp_path / "searcher.pkl"))
     second.on_trial_result("b", {"val_loss": 0.25, "training_iteration": 1})  # b, resumed, reports again
     second.on_trial_complete("b", {"val_loss": 0.25})  # and finishes again: told once
     second.on_trial_complete("a", {"val_loss": 0.1})
     assert [(t.state.name, t.value) for t in load_study(folder).trials] == [
-        ("COMPLETE", 0.3), ("COMPLETE", 0.1), ("COMPLETE", 0.2), ("FAIL", None)]
+        ("COMPLETE", 0.3), ("COMPLETE", 0.1), ("COMPLETE", 0.2), ("FAIL", None), ("FAIL", None)]
