@@ -47,6 +47,7 @@ class ValleyOptunaSearch(OptunaSearch):
 
     quiet = False
     _told: frozenset[str] = frozenset()  # Tune trial ids the journal finished after the restored snapshot
+    _lost: frozenset[int] = frozenset()  # study trial ids whose Tune trials a crash lost (said once)
 
     def _setup_study(self, mode: Any) -> None:
         points, rewards = self._points_to_evaluate, self._evaluated_rewards
@@ -72,10 +73,11 @@ class ValleyOptunaSearch(OptunaSearch):
         finished = {t._trial_id for t in in_journal if t.state.is_finished()}
         self._told = frozenset(tid for tid, trial in self._ot_trials.items()
                                if trial._trial_id in finished and tid not in self._completed_trials)
-        known = {t._trial_id for t in self._ot_trials.values()}
+        known = {t._trial_id for t in self._ot_trials.values()} | self._lost  # lost by an earlier crash
         running = [t for t in in_journal if t.state == TrialState.RUNNING and t._trial_id not in known]
         lost = running + [t for t in in_journal if t.state.is_finished() and TRIAL_ID in t.user_attrs
                           and t._trial_id not in known]  # (a driver killed right after asking: no id yet)
+        self._lost = self._lost | {t._trial_id for t in lost}
         for trial in running:
             self._ot_study.tell(trial.number, state=TrialState.FAIL)
         if lost and not self.quiet:
