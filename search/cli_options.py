@@ -60,6 +60,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress-every", dest="progress_s", type=float, default=d.progress_s, metavar="SECONDS",
                         help="seconds between progress lines when the output is a file or a pipe "
                              f"(default {d.progress_s:g}; on a terminal the board is redrawn in place)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print nothing while it runs (no board, no per-trial lines); errors and the exit "
+                             "status still tell how it ended")
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                         help="write no TensorBoard event files (written by default: tensorboard --logdir results/EXP)")
     parser.add_argument("--log", action="append", default=[], choices=LOGS,

@@ -164,3 +164,15 @@ def test_a_restored_study_holds_each_trial_once(tmp_path):
     second.on_trial_complete("a", {"val_loss": 0.1})
     assert [(t.state.name, t.value) for t in load_study(folder).trials] == [
         ("COMPLETE", 0.3), ("COMPLETE", 0.1), ("COMPLETE", 0.2), ("FAIL", None), ("FAIL", None)]
+
+
+def test_command_line_flags_reach_the_search_options():
+    from search.cli import build_parser
+    from search.cli_options import options_from
+
+    args = build_parser().parse_args(["search", "mlp-rough", "--quiet", "--no-tensorboard", "--log", "mlflow",
+                                      "--log", "mlflow", "--mlflow-uri", "sqlite:///m.db"])
+    opts = options_from(args)
+    assert opts.quiet and not opts.tensorboard and opts.log == ("mlflow",) and opts.mlflow_uri == "sqlite:///m.db"
+    defaults = options_from(build_parser().parse_args(["search", "mlp-rough"]))
+    assert not defaults.quiet and defaults.tensorboard and defaults.log == () and defaults.mlflow_uri is None
