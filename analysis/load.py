@@ -151,7 +151,9 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
                finished: bool) -> dict[str, Any]:
     error_file = trial_dir / "error.txt"
     last = rows[-1] if rows else {}
-    error = _last_line(error_file) if error_file.exists() and not _recovered(error_file, last) else ""
+    failed = error_file.exists()
+    text = error_file.read_text(errors="replace") if failed else ""
+    error = _last_line(text) if failed and not _recovered(text, last) else ""
     status = trial_status(last, error, bool(rows), config.get("max_epochs"), finished)
     if status == "completed":
         error = ""
@@ -178,17 +180,17 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
 FAILED_AT = re.compile(r"^Failure # \d+ \(occurred at (\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\)", re.M)
 
 
-def _recovered(error_file: Path, last: dict[str, Any]) -> bool:
-    """Whether the trial reported after its last failure (Tune retried it from a checkpoint)."""
-    times = FAILED_AT.findall(error_file.read_text(errors="replace"))
+def _recovered(error: str, last: dict[str, Any]) -> bool:
+    """Whether the trial reported after the last failure in ``error.txt`` (Tune retried it from a checkpoint)."""
+    times = FAILED_AT.findall(error)
     if not times or "timestamp" not in last:
         return False
     failed = time.mktime(time.strptime(times[-1], "%Y-%m-%d_%H-%M-%S"))  # Tune writes local time
     return last["timestamp"] > failed
 
 
-def _last_line(path: Path) -> str:
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:500] if lines else "error (no message)"
 
 

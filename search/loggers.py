@@ -18,11 +18,12 @@ from search.options import MLFLOW_INSTALL, SearchError, SearchOptions
 
 
 def resolved(config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """A trial's configuration with its grid row's keys in place of the row's index; lists as text."""
-    row = rows[config["variant"]] if rows and "variant" in config else {}
-    merged = {**{k: v for k, v in config.items() if k != "variant"}, **row}
-    return {k: str(v) if isinstance(v, (list, tuple, dict)) else v for k, v in merged.items()
-            if v is not None}
+    """A trial's configuration with its grid row's keys in place of the row's index (as the trainable
+    resolves it); lists as text."""
+    from trainables.loop import resolve_variant
+
+    return {k: str(v) if isinstance(v, (list, tuple, dict)) else v
+            for k, v in resolve_variant(config, rows).items() if v is not None}
 
 
 class TensorBoard(TBXLoggerCallback):
