@@ -24,6 +24,11 @@ from search.options import SearchOptions
 TUNE_ENVIRONMENT = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
                     "TUNE_GLOBAL_CHECKPOINT_S": "auto"}
 SNAPSHOT_FLOOR_S = 1.0
+# What a local Ray's workers import before they take work (Ray's ``preload_python_modules``). Ray
+# starts one idle worker per CPU when the driver connects, so they load torch and the training loop
+# while the driver builds the search, and a trial's first optimizer finds ``torch._dynamo`` (which
+# torch imports there, a second per process) already loaded.
+WORKER_PRELOAD = ("torch._dynamo", "trainables.loop")
 
 
 def tune_environment() -> None:
@@ -131,9 +136,26 @@ def reap_local_ray_with_driver(before: set[int]) -> None:
                          close_fds=True)
 
 
-def start_ray(opts: SearchOptions) -> None:
-    """Join ``--address``, or start a local Ray: loopback only, dashboard off, token file private."""
+def trials_on_prestarted_workers() -> None:
+    """Let Tune's trial actors take the workers a local Ray starts ahead (and preloads).
+
+    Tune gives its actors a runtime environment of one variable, ``PL_DISABLE_FORK=1`` (for
+    PyTorch Lightning, ray#28197), and Ray starts a fresh worker for any actor whose environment
+    differs from the idle workers'. The variable is set for the whole local Ray instead.
+    """
+    from ray.tune.execution import class_cache
+
+    for key, value in class_cache.DEFAULT_ENV_VARS.items():
+        os.environ.setdefault(key, value)
+    class_cache.DEFAULT_ENV_VARS.clear()
+
+
+def start_ray(opts: SearchOptions, family: str | None = None) -> None:
+    """Join ``--address``, or start a local Ray: loopback only, dashboard off, token file private,
+    its workers importing ``WORKER_PRELOAD`` and ``family``'s module before they take work."""
     import ray
+
+    from trainables import FAMILIES
 
     tune_environment()
     if ray.is_initialized():
@@ -142,9 +164,12 @@ def start_ray(opts: SearchOptions) -> None:
         ray.init(address=opts.address, log_to_driver=False)
         return
     protect_auth_token(create=True)
+    trials_on_prestarted_workers()
+    preload = [*WORKER_PRELOAD, *([FAMILIES[family]] if family in FAMILIES else [])]
     before = descendants()
     with loopback_only():  # address="local": a new Ray, even where RAY_ADDRESS or a `ray start` points elsewhere
         ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
+                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING",
+                 _system_config={"preload_python_modules": preload})
     protect_auth_token()
     reap_local_ray_with_driver(before)

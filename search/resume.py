@@ -42,7 +42,7 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
                           "restore the original files or start a new search")
     say = sayer(opts)
     say(f"valley: resuming {folder}")
-    start_ray(opts)
+    start_ray(opts, manifest["family"])
     check_cluster(opts, folder.parent)
     restored = trainable(get_family(manifest["family"]), data, manifest["grid"], opts)
     tuner = tune.Tuner.restore(str(folder), restored, resume_unfinished=True, resume_errored=retry_failed)

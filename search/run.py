@@ -98,7 +98,7 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
         f"{len(data.x_test)} test, {data.split_rule}), {epochs} epochs per trial -> {folder}")
     for note in data.notes:
         say(f"valley: note: {note}")
-    start_ray(opts)
+    start_ray(opts, space.family)
     check_cluster(opts, folder.parent)
     board = None if opts.quiet else Board(space.metric, space.mode, epochs, opts.progress_s, opts.label)
     progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say, board)

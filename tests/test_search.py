@@ -74,6 +74,24 @@ def test_reference_mlp_grid_on_digits(ray_session, tmp_path):
     assert trials["best_val_acc"].max() > 0.90
 
 
+@pytest.mark.ray
+def test_workers_load_torch_before_a_trial_asks_for_them(ray_session):
+    """A local Ray's workers import torch, torch._dynamo and the training loop before they take work,
+    and Tune's trial actors carry no environment of their own, so Ray places them on those workers."""
+    import os
+
+    from ray.tune.execution.class_cache import _ActorClassCache
+
+    @ray_session.remote(num_cpus=0)
+    def loaded() -> list[str]:
+        return sorted(m for m in ("torch", "torch._dynamo", "trainables.loop") if m in sys.modules)
+
+    assert ray_session.get(loaded.remote()) == ["torch", "torch._dynamo", "trainables.loop"]
+    actor = _ActorClassCache().get(type("Trainable", (), {}))
+    assert not actor._default_options["runtime_env"].get("env_vars")
+    assert os.environ["PL_DISABLE_FORK"] == "1"  # what Tune set per actor, now set for the whole local Ray
+
+
 def test_name_taken_asks_for_resume(write_space, tmp_path):
     (tmp_path / "results" / "taken").mkdir(parents=True)
     with pytest.raises(SearchError, match=r"already exists; continue it with `valley resume"):
