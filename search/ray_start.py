@@ -20,9 +20,10 @@ from search.options import SearchOptions
 # Tune's automatic CSV and TensorBoard loggers cost time per result and nothing reads them (the JSON
 # logger, result.json and params.json, is added back explicitly; TensorBoard's by search.loggers);
 # the old progress output stays off the terminal; the experiment snapshot, what a killed driver can
-# resume and readers of a running search see, is timed by Tune's "auto" rule with valley's floor.
+# resume and readers of a running search see, is timed by Tune's "auto" rule with valley's floor;
+# Ray's usage statistics (on unless switched off, sent hourly to usage-stats.ray.io) are off.
 TUNE_ENVIRONMENT = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
-                    "TUNE_GLOBAL_CHECKPOINT_S": "auto"}
+                    "TUNE_GLOBAL_CHECKPOINT_S": "auto", "RAY_USAGE_STATS_ENABLED": "0"}
 SNAPSHOT_FLOOR_S = 1.0
 # What a local Ray's workers import before they take work (Ray's ``preload_python_modules``). Ray
 # starts one idle worker per CPU when the driver connects, so they load torch and the training loop
@@ -36,6 +37,25 @@ def tune_environment() -> None:
     for key, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     snapshot_every_second_or_5_percent()
+    no_callback_census_without_usage_statistics()
+
+
+def no_callback_census_without_usage_statistics() -> None:
+    """Tune counts the callbacks it is given for Ray's usage statistics by importing its MLflow, W&B,
+    Comet and Aim integrations, and the first imports MLflow wherever it is installed: a second on
+    every search. With the statistics off the count goes nowhere, so it is not taken."""
+    from ray._common.usage import usage_lib
+    from ray.air._internal import usage
+
+    if getattr(usage.tag_callbacks, "_valley", False):
+        return
+    original = usage.tag_callbacks
+
+    def tag_callbacks(callbacks: Any) -> bool:
+        return usage_lib.usage_stats_enabled() and original(callbacks)
+
+    tag_callbacks._valley = True  # type: ignore[attr-defined]
+    usage.tag_callbacks = tag_callbacks
 
 
 def snapshot_every_second_or_5_percent() -> None:

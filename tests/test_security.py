@@ -76,6 +76,31 @@ def test_start_ray_asks_for_a_fresh_loopback_ray(monkeypatch):
     assert ray_constants.ENABLE_RAY_CLUSTER == before  # restored for anything else in the process
 
 
+@pytest.mark.parametrize("setting, census", [(None, False), ("1", True)])
+def test_ray_usage_statistics_are_off_unless_asked_for(setting, census):
+    """valley's Ray sends no usage statistics unless RAY_USAGE_STATS_ENABLED=1; without them Tune's
+    count of the callbacks it was given (which imports MLflow, a second per search) is not taken."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if census and importlib.util.find_spec("mlflow") is None:
+        pytest.skip("MLflow is not installed (the [mlflow] extra)")
+    code = ("import sys; from search.ray_start import tune_environment; tune_environment(); "
+            "from ray.air._internal import usage; from ray.tune import Callback; "
+            "usage.tag_callbacks([Callback()]); from ray._common.usage import usage_lib; "
+            "print(usage_lib.usage_stats_enabled(), 'mlflow' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_USAGE_STATS_ENABLED"}
+    if setting:
+        env["RAY_USAGE_STATS_ENABLED"] = setting
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, env={**env, "PYTHONPATH": str(root)},
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.split() == [str(census), str(census)], run.stderr
+
+
 def test_auth_token_created_private_and_tightened(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
