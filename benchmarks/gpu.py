@@ -20,6 +20,12 @@ that one failure or a time-out still leaves the figures before it:
    DataLoader's), and ``trainables.loop.train``'s reported ``epoch_s`` in fp32 and bf16.
 4. ``parallel``: 8 MLP trainings in parallel processes on the one GPU against one alone, timed
    from a barrier after every process has warmed up (goal: throughput >= 6 x one's).
+5. ``smallstep``: the same MLP epoch eager, as one CUDA graph per step and under
+   ``torch.compile(mode="reduce-overhead")``, first epochs (capture, compilation) counted apart,
+   against the fastest DataLoader (``benchmarks/smallstep.py``; goal: <= 0.5 x).
+6. ``compile``: the clock backbones' bare training step (ResNet-18 and VGG16-BN from scratch,
+   (class, class) heads, 150x150, batch 128, bf16) eager against ``torch.compile``, compilation
+   counted: images/s and the steps it takes to repay the compile time.
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ from benchmarks.clock_quality import clocks, quality, setting  # noqa: E402
 from benchmarks.common import machine, table  # noqa: E402
 from benchmarks.datapath import BATCH, measure, random_images, sync  # noqa: E402
 
-PARTS = ("clocks", "vgg16", "datapath", "parallel")
+PARTS = ("clocks", "vgg16", "datapath", "parallel", "smallstep", "compile")
 N_VAL, N_TEST = 5_000, 10_000
 
 
@@ -93,8 +99,10 @@ def vgg_config(device: str, epochs: int, expand: int) -> dict[str, Any]:
             "expand": expand, "max_epochs": epochs, "device": device, "early_stop": 0}
 
 
-def bare_steps(config: dict[str, Any], data: Any, device: torch.device, steps: int) -> float:
-    """Images per second of forward, loss, backward and fused Adam on one resident batch, bf16 on CUDA."""
+def bare_steps(config: dict[str, Any], data: Any, device: torch.device, steps: int,
+               compile_mode: str | None = None) -> float:
+    """Images per second of forward, loss, backward and fused Adam on one resident batch, bf16 on CUDA;
+    with ``compile_mode`` the model runs under ``torch.compile`` (compiled in the warm-up steps)."""
     from trainables import clock
     from trainables.loop import autocast, make_optimizer, pick_precision
 
@@ -102,6 +110,8 @@ def bare_steps(config: dict[str, Any], data: Any, device: torch.device, steps: i
     torch.backends.cudnn.benchmark = True
     model = clock.build_model(cfg, data).to(device).to(memory_format=torch.channels_last).train()
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)
+    if compile_mode:
+        model = torch.compile(model, mode=compile_mode)
     task, precision = clock.make_task(cfg), pick_precision("auto", device, convolutional=True)
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(BATCH, *data.input_shape, device=device, generator=generator)
@@ -242,6 +252,54 @@ def part_parallel(args: argparse.Namespace, cuda: bool, summary: list[dict[str, 
                     "target": ">= 6", "met": ratio >= 6})
 
 
+# ----------------------------------------------------------------------------- 5. small-model step
+
+def part_smallstep(args: argparse.Namespace, cuda: bool, summary: list[dict[str, Any]]) -> None:
+    from benchmarks.smallstep import COLUMNS
+    from benchmarks.smallstep import measure as measure_steps
+
+    device = torch.device("cuda" if cuda else "cpu")
+    n_train = 55_000 if cuda else 2_000
+    rows = measure_steps(device, args.epochs, n_train, tuple(args.workers),
+                         lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"MLP 784-100-200-10, {n_train:,} images resident, batch {BATCH}, {device}: eager, CUDA graphs, compiled")
+    print(table(rows, COLUMNS), flush=True)
+    best = min((r for r in rows if not r["path"].startswith("DataLoader")), key=lambda r: r["epoch s"])
+    summary.append({"goal": f"MLP epoch, best step ({best['path']}) vs fastest DataLoader",
+                    "measured": best["vs fastest DataLoader"], "target": "<= 0.5",
+                    "met": best["vs fastest DataLoader"] <= 0.5})
+
+
+# ----------------------------------------------------------------------------- 6. compiled backbones
+
+def part_compile(args: argparse.Namespace, cuda: bool, summary: list[dict[str, Any]]) -> None:
+    device = torch.device("cuda" if cuda else "cpu")
+    size, per_minute, steps = (150, 25, 60) if cuda else (32, 5, 2)
+    data, _ = clocks(size, per_minute, "default")
+    rows = []
+    for backbone in args.compile_backbones:
+        config = {"family": "clock", "dataset": "clocks", "backbone": backbone, "pretrained": False,
+                  "encoding": "class_class", "max_epochs": 1, "device": device.type}
+        for mode in (None, "default"):
+            sync(device)
+            started = time.perf_counter()
+            rate = bare_steps(config, data, device, steps, compile_mode=mode)
+            total = time.perf_counter() - started  # build, warm-up (compilation) and the timed steps
+            rows.append({"backbone": backbone, "step": f"torch.compile(mode={mode!r})" if mode else "eager",
+                         "images/s": rate, "set-up + warm-up s": total - steps * BATCH / rate})
+            print(f"  {backbone} {rows[-1]['step']}: {rate:,.0f} images/s", file=sys.stderr, flush=True)
+        eager, fast = rows[-2], rows[-1]
+        fast["vs eager"] = fast["images/s"] / eager["images/s"]
+        saved_per_step = BATCH / eager["images/s"] - BATCH / fast["images/s"]
+        extra = fast["set-up + warm-up s"] - eager["set-up + warm-up s"]
+        fast["steps to repay compile"] = extra / saved_per_step if saved_per_step > 0 else float("nan")
+        summary.append({"goal": f"{backbone} step, torch.compile vs eager (images/s)", "measured": fast["vs eager"],
+                        "target": "reported", "met": "-"})
+    print(f"clock backbones from scratch, class_class, {size}x{size}, batch {BATCH}, bare step, {device}")
+    print(table(rows, ["backbone", "step", "images/s", "vs eager", "set-up + warm-up s", "steps to repay compile"]),
+          flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (what runs without CUDA)")
@@ -254,16 +312,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=8, help="trainings sharing the GPU")
     parser.add_argument("--parallel-epochs", type=int, default=5, help="epochs per parallel training")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 4], help="DataLoader workers to try")
+    parser.add_argument("--compile-backbones", nargs="+", default=["resnet18", "vgg16_bn"],
+                        help="compile: clock backbones to time eager and compiled")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda:
         print("no CUDA device: running the tiny CPU smoke version", flush=True)
-        args.epochs, args.workers, args.vgg_epochs = 1, [0], 1
+        args.epochs, args.workers, args.vgg_epochs, args.compile_backbones = 1, [0], 1, ["small_cnn"]
         torch.set_num_threads(1)  # as a 1-CPU trial; 2 spinning OpenMP threads on a busy 2-core box crawl
     started = time.perf_counter()
     print(f"machine: {machine()}", flush=True)
     parts: dict[str, Callable[[argparse.Namespace, bool, list[dict[str, Any]]], None]] = {
-        "clocks": part_clocks, "vgg16": part_vgg16, "datapath": part_datapath, "parallel": part_parallel}
+        "clocks": part_clocks, "vgg16": part_vgg16, "datapath": part_datapath, "parallel": part_parallel,
+        "smallstep": part_smallstep, "compile": part_compile}
     summary: list[dict[str, Any]] = []
     failed = []
     for name in args.parts:

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis import format as fmt
-from search.options import SearchOptions
-from spaces import Space
-from trainables.family import Family
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # git_commit is imported where only torch is installed (benchmarks on the GPU machine)
+    from search.options import SearchOptions
+    from spaces import Space
     from trainables.data import Splits
+    from trainables.family import Family
 
 
 def experiment_name(space: Space, dataset: str) -> str:

@@ -157,3 +157,15 @@ def test_strategy_tables_pair_repetitions_and_state_the_goal():
     goal = strategies.goal(frame, task, verdict)
     assert "best peer: random" in goal and "at least as good" in goal and ": met" in goal
     assert "within half its trial-epochs: 3 of 3 repetitions" in goal
+
+
+def test_the_gpu_scripts_need_only_what_the_gpu_image_has():
+    """The GPU machine has torch, torchvision, numpy and pandas, not Ray, Optuna, plotly or PyYAML:
+    the scripts prepared for it must import without them."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys; import benchmarks.gpu, benchmarks.smallstep, benchmarks.regime; "
+            "print(sorted(m for m in ('ray', 'optuna', 'plotly', 'yaml', 'sklearn') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]", run.stderr
