@@ -24,13 +24,12 @@ def trainable(family: Family, data: Any, rows: list[dict[str, Any]], opts: Searc
 
 
 def scheduler(opts: SearchOptions, epochs: int) -> Any:
-    """ASHA (its rungs rebuilt from disk on resume) or BOHB's HyperBand on training iterations (epochs),
-    or None for FIFO."""
+    """ASHA (its rungs rebuilt from disk on resume) or BOHB's HyperBand (its brackets saved with the
+    experiment) on training iterations (epochs), or None for FIFO."""
     if opts.scheduler == "hyperband":
-        from ray.tune.schedulers import HyperBandForBOHB
+        from search.hyperband import ValleyHyperBand
 
-        return HyperBandForBOHB(time_attr="training_iteration", max_t=epochs,
-                                reduction_factor=opts.reduction_factor)
+        return ValleyHyperBand(opts.quiet, max_t=epochs, reduction_factor=opts.reduction_factor)
     if opts.scheduler != "asha":
         return None
     from search.asha import ValleyASHA
@@ -49,9 +48,9 @@ def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
     if n_rows:
         say(f"valley: note: {opts.search} samples the {n_rows} grid rows as a categorical choice")
     if opts.search == "bohb":
-        from ray.tune.search.bohb import TuneBOHB
+        from search.bohb import ValleyBOHB
 
-        return TuneBOHB(seed=opts.seed)
+        return ValleyBOHB(opts.quiet, seed=opts.seed)
     import optuna
 
     from search.optuna_study import ValleyOptunaSearch, journal
@@ -116,18 +115,20 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
     overrides = {**opts.overrides, "family": space.family, "dataset": dataset, "max_epochs": epochs}
     params, rows = param_space(space, overrides, opts.search)
     params.setdefault("seed", opts.seed)
+    stopper = scheduler(opts, epochs)
+    keepers = [stopper.keeper] if hasattr(stopper, "keeper") else []  # saves BOHB's brackets with the experiment
     return tune.Tuner(
         trainable(family, data, rows, opts),
         param_space=params,
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, num_samples=sample_count(opts),
-            search_alg=searcher(opts, len(rows), progress.say, folder), scheduler=scheduler(opts, epochs),
+            search_alg=searcher(opts, len(rows), progress.say, folder), scheduler=stopper,
             max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True,
             time_budget_s=opts.budget_s, trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(
             name=folder.name, storage_path=str(folder.parent), verbose=0,
             stop=EpochBudget(opts.budget_epochs, concurrency(opts)) if opts.budget_epochs else None,
-            callbacks=[*callbacks(opts, folder, rows, family.task.reported()), progress],
+            callbacks=[*callbacks(opts, folder, rows, family.task.reported()), *keepers, progress],
             # Tune keeps every checkpoint; search.progress prunes those the snapshot on disk no
             # longer names (Tune's own num_to_keep can delete the one a killed driver's snapshot names)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),

@@ -9,7 +9,9 @@ experiments have restarted it at 1) and no epoch is recorded twice; ASHA's rungs
 hold every result recorded before it (Ray 2.60 does not save them; valley rebuilds them from disk);
 Optuna's study holds each trial once, with its value.
 
-Slow (about 2-3 minutes): kept out of ``make test``'s default run, run by ``make test-slow`` in CI.
+Also: BOHB's HyperBand brackets across a driver kill (Ray 2.60 does not save them; valley does).
+
+Slow (about 3-4 minutes): kept out of ``make test``'s default run, run by ``make test-slow`` in CI.
 """
 from __future__ import annotations
 
@@ -185,6 +187,59 @@ def test_sixty_trials_survive_trial_and_driver_kills(tmp_path):
         assert any(trial.value == pytest.approx(v) for v in curves[trial.user_attrs["ray_trial_id"]]), trial
     at_end = [t.value == pytest.approx(curves[t.user_attrs["ray_trial_id"]][-1]) for t in told]
     assert sum(at_end) >= TRIALS - 3
+
+
+BOHB_SPACE = """\
+family: mlp
+dataset: synthetic
+metric: val_loss
+mode: min
+max_epochs: 27
+params:
+  hidden: {choice: [[8], [16], [32]]}
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+  batch_size: 8
+  checkpoint_s: 0
+"""
+
+
+@pytest.mark.slow
+def test_bohb_brackets_survive_a_driver_kill(tmp_path):
+    """BOHB under its HyperBand (30 trials, max 27 epochs, factor 3), the driver killed once a bracket
+    holds paused trials, then resumed: it finishes (a fresh HyperBand hung, waiting for finished trials),
+    and every trial ends where an uninterrupted HyperBand ends it: 27 trials in the first bracket (18
+    stopped at epoch 1, 6 at 3, 2 at 9, 1 to 27) and 3 in the second (1 stopped at 9, 2 to 27)."""
+    from collections import Counter
+
+    space = tmp_path / "bohb.yaml"
+    space.write_text(BOHB_SPACE)
+    folder = tmp_path / "results" / "bohb"
+    run = driver("-m", "search.cli", "search", str(space), "--search", "bohb", "--scheduler", "hyperband",
+                 "--samples", "30", "--num-cpus", "2", "--storage", str(folder.parent), "--name", "bohb")
+    deadline = time.monotonic() + 180
+    while run.poll() is None and time.monotonic() < deadline and reported(folder) < 20:
+        time.sleep(0.1)
+    time.sleep(1.5)  # Tune's next snapshot, with brackets that have paused and stopped trials
+    assert run.poll() is None, f"the search ended before the kill: {run.communicate()[0]}"
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert gone(run.pid)
+    assert list(folder.glob("callback-states-*.pkl")), "the brackets were not saved with the experiment"
+
+    resumed = driver("-m", "search.cli", "resume", str(folder))
+    out, _ = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, out
+    assert "valley's copy from the last snapshot holds" in out
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 30 and trials["trial_id"].is_unique
+    assert Counter(trials["epochs"]) == {1: 18, 3: 6, 9: 3, 27: 3}
+    assert (trials.loc[trials["epochs"] == 27, "status"] == "completed").all()
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert (epochs.groupby("trial_id")["epoch"].max() == trials.set_index("trial_id")["epochs"]).all()
+    # Not asserted: every epoch on record. A trial that HyperBand pauses as the driver is killed can
+    # resume from the checkpoint of its pause while the result lines of its last one or two epochs
+    # before it were never written (seen in 2 of the first 3 runs of this test; README, fault tolerance).
 
 
 def resume_recording_rungs(folder: Path, out: Path) -> int:

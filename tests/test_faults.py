@@ -164,6 +164,27 @@ def test_optuna_searcher_fails_a_nan_it_is_told():
     assert [t.state.name for t in searcher._ot_study.trials] == ["FAIL", "COMPLETE", "FAIL"]
 
 
+def test_bohb_searcher_takes_back_a_trial_its_saved_state_does_not_know(capsys):
+    """A restored BOHB searcher can be older than the trials restored with it; a result of a trial it
+    never suggested crashed the resumed search (KeyError in TuneBOHB). Its parameters come from the
+    ``config/...`` keys every result carries, and BOHB's model learns from it."""
+    from ray import tune
+
+    from search.bohb import ValleyBOHB
+
+    searcher = ValleyBOHB(seed=0)
+    searcher.set_search_properties("val_loss", "min", {"lr": tune.loguniform(1e-3, 1e-2), "batch_size": 8})
+    assert set(searcher.suggest("known")) == {"lr"}
+    result = {"val_loss": 0.5, "config/lr": 0.005, "config/batch_size": 8, "hyperband_info": {"budget": 3}}
+    searcher.on_trial_result("restored", result)
+    assert searcher.trial_to_params["restored"] == {"lr": 0.005} and searcher.adopted == {"restored"}
+    assert len(searcher.bohber.configs[3]) == 1 and searcher.bohber.losses[3] == [0.5]
+    assert "taken back with the parameters in their results" in capsys.readouterr().out
+    searcher.on_trial_complete("restored", result)
+    searcher.on_trial_complete("finished-before-the-snapshot")  # TuneBOHB: KeyError
+    assert "restored" not in searcher.trial_to_params
+
+
 def test_resumed_training_matches_uninterrupted_training(tmp_path):
     """A retried or resumed trial that re-runs epochs gets the numbers it had: finished trials stay unchanged."""
     from trainables.data import load_dataset
