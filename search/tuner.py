@@ -115,14 +115,14 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
     overrides = {**opts.overrides, "family": space.family, "dataset": dataset, "max_epochs": epochs}
     params, rows = param_space(space, overrides, opts.search)
     params.setdefault("seed", opts.seed)
-    stopper = scheduler(opts, epochs)
-    keepers = [stopper.keeper] if hasattr(stopper, "keeper") else []  # saves BOHB's brackets with the experiment
+    schedule = scheduler(opts, epochs)
+    keepers = [schedule.keeper] if hasattr(schedule, "keeper") else []  # saves BOHB's brackets with the experiment
     return tune.Tuner(
         trainable(family, data, rows, opts),
         param_space=params,
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, num_samples=sample_count(opts),
-            search_alg=searcher(opts, len(rows), progress.say, folder), scheduler=stopper,
+            search_alg=searcher(opts, len(rows), progress.say, folder), scheduler=schedule,
             max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True,
             time_budget_s=opts.budget_s, trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(

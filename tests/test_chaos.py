@@ -179,7 +179,7 @@ def test_sixty_trials_survive_trial_and_driver_kills(tmp_path):
     # finished apart.
     study = load_study(folder)
     assert {t.state.name for t in study.trials} <= {"COMPLETE", "FAIL"}
-    told = [t for t in study.trials if t.user_attrs["ray_trial_id"] in set(trials["trial_id"])]
+    told = [t for t in study.trials if t.user_attrs.get("ray_trial_id") in set(trials["trial_id"])]
     assert sorted(t.user_attrs["ray_trial_id"] for t in told) == sorted(trials["trial_id"])
     assert {t.state.name for t in told} == {"COMPLETE"}
     curves = epochs.sort_values("epoch").groupby("trial_id")["val_loss"].apply(list).to_dict()
