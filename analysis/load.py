@@ -111,6 +111,7 @@ def _load_folder(folder: Path, manifest: dict[str, Any] | None = None,
     manifest = read_manifest(folder) if manifest is None else manifest
     grid = manifest.get("grid", [])
     finished = manifest.get("status") == "completed"
+    ended = TuneStatuses(folder)
     trials, epochs, warnings, no_results = [], [], [], []
     for trial_dir in trial_dirs(folder):
         trial_id = trial_dir.name
@@ -126,7 +127,7 @@ def _load_folder(folder: Path, manifest: dict[str, Any] | None = None,
                             f"read the {len(rows)} complete epochs")
         for row in rows:
             epochs.append({"trial_id": trial_id, **{k: v for k, v in row.items() if k not in RAY_KEYS}})
-        trials.append(_trial_row(trial_id, trial_dir, flat_config(config, grid), rows, finished))
+        trials.append(_trial_row(trial_id, trial_dir, flat_config(config, grid), rows, finished, ended))
         if not rows and not trials[-1]["error"]:
             no_results.append(trial_id)
     trials_frame = _numeric(pd.DataFrame(trials))
@@ -148,12 +149,14 @@ def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: list[dict[str, Any]],
-               finished: bool) -> dict[str, Any]:
+               finished: bool, ended: TuneStatuses | None = None) -> dict[str, Any]:
     error_file = trial_dir / "error.txt"
     last = rows[-1] if rows else {}
     failed = error_file.exists()
     text = error_file.read_text(errors="replace") if failed else ""
-    error = _last_line(text) if failed and not _recovered(text, last) else ""
+    tune_status = ended.get(trial_id) if failed and ended is not None else None
+    recovered = tune_status == "TERMINATED" or (tune_status != "ERROR" and _recovered(text, last))
+    error = _last_line(text) if failed and not recovered else ""
     status = trial_status(last, error, bool(rows), config.get("max_epochs"), finished)
     if status == "completed":
         error = ""
@@ -180,8 +183,30 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
 FAILED_AT = re.compile(r"^Failure # \d+ \(occurred at (\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\)", re.M)
 
 
+class TuneStatuses:
+    """Each trial's status in Tune's newest experiment snapshot, read only when first asked for (a
+    snapshot of thousands of trials is tens of MB, and only a trial with an ``error.txt`` asks)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.statuses = folder, None
+
+    def get(self, trial_id: str) -> str | None:
+        if self.statuses is None:
+            self.statuses = {}
+            snapshots = sorted(self.folder.glob("experiment_state-*.json"))
+            try:
+                for state, _ in json.loads(snapshots[-1].read_text())["trial_data"] if snapshots else []:
+                    state = json.loads(state) if isinstance(state, str) else state
+                    self.statuses[state["trial_id"]] = state["status"]
+            except (OSError, ValueError, KeyError, TypeError):  # a snapshot being written: timestamps decide
+                self.statuses = {}
+        return self.statuses.get(trial_id)
+
+
 def _recovered(error: str, last: dict[str, Any]) -> bool:
-    """Whether the trial reported after the last failure in ``error.txt`` (Tune retried it from a checkpoint)."""
+    """Whether the trial reported after the last failure in ``error.txt`` (Tune retried it from a
+    checkpoint). Both times are whole seconds, so a failure and a report in the same second say
+    nothing: Tune's own status (``TuneStatuses``) decides first wherever its snapshot has one."""
     times = FAILED_AT.findall(error)
     if not times or "timestamp" not in last:
         return False

@@ -119,6 +119,22 @@ def test_half_written_experiment_loads_what_is_there(tmp_path):
     assert progress(half.trials)["active"] == 7
 
 
+@pytest.mark.parametrize("tune_status, expected", [("TERMINATED", "stopped"), ("ERROR", "failed"), (None, "failed")])
+def test_a_failure_in_the_second_of_the_last_report_asks_tune(tmp_path, tune_status, expected):
+    """error.txt and result.json both keep whole seconds: a trial that crashed and recovered within the
+    second of its last report read `failed` (the chaos test found one). Tune's snapshot knows."""
+    folder = shutil.copytree(ASHA, tmp_path / "same-second")
+    trial = "9f306_00000"  # stopped by ASHA at its first rung
+    last = json.loads((folder / trial / "result.json").read_text().splitlines()[-1])
+    occurred = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(last["timestamp"]))
+    (folder / trial / "error.txt").write_text(f"Failure # 1 (occurred at {occurred})\nActorDiedError: killed\n")
+    if tune_status:
+        state = json.dumps({"trial_id": trial, "status": tune_status})
+        (folder / "experiment_state-2099-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [[state, "{}"]]}))
+    trials, _ = load_experiment(folder)
+    assert trials.set_index("trial_id").loc[trial, "status"] == expected
+
+
 def test_export_tables_round_trip(tmp_path, asha):
     written = export_tables(asha, tmp_path / "out")
     assert sorted(p.name for p in written) == ["epochs.csv", "epochs.parquet", "trials.csv", "trials.parquet"]
