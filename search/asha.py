@@ -24,8 +24,8 @@ class ValleyASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
-        if trial.run_metadata.last_result:  # restored with results: a resume
-            self.replay(trial)
+        if trial.storage is not None and trial.storage.trial_dir_name:  # restored: its folder has a name
+            self.replay(trial)  # its results, also any written after the snapshot it was restored from
 
     def replay(self, trial: Any) -> None:
         from analysis.load import read_results

@@ -1,4 +1,4 @@
-"""Where a search's results go besides valley's own files: TensorBoard event files and MLflow runs.
+"""Where a search's results go: Tune's JSON files, TensorBoard event files and MLflow runs.
 
 Both are Ray Tune's own logger callbacks, run on the driver. valley changes what they record
 of a configuration (a grid row's keys, not its index) and of a finished trial (its final and
@@ -8,10 +8,14 @@ test metrics), and how a resumed trial's repeated epochs are recorded. MLflow's 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
+from ray import cloudpickle
 from ray.tune.logger import JsonLoggerCallback
+from ray.air.constants import EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE, EXPR_RESULT_FILE
+from ray.tune.utils.util import SafeFallbackEncoder
 from ray.tune.logger.tensorboardx import TBXLoggerCallback
 
 from search.options import MLFLOW_INSTALL, SearchError, SearchOptions
@@ -80,10 +84,37 @@ def check(opts: SearchOptions) -> None:
                           "server's http:// address") from None
 
 
+class Json(JsonLoggerCallback):
+    """Tune's ``result.json`` and ``params.json``, written straight into the experiment folder.
+
+    Tune writes them in a staging folder under /tmp/ray and copies that into the experiment folder
+    with its snapshots, in the background; a driver killed mid-copy left a trial's last result lines
+    behind while the snapshot that names its newer checkpoint had arrived (the resumed trial went
+    on after them: ``tests/test_chaos.py``, BOHB). Written here, a line is on disk once the driver
+    has it. A line past the snapshot a killed driver leaves is reported again on resume; every
+    reader keeps one record per epoch.
+    """
+
+    def log_trial_start(self, trial: Any) -> None:
+        if trial in self._trial_files:
+            self._trial_files[trial].close()
+        self.update_config(trial, trial.config)
+        self._trial_files[trial] = (Path(trial.path) / EXPR_RESULT_FILE).open("at")
+
+    def update_config(self, trial: Any, config: dict[str, Any]) -> None:
+        self._trial_configs[trial] = config
+        folder = Path(trial.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / EXPR_PARAM_FILE).open("w") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+        with (folder / EXPR_PARAM_PICKLE_FILE).open("wb") as handle:
+            cloudpickle.dump(config, handle)
+
+
 def callbacks(opts: SearchOptions, folder: Path, rows: list[dict[str, Any]], metrics: set[str]) -> list[Any]:
     """Tune's logger callbacks for a search: JSON always (valley reads it), TensorBoard unless
     --no-tensorboard, MLflow with --log mlflow."""
-    chosen: list[Any] = [JsonLoggerCallback()]
+    chosen: list[Any] = [Json()]
     if opts.tensorboard:
         chosen.append(TensorBoard(rows, metrics))
     if "mlflow" in opts.log:

@@ -153,6 +153,7 @@ def first_error_line(path: str) -> str:
 
 
 CHECKPOINT = re.compile(r"^checkpoint_(\d+)$")
+UNRESTORED = ".unrestored"  # trials a killed driver began after its last snapshot
 
 
 def newest_snapshot(folder: Path) -> tuple[Path, tuple[int, int]] | None:
@@ -162,6 +163,46 @@ def newest_snapshot(folder: Path) -> tuple[Path, tuple[int, int]] | None:
         return None
     stat = files[-1].stat()
     return files[-1], (stat.st_mtime_ns, stat.st_size)
+
+
+def snapshot_trials(folder: Path) -> dict[str, dict[str, Any]] | None:
+    """Trial folder name -> last result, of every trial the snapshot on disk names; None if unreadable."""
+    found = newest_snapshot(folder)
+    if found is None:
+        return None
+    try:
+        named = {}
+        for state, metadata in json.loads(found[0].read_text())["trial_data"]:
+            state = json.loads(state) if isinstance(state, str) else state
+            metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+            logdir = state.get("relative_logdir") or state.get("custom_dirname")
+            if logdir:
+                named[logdir] = metadata.get("last_result") or {}
+        return named
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a snapshot being written
+        return None
+
+
+def set_aside_unrestored(folder: Path) -> list[str]:
+    """Move the folders of trials the snapshot on disk does not name into ``folder/.unrestored``;
+    returns their names.
+
+    The driver writes a trial's params.json and result.json into the experiment folder as the trial
+    runs; a trial begun after the last snapshot a killed driver wrote is not Tune's any more (the
+    resumed search draws another in its place), so its files are kept apart, out of trials.csv.
+    """
+    named = snapshot_trials(folder)
+    if named is None:
+        return []
+    moved = []
+    for trial in sorted(p.parent for p in folder.glob("*/params.json")):
+        if trial.name not in named:
+            target = folder / UNRESTORED / trial.name
+            target.parent.mkdir(exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)  # a trial set aside at an earlier resume
+            trial.rename(target)
+            moved.append(trial.name)
+    return moved
 
 
 def prune_checkpoints(folder: Path) -> int:
@@ -174,23 +215,16 @@ def prune_checkpoints(folder: Path) -> int:
     later one for the same trial, and only then deletes the older ones, keeping two per trial
     as ``num_to_keep=2`` did. Unreadable state (a snapshot being written) deletes nothing.
     """
-    found = newest_snapshot(folder)
-    if found is None:
+    entries = snapshot_trials(folder)
+    if entries is None:
         return 0
-    try:
-        entries = json.loads(found[0].read_text())["trial_data"]
-        named = []
-        for state, metadata in entries:
-            state = json.loads(state) if isinstance(state, str) else state
-            metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
-            checkpoint = (metadata.get("last_result") or {}).get("checkpoint_dir_name")
-            logdir = state.get("relative_logdir") or state.get("custom_dirname")
-            if logdir and checkpoint and CHECKPOINT.match(checkpoint):
-                # the result naming checkpoint K is recorded before Tune registers K (the save is a
-                # second actor call), so the snapshot may restore K - 1: keep both
-                named.append((folder / logdir, int(CHECKPOINT.match(checkpoint).group(1)) - 1))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return 0
+    named = []
+    for logdir, last_result in entries.items():
+        checkpoint = last_result.get("checkpoint_dir_name")
+        if checkpoint and CHECKPOINT.match(checkpoint):
+            # the result naming checkpoint K is recorded before Tune registers K (the save is a
+            # second actor call), so the snapshot may restore K - 1: keep both
+            named.append((folder / logdir, int(CHECKPOINT.match(checkpoint).group(1)) - 1))
     removed = 0
     for trial_dir, keep_from in named:
         for path in trial_dir.glob("checkpoint_*"):

@@ -28,6 +28,7 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
                           "`valley search` made")
     from ray import tune
 
+    from search.progress import UNRESTORED, set_aside_unrestored
     from search.tuner import trainable
     from trainables import get_family
 
@@ -42,6 +43,11 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
                           "restore the original files or start a new search")
     say = sayer(opts)
     say(f"valley: resuming {folder}")
+    unrestored = set_aside_unrestored(folder)
+    if unrestored:
+        say(f"valley: note: {len(unrestored)} trials began after the last snapshot the stopped driver wrote; "
+            f"Tune does not know them, so others are drawn in their place and their files are kept in "
+            f"{folder / UNRESTORED}")
     start_ray(opts, manifest["family"])
     check_cluster(opts, folder.parent)
     restored = trainable(get_family(manifest["family"]), data, manifest["grid"], opts)

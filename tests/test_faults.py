@@ -204,6 +204,25 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path):
                                                                     for row in straight.history[2:]]
 
 
+def test_resume_sets_aside_trials_the_snapshot_does_not_name(tmp_path):
+    """The driver writes params.json and result.json as trials run; a trial begun after the last
+    snapshot a killed driver wrote is not Tune's any more: its files move to .unrestored."""
+    from search.progress import UNRESTORED, set_aside_unrestored
+
+    for trial in ("known", "begun-after"):
+        (tmp_path / trial).mkdir()
+        (tmp_path / trial / "params.json").write_text("{}")
+        (tmp_path / trial / "result.json").write_text('{"epoch": 1}\n')
+    state = json.dumps({"trial_id": "known", "relative_logdir": "known", "status": "RUNNING"})
+    snapshot = tmp_path / "experiment_state-2026-01-01_00-00-00.json"
+    snapshot.write_text('{"trial_data": [[' + json.dumps(state) + ', "{}"]]')  # being written
+    assert set_aside_unrestored(tmp_path) == []  # an unreadable snapshot moves nothing
+    snapshot.write_text(json.dumps({"trial_data": [[state, "{}"]]}))
+    assert set_aside_unrestored(tmp_path) == ["begun-after"]
+    assert (tmp_path / "known" / "result.json").exists()
+    assert (tmp_path / UNRESTORED / "begun-after" / "result.json").read_text() == '{"epoch": 1}\n'
+
+
 def test_pruning_keeps_what_the_snapshot_on_disk_can_restore(tmp_path):
     """Only checkpoints older than the one Tune's newest snapshot names (less one) are deleted."""
     from search.progress import prune_checkpoints
