@@ -183,6 +183,22 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
 FAILED_AT = re.compile(r"^Failure # \d+ \(occurred at (\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\)", re.M)
 
 
+def tune_snapshot(folder: Path) -> list[tuple[dict[str, Any], dict[str, Any]]] | None:
+    """(state, run metadata) of every trial in Tune's newest experiment snapshot, the one
+    ``Tuner.restore`` reads; None if there is none or it cannot be read (one being written)."""
+    snapshots = sorted(Path(folder).glob("experiment_state-*.json"))
+    if not snapshots:
+        return None
+    try:
+        entries = [tuple(json.loads(part) if isinstance(part, str) else part for part in entry)
+                   for entry in json.loads(snapshots[-1].read_text())["trial_data"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not all(len(entry) == 2 and all(isinstance(part, dict) for part in entry) for entry in entries):
+        return None
+    return entries  # type: ignore[return-value]
+
+
 class TuneStatuses:
     """Each trial's status in Tune's newest experiment snapshot, read only when first asked for (a
     snapshot of thousands of trials is tens of MB, and only a trial with an ``error.txt`` asks)."""
@@ -191,15 +207,9 @@ class TuneStatuses:
         self.folder, self.statuses = folder, None
 
     def get(self, trial_id: str) -> str | None:
-        if self.statuses is None:
-            self.statuses = {}
-            snapshots = sorted(self.folder.glob("experiment_state-*.json"))
-            try:
-                for state, _ in json.loads(snapshots[-1].read_text())["trial_data"] if snapshots else []:
-                    state = json.loads(state) if isinstance(state, str) else state
-                    self.statuses[state["trial_id"]] = state["status"]
-            except (OSError, ValueError, KeyError, TypeError):  # a snapshot being written: timestamps decide
-                self.statuses = {}
+        if self.statuses is None:  # no readable snapshot: the timestamps decide
+            self.statuses = {state.get("trial_id"): state.get("status")
+                             for state, _ in tune_snapshot(self.folder) or []}
         return self.statuses.get(trial_id)
 
 

@@ -3,7 +3,6 @@
 restore can use."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import signal
@@ -167,20 +166,17 @@ def newest_snapshot(folder: Path) -> tuple[Path, tuple[int, int]] | None:
 
 def snapshot_trials(folder: Path) -> dict[str, dict[str, Any]] | None:
     """Trial folder name -> last result, of every trial the snapshot on disk names; None if unreadable."""
-    found = newest_snapshot(folder)
-    if found is None:
+    from analysis.load import tune_snapshot
+
+    entries = tune_snapshot(folder)
+    if entries is None:
         return None
-    try:
-        named = {}
-        for state, metadata in json.loads(found[0].read_text())["trial_data"]:
-            state = json.loads(state) if isinstance(state, str) else state
-            metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
-            logdir = state.get("relative_logdir") or state.get("custom_dirname")
-            if logdir:
-                named[logdir] = metadata.get("last_result") or {}
-        return named
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a snapshot being written
-        return None
+    named = {}
+    for state, metadata in entries:
+        logdir = state.get("relative_logdir") or state.get("custom_dirname")
+        if logdir:
+            named[logdir] = metadata.get("last_result") or {}
+    return named
 
 
 def set_aside_unrestored(folder: Path) -> list[str]:
