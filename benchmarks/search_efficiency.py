@@ -165,7 +165,7 @@ def _record_one(item: dict[str, Any]) -> list[dict[str, Any]]:
 def record(path: Path = CURVES, processes: int = 2) -> pd.DataFrame:
     """Train every grid config once (``processes`` at a time) and write the curve table."""
     from trainables.data import load_dataset
-    from trainables.loop import environment
+    from trainables.report import environment
 
     items = sorted(grid_configs(), key=lambda i: -_cost(i["config"]))  # longest first: even finish
     started = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,23 @@ from search.options import MLFLOW_INSTALL, SearchError, SearchOptions
 def resolved(config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """A trial's configuration with its grid row's keys in place of the row's index (as the trainable
     resolves it); lists as text."""
-    from trainables.loop import resolve_variant
+    from trainables.config import resolve_variant
 
     return {k: str(v) if isinstance(v, (list, tuple, dict)) else v
             for k, v in resolve_variant(config, rows).items() if v is not None}
+
+
+def tensorboardx_without_torch() -> None:
+    """Import tensorboardX with torch hidden from it. Its writer imports torch (1.5 s and 300 MB of a
+    search's start) only to accept torch tensors, and the driver logs floats; the trials have torch.
+    Where the driver has torch already, nothing changes."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError, which tensorboardX catches
+    try:
+        import tensorboardX  # noqa: F401
+    finally:
+        del sys.modules["torch"]
 
 
 class TensorBoard(TBXLoggerCallback):
@@ -40,6 +54,7 @@ class TensorBoard(TBXLoggerCallback):
     """
 
     def __init__(self, rows: list[dict[str, Any]], metrics: set[str]) -> None:
+        tensorboardx_without_torch()
         super().__init__()
         self.rows = rows
         self.metrics = {f"ray/tune/{m}" for m in metrics}

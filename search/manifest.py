@@ -40,7 +40,7 @@ def git_commit() -> str:
 def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptions, dataset: str, epochs: int,
                    data: Splits, status: str) -> None:
     """The manifest and a copy of the space file."""
-    from trainables.loop import environment
+    from trainables.report import environment
 
     fmt.write_manifest(folder, {
         "space": space.name, "space_file": space.source, "family": space.family,

@@ -95,9 +95,8 @@ class Progress(Callback):
         self.say("  ".join(parts))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        finished = result.get("early_stopped") or result.get("epoch") == trial.config.get("max_epochs")
-        self._line(trial, "stalled" if result.get("stalled") else "done" if finished else "stopped")
+        stalled = (trial.last_result or {}).get("stalled")
+        self._line(trial, "stalled" if stalled else "done" if ended_itself(trial) else "stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = first_error_line(trial.error_file) if trial.error_file else ""
@@ -113,16 +112,20 @@ class Progress(Callback):
                  "from its last checkpoint")
 
 
+def ended_itself(trial: Any) -> bool:
+    """Whether a finished trial trained to its last epoch or stopped early on its own (not by ASHA)."""
+    result = trial.last_result or {}
+    return bool(result.get("early_stopped") or result.get("epoch") == trial.config.get("max_epochs"))
+
+
 def slim_finished(trials: list) -> None:
     """Once a search has completed: each finished trial keeps its newest checkpoint only, without the optimiser
     state and the last weights (``trainables.loop.slim``); failed ones and ``keep_optimizer`` keep all.
+    A trial that ended itself wrote its last checkpoint slim; only those a scheduler stopped are rewritten
+    (so a search that stopped none never imports torch in the driver).
 
     Run after Tune's last snapshot, so no restore can ask for what is removed. Never stops a search.
     """
-    import torch
-
-    from trainables.loop import slim
-
     for trial in trials:
         if trial.status != "TERMINATED" or trial.config.get("keep_optimizer"):
             continue
@@ -131,7 +134,11 @@ def slim_finished(trials: list) -> None:
             for old in saved[:-1]:
                 shutil.rmtree(old, ignore_errors=True)
             path = saved[-1] / "state.pt" if saved else None
-            if path is not None and path.exists():
+            if path is not None and path.exists() and not ended_itself(trial):
+                import torch
+
+                from trainables.loop import slim
+
                 state = torch.load(path, map_location="cpu", weights_only=True)
                 if "optimizer" in state or "test_pred" in state:
                     staged = path.with_name("state.pt.slim")

@@ -17,7 +17,7 @@ def trainable(family: Family, data: Any, rows: list[dict[str, Any]], opts: Searc
     family record bound, and one trial's resources; the same for a new search and for ``valley resume``."""
     from ray import tune
 
-    from trainables.loop import train
+    from trainables import train
 
     return tune.with_resources(tune.with_parameters(train, data=data, variants=rows, family=family),
                                {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})

@@ -5,12 +5,15 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from search.run import SearchError, SearchOptions, run_search
 from spaces import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = """\
 family: mlp
@@ -90,6 +93,21 @@ def test_workers_load_torch_before_a_trial_asks_for_them(ray_session):
     actor = _ActorClassCache().get(type("Trainable", (), {}))
     assert not actor._default_options["runtime_env"].get("env_vars")
     assert os.environ["PL_DISABLE_FORK"] == "1"  # what Tune set per actor, now set for the whole local Ray
+
+
+def test_an_mlp_search_driver_never_imports_torch(write_space, tmp_path):
+    """Only the trials need torch: the driver of an MLP search (its own Ray, in a fresh process) runs it
+    with TensorBoard on, writes its manifest, slims its finished trials and exits without importing it."""
+    space = write_space(TINY.replace("max_epochs: 4", "max_epochs: 1"))
+    code = ("import sys; from search.cli import main; "
+            f"sys.argv = ['valley', 'search', {str(space)!r}, '--storage', {str(tmp_path)!r}, '--name', 'mlp', "
+            "'--num-cpus', '2', '--quiet']; code = main(); print('torch imported:', 'torch' in sys.modules); "
+            "sys.exit(code)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "torch imported: False" in run.stdout
+    assert len(pd.read_csv(tmp_path / "mlp" / "trials.csv")) == 4
+    assert len(list((tmp_path / "mlp").glob("*/events.out.tfevents.*"))) == 4
 
 
 def test_name_taken_asks_for_resume(write_space, tmp_path):

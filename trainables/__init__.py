@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from trainables.data import Splits
     from trainables.family import Family
+    from trainables.report import Reporter
 
 # name -> the module whose ``FAMILY`` record it is
 FAMILIES: dict[str, str] = {
@@ -40,3 +42,12 @@ def get_family(name: str) -> Family:
 def available_families() -> list[str]:
     """Registered families whose module exists in this checkout."""
     return [name for name, module in FAMILIES.items() if importlib.util.find_spec(module) is not None]
+
+
+def train(config: dict[str, Any], data: Splits | None = None, reporter: Reporter | None = None,
+          variants: list[dict[str, Any]] | None = None, family: Family | None = None) -> dict[str, Any] | None:
+    """:func:`trainables.loop.train`, imported when a trial starts: what search/ hands Ray Tune, so a
+    search's driver never imports torch (1.5 s of its start) unless a family module does."""
+    from trainables.loop import train as run
+
+    return run(config, data, reporter, variants, family)

@@ -135,3 +135,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key} must be {hint.__name__}, got {key}={value!r} ({type(value).__name__})")
         return int(value)
     return value
+
+
+def resolve_variant(config: dict[str, Any], variants: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Merge a grid row (``variant``: a dict, or an index into ``variants``) into the config."""
+    if "variant" not in config:
+        return dict(config)
+    config = dict(config)
+    variant = config.pop("variant")
+    if not isinstance(variant, dict):
+        variant = variants[int(variant)]
+    return {**config, **variant}

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from trainables import get_family
-from trainables.config import TrainConfig
+from trainables.config import TrainConfig, resolve_variant
 from trainables.data import Splits
 from trainables.family import Family, Task
 from trainables.report import RayReporter, Reporter, default_reporter
@@ -75,17 +75,6 @@ def train(config: dict[str, Any], data: Splits | None = None, reporter: Reporter
     reporter = reporter or default_reporter()
     last = fit(cfg, family, data, reporter)
     return None if isinstance(reporter, RayReporter) else last
-
-
-def resolve_variant(config: dict[str, Any], variants: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """Merge a grid row (``variant``: a dict, or an index into ``variants``) into the config."""
-    if "variant" not in config:
-        return dict(config)
-    config = dict(config)
-    variant = config.pop("variant")
-    if not isinstance(variant, dict):
-        variant = variants[int(variant)]
-    return {**config, **variant}
 
 
 def pick_device(name: str) -> torch.device:
@@ -314,9 +303,3 @@ def _tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.
     x = torch.from_numpy(np.array(x, copy=not x.flags.writeable)).to(device)
     y = torch.from_numpy(np.array(y, copy=not y.flags.writeable)).to(device)
     return x, y
-
-
-def environment() -> dict[str, str]:
-    """What the result was made with, recorded beside it."""
-    return {"torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}

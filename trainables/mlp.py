@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import Splits, load_dataset
 from trainables.family import Family
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Config(TrainConfig):
 
 
 def build_model(cfg: Config, data: Splits) -> nn.Module:
+    from torch import nn
+
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(data.input_shape)
     for hidden in cfg.widths:

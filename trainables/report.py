@@ -7,9 +7,11 @@ or on a GPU machine that has torch but not Ray.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -95,3 +97,18 @@ def default_reporter() -> Reporter:
         if _in_tune_session():
             return RayReporter()
     return LocalReporter()
+
+
+def environment() -> dict[str, str]:
+    """What a result was made with, recorded beside it. Read without importing torch or starting CUDA:
+    a search's driver needs neither (on a GPU node it would hold a CUDA context all search long)."""
+    return {"torch": version("torch"), "python": platform.python_version(), "cuda": gpu_name()}
+
+
+def gpu_name() -> str:
+    """The first NVIDIA GPU's model as the Linux driver lists it, or "none"."""
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("Model:"):
+                return line.split(":", 1)[1].strip()
+    return "none"
