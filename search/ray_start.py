@@ -7,6 +7,7 @@ here, when a search starts, never when a module is imported.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import subprocess
@@ -156,6 +157,19 @@ def reap_local_ray_with_driver(before: set[int]) -> None:
                          close_fds=True)
 
 
+class _TokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def no_token_notice() -> None:
+    """A new local Ray turns token authentication on and says so, a warning on every search; valley's
+    local Ray always has it (README › Security), so the notice is dropped. Only that message is."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenNotice) for f in logger.filters):
+        logger.addFilter(_TokenNotice())
+
+
 def trials_on_prestarted_workers() -> None:
     """Let Tune's trial actors take the workers a local Ray starts ahead (and preloads).
 
@@ -184,6 +198,7 @@ def start_ray(opts: SearchOptions, family: str | None = None) -> None:
         ray.init(address=opts.address, log_to_driver=False)
         return
     protect_auth_token(create=True)
+    no_token_notice()
     trials_on_prestarted_workers()
     preload = [*WORKER_PRELOAD, *([FAMILIES[family]] if family in FAMILIES else [])]
     before = descendants()

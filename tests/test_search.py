@@ -106,6 +106,7 @@ def test_an_mlp_search_driver_never_imports_torch(write_space, tmp_path):
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "torch imported: False" in run.stdout
+    assert "WARNING" not in run.stderr, run.stderr  # Ray's token notice: the mode is set, not defaulted
     assert len(pd.read_csv(tmp_path / "mlp" / "trials.csv")) == 4
     assert len(list((tmp_path / "mlp").glob("*/events.out.tfevents.*"))) == 4
 
