@@ -50,7 +50,8 @@ class TensorBoard(TBXLoggerCallback):
 
     A trial's writer opens at its first result, with TensorBoard's ``purge_step`` set to that
     result's step: epochs a resumed trial reports again (those after its last checkpoint, or after
-    the snapshot a killed driver left) replace the earlier ones instead of doubling the curve.
+    the snapshot a killed driver left) replace the earlier ones instead of doubling the curve. The
+    event files are written straight into the experiment folder, as ``Json`` writes its files.
     """
 
     def __init__(self, rows: list[dict[str, Any]], metrics: set[str]) -> None:
@@ -65,9 +66,12 @@ class TensorBoard(TBXLoggerCallback):
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
         if trial not in self._trial_writer:
-            trial.init_local_path()
+            Path(trial.path).mkdir(parents=True, exist_ok=True)
+            step = int(result["training_iteration"])
+            # tensorboardX names its file by the second and opens it "wb": a trial paused and resumed within
+            # a second (HyperBand) overwrote its own earlier epochs. The step keeps the names apart, in order.
             self._trial_writer[trial] = self._summary_writer_cls(
-                trial.local_path, flush_secs=30, purge_step=int(result["training_iteration"]))
+                trial.path, flush_secs=30, purge_step=step, filename_suffix=f".{step:06d}")
             self._trial_result[trial] = {}
         super().log_trial_result(iteration, trial, result)
 

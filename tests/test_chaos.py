@@ -205,7 +205,7 @@ params:
 
 
 @pytest.mark.slow
-def test_bohb_brackets_survive_a_driver_kill(tmp_path):
+def test_bohb_brackets_survive_a_driver_kill(tmp_path, events):
     """BOHB under its HyperBand (30 trials, max 27 epochs, factor 3), the driver killed once a bracket
     holds paused trials, then resumed: it finishes (a fresh HyperBand hung, waiting for finished trials),
     and every trial ends where an uninterrupted HyperBand ends it: 27 trials in the first bracket (18
@@ -238,6 +238,8 @@ def test_bohb_brackets_survive_a_driver_kill(tmp_path):
     assert (trials.loc[trials["epochs"] == 27, "status"] == "completed").all()
     epochs = pd.read_parquet(folder / "epochs.parquet")  # every epoch once: none lost, none twice
     assert len(epochs) == trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+    for trial_id, n in zip(trials["trial_id"], trials["epochs"]):  # and TensorBoard's curves, every epoch once
+        assert [e.step for e in events(folder / trial_id).Scalars("ray/tune/val_loss")] == list(range(1, n + 1))
 
 
 def resume_recording_rungs(folder: Path, out: Path) -> int:

@@ -79,6 +79,25 @@ def test_tensorboard_shows_every_trials_curves_and_hparams(logged, events):
         assert {"ray/tune/val_loss", "ray/tune/test_acc"} <= {m.name.tag for m in experiment.metric_infos}
 
 
+def test_a_trial_paused_and_resumed_within_a_second_keeps_its_whole_curve(tmp_path, events):
+    """HyperBand pauses a trial and lets it go on, often within the second; each start opens a new
+    event file, and tensorboardX names files by the second and opens them "wb" (found by the BOHB kill test)."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from search.loggers import TensorBoard
+
+    trial = Trial("train", config={"lr": 0.1}, trial_id="t_00000", stub=True,
+                  storage=StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp"))
+    trial.storage.trial_dir_name = trial.trial_id
+    board = TensorBoard([], {"val_loss"})
+    for step in (1, 2, 3):
+        board.log_trial_start(trial)
+        board.log_trial_result(step, trial, {"training_iteration": step, "val_loss": 1 / step})
+    board.log_trial_end(trial)
+    assert [e.step for e in events(trial.path).Scalars("ray/tune/val_loss")] == [1, 2, 3]
+
+
 @pytest.mark.ray
 def test_no_tensorboard_writes_no_event_files(ray_session, write_space, tmp_path):
     folder = run_search(load_space(write_space(SPACE)), SearchOptions(

@@ -139,14 +139,17 @@ def test_malformed_yaml_fails_fast_without_ray(write_space, tmp_path):
 
 
 @pytest.mark.ray
-def test_bohb_search_under_its_hyperband(ray_session, write_space, tmp_path, capsys):
-    """--search bohb --scheduler hyperband: Tune's TuneBOHB over the grid rows (as a choice) and lr."""
+def test_bohb_search_under_its_hyperband(ray_session, write_space, tmp_path, capsys, events):
+    """--search bohb --scheduler hyperband: Tune's TuneBOHB over the grid rows (as a choice) and lr; its
+    trials pause and go on, and TensorBoard's curve of each holds every epoch once."""
     folder = search(write_space(TINY), tmp_path, search="bohb", scheduler="hyperband", samples=6, name="bohb")
     assert capsys.readouterr().out == ""  # quiet: no per-trial lines, no board
     trials = pd.read_csv(folder / "trials.csv")
     assert len(trials) == 6 and trials["status"].isin(["completed", "stopped"]).all()
     assert trials["config/lr"].between(1e-3, 1e-2).all()
     assert trials["epochs"].between(1, 4).all()
+    for trial_id, n in zip(trials["trial_id"], trials["epochs"]):
+        assert [e.step for e in events(folder / trial_id).Scalars("ray/tune/val_loss")] == list(range(1, n + 1))
 
 
 @pytest.mark.ray
