@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.drivers import driver, wait_gone
 TRIALS, EPOCHS = 60, 9  # ASHA (grace 1, factor 3) has rungs at epochs 1, 3 and 9
 SPACE = f"""\
 family: mlp
@@ -46,13 +46,6 @@ params:
 """
 
 
-def driver(*args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def workers(sid: int) -> list[int]:
     """Processes of a driver's session that are running a trial."""
     found = []
@@ -64,23 +57,6 @@ def workers(sid: int) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def gone(sid: int, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(_in_session(int(e.name), sid) for e in Path("/proc").iterdir() if e.name.isdigit()):
-            return True
-        time.sleep(0.25)
-    return False
-
-
-def _in_session(pid: int, sid: int) -> bool:
-    """Alive in the session (a zombie, a killed worker its reparenting init has not reaped, is not)."""
-    try:
-        return os.getsid(pid) == sid and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def reported(folder: Path) -> int:
@@ -139,7 +115,7 @@ def test_sixty_trials_survive_trial_and_driver_kills(tmp_path):
         assert run.poll() is None, f"the search ended before driver kill {kill + 1}: {run.communicate()[0][-3000:]}"
         os.kill(run.pid, signal.SIGKILL)
         run.wait()
-        assert gone(run.pid), "the killed driver's local Ray outlived it"
+        assert not wait_gone(run.pid), "the killed driver's local Ray outlived it"
         now, rows = snapshot(folder)
         assert {t: now.get(t) for t in finished} == finished  # finished trials stay as they were
         finished = now
@@ -225,7 +201,7 @@ def test_bohb_brackets_survive_a_driver_kill(tmp_path, events):
     assert run.poll() is None, f"the search ended before the kill: {run.communicate()[0]}"
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
-    assert gone(run.pid)
+    assert not wait_gone(run.pid)
     assert list(folder.glob("callback-states-*.pkl")), "the brackets were not saved with the experiment"
 
     resumed = driver("-m", "search.cli", "resume", str(folder))

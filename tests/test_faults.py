@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import pytest
 from analysis.load import read_results, top_table
 from search.run import SearchOptions, run_search
 from spaces import load_space
+from tests.drivers import valley, wait_gone
 
-ROOT = Path(__file__).resolve().parent.parent
 
 FAULTY = """\
 family: mlp
@@ -264,19 +263,6 @@ params:
 KEPT = ["epochs", "best_val_loss", "n_params", "config/hidden", "config/lr"]  # a finished trial's record
 
 
-def driver_env() -> dict[str, str]:
-    """The environment for a driver with its own local Ray (never the session's)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-def valley(*args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], env=driver_env(),
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **{"cwd": ROOT, **popen})
-
-
 def epochs_on_disk(folder: Path) -> int:
     """Epochs whose results reached the experiment folder (Tune syncs result.json every few seconds)."""
     return sum(len(read_results(p.parent)) for p in folder.glob("*/params.json"))
@@ -301,26 +287,6 @@ def wait_for_fresh_checkpoint(driver: subprocess.Popen, folder: Path, since: flo
         if any(written(p) > since for p in folder.glob("*/checkpoint_*/state.pt")):
             return
         time.sleep(0.05)  # Ray's start-up alone takes ~10 s
-
-
-def session_processes(sid: int) -> list[str]:
-    """Processes still in the session of a driver started with start_new_session (Ray's included)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == sid:
-                    found.append(f"{entry.name} {(entry / 'comm').read_text().strip()}")
-            except OSError:
-                continue
-    return found
-
-
-def wait_gone(sid: int, timeout: float = 20) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while (left := session_processes(sid)) and time.monotonic() < deadline:
-        time.sleep(0.25)
-    return left
 
 
 def interrupt_after_progress(driver: subprocess.Popen, folder: Path, since: float) -> str:

@@ -5,15 +5,13 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from search.run import SearchError, SearchOptions, run_search
 from spaces import load_space
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.drivers import driver
 
 TINY = """\
 family: mlp
@@ -103,10 +101,11 @@ def test_an_mlp_search_driver_never_imports_torch(write_space, tmp_path):
             f"sys.argv = ['valley', 'search', {str(space)!r}, '--storage', {str(tmp_path)!r}, '--name', 'mlp', "
             "'--num-cpus', '2', '--quiet']; code = main(); print('torch imported:', 'torch' in sys.modules); "
             "sys.exit(code)")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "torch imported: False" in run.stdout
-    assert "WARNING" not in run.stderr, run.stderr  # Ray's token notice: the mode is set, not defaulted
+    run = driver("-c", code)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, out
+    assert "torch imported: False" in out
+    assert "WARNING" not in out, out  # Ray's notice of token authentication, on every local search before
     assert len(pd.read_csv(tmp_path / "mlp" / "trials.csv")) == 4
     assert len(list((tmp_path / "mlp").glob("*/events.out.tfevents.*"))) == 4
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
