@@ -26,7 +26,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from search.run import SearchOptions, run_search
     from spaces import load_space
 
-    folder = Path(args.storage) / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(args.storage).resolve() / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     base = SearchOptions(storage=str(folder), scheduler="asha", num_cpus=args.num_cpus)
     print("valley quickstart 1/2: the reference MLP grid on digits; where is the valley?", flush=True)
     run_search(load_space("mlp-rough"), dataclasses.replace(base, name="mlp-rough", dataset="digits",
