@@ -126,6 +126,18 @@ def test_a_record_that_breaks_the_contract_is_refused_when_declared():
         dataclasses.replace(mlp, task=dataclasses.replace(mlp.task, mode="up"))
 
 
+def test_mlp_and_cnn_records_load_without_torch():
+    """A search's driver reads a family's record, never its models: the MLP and CNN modules import torch
+    where they build a model (the clock family's encodings and backbones are torch modules)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from trainables import get_family; "
+            "[get_family(f).make_config({'family': f, 'dataset': 'digits'}) for f in ('mlp', 'cnn')]; "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_unknown_family_lists_the_valid_ones():
     with pytest.raises(KeyError, match="valid families: clock, cnn, mlp"):
         get_family("resnet")

@@ -38,15 +38,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import Splits, load_dataset
 from trainables.family import Family
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _BASE_HEAD = ["F", "d128", "p0.5", "d64", "p0.5"]
 
@@ -115,20 +117,31 @@ def build_model(cfg: Config, data: Splits) -> nn.Module:
     return _build(ARCHS[cfg.arch], data.input_shape, data.n_classes, cfg)  # the loop makes it channels-last on CUDA
 
 
-class _Residual(nn.Module):
-    """relu(conv-relu-conv(x) + skip(x)), skip the identity or a 1x1 projection."""
+@functools.cache
+def _residual() -> type[nn.Module]:
+    """The residual block's class, defined at its first use: the module imports without torch, so a
+    search's driver does not load it."""
+    import torch
+    from torch import nn
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, batchnorm: bool) -> None:
-        super().__init__()
-        self.body = nn.Sequential(*_conv(c_in, c_out, kernel, batchnorm),
-                                  *_conv(c_out, c_out, kernel, batchnorm)[:-1])  # ReLU after the sum
-        self.skip = nn.Identity() if c_in == c_out else nn.Sequential(*_conv(c_in, c_out, 1, batchnorm)[:-1])
+    class Residual(nn.Module):
+        """relu(conv-relu-conv(x) + skip(x)), skip the identity or a 1x1 projection."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.skip(x))
+        def __init__(self, c_in: int, c_out: int, kernel: int, batchnorm: bool) -> None:
+            super().__init__()
+            self.body = nn.Sequential(*_conv(c_in, c_out, kernel, batchnorm),
+                                      *_conv(c_out, c_out, kernel, batchnorm)[:-1])  # ReLU after the sum
+            self.skip = nn.Identity() if c_in == c_out else nn.Sequential(*_conv(c_in, c_out, 1, batchnorm)[:-1])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.body(x) + self.skip(x))
+
+    return Residual
 
 
 def _conv(c_in: int, c_out: int, kernel: int, batchnorm: bool) -> list[nn.Module]:
+    from torch import nn
+
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=not batchnorm)]
     if batchnorm:
         layers.append(nn.BatchNorm2d(c_out))
@@ -137,6 +150,8 @@ def _conv(c_in: int, c_out: int, kernel: int, batchnorm: bool) -> list[nn.Module
 
 def _build(tokens: list[str], input_shape: tuple[int, int, int], n_classes: int, cfg: Config) -> nn.Sequential:
     """The layers of ``tokens`` for (C, H, W) inputs, tracking the map size to size the dense layers."""
+    from torch import nn
+
     c, h, w = input_shape
     features = 0  # inputs of the next dense layer, once flattened
     layers: list[nn.Module] = []
@@ -152,7 +167,7 @@ def _build(tokens: list[str], input_shape: tuple[int, int, int], n_classes: int,
             if m["conv"] == "c":
                 layers += _conv(c, out, kernel, cfg.batchnorm)
             else:
-                layers.append(_Residual(c, out, kernel, cfg.batchnorm))
+                layers.append(_residual()(c, out, kernel, cfg.batchnorm))
             c = out
         elif m["pool"] in ("M", "A"):
             if min(h, w) >= 2:  # a 1-pixel map is left as it is
