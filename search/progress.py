@@ -95,8 +95,9 @@ class Progress(Callback):
         self.say("  ".join(parts))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        stalled = (trial.last_result or {}).get("stalled")
-        self._line(trial, "stalled" if stalled else "done" if ended_itself(trial) else "stopped")
+        result = trial.last_result or {}
+        ended = ended_itself(result, trial.config)
+        self._line(trial, "stalled" if result.get("stalled") else "done" if ended else "stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = first_error_line(trial.error_file) if trial.error_file else ""
@@ -112,29 +113,32 @@ class Progress(Callback):
                  "from its last checkpoint")
 
 
-def ended_itself(trial: Any) -> bool:
-    """Whether a finished trial trained to its last epoch or stopped early on its own (not by ASHA)."""
-    result = trial.last_result or {}
-    return bool(result.get("early_stopped") or result.get("epoch") == trial.config.get("max_epochs"))
+def ended_itself(result: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a trial's last result is its last epoch or its own early stop (not a scheduler's or a budget's)."""
+    return bool(result.get("early_stopped") or result.get("epoch") == config.get("max_epochs"))
 
 
-def slim_finished(trials: list) -> None:
+def slim_finished(trials: list, rows: list[dict[str, Any]]) -> None:
     """Once a search has completed: each finished trial keeps its newest checkpoint only, without the optimiser
     state and the last weights (``trainables.loop.slim``); failed ones and ``keep_optimizer`` keep all.
-    A trial that ended itself wrote its last checkpoint slim; only those a scheduler stopped are rewritten
-    (so a search that stopped none never imports torch in the driver).
+    A trial that ended itself wrote its last checkpoint slim; only those a scheduler or a budget stopped
+    are rewritten (so a search that stopped none never imports torch in the driver). ``rows`` are the
+    grid rows, which the trials merged into their configs as this reads them.
 
     Run after Tune's last snapshot, so no restore can ask for what is removed. Never stops a search.
     """
+    from trainables.config import resolve_variant
+
     for trial in trials:
-        if trial.status != "TERMINATED" or trial.config.get("keep_optimizer"):
-            continue
         try:
+            config = resolve_variant(trial.config, rows)
+            if trial.status != "TERMINATED" or config.get("keep_optimizer"):
+                continue
             saved = sorted(Path(trial.path).glob("checkpoint_*"), key=lambda p: int(CHECKPOINT.match(p.name)[1]))
             for old in saved[:-1]:
                 shutil.rmtree(old, ignore_errors=True)
             path = saved[-1] / "state.pt" if saved else None
-            if path is not None and path.exists() and not ended_itself(trial):
+            if path is not None and path.exists() and not ended_itself(trial.last_result or {}, config):
                 import torch
 
                 from trainables.loop import slim

@@ -128,7 +128,7 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None]) -> Path:
         fmt.update_status(folder, status)
     prune_checkpoints(folder)  # Tune's last snapshot is on disk now
     if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume
-        slim_finished(trials)
+        slim_finished(trials, fmt.read_manifest(folder).get("grid") or [])  # the rows the trials were given
     return finish(folder, status, say)
 
 

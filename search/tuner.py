@@ -13,8 +13,9 @@ from trainables.family import Family
 
 
 def trainable(family: Family, data: Any, rows: list[dict[str, Any]], opts: SearchOptions) -> Any:
-    """``trainables.loop.train`` with the data (shared through Ray's object store), the grid rows and the
-    family record bound, and one trial's resources; the same for a new search and for ``valley resume``."""
+    """``trainables.loop.train`` (as ``trainables.train``, which imports it in the trial) with the data
+    (shared through Ray's object store), the grid rows and the family record bound, and one trial's
+    resources; the same for a new search and for ``valley resume``."""
     from ray import tune
 
     from trainables import train

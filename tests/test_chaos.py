@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 
 from tests.drivers import driver, wait_gone
+
 TRIALS, EPOCHS = 60, 9  # ASHA (grace 1, factor 3) has rungs at epochs 1, 3 and 9
 SPACE = f"""\
 family: mlp

@@ -72,6 +72,16 @@ def test_options_kernel_dropout_width_batchnorm() -> None:
     assert forward_backward(model, (3, 32, 32)).shape == (2, 10)
 
 
+def test_a_residual_model_pickles_whole(tmp_path) -> None:
+    """The residual block's class is defined at first use (the module imports without torch); a whole
+    model still saves and loads with torch.save, as a user may save one."""
+    model = cnn.build_model(cnn.Config(arch="cnn_residual10", width=0.25), splits((1, 8, 8)))
+    torch.save(model, tmp_path / "model.pt")
+    again = torch.load(tmp_path / "model.pt", weights_only=False)
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(again.eval()(x), model.eval()(x))
+
+
 def test_dropout_override_adds_and_removes() -> None:
     complex_ = cnn.build_model(cnn.Config(arch="cnn_complex", dropout=0.2), splits((1, 8, 8)))
     assert sum(isinstance(m, nn.Dropout) for m in complex_) == 2  # after d768 and d256

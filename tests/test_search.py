@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -102,7 +104,11 @@ def test_an_mlp_search_driver_never_imports_torch(write_space, tmp_path):
             "'--num-cpus', '2', '--quiet']; code = main(); print('torch imported:', 'torch' in sys.modules); "
             "sys.exit(code)")
     run = driver("-c", code)
-    out, _ = run.communicate(timeout=120)
+    try:
+        out, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)  # its session: the driver and its Ray
     assert run.returncode == 0, out
     assert "torch imported: False" in out
     assert "WARNING" not in out, out  # Ray's notice of token authentication, on every local search before
@@ -228,10 +234,13 @@ def test_finished_trials_keep_their_best_weights_not_the_optimiser(ray_session, 
 
     from analysis.load import load
 
-    folder = search(write_space(TINY), tmp_path, scheduler="asha", samples=2, name="slim",
+    # every trial reaches epoch 4 (ASHA's grace period), where the rows' own count (4 epochs) ends them;
+    # ASHA stops the row that asks for 8 there, with the full checkpoint of a trial that would go on
+    space = TINY.replace("  - {layers: 1, dropout: 0.2}\n", "  - {layers: 1, dropout: 0.2}\n  - {hidden: [8], max_epochs: 8}\n")
+    folder = search(write_space(space), tmp_path, scheduler="asha", grace_period=4, name="slim",
                     overrides={"checkpoint_s": 0})
     trials = pd.read_csv(folder / "trials.csv")
-    assert {"completed", "stopped"} <= set(trials["status"])
+    assert list(trials.sort_values("trial_id")["status"]) == ["completed"] * 4 + ["stopped"]
     for trial in trials["trial_id"]:
         saved = sorted((folder / trial).glob("checkpoint_*/state.pt"))
         assert len(saved) == 1, trial  # the newest checkpoint only

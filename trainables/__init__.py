@@ -47,7 +47,8 @@ def available_families() -> list[str]:
 def train(config: dict[str, Any], data: Splits | None = None, reporter: Reporter | None = None,
           variants: list[dict[str, Any]] | None = None, family: Family | None = None) -> dict[str, Any] | None:
     """:func:`trainables.loop.train`, imported when a trial starts: what search/ hands Ray Tune, so a
-    search's driver never imports torch (1.5 s of its start) unless a family module does."""
+    search's driver never imports torch (1.5 s of its start) unless a family module does. Its signature
+    is the loop's (``tune.with_parameters`` binds ``data``, ``variants`` and ``family`` by name)."""
     from trainables.loop import train as run
 
     return run(config, data, reporter, variants, family)

@@ -136,7 +136,15 @@ def _residual() -> type[nn.Module]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.relu(self.body(x) + self.skip(x))
 
+    Residual.__qualname__ = "Residual"  # pickle finds it as trainables.cnn.Residual (__getattr__ below)
     return Residual
+
+
+def __getattr__(name: str) -> type:
+    """``trainables.cnn.Residual``, the residual block's class, defined at first use (PEP 562)."""
+    if name == "Residual":
+        return _residual()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _conv(c_in: int, c_out: int, kernel: int, batchnorm: bool) -> list[nn.Module]:

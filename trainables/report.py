@@ -6,8 +6,10 @@ or on a GPU machine that has torch but not Ray.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -102,13 +104,27 @@ def default_reporter() -> Reporter:
 def environment() -> dict[str, str]:
     """What a result was made with, recorded beside it. Read without importing torch or starting CUDA:
     a search's driver needs neither (on a GPU node it would hold a CUDA context all search long)."""
-    return {"torch": version("torch"), "python": platform.python_version(), "cuda": gpu_name()}
+    return {"torch": torch_version(), "python": platform.python_version(), "cuda": gpu_name()}
+
+
+def torch_version() -> str:
+    """``torch.__version__`` (with its build, such as ``+cu130``) read from torch's ``version.py``."""
+    spec = importlib.util.find_spec("torch")
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()  # type: ignore[union-attr, arg-type]
+        return re.search(r"^__version__\s*=\s*['\"]([^'\"]+)", text, re.MULTILINE)[1]  # type: ignore[index]
+    except (OSError, TypeError, AttributeError):
+        return version("torch")
 
 
 def gpu_name() -> str:
-    """The first NVIDIA GPU's model as the Linux driver lists it, or "none"."""
-    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
-        for line in info.read_text(errors="replace").splitlines():
-            if line.startswith("Model:"):
-                return line.split(":", 1)[1].strip()
+    """The machine's first NVIDIA GPU as its Linux driver lists it (whatever CUDA_VISIBLE_DEVICES says),
+    or "none"."""
+    try:
+        for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+            for line in info.read_text(errors="replace").splitlines():
+                if line.startswith("Model:"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return "unknown"
     return "none"
