@@ -158,7 +158,7 @@ def test_the_report_leads_with_the_question_the_search_asked(tmp_path):
     encodings = load(DATA / "seeds-digits")  # the same trials, as if each row were an encoding of one model
     trials = encodings.trials
     kind = {"[10]": "class720", "1": "regression", "2": "class_class"}
-    key = trials["config/hidden"].fillna(trials["config/layers"]).astype(str).str.replace(".0", "", regex=False)
+    key = trials["config/hidden"].fillna(trials["config/layers"].astype(str)).astype(str).str.replace(".0", "", regex=False)
     encodings.trials = trials.drop(columns=["config/hidden", "config/layers"]).assign(
         **{"config/encoding": key.map(kind), "n_params": 550_000 + trials["n_params"]})
     assert report.lead(encodings) == ("compare", "config/encoding")
