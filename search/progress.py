@@ -16,6 +16,7 @@ from ray.tune import Callback
 
 from analysis.format import failure_kind
 from search.board import Board
+from trainables.config import resolve_variant
 
 # Set by Ctrl-C during fit(): Tune returns normally after it, so callers check this instead.
 # Module-level because `valley resume` runs the Progress object that Tune unpickles, not a new one.
@@ -24,8 +25,9 @@ INTERRUPTED = threading.Event()
 
 class Progress(Callback):
     def __init__(self, total: int, metric: str, task_metric: str, say: Callable[..., None],
-                 board: Board | None = None) -> None:
+                 board: Board | None = None, rows: list[dict[str, Any]] | None = None) -> None:
         self.total = total
+        self.rows = rows or []  # the grid rows: a trial's own max_epochs may be in its row
         self.metric = metric  # what the search ranks on
         self.task_metric = task_metric  # the family's validation headline, e.g. val_acc
         self.say = say
@@ -96,7 +98,8 @@ class Progress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        ended = ended_itself(result, trial.config)
+        rows = getattr(self, "rows", None)  # an experiment saved before rows were kept has none
+        ended = ended_itself(result, resolve_variant(trial.config, rows) if rows else trial.config)
         self._line(trial, "stalled" if result.get("stalled") else "done" if ended else "stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -127,8 +130,6 @@ def slim_finished(trials: list, rows: list[dict[str, Any]]) -> None:
 
     Run after Tune's last snapshot, so no restore can ask for what is removed. Never stops a search.
     """
-    from trainables.config import resolve_variant
-
     for trial in trials:
         try:
             config = resolve_variant(trial.config, rows)

@@ -101,7 +101,8 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
     start_ray(opts, space.family)
     check_cluster(opts, folder.parent)
     board = None if opts.quiet else Board(space.metric, space.mode, epochs, opts.progress_s, opts.label)
-    progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say, board)
+    progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say, board,
+                        rows=[dict(row) for row in space.grid])
     tuner = build_tuner(space, family, opts, folder, dataset, epochs, data, progress)
     write_manifest(folder, space, family, opts, dataset, epochs, data, status=fmt.RUNNING)
     return fit_and_finish(tuner, folder, say)

@@ -227,7 +227,7 @@ def test_the_board_is_redrawn_in_place_on_a_terminal(write_space, tmp_path):
 
 
 @pytest.mark.ray
-def test_finished_trials_keep_their_best_weights_not_the_optimiser(ray_session, write_space, tmp_path):
+def test_finished_trials_keep_their_best_weights_not_the_optimiser(ray_session, write_space, tmp_path, capsys):
     """Completed and ASHA-stopped trials alike: each checkpoint holds the best weights, the state and the
     test predictions; a trial's folder is at most 1.1 x its best weights plus its predictions."""
     import torch
@@ -237,10 +237,13 @@ def test_finished_trials_keep_their_best_weights_not_the_optimiser(ray_session, 
     # every trial reaches epoch 4 (ASHA's grace period), where the rows' own count (4 epochs) ends them;
     # ASHA stops the row that asks for 8 there, with the full checkpoint of a trial that would go on
     space = TINY.replace("  - {layers: 1, dropout: 0.2}\n", "  - {layers: 1, dropout: 0.2}\n  - {hidden: [8], max_epochs: 8}\n")
-    folder = search(write_space(space), tmp_path, scheduler="asha", grace_period=4, name="slim",
-                    overrides={"checkpoint_s": 0})
+    folder = run_search(load_space(write_space(space)), SearchOptions(
+        storage=str(tmp_path / "results"), scheduler="asha", grace_period=4, name="slim", progress_s=1e9,
+        overrides={"checkpoint_s": 0}))
     trials = pd.read_csv(folder / "trials.csv")
     assert list(trials.sort_values("trial_id")["status"]) == ["completed"] * 4 + ["stopped"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert sorted(line.split()[3] for line in lines) == ["done"] * 4 + ["stopped"]  # the progress lines agree
     for trial in trials["trial_id"]:
         saved = sorted((folder / trial).glob("checkpoint_*/state.pt"))
         assert len(saved) == 1, trial  # the newest checkpoint only
