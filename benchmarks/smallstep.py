@@ -101,14 +101,16 @@ def compiled(x: np.ndarray, y: np.ndarray, device: torch.device, mean: float, st
     def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(to_input(xb, mean, std)).float(), yb)
 
-    loss_of = torch.compile(batch_loss, mode=mode)
+    # dynamic=False: the short last batch gets a graph of its own, and the full batches keep theirs (a
+    # dynamic recompile would otherwise run every later full batch on size-generic kernels)
+    loss_of = torch.compile(batch_loss, mode=mode, dynamic=False)
 
     def epoch() -> float:
         total = torch.zeros((), device=device)
         for index in torch.randperm(len(images), device=device, generator=generator).split(BATCH):
             torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs are free
-            loss = loss_of(images[index], labels[index])
             optimizer.zero_grad(set_to_none=True)
+            loss = loss_of(images[index], labels[index])
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(index)
