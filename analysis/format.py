@@ -64,10 +64,15 @@ def failure_kind(error: str) -> str:
     return "diverged" if DIVERGED_MARK in error else "failed"
 
 
+def ended_itself(last: dict[str, Any], max_epochs: int | None) -> bool:
+    """Whether a trial's last report is its last epoch or its own early stop (not a scheduler's or a budget's)."""
+    return bool(last.get("early_stopped") or (max_epochs is not None and last.get("epoch") == max_epochs))
+
+
 def trial_status(last: dict[str, Any], error: str, has_rows: bool, max_epochs: int | None,
                  search_finished: bool) -> str:
     """A trial's status from its last report, its error text and whether the search has ended."""
-    if last and ((max_epochs is not None and last.get("epoch") == max_epochs) or last.get("early_stopped")):
+    if ended_itself(last, max_epochs):
         return "stalled" if last.get("stalled") else "completed"
     if error:
         return failure_kind(error)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from analysis.format import failure_kind
+from analysis.format import ended_itself, failure_kind
 from search.board import Board
 from trainables.config import resolve_variant
 
@@ -99,7 +99,8 @@ class Progress(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         rows = getattr(self, "rows", None)  # an experiment saved before rows were kept has none
-        ended = ended_itself(result, resolve_variant(trial.config, rows) if rows else trial.config)
+        config = resolve_variant(trial.config, rows) if rows else trial.config
+        ended = ended_itself(result, config.get("max_epochs"))
         self._line(trial, "stalled" if result.get("stalled") else "done" if ended else "stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -114,11 +115,6 @@ class Progress(Callback):
         failures = trial.run_metadata.num_failures
         self.say(f"      {trial.trial_id} crashed ({error}); retry {failures} of {trial.max_failures} "
                  "from its last checkpoint")
-
-
-def ended_itself(result: dict[str, Any], config: dict[str, Any]) -> bool:
-    """Whether a trial's last result is its last epoch or its own early stop (not a scheduler's or a budget's)."""
-    return bool(result.get("early_stopped") or result.get("epoch") == config.get("max_epochs"))
 
 
 def slim_finished(trials: list, rows: list[dict[str, Any]]) -> None:
@@ -139,7 +135,7 @@ def slim_finished(trials: list, rows: list[dict[str, Any]]) -> None:
             for old in saved[:-1]:
                 shutil.rmtree(old, ignore_errors=True)
             path = saved[-1] / "state.pt" if saved else None
-            if path is not None and path.exists() and not ended_itself(trial.last_result or {}, config):
+            if path is not None and path.exists() and not ended_itself(trial.last_result or {}, config.get("max_epochs")):
                 import torch
 
                 from trainables.loop import slim

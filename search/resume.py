@@ -53,4 +53,4 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
     restored = trainable(get_family(manifest["family"]), data, manifest["grid"], opts)
     tuner = tune.Tuner.restore(str(folder), restored, resume_unfinished=True, resume_errored=retry_failed)
     fmt.update_status(folder, fmt.RUNNING)
-    return fit_and_finish(tuner, folder, say)
+    return fit_and_finish(tuner, folder, say, manifest["grid"])

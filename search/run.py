@@ -101,15 +101,16 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
     start_ray(opts, space.family)
     check_cluster(opts, folder.parent)
     board = None if opts.quiet else Board(space.metric, space.mode, epochs, opts.progress_s, opts.label)
-    progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say, board,
-                        rows=[dict(row) for row in space.grid])
+    rows = [dict(row) for row in space.grid]  # what the trials merge into their configs
+    progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say, board, rows)
     tuner = build_tuner(space, family, opts, folder, dataset, epochs, data, progress)
     write_manifest(folder, space, family, opts, dataset, epochs, data, status=fmt.RUNNING)
-    return fit_and_finish(tuner, folder, say)
+    return fit_and_finish(tuner, folder, say, rows)
 
 
-def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None]) -> Path:
-    """Run the tuner; the experiment reads 'completed' only if no Ctrl-C came and every trial ended."""
+def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: list[dict[str, Any]]) -> Path:
+    """Run the tuner; the experiment reads 'completed' only if no Ctrl-C came and every trial ended.
+    ``rows`` are the grid rows the trials merge into their configs."""
     from search.progress import INTERRUPTED, prune_checkpoints, slim_finished
     from search.tuner import fail_diverged_trials_at_once, retry_trials_killed_while_starting
 
@@ -129,7 +130,7 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None]) -> Path:
         fmt.update_status(folder, status)
     prune_checkpoints(folder)  # Tune's last snapshot is on disk now
     if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume
-        slim_finished(trials, fmt.read_manifest(folder).get("grid") or [])  # the rows the trials were given
+        slim_finished(trials, rows)
     return finish(folder, status, say)
 
 
