@@ -280,6 +280,7 @@ def part_compile(args: argparse.Namespace, cuda: bool, summary: list[dict[str, A
     for backbone in args.compile_backbones:
         config = {"family": "clock", "dataset": "clocks", "backbone": backbone, "pretrained": False,
                   "encoding": "class_class", "max_epochs": 1, "device": device.type}
+        measured = []  # eager, then compiled, as far as they ran
         for mode in (None, "default"):
             if mode:
                 from torch import _dynamo
@@ -294,12 +295,13 @@ def part_compile(args: argparse.Namespace, cuda: bool, summary: list[dict[str, A
                       file=sys.stderr, flush=True)
                 break
             total = time.perf_counter() - started  # build, warm-up (compilation) and the timed steps
-            rows.append({"backbone": backbone, "step": f"torch.compile(mode={mode!r})" if mode else "eager",
-                         "images/s": rate, "set-up + warm-up s": total - steps * BATCH / rate})
-            print(f"  {backbone} {rows[-1]['step']}: {rate:,.0f} images/s", file=sys.stderr, flush=True)
-        if len(rows) < 2 or rows[-1]["backbone"] != backbone or rows[-2]["backbone"] != backbone:
+            measured.append({"backbone": backbone, "step": f"torch.compile(mode={mode!r})" if mode else "eager",
+                             "images/s": rate, "set-up + warm-up s": total - steps * BATCH / rate})
+            print(f"  {backbone} {measured[-1]['step']}: {rate:,.0f} images/s", file=sys.stderr, flush=True)
+        rows += measured
+        if len(measured) < 2:
             continue
-        eager, fast = rows[-2], rows[-1]
+        eager, fast = measured
         fast["vs eager"] = fast["images/s"] / eager["images/s"]
         saved_per_step = BATCH / eager["images/s"] - BATCH / fast["images/s"]
         extra = fast["set-up + warm-up s"] - eager["set-up + warm-up s"]
