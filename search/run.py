@@ -112,12 +112,14 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
     """Run the tuner; the experiment reads 'completed' only if no Ctrl-C came and every trial ended.
     ``rows`` are the grid rows the trials merge into their configs."""
     from search.progress import INTERRUPTED, prune_checkpoints, slim_finished
-    from search.tuner import fail_diverged_trials_at_once, retry_trials_killed_while_starting
+    from search.tuner import (fail_diverged_trials_at_once, keep_workers_already_starting,
+                              retry_trials_killed_while_starting)
 
     status = fmt.INTERRUPTED
     INTERRUPTED.clear()
     fail_diverged_trials_at_once()
     retry_trials_killed_while_starting()
+    keep_workers_already_starting()
     # Tune's own table of results warns of every trial a budget stopped before its first epoch; valley
     # reads the results from disk (analysis.load), which says what is missing or half-written
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)

@@ -159,6 +159,32 @@ def fail_diverged_trials_at_once() -> None:
     Trial.handle_error = handle_error
 
 
+def keep_workers_already_starting() -> None:
+    """A trial whose worker is already starting waits for it instead of taking an idle one.
+
+    With actor reuse, Tune hands a worker freed by a finished trial to the next trial that waits,
+    and stops the worker that trial had been given. When that worker had its CPUs already and was
+    importing torch, that work is lost and a new worker starts for the next trial, importing it
+    again: in a search of short trials (the reference MLPs for one epoch) one worker then did all
+    the training while a third imported torch in vain. Only a trial whose worker still waits for
+    its resources (costing nothing to drop) now takes an idle one; the idle one goes to the next.
+    """
+    from ray.tune.execution.tune_controller import TuneController
+
+    if getattr(TuneController._maybe_reuse_cached_actor, "_valley", False):
+        return
+    original = TuneController._maybe_reuse_cached_actor
+
+    def maybe_reuse_cached_actor(self: Any, trial: Any) -> bool:
+        own = self._trial_to_actor.get(trial)
+        if own is not None and trial not in self._resetting_trials and self._actor_manager.is_actor_started(own):
+            return False
+        return original(self, trial)
+
+    maybe_reuse_cached_actor._valley = True  # type: ignore[attr-defined]
+    TuneController._maybe_reuse_cached_actor = maybe_reuse_cached_actor
+
+
 def retry_trials_killed_while_starting() -> None:
     """A trial whose reused worker dies while being reset for it is retried like any other.
 

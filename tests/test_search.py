@@ -95,6 +95,40 @@ def test_workers_load_torch_before_a_trial_asks_for_them(ray_session):
     assert os.environ["PL_DISABLE_FORK"] == "1"  # what Tune set per actor, now set for the whole local Ray
 
 
+@pytest.mark.ray
+def test_a_trial_waits_for_its_starting_worker_rather_than_take_an_idle_one(ray_session, tmp_path):
+    """Tune's actor reuse gave the worker freed by a short first trial to the second, stopping the
+    second's own worker though it had its CPU and was starting: its start was lost and a new worker
+    started for the third. The second trial now runs on its own worker, the idle one takes the rest."""
+    from ray import tune
+
+    from search.tuner import keep_workers_already_starting
+
+    class Trial(tune.Trainable):
+        def setup(self, config):
+            time.sleep(2 if config["x"] == 1 else 0)  # the second trial's worker starts slowly
+
+        def step(self):
+            return {"pid": os.getpid(), "done": True}
+
+        def reset_config(self, new_config):
+            return True
+
+        def save_checkpoint(self, checkpoint_dir):
+            return {}
+
+        def load_checkpoint(self, checkpoint):
+            pass
+
+    keep_workers_already_starting()
+    grid = tune.Tuner(Trial, param_space={"x": tune.grid_search([0, 1, 2, 3])},
+                      tune_config=tune.TuneConfig(reuse_actors=True),
+                      run_config=tune.RunConfig(storage_path=str(tmp_path), name="reuse", verbose=0)).fit()
+    pids = {r.config["x"]: r.metrics["pid"] for r in grid}
+    assert pids[1] != pids[0], pids
+    assert len(set(pids.values())) == 2, pids  # no worker started in vain
+
+
 def test_an_mlp_search_driver_never_imports_torch(write_space, tmp_path):
     """Only the trials need torch: the driver of an MLP search (its own Ray, in a fresh process) runs it
     with TensorBoard on, writes its manifest, slims its finished trials and exits without importing it."""
