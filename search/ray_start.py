@@ -27,9 +27,10 @@ TUNE_ENVIRONMENT = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTP
                     "TUNE_GLOBAL_CHECKPOINT_S": "auto", "RAY_USAGE_STATS_ENABLED": "0"}
 SNAPSHOT_FLOOR_S = 1.0
 # What a local Ray's workers import before they take work (Ray's ``preload_python_modules``). Ray
-# starts one idle worker per CPU when the driver connects, so they load torch and the training loop
-# while the driver builds the search, and a trial's first optimizer finds ``torch._dynamo`` (which
-# torch imports there, a second per process) already loaded.
+# starts one idle worker per CPU as soon as its raylet is up (``enable_worker_prestart``; by default
+# only once the driver has connected, half a second later here), so they load torch and the training
+# loop while ``ray.init`` returns and the driver builds the search, and a trial's first optimizer
+# finds ``torch._dynamo`` (which torch imports there, a second per process) already loaded.
 WORKER_PRELOAD = ("torch._dynamo", "trainables.loop")
 
 
@@ -205,6 +206,6 @@ def start_ray(opts: SearchOptions, family: str | None = None) -> None:
     with loopback_only():  # address="local": a new Ray, even where RAY_ADDRESS or a `ray start` points elsewhere
         ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING",
-                 _system_config={"preload_python_modules": preload})
+                 _system_config={"preload_python_modules": preload, "enable_worker_prestart": True})
     protect_auth_token()
     reap_local_ray_with_driver(before)
