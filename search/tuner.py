@@ -171,9 +171,9 @@ def keep_workers_already_starting() -> None:
     """
     from ray.tune.execution.tune_controller import TuneController
 
-    if getattr(TuneController._maybe_reuse_cached_actor, "_valley", False):
+    original = getattr(TuneController, "_maybe_reuse_cached_actor", None)
+    if original is None or getattr(original, "_valley", False):  # a Ray that reuses otherwise: as it does
         return
-    original = TuneController._maybe_reuse_cached_actor
 
     def maybe_reuse_cached_actor(self: Any, trial: Any) -> bool:
         own = self._trial_to_actor.get(trial)
