@@ -172,7 +172,7 @@ def keep_workers_already_starting() -> None:
     from ray.tune.execution.tune_controller import TuneController
 
     original = getattr(TuneController, "_maybe_reuse_cached_actor", None)
-    if original is None or getattr(original, "_valley", False):  # a Ray that reuses otherwise: as it does
+    if original is None or getattr(original, "_valley", False):  # a Ray without this step is left as it is
         return
 
     def maybe_reuse_cached_actor(self: Any, trial: Any) -> bool:
