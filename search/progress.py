@@ -98,9 +98,8 @@ class Progress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        rows = getattr(self, "rows", None)  # an experiment saved before rows were kept has none
-        config = resolve_variant(trial.config, rows) if rows else trial.config
-        ended = ended_itself(result, config.get("max_epochs"))
+        # an experiment saved before rows were kept has none
+        ended = ended_itself(result, trial_config(trial, getattr(self, "rows", None)).get("max_epochs"))
         self._line(trial, "stalled" if result.get("stalled") else "done" if ended else "stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -117,6 +116,11 @@ class Progress(Callback):
                  "from its last checkpoint")
 
 
+def trial_config(trial: Any, rows: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """What a trial ran with: its config with its grid row (one of ``rows``) merged in, as the trainable merges it."""
+    return resolve_variant(trial.config, rows) if rows else dict(trial.config)
+
+
 def slim_finished(trials: list, rows: list[dict[str, Any]]) -> None:
     """Once a search has completed: each finished trial keeps its newest checkpoint only, without the optimiser
     state and the last weights (``trainables.loop.slim``); failed ones and ``keep_optimizer`` keep all.
@@ -128,7 +132,7 @@ def slim_finished(trials: list, rows: list[dict[str, Any]]) -> None:
     """
     for trial in trials:
         try:
-            config = resolve_variant(trial.config, rows)
+            config = trial_config(trial, rows)
             if trial.status != "TERMINATED" or config.get("keep_optimizer"):
                 continue
             saved = sorted(Path(trial.path).glob("checkpoint_*"), key=lambda p: int(CHECKPOINT.match(p.name)[1]))
