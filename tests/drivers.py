@@ -24,17 +24,28 @@ def valley(*args: str, **popen) -> subprocess.Popen:
     return driver("-m", "search.cli", *args, **popen)
 
 
-def session_processes(sid: int) -> list[str]:
-    """``"pid name"`` of the live processes in a driver's session, Ray's included (a zombie, a killed
-    worker that its reparenting init has not reaped yet, is not live)."""
+def session_entries(sid: int) -> list[Path]:
+    """The ``/proc`` entries of the live processes in a driver's session, Ray's included (a zombie, a
+    killed worker that its reparenting init has not reaped yet, is not live)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if os.getsid(int(entry.name)) == sid and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    found.append(f"{entry.name} {(entry / 'comm').read_text().strip()}")
+                    found.append(entry)
             except OSError:
                 continue
+    return found
+
+
+def session_processes(sid: int) -> list[str]:
+    """``"pid name"`` of the live processes in a driver's session."""
+    found = []
+    for entry in session_entries(sid):
+        try:
+            found.append(f"{entry.name} {(entry / 'comm').read_text().strip()}")
+        except OSError:
+            continue
     return found
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.drivers import driver, wait_gone
+from tests.drivers import driver, session_entries, wait_gone
 
 TRIALS, EPOCHS = 60, 9  # ASHA (grace 1, factor 3) has rungs at epochs 1, 3 and 9
 SPACE = f"""\
@@ -50,13 +50,12 @@ params:
 def workers(sid: int) -> list[int]:
     """Processes of a driver's session that are running a trial."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == sid and b"ImplicitFunc.train" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+    for entry in session_entries(sid):
+        try:
+            if b"ImplicitFunc.train" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
     return found
 
 
