@@ -183,15 +183,21 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
 FAILED_AT = re.compile(r"^Failure # \d+ \(occurred at (\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\)", re.M)
 
 
+def newest_snapshot_file(folder: Path) -> Path | None:
+    """Tune's newest experiment snapshot (newest by name), the one ``Tuner.restore`` reads; None if none."""
+    snapshots = sorted(Path(folder).glob("experiment_state-*.json"))
+    return snapshots[-1] if snapshots else None
+
+
 def tune_snapshot(folder: Path) -> list[tuple[dict[str, Any], dict[str, Any]]] | None:
     """(state, run metadata) of every trial in Tune's newest experiment snapshot, the one
     ``Tuner.restore`` reads; None if there is none or it cannot be read (one being written)."""
-    snapshots = sorted(Path(folder).glob("experiment_state-*.json"))
-    if not snapshots:
+    snapshot = newest_snapshot_file(folder)
+    if snapshot is None:
         return None
     try:
         entries = [tuple(json.loads(part) if isinstance(part, str) else part for part in entry)
-                   for entry in json.loads(snapshots[-1].read_text())["trial_data"]]
+                   for entry in json.loads(snapshot.read_text())["trial_data"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not all(len(entry) == 2 and all(isinstance(part, dict) for part in entry) for entry in entries):
@@ -433,18 +439,18 @@ def _safe_manifest(path: Path) -> tuple[dict[str, Any], list[str]]:
 
 def _apply_ray_state(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame, warnings: list[str]) -> str | None:
     """Plain Ray Tune: trial statuses from the newest experiment_state file, and the metric's best value."""
-    states = sorted(folder.glob("experiment_state-*.json"))
+    snapshot = newest_snapshot_file(folder)
     metric, status_of, id_of = None, {}, {}
-    if states:
+    if snapshot is not None:
         try:
-            state = json.loads(states[-1].read_text())
+            state = json.loads(snapshot.read_text())
             metric = (state.get("runner_data") or {}).get("_metric")
             for trial_json, *_ in state.get("trial_data", []):
                 trial = json.loads(trial_json)
                 status_of[trial.get("relative_logdir")] = STATE_STATUS.get(trial.get("status"), "unfinished")
                 id_of[trial.get("relative_logdir")] = trial.get("trial_id")
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
-            warnings.append(f"{states[-1].name} is unreadable ({err}); trial statuses are guesses")
+            warnings.append(f"{snapshot.name} is unreadable ({err}); trial statuses are guesses")
     else:
         warnings.append("no experiment_state-*.json: Ray Tune's trial statuses are unknown")
     if trials.empty:

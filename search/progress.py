@@ -168,12 +168,15 @@ UNRESTORED = ".unrestored"  # trials a killed driver began after its last snapsh
 
 
 def newest_snapshot(folder: Path) -> tuple[Path, tuple[int, int]] | None:
-    """The experiment snapshot Tune restores from (newest by name), with its (mtime, size)."""
-    files = sorted(folder.glob("experiment_state-*.json"))
-    if not files:
+    """The experiment snapshot Tune restores from (``analysis.load.newest_snapshot_file``), with its
+    (mtime, size)."""
+    from analysis.load import newest_snapshot_file
+
+    path = newest_snapshot_file(folder)
+    if path is None:
         return None
-    stat = files[-1].stat()
-    return files[-1], (stat.st_mtime_ns, stat.st_size)
+    stat = path.stat()
+    return path, (stat.st_mtime_ns, stat.st_size)
 
 
 def snapshot_trials(folder: Path) -> dict[str, dict[str, Any]] | None:
