@@ -6,7 +6,9 @@ searcher; ``restore`` reconciles the two so that the study holds each trial once
 """
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,30 @@ TRIAL_ID = "ray_trial_id"  # a study trial's user attribute: the Tune trial it i
 def journal(folder: Path) -> JournalStorage:
     """The experiment's Optuna storage: one append-only file, ``folder/optuna.journal``."""
     folder.mkdir(parents=True, exist_ok=True)
+    optuna_says_only_what_matters()
     return JournalStorage(JournalFileBackend(str(folder / JOURNAL)))
+
+
+class _StudyCreated(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("A new study created in Journal")
+
+
+def optuna_says_only_what_matters() -> None:
+    """Two things Optuna says on every search that are noise in valley's output:
+
+    * that a categorical choice other than None, bool, int, float or str (a list, such as an MLP's
+      hidden widths) may not survive persistent storage, once per choice, and again whenever the
+      study is loaded or resumed. The journal is JSON, which keeps a list as it was
+      (``tests/test_search.py``), so only that warning, for lists, is dropped;
+    * its timestamped line on creating the study, which ``search.tuner.searcher`` replaces with
+      valley's own, saying where the study is and what opens it.
+    """
+    warnings.filterwarnings("ignore", message=r"Choices for a categorical distribution .* of type list\.",
+                            category=UserWarning)
+    logger = logging.getLogger("optuna.storages.journal._storage")
+    if not any(isinstance(f, _StudyCreated) for f in logger.filters):
+        logger.addFilter(_StudyCreated())
 
 
 def load_study(folder: Path) -> optuna.Study:
@@ -66,6 +91,7 @@ class ValleyOptunaSearch(OptunaSearch):
         return found
 
     def restore(self, checkpoint_path: str) -> None:
+        optuna_says_only_what_matters()
         super().restore(checkpoint_path)
         if self._storage is None or self._ot_study is None:
             return

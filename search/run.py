@@ -95,7 +95,7 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
     data = load_data(dataset, opts.data_dir)
     say = sayer(opts)
     say(f"valley: {space.name} on {dataset} ({len(data.x_train)} train / {len(data.x_val)} val / "
-        f"{len(data.x_test)} test, {data.split_rule}), {epochs} epochs per trial -> {folder}")
+        f"{len(data.x_test)} test, {data.split_rule}), {epochs} epoch{'s' * (epochs != 1)} per trial -> {folder}")
     for note in data.notes:
         say(f"valley: note: {note}")
     start_ray(opts, space.family)

@@ -54,7 +54,7 @@ def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
         return ValleyBOHB(opts.quiet, seed=opts.seed)
     import optuna
 
-    from search.optuna_study import ValleyOptunaSearch, journal
+    from search.optuna_study import JOURNAL, ValleyOptunaSearch, journal
 
     # TPE models the results after n_startup_trials random ones: Optuna's 10 would leave a 12-trial
     # fine stage random, so a third of the budget (at most 10) starts it; warm-start points count.
@@ -64,6 +64,7 @@ def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
                                evaluated_rewards=list(opts.warm_rewards) or None,
                                storage=journal(folder), study_name=folder.name)
     found.quiet = opts.quiet
+    say(f"valley: Optuna's study: `optuna-dashboard {folder / JOURNAL}`")
     return found
 
 

@@ -63,9 +63,18 @@ def test_optuna_search_samples_grid_rows(ray_session, write_space, tmp_path):
 
 
 @pytest.mark.ray
-def test_optuna_search_runs_20_trials_without_samples(ray_session, write_space, tmp_path):
-    folder = search(write_space(TINY), tmp_path, search="optuna", max_epochs=1, name="tpe20")
-    assert len(pd.read_csv(folder / "trials.csv")) == 20
+def test_optuna_search_runs_20_trials_without_samples(ray_session, write_space, tmp_path, recwarn):
+    """20 trials by default; a choice of lists (hidden widths) is kept as lists in the journal, without
+    Optuna's warning that lists may not survive its storage."""
+    from search.optuna_study import load_study
+
+    space = TINY.split("grid:")[0] + "params:\n  hidden: {choice: [[4], [16, 8]]}\n  lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
+    folder = search(write_space(space), tmp_path, search="optuna", max_epochs=1, name="tpe20")
+    trials = pd.read_csv(folder / "trials.csv").set_index("trial_id")
+    assert len(trials) == 20 and set(trials["config/hidden"]) <= {"[4]", "[16, 8]"}
+    study = {t.user_attrs["ray_trial_id"]: t.params["hidden"] for t in load_study(folder).trials}
+    assert study == {t: json.loads(h) for t, h in trials["config/hidden"].items()}
+    assert not [w for w in recwarn if "categorical distribution" in str(w.message)]
 
 
 @pytest.mark.ray
