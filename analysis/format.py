@@ -153,3 +153,20 @@ def guess_mode(metric: str) -> str:
     """max for accuracy-like metric names, min for losses and errors (plain Ray Tune folders only)."""
     return "max" if any(word in metric for word in ("acc", "score", "reward", "auc", "f1", "precision",
                                                     "recall")) else "min"
+
+
+def confirm_verdict(summary: dict[str, Any], winner: str | None = None) -> str:
+    """A confirm stage's outcome (its ``summary`` in plan.json) in one sentence: the winner (named
+    ``winner``, else by its config), what chose it, and whether the test metric bears the choice out."""
+    metric, p = summary.get("metric", "test"), summary.get("p_winner_beats_runner_up")
+    text = f"winner {winner or summary.get('winner')} by {summary.get('chosen_by', 'validation')}"
+    if isinstance(summary.get("winner_mean"), float):
+        text += f": {metric} {summary['winner_mean']:.4g}"
+        if isinstance(summary.get("runner_up_mean"), float):
+            text += f", the runner-up's {summary['runner_up_mean']:.4g}"
+    if p is None:
+        return text
+    text += f"; P(winner beats runner-up) = {p:.3g}"
+    if p < 0.5:
+        return text + f", so on {metric} the runner-up does better: validation did not tell them apart"
+    return text + (": not a clear win over these seeds" if p < 0.9 else "")

@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import figures
-from analysis.format import DONE, FAILED, metric_column
+from analysis.format import DONE, FAILED, confirm_verdict, metric_column
 from analysis.load import Experiment, load, progress
 from analysis.valley import ValleyResult, find_valley
 
@@ -271,8 +271,7 @@ def _plan_stages(plan: Experiment) -> str:
         summary = state.get("summary") if isinstance(state.get("summary"), dict) else {}
         bracket = state.get("bracket") if isinstance(state.get("bracket"), dict) else {}
         outcome = state.get("reason") or bracket.get("message") or (
-            f"winner {summary['winner']}, P(winner beats runner-up) = {summary.get('p_winner_beats_runner_up')}"
-            if summary.get("winner") else state.get("warm_start", ""))
+            confirm_verdict(summary) if summary.get("winner") else state.get("warm_start", ""))
         for note in (state.get("note"), summary.get("note")):
             if note:
                 outcome = f"{outcome} ({note})" if outcome else note

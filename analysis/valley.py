@@ -107,9 +107,10 @@ def find_valley(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, metric
     low, high = int(band["n_params"].min()), int(band["n_params"].max())
     chosen_params = int(groups.at[chosen_key, "n_params"])
     edge = "<=" if mode == "min" else ">="
+    span = f"{low:,}" if low == high else f"{low:,} to {high:,}"
     reason = (f"best {metric} {best_value:.4g} (trial {best_trial}, {int(groups.at[best_key, 'n_params']):,} "
               f"parameters); standard error {se:.3g} from {source}; the band {metric} {edge} {cutoff:.4g} "
-              f"({threshold_se:g} SE) holds {len(band)} of {len(groups)} configs, {low:,} to {high:,} parameters; "
+              f"({threshold_se:g} SE) holds {len(band)} of {len(groups)} configs, {span} parameters; "
               f"chose trial {chosen_trial}, the smallest model in the band ({chosen_params:,} parameters)")
     return ValleyResult(members=members, chosen=str(chosen_trial), best=str(best_trial), best_value=best_value,
                         se=se, cutoff=cutoff, threshold_se=threshold_se, metric=metric, mode=mode, se_source=source,

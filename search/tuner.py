@@ -46,7 +46,7 @@ def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
         from ray.tune.search import BasicVariantGenerator
 
         return BasicVariantGenerator(random_state=opts.seed)
-    if n_rows:
+    if n_rows > 1:
         say(f"valley: note: {opts.search} samples the {n_rows} grid rows as a categorical choice")
     if opts.search == "bohb":
         from search.bohb import ValleyBOHB

@@ -225,6 +225,7 @@ def test_a_config_outside_the_fine_space_is_moved_in_only_when_asked():
 
 
 def test_confirm_chooses_the_winner_on_validation_not_on_test():
+    from analysis.format import confirm_verdict
     from search.plans import confirm_table
     from trainables import get_family
 
@@ -239,6 +240,9 @@ def test_confirm_chooses_the_winner_on_validation_not_on_test():
     assert json.loads(summary["winner"]) == {"hidden": [16]}
     assert list(table["mean_test_acc"]) == pytest.approx([0.905, 0.95])
     assert summary["p_winner_beats_runner_up"] == 0.0 and summary["chosen_by"] == "mean best_val_loss (min)"
+    assert confirm_verdict(summary, "config 1") == (
+        "winner config 1 by mean best_val_loss (min): test_acc 0.905, the runner-up's 0.95; P(winner beats "
+        "runner-up) = 0, so on test_acc the runner-up does better: validation did not tell them apart")
 
 
 def test_top_configs_fill_with_early_stopped_trials_only_when_asked():

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.format import metric_column
+from analysis.format import confirm_verdict, metric_column
 from analysis.load import config_of
 from search.options import SearchError
 from search.plans.format import Stage
@@ -111,7 +111,7 @@ def run(run: PlanRun, stage: Stage) -> str:
     (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
     run.record(stage, summary=summary)
     run.say(table.to_string(index=False))
-    run.say(f"valley: P(winner beats runner-up) = {summary['p_winner_beats_runner_up']}")
+    run.say("valley: " + confirm_verdict(summary, f"config {table.loc[0, 'config']}"))
     return "completed"
 
 
@@ -146,9 +146,11 @@ def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: s
     order = table[f"mean_{select}"].sort_values(ascending=select_mode == "min", kind="stable").index.to_list()
     table = table.loc[order].reset_index(drop=True)
     p = None
+    means = [float(m) for m in table[f"mean_{column}"].head(2)]
     if len(order) > 1:
         winner, runner = boot[order[0]], boot[order[1]]
         p = float(np.mean(winner > runner) if mode == "max" else np.mean(winner < runner))
     return table, {"metric": column, "mode": mode, "chosen_by": f"mean {select} ({select_mode})",
-                   "winner": table.loc[0, "label"],
+                   "winner": table.loc[0, "label"], "winner_mean": means[0],
+                   **({"runner_up": table.loc[1, "label"], "runner_up_mean": means[1]} if p is not None else {}),
                    "p_winner_beats_runner_up": p, "bootstrap_resamples": n_boot, "seeds": seeds}

@@ -69,8 +69,9 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
         if point is not None and point.get("variant") not in [m.get("variant") for m in moved]:
             moved.append(point)
     return moved, [], (f"none of the {len(configs)} trials of stage {rough_name} falls inside the new space; "
-                       f"evaluating first the best of each of {len(moved)} architectures, moved into it "
-                       "(values clipped to the ranges)")
+                       + ("evaluating first the best of them, moved into it" if len(moved) == 1 else
+                          f"evaluating first the best of each of {len(moved)} architectures, moved into it")
+                       + " (values clipped to the ranges)")
 
 
 def as_point(config: dict[str, Any], space: Space, clip: bool = False) -> dict[str, Any] | None:
