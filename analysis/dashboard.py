@@ -283,6 +283,8 @@ def make_server(results: str | Path, host: str = "127.0.0.1", port: int = 8050) 
     if not root.is_dir():
         raise ResultsError(f"results folder must be an existing folder, got {str(root)!r}; pass the --storage "
                            "folder of `valley search` (default results/)")
+    if not 0 <= port <= 65535:
+        raise ResultsError(f"--port must be 0 to 65535 (0 picks a free one), got {port}")
     try:
         return DashboardServer(root.resolve(), (host, port))
     except OSError as err:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import html
 import importlib.util
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import plotly.graph_objects as go
 
 from analysis import figures
 from analysis.format import DONE, FAILED, confirm_verdict, metric_column
-from analysis.load import Experiment, load, progress
+from analysis.load import Experiment, ResultsError, load, progress
 from analysis.valley import ValleyResult, find_valley
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True,
@@ -226,11 +228,24 @@ def write_report(folder: str | Path, out: str | Path | None = None, images: bool
     """Write ``folder/report.html`` (or ``out``): one file that opens offline; PNG/SVG beside it if possible."""
     experiment = load(folder)
     out = Path(out) if out is not None else experiment.path / "report.html"
+    try:  # a folder that cannot be written is said before the figures are built, where it can be
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as err:
+        raise unwritable(out, err) from None
     sections = build_sections(experiment)
     notes = export_images(sections, out.with_name(f"{out.stem}-figures")) if images else []
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(experiment, notes=notes, sections=sections), encoding="utf-8")
+    try:
+        out.write_text(render_report(experiment, notes=notes, sections=sections), encoding="utf-8")
+    except OSError as err:
+        raise unwritable(out, err) from None
     return out
+
+
+def unwritable(out: Path, err: OSError) -> ResultsError:
+    return ResultsError(f"cannot write the report to {out} ({err.strerror or err}); pass --out with a file in a "
+                        "folder you can write")
 
 
 KIND_NAMES = {"valley": "valley experiment", "ray": "Ray Tune experiment", "plan": "plan"}

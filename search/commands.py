@@ -118,6 +118,9 @@ def cmd_data_clocks(args: argparse.Namespace) -> int:
                                 preset=args.preset)
     except ValueError as err:  # clockgen states the rule and the value (an unknown preset, a size < 16)
         raise UsageError(str(err)) from None
+    except OSError as err:
+        raise UsageError(f"cannot write the clocks to {args.out} ({err.strerror or err}); pass --out with a "
+                         "folder you can write") from None
     n = 720 * args.per_minute
     print(f"{n:,} clocks of {args.size}x{args.size} ({args.preset}) in {time.perf_counter() - started:.1f} s: "
           f"{folder / 'images.npy'}, {folder / 'labels.npy'}")

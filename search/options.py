@@ -85,6 +85,8 @@ class SearchOptions:
             (self.budget_s is None or self.budget_s > 0, f"a time budget must be > 0 seconds, got {self.budget_s}"),
             (set(self.log) <= set(LOGS), f"--log must be {' or '.join(LOGS)}, got {', '.join(self.log)}"),
             (self.progress_s > 0, f"--progress-every must be > 0 seconds, got {self.progress_s:g}"),
+            # NumPy's and Tune's random states take seeds from 0 to 2**32 - 1
+            (0 <= self.seed < 2**32, f"--seed must be a whole number from 0 to {2**32 - 1}, got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:

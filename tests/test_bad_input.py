@@ -35,7 +35,8 @@ def refuse(monkeypatch, capsys, tmp_path):
 
     def run(*argv: str, storage: Path | str | None = None) -> str:
         storage = storage or tmp_path / "results"
-        args = [*argv] if argv[0] in ("resume",) else ["search", *argv, "--storage", str(storage)]
+        args = [*argv] if argv[0] in ("resume", "report", "dashboard", "data") else [
+            "search", *argv, "--storage", str(storage)]
         code = cli.main(args)
         captured = capsys.readouterr()
         lines = captured.err.strip().splitlines()
@@ -92,6 +93,7 @@ def test_options_out_of_range(refuse, write_space):
     assert "--cpus-per-trial 512 asks for more CPUs than the local Ray has" in refuse(
         path, "--cpus-per-trial", "512")
     assert "--max-failures must be >= 0" in refuse(path, "--max-failures", "-2")
+    assert "--seed must be a whole number from 0 to 4294967295, got -1" in refuse(path, "--seed", "-1")
     assert "--max-epochs must be at least 1" in refuse(path, "--max-epochs", "0")
     assert "--name must be letters, digits" in refuse(path, "--name", "../../etc")
     assert "--storage must be a folder" in refuse(path, storage="s3://bucket/results")
@@ -133,6 +135,19 @@ def test_results_folder_unwritable_and_name_taken_lose_nothing(refuse, write_spa
 
     assert "not a valley experiment" in refuse("resume", str(tmp_path))
     assert "is not a folder" in refuse("resume", str(tmp_path / "nowhere"))
+
+
+def test_reports_dashboards_and_clocks_refuse_what_they_cannot_do(refuse, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    experiment = str(ROOT / "tests" / "data" / "asha-digits")
+    assert "cannot write the report to" in refuse("report", experiment, "--out", str(blocker / "r.html"))
+    assert "--port must be 0 to 65535" in refuse("dashboard", "--results", str(tmp_path), "--port", "70000")
+    assert "cannot write the clocks to" in refuse("data", "clocks", "--out", str(blocker / "c"), "--size", "16",
+                                                  "--per-minute", "1")
+    assert "GiB of memory, more than the" in refuse("data", "clocks", "--out", str(tmp_path / "c"), "--size",
+                                                    "100000", "--per-minute", "1")
+    assert blocker.read_text() == "keep me" and not (tmp_path / "c").exists()
 
 
 # --- data folders: missing, truncated, of another shape, labels out of range ---------------------

@@ -118,10 +118,7 @@ def generate(per_minute: int = 25, size: int = 150, seed: int = 0, preset: str =
     (restored after), which keeps a busy machine from stalling OpenMP teams.
     """
     diff = _difficulty(preset, overrides)
-    if not (isinstance(per_minute, int) and per_minute >= 1):
-        raise ValueError(f"per_minute must be an int >= 1, got per_minute={per_minute!r}")
-    if not (isinstance(size, int) and size >= 16):
-        raise ValueError(f"size must be an int >= 16 pixels, got size={size!r}")
+    _check_counts(per_minute, size)
     face_seq, image_seq = np.random.SeedSequence(seed).spawn(2)
     minutes = np.repeat(np.arange(MINUTES), per_minute)
     labels = np.stack([minutes // 60, minutes % 60], axis=1).astype(np.int64)
@@ -151,11 +148,35 @@ def write(out_dir: str | Path, per_minute: int = 25, size: int = 150, seed: int 
           preset: str = "default") -> Path:
     """Generate and save ``images.npy`` and ``labels.npy`` into ``out_dir`` (created); return it."""
     out = Path(out_dir)
+    _difficulty(preset, {})
+    _check_counts(per_minute, size)  # before the folder is made
     out.mkdir(parents=True, exist_ok=True)
     images, labels = generate(per_minute=per_minute, size=size, seed=seed, preset=preset)
     np.save(out / "images.npy", images)
     np.save(out / "labels.npy", labels)
     return out
+
+
+def _check_counts(per_minute: int, size: int) -> None:
+    if not (isinstance(per_minute, int) and per_minute >= 1):
+        raise ValueError(f"per_minute must be an int >= 1, got per_minute={per_minute!r}")
+    if not (isinstance(size, int) and size >= 16):
+        raise ValueError(f"size must be an int >= 16 pixels, got size={size!r}")
+    need, free = MINUTES * per_minute * size * size, available_memory()
+    if free is not None and need > free:
+        raise ValueError(f"{MINUTES * per_minute:,} clocks of {size}x{size} need {need / 2**30:,.1f} GiB of memory, "
+                         f"more than the {free / 2**30:,.1f} GiB available; lower size or per_minute")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says a new allocation can have (Linux's MemAvailable); None elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def contact_sheet(images: np.ndarray, labels: np.ndarray, path: str | Path, n: int = 24,
