@@ -14,6 +14,10 @@ class UsageError(ValueError):
     """A command-line value no command can use."""
 
 
+FLAG_KEYS = {"max_epochs": "use --max-epochs N", "dataset": "use --dataset NAME",
+             "family": "a space trains one family; write a space for another (see `valley spaces`)"}
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """``--set key=value`` pairs, values read as YAML (``hidden=[100,200]``, ``lr=1e-3``)."""
     import yaml
@@ -25,6 +29,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--set takes key=value, got {item!r}; e.g. --set lr=1e-3")
+        if key.strip() in FLAG_KEYS:  # the search sets these for every trial, over any --set
+            raise UsageError(f"--set {key.strip()}: {FLAG_KEYS[key.strip()]}")
         overrides[key.strip()] = yaml.load(value, Loader=Loader)  # noqa: S506 - a SafeLoader
     return overrides
 

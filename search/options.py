@@ -68,6 +68,7 @@ class SearchOptions:
             (self.search in SEARCHERS, f"--search must be {' or '.join(SEARCHERS)}, got {self.search!r}"),
             (self.scheduler in SCHEDULERS, f"--scheduler must be {' or '.join(SCHEDULERS)}, got {self.scheduler!r}"),
             (self.reduction_factor > 1, f"--reduction-factor must be > 1, got {self.reduction_factor}"),
+            (self.grace_period >= 1, f"--grace-period must be at least 1 epoch, got {self.grace_period}"),
             ((self.search == "bohb") == (self.scheduler == "hyperband"),
              f"--search bohb goes with --scheduler hyperband (BOHB's own), and only it; got --search {self.search} "
              f"--scheduler {self.scheduler}"),

@@ -76,7 +76,25 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
     from search.tune_space import check_space  # imports torch, through the family
 
     check_space(space, {**opts.overrides, "dataset": dataset, "max_epochs": epochs})
+    check_task(space.family, dataset)
     return folder, dataset, epochs
+
+
+def check_task(family_name: str, dataset: str) -> None:
+    """A family trains on the labels of its task: classes, or a clock's hour and minute."""
+    from trainables import get_family
+    from trainables.data import DATASETS
+
+    kind, labels = get_family(family_name).task.kind, DATASETS[dataset].task
+    if kind == labels:
+        return
+    fits = ", ".join(name for name, d in DATASETS.items() if d.task == kind)
+    hint = ("; to read clocks, search a space of the clock family (e.g. `valley search clock-encodings "
+            "--dataset clocks-small`)" if labels == "clock" else "")
+    does = {"classification": "classifies images", "clock": "reads clocks"}
+    has = {"classification": "class labels", "clock": "hour and minute labels"}
+    raise SearchError(f"family {family_name!r} {does.get(kind, kind)}, but data set {dataset!r} has "
+                      f"{has.get(labels, labels)}; give it one of {fits}{hint}")
 
 
 def sayer(opts: SearchOptions) -> Callable[..., None]:

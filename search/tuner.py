@@ -1,6 +1,7 @@
 """Assemble Ray Tune's Tuner for a space: the trainable, its searcher, its scheduler, its run config."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
     if opts.search == "random":
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=opts.seed)
+        # a search generator, not a Searcher: Tune ignores its max_concurrent_trials (with a warning)
+        return BasicVariantGenerator(random_state=opts.seed, max_concurrent=opts.max_concurrent)
     if n_rows > 1:
         say(f"valley: note: {opts.search} samples the {n_rows} grid rows as a categorical choice")
     if opts.search == "bohb":
@@ -119,17 +121,26 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
     params.setdefault("seed", opts.seed)
     schedule = scheduler(opts, epochs)
     keepers = [schedule.keeper] if hasattr(schedule, "keeper") else []  # saves BOHB's brackets with the experiment
+    at_once = concurrency(opts)
+    if opts.budget_epochs and opts.budget_epochs < at_once:
+        # the stopper keeps an epoch's margin per trial running at once: with fewer epochs than that
+        # it would stop the search before anything trained, so fewer trials run at once instead
+        at_once = opts.budget_epochs
+        opts = dataclasses.replace(opts, max_concurrent=at_once)
+        progress.say(f"valley: note: a budget of {at_once} trial-epoch{'s' * (at_once > 1)} trains "
+                     f"{at_once} trial{'s' * (at_once > 1)} at a time")
+    search_alg = searcher(opts, len(rows), progress.say, folder)
+    limited = opts.max_concurrent if opts.max_concurrent and opts.search != "random" else None  # random: in search_alg
     return tune.Tuner(
         trainable(family, data, rows, opts),
         param_space=params,
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, num_samples=sample_count(opts),
-            search_alg=searcher(opts, len(rows), progress.say, folder), scheduler=schedule,
-            max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True,
+            search_alg=search_alg, scheduler=schedule, max_concurrent_trials=limited, reuse_actors=True,
             time_budget_s=opts.budget_s, trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(
             name=folder.name, storage_path=str(folder.parent), verbose=0,
-            stop=EpochBudget(opts.budget_epochs, concurrency(opts)) if opts.budget_epochs else None,
+            stop=EpochBudget(opts.budget_epochs, at_once) if opts.budget_epochs else None,
             callbacks=[*callbacks(opts, folder, rows, family.task.reported()), *keepers, progress],
             # Tune keeps every checkpoint; search.progress prunes those the snapshot on disk no
             # longer names (Tune's own num_to_keep can delete the one a killed driver's snapshot names)

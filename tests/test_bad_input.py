@@ -80,6 +80,10 @@ def test_unknown_names(refuse, write_space):
     line = refuse(space(write_space, "", header=HEADER.replace("family: mlp", "family: mpl")))
     assert "unknown family 'mpl'; valid families: " in line and "mlp" in line
     assert "unknown data set 'mnist'; valid data sets: " in refuse("mlp-rough", "--dataset", "mnist")
+    assert "family 'mlp' classifies images, but data set 'clocks-tiny' has hour and minute labels" in refuse(
+        "mlp-rough", "--dataset", "clocks-tiny")
+    assert "family 'clock' reads clocks, but data set 'digits' has class labels; give it one of clocks" in refuse(
+        "clock-encodings", "--dataset", "digits")
     line = refuse(space(write_space, "", header=HEADER.replace("val_loss", "val_los")))
     assert "metric: 'val_los' is not reported by family 'mlp'; reported: " in line and "val_loss" in line
     assert "mode: must be min or max, got 'lowest'" in refuse(

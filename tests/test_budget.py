@@ -16,13 +16,14 @@ from search.plans import builtin_plans, load_plan, reopen_plan, run_plan, start_
 from search.plans.budget import EPOCHS, SECONDS, Budget, allowance
 from test_plan import ROUGH  # the same four rough architectures
 
-# a fine space that cannot learn in a few epochs (lr around 1e-6): the rough stage's best must win
+# a fine space that cannot learn in a few epochs (lr around 1e-6): the rough stage's best must win;
+# its default architecture is given as layers, which the valley's (hidden widths) replaces
 USELESS_FINE = """\
 family: mlp
 metric: val_loss
 mode: min
 params:
-  hidden: [16]
+  layers: 1
   lr: {loguniform: [1.0e-7, 1.0e-6]}
   batch_size: 32
 """

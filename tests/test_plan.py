@@ -140,6 +140,20 @@ def test_ctrl_c_mid_stage_then_resume(plan_file, tmp_path):
 
 
 @pytest.mark.ray
+def test_a_rough_stage_that_only_diverged_stops_the_plan_with_one_line(ray_session, write_space, tmp_path):
+    write_space("family: mlp\nmetric: val_loss\nmode: min\ngrid: [{hidden: [2]}, {hidden: [16]}]\n"
+                "params: {lr: 1.0e+30}\n", "rough.yaml")
+    plan = write_space("dataset: synthetic\nstages:\n  - {name: rough, space: rough.yaml, max_epochs: 1}\n"
+                       "  - {name: valley, kind: valley, from: rough}\n", "plan.yaml")
+    run = start_plan(load_plan(plan), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
+                     say=lambda *a: None)
+    with pytest.raises(SearchError, match=r"stage valley: no trial of stage rough has a finite best_val_loss "
+                                          r"\(2 diverged\), so there is no valley to find; see .*trials.csv"):
+        run_plan(run)
+    assert len(pd.read_csv(tmp_path / "p" / "rough" / "trials.csv")) == 2  # what ran is kept
+
+
+@pytest.mark.ray
 def test_transfer_reruns_the_best_configs_on_another_dataset(ray_session, write_space, tmp_path):
     from search.run import run_search
     from search.transfer import transfer

@@ -80,7 +80,7 @@ def test_optuna_search_runs_20_trials_without_samples(ray_session, write_space, 
 @pytest.mark.ray
 def test_reference_mlp_grid_on_digits(ray_session, tmp_path):
     """The foundation's acceptance: 14 trials, each with n_params, best val accuracy above 90%."""
-    folder = search("mlp-rough", tmp_path, dataset="digits", max_epochs=10, name="digits")
+    folder = search("mlp-rough", tmp_path, dataset="digits", max_epochs=10, scheduler="asha", name="digits")
     trials = pd.read_csv(folder / "trials.csv")
     assert len(trials) == 14 and trials["n_params"].nunique() == 8
     assert trials["best_val_acc"].max() > 0.90
@@ -138,27 +138,6 @@ def test_a_trial_waits_for_its_starting_worker_rather_than_take_an_idle_one(ray_
     assert len(set(pids.values())) == 2, pids  # no worker started in vain
 
 
-def test_an_mlp_search_driver_never_imports_torch(write_space, tmp_path):
-    """Only the trials need torch: the driver of an MLP search (its own Ray, in a fresh process) runs it
-    with TensorBoard on, writes its manifest, slims its finished trials and exits without importing it."""
-    space = write_space(TINY.replace("max_epochs: 4", "max_epochs: 1"))
-    code = ("import sys; from search.cli import main; "
-            f"sys.argv = ['valley', 'search', {str(space)!r}, '--storage', {str(tmp_path)!r}, '--name', 'mlp', "
-            "'--num-cpus', '2', '--quiet']; code = main(); print('torch imported:', 'torch' in sys.modules); "
-            "sys.exit(code)")
-    run = driver("-c", code)
-    try:
-        out, _ = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)  # its session: the driver and its Ray
-    assert run.returncode == 0, out
-    assert "torch imported: False" in out
-    assert "WARNING" not in out, out  # Ray's notice of token authentication, on every local search before
-    assert len(pd.read_csv(tmp_path / "mlp" / "trials.csv")) == 4
-    assert len(list((tmp_path / "mlp").glob("*/events.out.tfevents.*"))) == 4
-
-
 def test_name_taken_asks_for_resume(write_space, tmp_path):
     (tmp_path / "results" / "taken").mkdir(parents=True)
     with pytest.raises(SearchError, match=r"already exists; continue it with `valley resume"):
@@ -209,6 +188,21 @@ def test_an_epoch_budget_stops_the_search_before_it_is_spent(ray_session, write_
     assert not trials["status"].isin(["failed", "unfinished"]).any()  # stopped by the budget, not failed
 
 
+@pytest.mark.ray
+def test_max_concurrent_and_a_budget_below_one_epoch_per_worker_limit_the_trials_at_once(
+        ray_session, write_space, tmp_path):
+    """--max-concurrent 1 runs one trial at a time (one worker) under grid search, whose generator Tune
+    does not limit itself; a budget of 1 trial-epoch with 2 CPUs trains one epoch, not none."""
+    def workers(folder):
+        return {json.loads(line)["pid"] for result in folder.glob("*/result.json")
+                for line in result.read_text().splitlines()}
+
+    one = search(write_space(TINY), tmp_path, max_epochs=1, max_concurrent=1, name="one")
+    assert len(pd.read_csv(one / "trials.csv")) == 4 and len(workers(one)) == 1
+    tiny = search(write_space(TINY), tmp_path, budget_epochs=1, name="tiny")
+    assert pd.read_csv(tiny / "trials.csv")["epochs"].fillna(0).sum() == 1 and len(workers(tiny)) == 1
+
+
 def test_bohb_goes_with_its_own_scheduler(write_space, tmp_path):
     with pytest.raises(SearchError, match="--search bohb goes with --scheduler hyperband"):
         search(write_space(TINY), tmp_path, search="bohb", scheduler="asha")
@@ -231,14 +225,29 @@ BOARD_SPACE = "family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax
               "grid:\n  - {hidden: [8]}\n  - {hidden: [16]}\n  - {hidden: [32]}\nparams: {lr: 0.01, batch_size: 16}\n"
 
 
-def test_the_board_is_a_line_every_so_often_in_a_pipe(write_space, tmp_path):
-    command = [sys.executable, "-m", "search.cli", "search", str(write_space(BOARD_SPACE)), "--storage",
-               str(tmp_path), "--name", "piped", "--num-cpus", "2", "--progress-every", "0.5"]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=180).stdout
+def test_the_board_is_a_line_every_so_often_in_a_pipe_and_the_driver_never_imports_torch(write_space, tmp_path):
+    """In a pipe the board is a line every --progress-every seconds. Only the trials need torch: the driver
+    of an MLP search (its own Ray, in a fresh process) runs it with TensorBoard on, writes its manifest,
+    slims its finished trials and exits without importing it."""
+    code = ("import sys; from search.cli import main; "
+            f"sys.argv = ['valley', 'search', {str(write_space(BOARD_SPACE))!r}, '--storage', {str(tmp_path)!r}, "
+            "'--name', 'piped', '--num-cpus', '2', '--progress-every', '0.5']; code = main(); "
+            "print('torch imported:', 'torch' in sys.modules); sys.exit(code)")
+    run = driver("-c", code)
+    try:
+        out, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)  # its session: the driver and its Ray
+    assert run.returncode == 0, out
     boards = [line for line in out.splitlines() if line.startswith("valley: ") and " finished (" in line]
     assert boards and boards[-1].startswith("valley: 3/3 finished (3 done, 0 stopped, 0 failed), 0 running")
     assert "best val_loss" in boards[-1] and "elapsed" in boards[-1] and "\x1b[" not in out
     assert sum(line.startswith("[") for line in out.splitlines()) == 3  # the per-trial lines stay
+    assert "torch imported: False" in out
+    assert "WARNING" not in out, out  # Ray's notice of token authentication, on every local search before
+    assert len(pd.read_csv(tmp_path / "piped" / "trials.csv")) == 3
+    assert len(list((tmp_path / "piped").glob("*/events.out.tfevents.*"))) == 3
 
 
 def test_the_board_is_redrawn_in_place_on_a_terminal(write_space, tmp_path):

@@ -65,6 +65,7 @@ class Dataset:
     load: Callable[..., Splits]
     files: tuple[str, ...] = ()  # what must be in the folder when it cannot be downloaded
     subdir: str = ""  # that folder, under the data directory
+    task: str = "classification"  # what its labels are: a family's ``task.kind`` must match
 
 
 def default_data_dir() -> Path:
@@ -300,13 +301,13 @@ DATASETS: dict[str, Dataset] = {
     "synthetic": Dataset("synthetic", "4 classes of noisy 8x8 blobs, for tests (offline)",
                          (1, 8, 8), (192, 64, 64), _synthetic),
     "clocks": Dataset("clocks", "analog clocks, 150x150: course files from --data-dir, else synthetic "
-                      "(offline)", (1, 150, 150), (10800, 3600, 3600), _clocks(150, 25, "default")),
+                      "(offline)", (1, 150, 150), (10800, 3600, 3600), _clocks(150, 25, "default"), task="clock"),
     "clocks-hard": Dataset("clocks-hard", "synthetic clocks, 150x150, hard preset (glare, perspective, "
-                           "clutter)", (1, 150, 150), (10800, 3600, 3600), _clocks(150, 25, "hard")),
+                           "clutter)", (1, 150, 150), (10800, 3600, 3600), _clocks(150, 25, "hard"), task="clock"),
     "clocks-small": Dataset("clocks-small", "synthetic clocks, 64x64, 5 per minute, for CPUs (offline)",
-                            (1, 64, 64), (2160, 720, 720), _clocks(64, 5, "default")),
+                            (1, 64, 64), (2160, 720, 720), _clocks(64, 5, "default"), task="clock"),
     "clocks-tiny": Dataset("clocks-tiny", "synthetic clocks, 32x32, 5 per minute, for tests (offline)",
-                           (1, 32, 32), (2160, 720, 720), _clocks(32, 5, "default")),
+                           (1, 32, 32), (2160, 720, 720), _clocks(32, 5, "default"), task="clock"),
 }
 
 

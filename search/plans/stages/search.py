@@ -18,7 +18,9 @@ def run(run: PlanRun, stage: Stage) -> str:
     source = run.stage_state(stage.source) if stage.source else {}
     if source.get("kind") == "valley":
         archs = source["architectures"]
-        arch_keys = {k for arch in archs for k in arch}
+        # every key the valley stage decides, not only those its architectures set: a fine space's
+        # default architecture (an MLP's layers) must not stay beside the valley's (its hidden widths)
+        arch_keys = {*source.get("arch_keys", ()), *(k for arch in archs for k in arch)}
         grid = archs
         params = {k: v for k, v in params.items() if k not in arch_keys}
         derived = source.get("band", [])

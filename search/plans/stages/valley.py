@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from analysis.format import metric_column
+import numpy as np
+import pandas as pd
+
+from analysis.format import FAILED, metric_column
 from analysis.load import config_of
+from search.options import SearchError
 from search.plans.format import Stage
 from search.plans.state import PlanRun, source_space
 from trainables import get_family
@@ -18,7 +22,14 @@ def run(run: PlanRun, stage: Stage) -> str:
     space = source_space(run, stage.source)
     arch_keys = stage.get("arch_keys") or list(get_family(space.family).arch_keys)
     threshold = float(stage.get("threshold", 1.0))
-    result = find_valley(trials, epochs, metric=metric_column(space.metric), threshold_se=threshold, mode=space.mode)
+    column = metric_column(space.metric)
+    reported = trials[~trials.get("status", pd.Series("", index=trials.index)).isin(FAILED)].get(column)
+    if reported is None or not np.isfinite(pd.to_numeric(reported, errors="coerce")).any():
+        statuses = ", ".join(f"{n} {s}" for s, n in trials.get("status", pd.Series(dtype=str)).value_counts().items())
+        raise SearchError(f"stage {stage.name}: no trial of stage {stage.source} has a finite {column} "
+                          f"({statuses or 'no trials'}), so there is no valley to find; see "
+                          f"{run.folder / stage.source / 'trials.csv'}, or raise --budget if it ran out")
+    result = find_valley(trials, epochs, metric=column, threshold_se=threshold, mode=space.mode)
     band = trials[trials["trial_id"].isin(result.members)].sort_values("n_params")
     archs: list[dict[str, Any]] = []
     for _, row in band.iterrows():
@@ -31,7 +42,7 @@ def run(run: PlanRun, stage: Stage) -> str:
     summary = {
         "from": stage.source, "kind": "valley", "rule": "one standard error", "threshold_se": threshold,
         "reason": result.reason, "band": list(result.members), "chosen": result.chosen, "chosen_config": chosen,
-        "architectures": archs,
+        "architectures": archs, "arch_keys": arch_keys,
     }
     (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
     run.record(stage, **summary)
