@@ -39,8 +39,8 @@ def add_search_commands(commands: argparse._SubParsersAction) -> None:
     quick.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     quick.set_defaults(run=run_command.cmd_quickstart)
 
-    resume = commands.add_parser("resume", help="continue an interrupted experiment")
-    resume.add_argument("experiment", help="the experiment folder, e.g. results/mlp-rough-digits-...")
+    resume = commands.add_parser("resume", help="continue an interrupted experiment or plan")
+    resume.add_argument("experiment", help="the experiment or plan folder, e.g. results/mlp-rough-digits-...")
     resume.add_argument("--retry-failed", action="store_true",
                         help="also re-run failed trials from their last checkpoint (kept as they are by default)")
     resume.set_defaults(run=run_command.cmd_resume)

@@ -61,16 +61,21 @@ def by_configuration(folder: Path) -> str:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from analysis.format import PLAN_STATE
     from search.resume import resume
 
-    return exit_status(resume(Path(args.experiment), retry_failed=args.retry_failed))
+    folder = Path(args.experiment).expanduser()
+    if (folder / PLAN_STATE).exists():  # a plan goes on where it stopped, as `valley plan FOLDER` does
+        if args.retry_failed:
+            raise UsageError(f"--retry-failed retries the failed trials of one experiment; give a stage's folder "
+                             f"inside the plan, e.g. `valley resume {folder / 'fine'} --retry-failed`")
+        return plan_status(run_plan_of(folder))
+    return exit_status(resume(folder, retry_failed=args.retry_failed))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    import json
-
-    from analysis.format import COMPLETED, PLAN_STATE
-    from search.plans import load_plan, reopen_plan, run_plan, start_plan
+    from analysis.format import PLAN_STATE
+    from search.plans import load_plan, run_plan, start_plan
     from search.plans.budget import Budget
 
     target = Path(args.plan).expanduser()
@@ -78,11 +83,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if args.budget:
             raise UsageError(f"a plan's budget is fixed when it starts; continue it with `valley plan {target}` "
                              "and no --budget")
-        run = reopen_plan(target)
-    else:
-        budget = Budget.parse(args.budget) if args.budget else None
-        run = start_plan(load_plan(args.plan), options_from(args), budget=budget)
-    folder = run_plan(run)
+        return plan_status(run_plan_of(target))
+    budget = Budget.parse(args.budget) if args.budget else None
+    return plan_status(run_plan(start_plan(load_plan(args.plan), options_from(args), budget=budget)))
+
+
+def run_plan_of(folder: Path) -> Path:
+    """Continue the plan in ``folder``: stages that completed are not re-run."""
+    from search.plans import reopen_plan, run_plan
+
+    return run_plan(reopen_plan(folder))
+
+
+def plan_status(folder: Path) -> int:
+    import json
+
+    from analysis.format import COMPLETED, PLAN_STATE
+
     return EXIT_INTERRUPTED if json.loads((folder / PLAN_STATE).read_text())["status"] != COMPLETED else 0
 
 

@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from search.plans import load_plan, reopen_plan, run_plan, start_plan
+from search.plans import load_plan, run_plan, start_plan
 from search.run import SearchError, SearchOptions
 
 ROUGH = """\
@@ -80,7 +80,7 @@ def test_builtin_plans_load():
 
 
 @pytest.mark.ray
-def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path):
+def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path, capsys):
     run = start_plan(load_plan(plan_file()), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
                      say=lambda *a: None)
     folder = run_plan(run)
@@ -103,10 +103,12 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path
     confirm_trials = pd.read_csv(folder / "confirm" / "trials.csv")
     assert sorted(confirm_trials["config/split_seed"].unique()) == [0, 1]
 
-    # a finished plan run again re-runs nothing
-    said = []
-    run_plan(reopen_plan(folder, say=said.append))
-    assert sum("already completed, not re-run" in line for line in said) == 4
+    # a finished plan continued (`valley resume` of a plan folder is `valley plan FOLDER`) re-runs nothing
+    from search import cli
+
+    capsys.readouterr()
+    assert cli.main(["resume", str(folder)]) == 0
+    assert capsys.readouterr().out.count("already completed, not re-run") == 4
 
 
 def test_ctrl_c_mid_stage_then_resume(plan_file, tmp_path):
