@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
+import signal
 import sys
 import traceback
+from typing import Any
 
 from search import commands as run_command
 from search.cli_options import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, add_search_options
@@ -127,10 +130,51 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BUG
 
 
+class Output:
+    """``sys.stdout`` or ``sys.stderr`` of the ``valley`` command. When its reader goes away (``valley
+    search ... | head``, a ``less`` that was quit), what follows goes to /dev/null, and the command
+    ends as Ctrl-C would end it: a running search stops, keeps every finished trial, writes
+    trials.csv and reads ``interrupted``; a plan starts no further stage; exit status 130. (It was
+    a traceback calling itself a bug, and an experiment without its trials.csv.)"""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        from search.options import OUTPUT_GONE
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # what is still buffered goes there too
+        os.close(devnull)
+        if OUTPUT_GONE.is_set():
+            return
+        OUTPUT_GONE.set()
+        progress = sys.modules.get("search.progress")
+        if progress is not None and progress.SEARCHING.is_set():
+            os.kill(os.getpid(), signal.SIGINT)  # Tune's own Ctrl-C: a graceful stop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def command() -> None:
     """The ``valley`` command: ``main``'s exit status, without the interpreter's last full garbage
     collection (over a second with torch, pandas and Ray loaded; the memory goes back to the system
     anyway). atexit handlers still run, and valley closes its files where it writes them."""
+    sys.stdout, sys.stderr = Output(sys.stdout), Output(sys.stderr)
     code = main()
     gc.freeze()
     sys.exit(code)

@@ -31,6 +31,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     print("valley quickstart 1/2: the reference MLP grid on digits; where is the valley?", flush=True)
     run_search(load_space("mlp-rough"), dataclasses.replace(base, name="mlp-rough", dataset="digits",
                                                             max_epochs=10))
+    if exit_status(folder / "mlp-rough") == EXIT_INTERRUPTED:  # Ctrl-C stops the quickstart, not only its search
+        return EXIT_INTERRUPTED
     print("\nvalley quickstart 2/2: tell the time from 64x64 synthetic clocks, every label encoding "
           f"(one seed, a small_cnn of width 8, {args.clock_epochs} epochs: a demo; the study is plan-clock)",
           flush=True)

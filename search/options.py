@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from typing import Any
 
 from spaces import Space
@@ -16,6 +17,11 @@ SEARCHERS = ("random", "optuna", "bohb")  # Tune's grid and random sampling; Opt
 SCHEDULERS = ("fifo", "asha", "hyperband")  # hyperband: HyperBandForBOHB, the scheduler BOHB needs
 MLFLOW_INSTALL = "pip install -e '.[mlflow]'"
 LOGS = ("mlflow",)  # --log: where else every trial is recorded (TensorBoard files are written unless switched off)
+
+
+# Set by the command line when the reader of its output goes away (``valley search ... | head``): a
+# search that is running then stops as Ctrl-C stops it, and a plan starts no further stage (search.cli).
+OUTPUT_GONE = threading.Event()
 
 
 class SearchError(ValueError):

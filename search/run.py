@@ -129,7 +129,7 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
 def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: list[dict[str, Any]]) -> Path:
     """Run the tuner; the experiment reads 'completed' only if no Ctrl-C came and every trial ended.
     ``rows`` are the grid rows the trials merge into their configs."""
-    from search.progress import INTERRUPTED, prune_checkpoints, slim_finished
+    from search.progress import INTERRUPTED, SEARCHING, prune_checkpoints, slim_finished
     from search.tuner import (fail_diverged_trials_at_once, keep_workers_already_starting,
                               retry_trials_killed_while_starting)
 
@@ -142,11 +142,13 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
     # reads the results from disk (analysis.load), which says what is missing or half-written
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
+        SEARCHING.set()
         grid = tuner.fit()
         trials = grid._experiment_analysis.trials
         if not INTERRUPTED.is_set() and all(t.status in ("TERMINATED", "ERROR") for t in trials):
             status = fmt.COMPLETED
     finally:
+        SEARCHING.clear()
         fmt.update_status(folder, status)
     prune_checkpoints(folder)  # Tune's last snapshot is on disk now
     if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume

@@ -127,8 +127,9 @@ def test_a_budgeted_plan_never_overspends_and_carries_its_incumbent(ray_session,
     assert trial_epochs(folder) == sum(spent.values())
 
 
-def test_an_interrupted_plan_resumes_within_the_same_budget(budget_plan, tmp_path):
-    """SIGINT in the fine stage, then `valley plan FOLDER`: the plan finishes and its total stays in budget."""
+def test_ctrl_c_mid_stage_then_resume_within_the_same_budget(budget_plan, tmp_path):
+    """SIGINT during the fine stage: exit 130, 'interrupted'; a new --budget is refused; `valley resume FOLDER`
+    (`valley plan FOLDER`) finishes the rest only, and the plan's total stays within its budget."""
     command = [sys.executable, "-m", "search.cli", "plan", str(budget_plan(fine_epochs=60)), "--storage",
                str(tmp_path), "--name", "p", "--num-cpus", "2", "--budget", "400"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -137,19 +138,26 @@ def test_an_interrupted_plan_resumes_within_the_same_budget(budget_plan, tmp_pat
     while time.time() < deadline and not list((folder / "fine").glob("*/result.json")):
         time.sleep(0.5)
     assert list((folder / "fine").glob("*/result.json")), "the fine stage never started"
+    rough_before = (folder / "rough" / "trials.csv").read_text()
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
+    assert "continue with `valley plan" in output
     state = json.loads((folder / "plan.json").read_text())
-    assert state["stages"]["fine"]["status"] == "interrupted"
+    assert state["status"] == "interrupted" and state["stages"]["fine"]["status"] == "interrupted"
+    assert json.loads((folder / "fine" / "valley.json").read_text())["status"] == "interrupted"
     allowed = state["budget"]["allowed"]["fine"]
 
     again = subprocess.run([sys.executable, "-m", "search.cli", "plan", str(folder), "--budget", "10"],
                            capture_output=True, text=True, timeout=60, env={**os.environ})
     assert again.returncode == 2 and "a plan's budget is fixed when it starts" in again.stderr
-    resumed = subprocess.run([sys.executable, "-m", "search.cli", "plan", str(folder)],
+    resumed = subprocess.run([sys.executable, "-m", "search.cli", "resume", str(folder)],
                              capture_output=True, text=True, timeout=400, env={**os.environ})
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "stage rough: already completed, not re-run" in resumed.stdout
+    assert (folder / "rough" / "trials.csv").read_text() == rough_before
+    fine = pd.read_csv(folder / "fine" / "trials.csv")
+    assert fine["trial_id"].is_unique and (fine["status"] != "unfinished").all()
     state = json.loads((folder / "plan.json").read_text())
     assert state["status"] == "completed" and state["budget"]["allowed"]["fine"] == allowed
     assert sum(state["budget"]["spent"].values()) == trial_epochs(folder) <= 400

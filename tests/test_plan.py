@@ -1,12 +1,8 @@
-"""Staged plans: parsing, the four stages end to end, Ctrl-C mid-stage and resuming."""
+"""Staged plans: parsing, the four stages end to end, bracketing, transfer, confirmation (Ctrl-C mid-stage and
+resuming: tests/test_budget.py)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
@@ -109,36 +105,6 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path
     capsys.readouterr()
     assert cli.main(["resume", str(folder)]) == 0
     assert capsys.readouterr().out.count("already completed, not re-run") == 4
-
-
-def test_ctrl_c_mid_stage_then_resume(plan_file, tmp_path):
-    """SIGINT during the fine stage: exit 130, 'interrupted'; `valley plan FOLDER` finishes the rest only."""
-    plan = plan_file(epochs=60)
-    command = [sys.executable, "-m", "search.cli", "plan", str(plan), "--storage", str(tmp_path),
-               "--name", "p", "--num-cpus", "2"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    folder = tmp_path / "p"
-    deadline = time.time() + 240
-    while time.time() < deadline and not list((folder / "fine").glob("*/result.json")):
-        time.sleep(0.5)
-    assert list((folder / "fine").glob("*/result.json")), "the fine stage never started"
-    rough_before = (folder / "rough" / "trials.csv").read_text()
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, output
-    assert "continue with `valley plan" in output
-    state = json.loads((folder / "plan.json").read_text())
-    assert state["status"] == "interrupted" and state["stages"]["fine"]["status"] == "interrupted"
-    assert json.loads((folder / "fine" / "valley.json").read_text())["status"] == "interrupted"
-
-    resumed = subprocess.run([sys.executable, "-m", "search.cli", "plan", str(folder)],
-                             capture_output=True, text=True, timeout=400, env={**os.environ})
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "stage rough: already completed, not re-run" in resumed.stdout
-    assert (folder / "rough" / "trials.csv").read_text() == rough_before
-    fine = pd.read_csv(folder / "fine" / "trials.csv")
-    assert len(fine) == 3 and fine["trial_id"].is_unique and (fine["status"] != "unfinished").all()
-    assert json.loads((folder / "plan.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.ray

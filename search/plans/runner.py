@@ -5,6 +5,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from search.options import OUTPUT_GONE
 from search.plans.budget import SECONDS, allowance
 from search.plans.format import TRAINING_KINDS, Stage
 from search.plans.state import PlanRun
@@ -49,6 +50,10 @@ def run_plan(run: PlanRun) -> Path:
         if run.stage_state(stage.name).get("status") == "completed":
             run.say(f"valley: stage {stage.name}: already completed, not re-run")
             continue
+        if OUTPUT_GONE.is_set():  # no one reads the output any more: stop before a stage, as Ctrl-C would in one
+            run.state["status"] = "interrupted"
+            run.save()
+            return run.folder
         run.say(f"valley: stage {stage.name} ({stage.kind})" + (f" from {stage.source}" if stage.source else ""))
         run.record(stage, status="running", kind=stage.kind, derived_from={"stage": stage.source})
         allow(run, stage)
