@@ -6,7 +6,6 @@ searcher; ``restore`` reconciles the two so that the study holds each trial once
 """
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from pathlib import Path
@@ -18,6 +17,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search.ray_start import drop_messages
+
 JOURNAL = "optuna.journal"
 TRIAL_ID = "ray_trial_id"  # a study trial's user attribute: the Tune trial it is
 
@@ -27,11 +28,6 @@ def journal(folder: Path) -> JournalStorage:
     folder.mkdir(parents=True, exist_ok=True)
     optuna_says_only_what_matters()
     return JournalStorage(JournalFileBackend(str(folder / JOURNAL)))
-
-
-class _StudyCreated(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("A new study created in Journal")
 
 
 def optuna_says_only_what_matters() -> None:
@@ -46,9 +42,7 @@ def optuna_says_only_what_matters() -> None:
     """
     warnings.filterwarnings("ignore", message=r"Choices for a categorical distribution .* of type list\.",
                             category=UserWarning)
-    logger = logging.getLogger("optuna.storages.journal._storage")
-    if not any(isinstance(f, _StudyCreated) for f in logger.filters):
-        logger.addFilter(_StudyCreated())
+    drop_messages("optuna.storages.journal._storage", "A new study created in Journal")
 
 
 def load_study(folder: Path) -> optuna.Study:

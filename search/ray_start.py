@@ -38,6 +38,7 @@ def tune_environment() -> None:
     """Set what Tune reads when a Tuner runs, unless the user set it."""
     for key, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    no_restore_advice()
     snapshot_every_second_or_5_percent()
     no_callback_census_without_usage_statistics()
 
@@ -158,17 +159,36 @@ def reap_local_ray_with_driver(before: set[int]) -> None:
                          close_fds=True)
 
 
-class _TokenNotice(logging.Filter):
+class Drop(logging.Filter):
+    """Drops the records of a logger whose message starts with ``prefix``; lets every other through."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+        return not record.getMessage().startswith(self.prefix)
+
+
+def drop_messages(logger_name: str, prefix: str) -> None:
+    """Drop ``logger_name``'s messages that start with ``prefix`` (once, however often it is called)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, Drop) and f.prefix == prefix for f in logger.filters):
+        logger.addFilter(Drop(prefix))
 
 
 def no_token_notice() -> None:
     """A new local Ray turns token authentication on and says so, a warning on every search; valley's
     local Ray always has it (README › Security), so the notice is dropped. Only that message is."""
-    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    if not any(isinstance(f, _TokenNotice) for f in logger.filters):
-        logger.addFilter(_TokenNotice())
+    drop_messages("ray._private.authentication.authentication_token_setup",
+                  "Token authentication is enabled for this Ray cluster")
+
+
+def no_restore_advice() -> None:
+    """After Ctrl-C Tune advises ``Tuner.restore(path=..., trainable=...)``, which a valley experiment
+    is not continued with: valley says `valley resume FOLDER` instead (``search.run.finish``). Tune's
+    line before it (a second Ctrl-C skips the last snapshot) stays."""
+    drop_messages("ray.tune.tune", "Experiment has been interrupted, but the most recent state was saved")
 
 
 def trials_on_prestarted_workers() -> None:

@@ -323,6 +323,7 @@ def test_ctrl_c_then_resume_finishes_every_trial_once(write_space, tmp_path, eve
         out = interrupt_after_progress(driver, folder, started, how=("ctrl-c", "reader gone")[attempt])
         assert driver.returncode == 130, out
         assert f"valley: interrupted; continue with `valley resume {folder}`" in out or attempt == 1
+        assert "Tuner.restore" not in out  # Tune's advice, which a valley experiment is not continued with
         assert json.loads((folder / "valley.json").read_text())["status"] == "interrupted"
         assert not wait_gone(driver.pid), "Ray processes outlived the interrupted driver"
         if attempt == 0:
