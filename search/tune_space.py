@@ -24,6 +24,12 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
     if space.metric not in metrics:
         raise SpaceError(f"{space.source}: metric: {space.metric!r} is not reported by family "
                          f"{space.family!r}; reported: {', '.join(sorted(metrics))}")
+    task = family.task
+    natural = {f"{split}_{name}": mode for split in ("val", "test")
+               for name, mode in (("loss", "min"), (task.headline, task.mode))}.get(space.metric)
+    if natural is not None and space.mode != natural:
+        raise SpaceError(f"{space.source}: mode: {space.metric} is better {'lower' if natural == 'min' else 'higher'}, "
+                         f"so mode: {space.mode} would rank the worst trials first; set mode: {natural}")
     probe = {k: _probe_value(v) for k, v in space.params.items()}
     for row in space.grid_points():
         config = {**probe, **row, **overrides, "family": space.family}

@@ -57,8 +57,14 @@ Loader.add_implicit_resolver(
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file safely (no ``!!python`` tags) with numbers as a person writes them."""
-    return yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 - Loader derives from SafeLoader
+    """Parse a YAML file safely (no ``!!python`` tags) with numbers as a person writes them; a file
+    that is not UTF-8 text raises ``yaml.YAMLError`` like any other that is not YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise yaml.YAMLError(f"not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); is it a "
+                             "YAML file?") from None
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - Loader derives from SafeLoader
 
 
 class SpaceError(ValueError):
@@ -124,7 +130,8 @@ def resolve(name_or_path: str | Path) -> Path:
     path = Path(text).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise SpaceError(f"space file {path} does not exist; give a YAML file or a built-in space "
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise SpaceError(f"space file {path} {what}; give a YAML file or a built-in space "
                              f"({', '.join(builtins)})")
         return path
     close = difflib.get_close_matches(text, builtins, n=1)
@@ -140,9 +147,9 @@ def load_space(name_or_path: str | Path) -> Space:
         doc = read_yaml(path)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        where = f"{path}: line {mark.line + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpaceError(f"{path}:{where}: not valid YAML ({problem}); fix the syntax there") from None
+        raise SpaceError(f"{where}: not valid YAML ({problem}); fix the syntax there") from None
     except OSError as err:
         raise SpaceError(f"{path}: cannot be read ({err.strerror})") from None
     return parse_space(doc, source=str(path), name=path.stem)

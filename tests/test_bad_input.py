@@ -74,6 +74,16 @@ def test_space_mistakes(refuse, write_space, body, expected):
     assert all(part in line for part in expected), line
 
 
+def test_a_space_file_that_is_not_text_a_folder_or_ranks_backwards(refuse, write_space, tmp_path):
+    binary = tmp_path / "image.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    assert "image.yaml: not valid YAML (not UTF-8 text (byte 0 is 0x89); is it a YAML file?)" in refuse(str(binary))
+    assert "is a folder, not a file" in refuse(str(tmp_path))
+    backwards = HEADER.replace("metric: val_loss", "metric: val_acc")
+    assert "mode: val_acc is better higher, so mode: min would rank the worst trials first; set mode: max" in refuse(
+        space(write_space, "", header=backwards))
+
+
 def test_unknown_names(refuse, write_space):
     assert "unknown space 'mlp-ruogh'; did you mean 'mlp-rough'?" in refuse("mlp-ruogh")
     assert "does not exist" in refuse("no/such/space.yaml")

@@ -81,7 +81,9 @@ def load_plan(name_or_path: str | Path) -> Plan:
         doc = read_yaml(path)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise SearchError(f"{path}: line {mark.line + 1 if mark else '?'}: not valid YAML") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        where = f"{path}: line {mark.line + 1}" if mark else str(path)
+        raise SearchError(f"{where}: not valid YAML ({problem})") from None
     return parse_plan(doc, str(path), path.stem)
 
 
