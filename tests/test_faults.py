@@ -427,3 +427,25 @@ def test_driver_killed_three_times_then_resumed(write_space, tmp_path):
     assert len(epochs) == 12 * 10 and not epochs.duplicated(["trial_id", "epoch"]).any()
     for pid in [*killed, resumed.pid]:
         assert not wait_gone(pid), f"processes of driver {pid} (its local Ray) outlived it"
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_quickstarts_first_search_stops_the_quickstart(tmp_path):
+    """Ctrl-C while the quickstart's MLP grid trains: exit 130, that search 'interrupted', and the clock
+    search never starts (it went on to two minutes of clocks before)."""
+    driver = valley("quickstart", "--storage", str(tmp_path), "--num-cpus", "2", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while driver.poll() is None and time.monotonic() < deadline and not list(
+                tmp_path.glob("quickstart-*/mlp-rough/*/result.json")):
+            time.sleep(0.1)
+        assert driver.poll() is None, driver.communicate()[0]
+        os.kill(driver.pid, signal.SIGINT)
+        out, _ = driver.communicate(timeout=90)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out
+    (folder,) = tmp_path.glob("quickstart-*")
+    assert json.loads((folder / "mlp-rough" / "valley.json").read_text())["status"] == "interrupted"
+    assert not (folder / "clock-encodings").exists() and "quickstart 2/2" not in out
