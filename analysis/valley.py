@@ -52,6 +52,17 @@ def config_key(trials: pd.DataFrame) -> pd.Series:
     return pd.Series(keys, index=trials.index, dtype=str)
 
 
+def usable_trials(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The trials a valley is found among: neither failed nor diverged, with a finite ``metric`` and
+    ``n_params`` (numbers); none when either column is missing (no trial has reported)."""
+    if metric not in trials or "n_params" not in trials:
+        return trials.iloc[0:0]
+    usable = trials[~trials.get("status", pd.Series("", index=trials.index)).isin(FAILED)].copy()
+    usable[metric] = pd.to_numeric(usable[metric], errors="coerce")
+    usable["n_params"] = pd.to_numeric(usable["n_params"], errors="coerce")
+    return usable[np.isfinite(usable[metric]) & np.isfinite(usable["n_params"])]
+
+
 def find_valley(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, metric: str = "best_val_loss",
                 threshold_se: float = 1.0, mode: str | None = None) -> ValleyResult:
     """The band of trials within ``threshold_se`` standard errors of the best, and its smallest model.
@@ -71,10 +82,7 @@ def find_valley(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, metric
         if column not in trials:
             raise ValueError(f"find_valley needs a {column!r} column in trials, got columns "
                              f"{sorted(map(str, trials.columns))[:12]}; pass the trials frame of analysis.load")
-    usable = trials[~trials.get("status", pd.Series("", index=trials.index)).isin(FAILED)].copy()
-    usable[metric] = pd.to_numeric(usable[metric], errors="coerce")
-    usable["n_params"] = pd.to_numeric(usable["n_params"], errors="coerce")
-    usable = usable[np.isfinite(usable[metric]) & np.isfinite(usable["n_params"])]
+    usable = usable_trials(trials, metric)
     if usable.empty:
         raise ValueError(f"find_valley needs at least one trial with a finite {metric} and n_params, got none "
                          f"among {len(trials)} trials; wait until a trial has reported an epoch")

@@ -154,7 +154,7 @@ class Output:
             self._reader_gone()
 
     def _reader_gone(self) -> None:
-        from search.options import OUTPUT_GONE
+        from search.options import OUTPUT_GONE, SEARCHING
 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self._stream.fileno())  # what is still buffered goes there too
@@ -162,8 +162,7 @@ class Output:
         if OUTPUT_GONE.is_set():
             return
         OUTPUT_GONE.set()
-        progress = sys.modules.get("search.progress")
-        if progress is not None and progress.SEARCHING.is_set():
+        if SEARCHING.is_set():
             os.kill(os.getpid(), signal.SIGINT)  # Tune's own Ctrl-C: a graceful stop
 
     def __getattr__(self, name: str) -> Any:

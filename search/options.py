@@ -20,8 +20,10 @@ LOGS = ("mlflow",)  # --log: where else every trial is recorded (TensorBoard fil
 
 
 # Set by the command line when the reader of its output goes away (``valley search ... | head``): a
-# search that is running then stops as Ctrl-C stops it, and a plan starts no further stage (search.cli).
+# search that is running (SEARCHING, set by search.run.fit_and_finish around Tune's fit) then stops as
+# Ctrl-C stops it, and a plan starts no further stage (search.cli).
 OUTPUT_GONE = threading.Event()
+SEARCHING = threading.Event()
 
 
 class SearchError(ValueError):

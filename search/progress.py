@@ -21,7 +21,6 @@ from trainables.config import resolve_variant
 # Set by Ctrl-C during fit(): Tune returns normally after it, so callers check this instead.
 # Module-level because `valley resume` runs the Progress object that Tune unpickles, not a new one.
 INTERRUPTED = threading.Event()
-SEARCHING = threading.Event()  # set while Tune runs a search (search.run.fit_and_finish)
 
 
 class Progress(Callback):

@@ -129,7 +129,8 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
 def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: list[dict[str, Any]]) -> Path:
     """Run the tuner; the experiment reads 'completed' only if no Ctrl-C came and every trial ended.
     ``rows`` are the grid rows the trials merge into their configs."""
-    from search.progress import INTERRUPTED, SEARCHING, prune_checkpoints, slim_finished
+    from search.options import SEARCHING
+    from search.progress import INTERRUPTED, prune_checkpoints, slim_finished
     from search.tuner import (fail_diverged_trials_at_once, keep_workers_already_starting,
                               retry_trials_killed_while_starting)
 

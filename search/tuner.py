@@ -5,6 +5,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from analysis.format import failure_kind
@@ -130,7 +131,8 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
         progress.say(f"valley: note: a budget of {at_once} trial-epoch{'s' * (at_once > 1)} trains "
                      f"{at_once} trial{'s' * (at_once > 1)} at a time")
     search_alg = searcher(opts, len(rows), progress.say, folder)
-    limited = opts.max_concurrent if opts.max_concurrent and opts.search != "random" else None  # random: in search_alg
+    # Tune limits a Searcher with max_concurrent_trials; its own generator (grid and random) is given the limit itself
+    limited = (opts.max_concurrent or None) if isinstance(search_alg, Searcher) else None
     return tune.Tuner(
         trainable(family, data, rows, opts),
         param_space=params,

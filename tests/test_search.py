@@ -193,9 +193,10 @@ def test_max_concurrent_and_a_budget_below_one_epoch_per_worker_limit_the_trials
         ray_session, write_space, tmp_path):
     """--max-concurrent 1 runs one trial at a time (one worker) under grid search, whose generator Tune
     does not limit itself; a budget of 1 trial-epoch with 2 CPUs trains one epoch, not none."""
+    from analysis.load import read_results
+
     def workers(folder):
-        return {json.loads(line)["pid"] for result in folder.glob("*/result.json")
-                for line in result.read_text().splitlines()}
+        return {row["pid"] for trial in folder.glob("*/params.json") for row in read_results(trial.parent)}
 
     one = search(write_space(TINY), tmp_path, max_epochs=1, max_concurrent=1, name="one")
     assert len(pd.read_csv(one / "trials.csv")) == 4 and len(workers(one)) == 1

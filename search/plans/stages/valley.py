@@ -4,10 +4,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from analysis.format import FAILED, metric_column
+from analysis.format import metric_column
 from analysis.load import config_of
 from search.options import SearchError
 from search.plans.format import Stage
@@ -16,15 +15,14 @@ from trainables import get_family
 
 
 def run(run: PlanRun, stage: Stage) -> str:
-    from analysis.valley import find_valley
+    from analysis.valley import find_valley, usable_trials
 
     trials, epochs = run.trials(stage.source)
     space = source_space(run, stage.source)
     arch_keys = stage.get("arch_keys") or list(get_family(space.family).arch_keys)
     threshold = float(stage.get("threshold", 1.0))
     column = metric_column(space.metric)
-    reported = trials[~trials.get("status", pd.Series("", index=trials.index)).isin(FAILED)].get(column)
-    if reported is None or not np.isfinite(pd.to_numeric(reported, errors="coerce")).any():
+    if usable_trials(trials, column).empty:
         statuses = ", ".join(f"{n} {s}" for s, n in trials.get("status", pd.Series(dtype=str)).value_counts().items())
         raise SearchError(f"stage {stage.name}: no trial of stage {stage.source} has a finite {column} "
                           f"({statuses or 'no trials'}), so there is no valley to find; see "
