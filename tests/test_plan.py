@@ -29,7 +29,7 @@ metric: val_loss
 mode: min
 params:
   hidden: [16]
-  lr: {loguniform: [1.0e-3, 3.0e-2]}
+  lr: {loguniform: [1.0e-4, 1.0e-3]}     # below rough's 0.01: `around` moves it there
   dropout: {uniform: [0.0, 0.3]}
   batch_size: 32
 """
@@ -39,7 +39,8 @@ dataset: synthetic
 stages:
   - {name: rough, space: rough.yaml, max_epochs: 3}
   - {name: valley, kind: valley, from: rough, keep: 2}
-  - {name: fine, space: fine.yaml, from: valley, search: optuna, samples: 3, max_epochs: EPOCHS}
+  - {name: fine, space: fine.yaml, from: valley, search: optuna, samples: 3, max_epochs: EPOCHS,
+     around: {lr: 2}}
   - {name: confirm, kind: confirm, from: fine, top: 2, seeds: 2, max_epochs: 2}
 """
 
@@ -61,6 +62,10 @@ def plan_file(write_space):
     ("stages:\n  - {name: a, space: nope}", "unknown space 'nope'"),
     ("stages:\n  - {name: b, kind: bracket, space: mlp-rough, axis: layers, low: 5, high: 1}",
      "low < high must hold"),
+    ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: v, kind: valley, from: a}\n"
+     "  - {name: f, space: mlp-fine, from: v, around: {lr: 1}}", "around: a mapping of keys to factors above 1"),
+    ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: f, space: mlp-fine, from: a, around: {lr: 3}}",
+     "only a search stage `from:` a valley stage has a best trial"),
 ])
 def test_plan_mistakes_are_one_line(write_space, body, message):
     with pytest.raises(SearchError, match=message):
@@ -87,7 +92,9 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path
     assert valley["chosen"] in valley["band"] and 1 <= len(valley["architectures"]) <= 2
     assert state["stages"]["fine"]["derived_from"] == {"stage": "valley", "trials": valley["band"]}
     fine = pd.read_csv(folder / "fine" / "trials.csv")
-    assert len(fine) == 3 and fine["config/lr"].between(1e-3, 3e-2).all()
+    assert len(fine) == 3 and fine["config/lr"].between(0.005, 0.02).all()  # rough's lr 0.01 x/÷ 2
+    assert state["stages"]["fine"]["around"] == {"lr": [0.005, 0.02]}
+    assert "warm-started Optuna with" in state["stages"]["fine"]["warm_start"]  # rough's trials now inside
     confirm = pd.read_csv(folder / "stage-confirm.csv")
     assert len(confirm) <= 3 and (confirm["seeds"] == 2).all()  # top 2 of fine, and rough's best carried
     assert "rough" in set(confirm["stage"]) or len(confirm) < 3
@@ -189,6 +196,23 @@ def test_bisection_says_when_the_valley_lies_outside_the_range():
     result = verdict(done, "min", "layers", 1, 9)
     assert result["best"] == 9 and not result["bracketed"] and "widen the range" in result["message"]
     assert not bisect({}, 1, 9, 4, "min", lambda r, todo: None)  # an interrupted round stops it
+
+
+def test_around_takes_only_log_uniform_ranges_and_a_positive_best_value():
+    from search.plans.stages.search import centre_ranges
+    from spaces import Dist
+
+    params = {"lr": Dist("loguniform", (1e-6, 1e-3)), "dropout": Dist("uniform", (0.1, 0.7)), "layers": 2}
+    moved, ranges, note = centre_ranges(params, {"lr": 3}, {"lr": 1e-3}, "mlp-fine")
+    assert moved["lr"] == Dist("loguniform", (1e-3 / 3, 3e-3)) and ranges == {"lr": [1e-3 / 3, 3e-3]}
+    assert moved["dropout"] == params["dropout"] and params["lr"].args == (1e-6, 1e-3)  # the space is not changed
+    assert "mlp-fine gives [1e-06, 0.001]" in note
+    for around, best, message in [({"dropout": 2}, {"dropout": 0.5}, "mlp-fine gives dropout as uniform"),
+                                  ({"layers": 2}, {"layers": 2}, "mlp-fine fixes layers at 2"),
+                                  ({"l2": 2}, {"l2": 0.1}, "mlp-fine has no l2"),
+                                  ({"lr": 2}, {"lr": 0.0}, "has lr = 0.0, not a positive number")]:
+        with pytest.raises(SearchError, match=message):
+            centre_ranges(params, around, best, "mlp-fine")
 
 
 def test_a_config_outside_the_fine_space_is_moved_in_only_when_asked():

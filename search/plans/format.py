@@ -27,6 +27,7 @@ STAGE_KEYS = {
     "space": "a built-in space or YAML file (search, bracket)", "max_epochs": "epochs per trial",
     "search": "random, optuna or bohb", "scheduler": "fifo, asha or hyperband", "samples": "passes or trials",
     "grace_period": "ASHA grace period", "reduction_factor": "ASHA reduction factor",
+    "around": "log-uniform ranges moved onto the valley's best trial, key: factor, e.g. {lr: 3} (search)",
     "warm_start": "seed Optuna with earlier trials inside the new space (default true)",
     "arch_keys": "config keys that make an architecture (valley)", "threshold": "standard errors (valley)",
     "keep": "at most this many valley architectures, smallest first", "top": "configurations (confirm)",
@@ -146,6 +147,16 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
         if not (isinstance(raw["low"], int) and isinstance(raw["high"], int) and raw["low"] < raw["high"]):
             raise fail(f"{where}: low", f"low < high must hold (integers), got low={raw['low']!r}, "
                                         f"high={raw['high']!r}")
+    if "around" in raw:
+        around = raw["around"]
+        if not (isinstance(around, dict) and around and all(
+                isinstance(f, (int, float)) and not isinstance(f, bool) and 1 < f < float("inf") for f in around.values())):
+            raise fail(f"{where}: around", f"a mapping of keys to factors above 1 (the range becomes the valley's "
+                                           f"best value x/÷ factor), e.g. {{lr: 3}}; got {around!r}")
+        source_kind = next((s.kind for s in earlier if s.name == source_stage), None)
+        if kind != "search" or source_kind != "valley":
+            raise fail(f"{where}: around", "only a search stage `from:` a valley stage has a best trial to search "
+                                           "around; drop around or set `from:` to the valley stage")
     settings = {k: v for k, v in raw.items() if k not in ("name", "kind", "from", "space")}
     space = raw.get("space")
     if space is not None:

@@ -5,6 +5,7 @@ from typing import Any
 
 from analysis.format import metric_column
 from analysis.load import config_of
+from search.options import SearchError
 from search.plans.format import Stage
 from search.plans.state import PlanRun, train_stage, write_space
 from spaces import Dist, Space, load_space
@@ -24,6 +25,11 @@ def run(run: PlanRun, stage: Stage) -> str:
         grid = archs
         params = {k: v for k, v in params.items() if k not in arch_keys}
         derived = source.get("band", [])
+    if stage.get("around"):
+        best = get_family(space.family).complete(source["best_config"])
+        params, ranges, note = centre_ranges(params, stage.get("around"), best, space.name)
+        run.say(f"valley: stage {stage.name}: {note}")
+        run.record(stage, around=ranges)
     narrowed = write_space(run, stage.name, space, grid, params,
                            f"stage {stage.name}: {space.name}" + (f" over the {len(grid)} architectures of "
                                                                   f"stage {stage.source}" if derived else ""))
@@ -37,6 +43,35 @@ def run(run: PlanRun, stage: Stage) -> str:
     run.record(stage, derived_from={"stage": stage.source, "trials": derived},
                space=f"{stage.name}.space.yaml")
     return train_stage(run, stage, narrowed, stage.name, **changes)
+
+
+def centre_ranges(params: dict[str, Any], around: dict[str, float], best: dict[str, Any], space_name: str
+                  ) -> tuple[dict[str, Any], dict[str, list[float]], str]:
+    """Each log-uniform range named in ``around`` moved onto the valley's best trial: ``best[key]`` x/÷ factor.
+
+    The space's range is replaced, not intersected: a fine space's learning rates that stop at the
+    rough stage's own value (the reference's 1e-6 to 1e-3 beside a rough sweep at 1e-3) could
+    otherwise only go down. The note says what replaced what.
+    """
+    params, ranges, said = dict(params), {}, []
+    for key, factor in around.items():
+        dist = params.get(key)
+        if not isinstance(dist, Dist) or dist.kind != "loguniform":
+            given = f"gives {key} as {dist.kind}" if isinstance(dist, Dist) else (
+                f"fixes {key} at {dist!r}" if key in params else f"has no {key}")
+            raise SearchError(f"around: {key}: only a log-uniform range can be moved onto the valley's best trial, "
+                              f"and {space_name} {given}; give {key} as {{loguniform: [low, high]}} there or drop it "
+                              "from around")
+        value = best.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise SearchError(f"around: {key}: the valley's best trial has {key} = {value!r}, not a positive number "
+                              f"to search around; drop {key} from around")
+        low, high = value / factor, value * factor
+        params[key] = Dist("loguniform", (low, high))
+        ranges[key] = [low, high]
+        said.append(f"{key} in [{low:.3g}, {high:.3g}] (x/÷{factor:g} around the valley's best trial, {value:.3g}; "
+                    f"{space_name} gives [{dist.args[0]:.3g}, {dist.args[1]:.3g}])")
+    return params, ranges, "searching " + "; ".join(said)
 
 
 def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space

@@ -36,10 +36,12 @@ def run(run: PlanRun, stage: Stage) -> str:
         if arch and arch not in archs:
             archs.append(arch)
     archs = archs[: int(stage.get("keep", 3))]
-    chosen = config_of(trials.set_index("trial_id").loc[result.chosen].rename(None))
+    by_id = trials.set_index("trial_id")
+    chosen = config_of(by_id.loc[result.chosen].rename(None))
     summary = {
         "from": stage.source, "kind": "valley", "rule": "one standard error", "threshold_se": threshold,
         "reason": result.reason, "band": list(result.members), "chosen": result.chosen, "chosen_config": chosen,
+        "best": result.best, "best_config": config_of(by_id.loc[result.best].rename(None)),
         "architectures": archs, "arch_keys": arch_keys,
     }
     (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
