@@ -287,6 +287,10 @@ def _plan_stages(plan: Experiment) -> str:
         bracket = state.get("bracket") if isinstance(state.get("bracket"), dict) else {}
         outcome = state.get("reason") or bracket.get("message") or (
             confirm_verdict(summary) if summary.get("winner") else state.get("warm_start", ""))
+        around = state.get("around") if isinstance(state.get("around"), dict) else {}
+        if around:
+            moved = ", ".join(f"{key} in [{low:.3g}, {high:.3g}]" for key, (low, high) in around.items())
+            outcome = f"searched {moved}, around the valley's best trial; {outcome}"
         for note in (state.get("note"), summary.get("note")):
             if note:
                 outcome = f"{outcome} ({note})" if outcome else note

@@ -33,7 +33,8 @@ def plan_report(tmp_path_factory) -> tuple[Path, str]:
     plan = tmp_path_factory.mktemp("p") / "plan"
     shutil.copytree(DATA / "asha-digits", plan / "1-rough")
     shutil.copytree(DATA / "seeds-digits", plan / "2-confirm")
-    stages = {"1-rough": {"kind": "search", "status": "completed", "experiments": ["1-rough"]},
+    stages = {"1-rough": {"kind": "search", "status": "completed", "experiments": ["1-rough"],
+                          "around": {"lr": [0.000333, 0.003]}, "warm_start": "warm-started Optuna with 14 trials"},
               "valley": {"kind": "valley", "status": "completed", "from": "1-rough", "reason": "chose <the small one>"},
               "2-confirm": {"kind": "confirm", "status": "completed", "experiments": ["2-confirm"],
                             "summary": {"winner": '{"layers": 2}', "p_winner_beats_runner_up": 0.97},
@@ -76,6 +77,7 @@ def test_plan_report_compares_stages_and_shows_seed_intervals(plan_report):
     assert "1-rough" in page and "2-confirm" in page
     assert '<section id="plan-stages">' in page and "chose &lt;the small one&gt;" in page
     assert "P(winner beats runner-up) = 0.97 (1 of them ASHA stopped early)" in page
+    assert "searched lr in [0.000333, 0.003], around the valley&#x27;s best trial; warm-started Optuna" in page
 
 
 def test_report_of_a_plain_ray_experiment(tmp_path):
