@@ -66,6 +66,9 @@ def plan_file(write_space):
      "  - {name: f, space: mlp-fine, from: v, around: {lr: 1}}", "around: a mapping of keys to factors above 1"),
     ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: f, space: mlp-fine, from: a, around: {lr: 3}}",
      "only a search stage `from:` a valley stage has a best trial"),
+    ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: v, kind: valley, from: a}\n"
+     "  - {name: f, space: mlp-fine, from: v, around: {dropout: 2}}", "around: dropout: .* mlp-fine gives dropout as "
+                                                                      "uniform; give dropout as {loguniform"),
 ])
 def test_plan_mistakes_are_one_line(write_space, body, message):
     with pytest.raises(SearchError, match=message):

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from search.options import NAME_RULE, SearchError
-from spaces import BUILTIN_DIR, SpaceError, load_space, read_yaml
+from spaces import BUILTIN_DIR, Dist, SpaceError, load_space, read_yaml
 
 KINDS = {
     "search": "run a space (optionally narrowed by an earlier valley stage)",
@@ -38,6 +38,17 @@ PLAN_KEYS = {"description": "one line", "dataset": "the default data set", "stag
              "budget_split": "each training stage's share of `valley plan --budget`, e.g. {rough: 0.3, ...}"}
 TRAINING_KINDS = ("search", "bracket", "confirm", "transfer")
 
+
+
+def not_log_uniform(params: dict[str, Any], key: str, space_name: str) -> str | None:
+    """Why ``around`` cannot move ``key``'s range in a space's params, or None when it can."""
+    dist = params.get(key)
+    if isinstance(dist, Dist) and dist.kind == "loguniform":
+        return None
+    given = f"gives {key} as {dist.kind}" if isinstance(dist, Dist) else (
+        f"fixes {key} at {dist!r}" if key in params else f"has no {key}")
+    return (f"only a log-uniform range can be moved onto the valley's best trial, and {space_name} {given}; "
+            f"give {key} as {{loguniform: [low, high]}} there or drop it from around")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +175,11 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
         if space.endswith((".yaml", ".yml")) and not Path(space).is_absolute():
             space = str(Path(source).parent / space)  # relative to the plan file
         try:
-            load_space(space)
+            loaded = load_space(space)
         except SpaceError as err:
             raise fail(f"{where}: space", str(err)) from None
+        for key in raw.get("around", ()):
+            problem = not_log_uniform(loaded.params, key, loaded.name)
+            if problem:
+                raise fail(f"{where}: around: {key}", problem)
     return Stage(name_i, kind, source_stage, space, settings)

@@ -6,7 +6,7 @@ from typing import Any
 from analysis.format import metric_column
 from analysis.load import config_of
 from search.options import SearchError
-from search.plans.format import Stage
+from search.plans.format import Stage, not_log_uniform
 from search.plans.state import PlanRun, train_stage, write_space
 from spaces import Dist, Space, load_space
 from trainables import get_family
@@ -55,13 +55,10 @@ def centre_ranges(params: dict[str, Any], around: dict[str, float], best: dict[s
     """
     params, ranges, said = dict(params), {}, []
     for key, factor in around.items():
-        dist = params.get(key)
-        if not isinstance(dist, Dist) or dist.kind != "loguniform":
-            given = f"gives {key} as {dist.kind}" if isinstance(dist, Dist) else (
-                f"fixes {key} at {dist!r}" if key in params else f"has no {key}")
-            raise SearchError(f"around: {key}: only a log-uniform range can be moved onto the valley's best trial, "
-                              f"and {space_name} {given}; give {key} as {{loguniform: [low, high]}} there or drop it "
-                              "from around")
+        problem = not_log_uniform(params, key, space_name)
+        if problem:
+            raise SearchError(f"around: {key}: {problem}")
+        dist = params[key]
         value = best.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise SearchError(f"around: {key}: the valley's best trial has {key} = {value!r}, not a positive number "
