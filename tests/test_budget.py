@@ -92,6 +92,28 @@ def test_every_builtin_plan_takes_a_budget(name, tmp_path):
     assert saved["total"] == 500 and saved["unit"] == EPOCHS and saved["split"] == plan.budget_split
 
 
+@pytest.mark.parametrize("left, seeds, epochs", [(36, [0, 1, 2], 3), (24, [0, 1], 3), (13, [0], 3), (5, [0], 1)])
+def test_a_grid_over_seeds_runs_fewer_seeds_before_shorter_trials(budget_plan, write_space, tmp_path, left, seeds,
+                                                                 epochs):
+    import dataclasses
+
+    from search.plans.state import fewer_seeds, with_budget
+    from spaces import load_space
+
+    space = load_space(write_space(ROUGH + "  seed: {grid: [0, 1, 2]}\n", "rough.yaml"))  # 4 rows x 3 seeds
+    said = []
+    run = start_plan(load_plan(budget_plan()), SearchOptions(storage=str(tmp_path), name="p"), say=said.append,
+                     budget=Budget(100, EPOCHS))
+    opts = dataclasses.replace(run.base, max_epochs=3)
+    ran = fewer_seeds(run, run.plan.stages[0], space, left, opts, "rough")
+    assert list(ran.params["seed"].args) == seeds
+    assert with_budget(opts, run.budget, left, ran).epochs(ran) == epochs  # shorter only when one seed is too long
+    if len(seeds) < 3:
+        assert said == [f"valley: stage rough: {left} trial-epochs cannot train 12 grid points for 3 epochs each; "
+                        f"running seed {', '.join(map(str, seeds))} of 0, 1, 2, so that fewer replicates train longer"]
+        assert load_space(tmp_path / "p" / "rough.space.yaml").params["seed"].args == tuple(seeds)  # provenance
+
+
 def test_a_plan_without_a_split_refuses_a_budget(write_space, tmp_path):
     write_space(ROUGH, "rough.yaml")
     path = write_space("dataset: synthetic\nstages:\n  - {name: rough, space: rough.yaml}\n", "nosplit.yaml")

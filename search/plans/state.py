@@ -156,9 +156,35 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
         if left < 1:
             run.say(f"valley: stage {stage.name}: its budget is spent; {experiment} is not run")
             return "completed"
+        if run.budget.unit != SECONDS:
+            space = fewer_seeds(run, stage, space, int(left), opts, experiment)
         opts = with_budget(opts, run.budget, left, space)
     run_search(space, opts)
     return fmt.read_manifest(folder).get("status", "interrupted")
+
+
+def fewer_seeds(run: PlanRun, stage: Stage, space: Space, left: int, opts: SearchOptions, name: str) -> Space:
+    """A grid over seeds that ``left`` trial-epochs cannot train in full: fewer seeds, each trained longer.
+
+    Seeds are replicates: three one-epoch trials of each clock encoding (the encoding table at a
+    third of a tight budget) separate the encodings less than one trial of each for three epochs.
+    Only when one seed still does not fit does :func:`with_budget` shorten the trials.
+    """
+    seeds = space.params.get("seed")
+    if space.is_sampled() or not (isinstance(seeds, Dist) and seeds.kind == "grid" and len(seeds.args) > 1):
+        return space
+    points = space.grid_size() * (opts.samples or 1)
+    per_seed = points // len(seeds.args) * opts.epochs(space)
+    if points * opts.epochs(space) <= left:
+        return space
+    kept = seeds.args[: max(1, left // per_seed)]
+    note = (f"{left} trial-epochs cannot train {points} grid points for {opts.epochs(space)} epochs each; running "
+            f"seed {', '.join(map(str, kept))} of {', '.join(map(str, seeds.args))}, so that fewer replicates "
+            "train longer")
+    run.say(f"valley: stage {stage.name}: {note}")
+    run.record(stage, note=note)
+    return write_space(run, name, space, list(space.grid), {**space.params, "seed": Dist("grid", kept)},
+                       f"{space.description}; {note}")
 
 
 def with_budget(opts: SearchOptions, budget: Budget, left: float, space: Space) -> SearchOptions:
