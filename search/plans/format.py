@@ -160,8 +160,9 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
                                         f"high={raw['high']!r}")
     if "around" in raw:
         around = raw["around"]
-        if not (isinstance(around, dict) and around and all(
-                isinstance(f, (int, float)) and not isinstance(f, bool) and 1 < f < float("inf") for f in around.values())):
+        factors = around.values() if isinstance(around, dict) else ()
+        if not (factors and all(isinstance(f, (int, float)) and not isinstance(f, bool) and 1 < f < float("inf")
+                                for f in factors)):
             raise fail(f"{where}: around", f"a mapping of keys to factors above 1 (the range becomes the valley's "
                                            f"best value x/÷ factor), e.g. {{lr: 3}}; got {around!r}")
         source_kind = next((s.kind for s in earlier if s.name == source_stage), None)
