@@ -67,6 +67,14 @@ def read_yaml(path: Path) -> Any:
     return yaml.load(text, Loader=Loader)  # noqa: S506 - Loader derives from SafeLoader
 
 
+def not_yaml(path: Path, err: yaml.YAMLError) -> str:
+    """What :func:`read_yaml` refused in ``path``, where and why, e.g. ``f.yaml: line 3: not valid YAML (...)``."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}: line {mark.line + 1}" if mark else str(path)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{where}: not valid YAML ({problem})"
+
+
 class SpaceError(ValueError):
     """A space that no search could run: raised before Ray starts."""
 
@@ -146,10 +154,7 @@ def load_space(name_or_path: str | Path) -> Space:
     try:
         doc = read_yaml(path)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}: line {mark.line + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpaceError(f"{where}: not valid YAML ({problem}); fix the syntax there") from None
+        raise SpaceError(f"{not_yaml(path, err)}; fix the syntax there") from None
     except OSError as err:
         raise SpaceError(f"{path}: cannot be read ({err.strerror})") from None
     return parse_space(doc, source=str(path), name=path.stem)

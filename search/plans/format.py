@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from search.options import NAME_RULE, SearchError
-from spaces import BUILTIN_DIR, Dist, SpaceError, load_space, read_yaml
+from spaces import BUILTIN_DIR, Dist, SpaceError, load_space, not_yaml, read_yaml
 
 KINDS = {
     "search": "run a space (optionally narrowed by an earlier valley stage)",
@@ -92,10 +92,7 @@ def load_plan(name_or_path: str | Path) -> Plan:
     try:
         doc = read_yaml(path)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        where = f"{path}: line {mark.line + 1}" if mark else str(path)
-        raise SearchError(f"{where}: not valid YAML ({problem})") from None
+        raise SearchError(not_yaml(path, err)) from None
     return parse_plan(doc, str(path), path.stem)
 
 

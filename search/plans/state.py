@@ -173,12 +173,11 @@ def fewer_seeds(run: PlanRun, stage: Stage, space: Space, left: int, opts: Searc
     seeds = space.params.get("seed")
     if space.is_sampled() or not (isinstance(seeds, Dist) and seeds.kind == "grid" and len(seeds.args) > 1):
         return space
-    points = space.grid_size() * (opts.samples or 1)
-    per_seed = points // len(seeds.args) * opts.epochs(space)
-    if points * opts.epochs(space) <= left:
+    points, epochs = space.grid_size() * (opts.samples or 1), opts.epochs(space)
+    if points * epochs <= left:
         return space
-    kept = seeds.args[: max(1, left // per_seed)]
-    note = (f"{left} trial-epochs cannot train {points} grid points for {opts.epochs(space)} epochs each; running "
+    kept = seeds.args[: max(1, left // (points // len(seeds.args) * epochs))]
+    note = (f"{left} trial-epochs cannot train {points} grid points for {epochs} epochs each; running "
             f"seed {', '.join(map(str, kept))} of {', '.join(map(str, seeds.args))}, so that fewer replicates "
             "train longer")
     run.say(f"valley: stage {stage.name}: {note}")
