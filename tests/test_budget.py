@@ -68,6 +68,18 @@ def test_what_a_stage_leaves_goes_to_the_later_ones():
     assert allowance(state, "confirm", []) == 0
 
 
+def test_what_a_confirm_stage_cannot_use_goes_to_the_stages_before_it():
+    """A confirm stage pays for whole configurations over its seeds (here 20 trial-epochs each): its share of
+    120, 48, pays for two, so the 8 it could not use are shared by the stages before it, not left unspent."""
+    state = Budget(120, EPOCHS).as_state({"rough": 0.25, "fine": 0.35, "confirm": 0.4})
+    assert allowance(state, "rough", ["fine", "confirm"], {"confirm": 20}) == pytest.approx(80 * 0.25 / 0.6)
+    state["spent"]["rough"] = 24
+    assert allowance(state, "fine", ["confirm"], {"confirm": 20}) == pytest.approx(96 - 40)
+    state["spent"]["fine"] = 55
+    assert allowance(state, "confirm", [], {"confirm": 20}) == pytest.approx(41)  # its own share is not rounded
+    assert allowance(state, "fine", ["confirm"], {"confirm": 60}) == pytest.approx(96 * 0.35 / 0.75)  # < 1 unit
+
+
 @pytest.mark.parametrize("split, message", [
     ("{rough: 0.5, fine: 0.5}", "missing: ['confirm']"),
     ("{rough: 0.3, fine: 0.3, confirm: 0.3, valley: 0.1}", "unknown: ['valley']"),
@@ -136,6 +148,8 @@ def test_a_budgeted_plan_never_overspends_and_carries_its_incumbent(ray_session,
     spent = state["budget"]["spent"]
     assert sum(spent.values()) == trial_epochs(folder) <= 40
     assert all(spent[name] <= state["budget"]["allowed"][name] for name in spent)
+    # confirm's share, 16, pays for two configurations of 2 seeds x 3 epochs: the other 4 went to rough and fine
+    assert state["budget"]["allowed"]["rough"] == pytest.approx((40 - 12) * 0.35 / 0.6)
     # the useless fine stage found nothing better: the rough stage's best is confirmed, and wins
     confirm = state["stages"]["confirm"]
     assert confirm["derived_from"]["stages"] == ["fine", "rough"]

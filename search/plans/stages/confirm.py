@@ -14,6 +14,7 @@ from search.plans.format import Stage
 from search.plans.select import top_configs
 from search.plans.state import PlanRun, train_stage, write_space
 from search.plans.state import source_space as source_space_of
+from spaces import load_space
 from trainables import get_family
 from trainables.family import TaskSpec
 
@@ -78,13 +79,35 @@ def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
     return configs, ids, origins, "; ".join(notes)
 
 
+def seed_epochs(run: PlanRun, stage: Stage) -> int | None:
+    """Epochs each seed trains: the stage's max_epochs, --max-epochs, or its source's space's (else 10).
+
+    None while that depends on a source stage that has not run and names no space of its own.
+    """
+    epochs = stage.get("max_epochs") or run.base.max_epochs
+    if not epochs:
+        source = next(s for s in run.plan.stages if s.name == stage.source)
+        if run.stage_state(source.name).get("experiments"):
+            epochs = source_space_of(run, source.name).max_epochs
+        elif source.space:
+            epochs = load_space(source.space).max_epochs
+        else:
+            return None
+    return int(epochs or 10)
+
+
+def candidate_cost(run: PlanRun, stage: Stage) -> int | None:
+    """Trial-epochs one configuration costs over the stage's seeds (None while unknown, see seed_epochs)."""
+    epochs = seed_epochs(run, stage)
+    return None if epochs is None else int(stage.get("seeds", 5)) * epochs
+
+
 def run(run: PlanRun, stage: Stage) -> str:
     """Re-train the best configurations over ``seeds`` seeds, each with a fresh validation split."""
     source_space = source_space_of(run, stage.source)
     seeds = int(stage.get("seeds", 5))
     left = run.left_for(stage)
-    epochs = stage.get("max_epochs") or run.base.max_epochs or source_space.max_epochs or 10
-    fits = None if left is None or run.budget.unit != "trial-epochs" else int(left // (seeds * epochs))
+    fits = None if left is None or run.budget.unit != "trial-epochs" else int(left // candidate_cost(run, stage))
     configs, ids, origins, note = candidates(run, stage, int(stage.get("top", 3)), fits)
     if note:
         run.say(f"valley: stage {stage.name}: {note}")
