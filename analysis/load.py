@@ -174,8 +174,8 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
     }
     row.update({f"best_{k}": v for k, v in best.items() if k.startswith("val_") and k != "val_loss"})
     row.update({k: v for k, v in last.items() if k.startswith("test_")})
-    row.update({"final_val_loss": last.get("val_loss"), "wall_s": last.get("time_total_s"),
-                "device": last.get("device")})
+    row.update({"final_val_loss": last.get("val_loss"), "chance_epochs": last.get("chance_epochs"),
+                "wall_s": last.get("time_total_s"), "device": last.get("device")})
     row.update({f"config/{k}": v for k, v in config.items()})
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 

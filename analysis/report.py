@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 from analysis import figures
 from analysis.format import DONE, FAILED, confirm_verdict, metric_column
 from analysis.load import Experiment, ResultsError, load, progress
-from analysis.valley import ValleyResult, find_valley
+from analysis.valley import ValleyResult, find_valley, not_learning, usable_trials
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True,
                "toImageButtonOptions": {"format": "png", "scale": 2}}  # the camera button saves a PNG offline
@@ -111,6 +111,9 @@ def _valley_section(experiment: Experiment) -> Section:
     try:
         valley = find_valley(scope_trials, scope_epochs, metric=metric, mode=mode)
         note = f"{scope}: {valley.reason}."
+        untrained = not_learning(usable_trials(scope_trials, metric))
+        if untrained:
+            note += f" Warning: {untrained}; train them longer before reading a valley from them."
     except ValueError as err:
         note = str(err)
     return Section("valley", "Loss against model size: the valley",

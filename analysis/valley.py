@@ -63,6 +63,36 @@ def usable_trials(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     return usable[np.isfinite(usable[metric]) & np.isfinite(usable["n_params"])]
 
 
+def never_left_chance(trials: pd.DataFrame) -> pd.Series:
+    """Whether each trial's validation headline sat at chance level in every epoch it trained.
+
+    From ``chance_epochs`` (epochs in a row at chance, up to the last); False where a folder
+    written before that key existed has none.
+    """
+    if "chance_epochs" not in trials or "epochs" not in trials:
+        return pd.Series(False, index=trials.index)
+    chance = pd.to_numeric(trials["chance_epochs"], errors="coerce")
+    epochs = pd.to_numeric(trials["epochs"], errors="coerce")
+    return (epochs > 0) & (chance >= epochs)
+
+
+def not_learning(usable: pd.DataFrame) -> str:
+    """A sentence when most of the trials a valley is found among never left chance level, else "".
+
+    A trial shorter than ``stall_epochs`` is never marked ``stalled``; when most never learned,
+    the valley rests on the few that learned first and says little about the rest.
+    """
+    flat = usable[never_left_chance(usable)]
+    if len(flat) * 2 <= len(usable):
+        return ""
+    epochs = sorted({int(e) for e in flat["epochs"]})
+    trained = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]} to {epochs[-1]}"
+    rest = (f"the valley rests on the {len(usable) - len(flat)} that did" if len(flat) < len(usable)
+            else "the valley is chosen among models that learned nothing")
+    return (f"{len(flat)} of the {len(usable)} trials never left chance level in the {trained} "
+            f"epoch{'' if epochs == [1] else 's'} they trained, so {rest}")
+
+
 def find_valley(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, metric: str = "best_val_loss",
                 threshold_se: float = 1.0, mode: str | None = None) -> ValleyResult:
     """The band of trials within ``threshold_se`` standard errors of the best, and its smallest model.

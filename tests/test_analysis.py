@@ -14,7 +14,7 @@ import pytest
 from analysis import figures
 from analysis.format import Task
 from analysis.load import ResultsError, export_tables, load, load_experiment, progress, top_table, write_tables
-from analysis.valley import find_valley
+from analysis.valley import find_valley, never_left_chance, not_learning
 
 DATA = Path(__file__).parent / "data"
 ASHA = DATA / "asha-digits"  # mlp-rough on digits, 6 epochs, ASHA: 4 trials stopped, 1 failed (hand-made OOM)
@@ -228,6 +228,19 @@ def test_find_valley_max_mode_and_exclusions():
     valley = find_valley(trials, epochs, metric="best_val_acc")
     assert valley.mode == "max" and valley.best == "c"  # the failed trial's 0.99 does not count
     assert valley.cutoff == pytest.approx(0.91 - 0.02) and valley.chosen == "b"
+
+
+def test_a_valley_among_trials_that_never_left_chance_says_so():
+    trials, _ = frames([100, 1_000, 10_000, 100_000], [2.30, 2.29, 1.8, 2.30])
+    assert not_learning(trials) == ""  # a folder written before chance_epochs: nothing to go on, nothing said
+    trials = trials.assign(epochs=2, chance_epochs=[2, 2, 0, 2])
+    assert list(never_left_chance(trials)) == [True, True, False, True]
+    assert not_learning(trials) == ("3 of the 4 trials never left chance level in the 2 epochs they trained, "
+                                    "so the valley rests on the 1 that did")
+    assert not_learning(trials.assign(chance_epochs=[2, 1, 0, 2])) == ""  # one fell back to chance: it had left it
+    assert not_learning(trials.assign(epochs=[1, 1, 2, 2], chance_epochs=[1, 1, 2, 2])) == (
+        "4 of the 4 trials never left chance level in the 1 to 2 epochs they trained, so the valley is chosen "
+        "among models that learned nothing")
 
 
 def test_find_valley_refuses_empty_input():

@@ -120,9 +120,10 @@ def test_a_trial_at_chance_level_is_marked_stalled(data):
     still = LocalReporter()
     train({**MLP, "max_epochs": 3, "lr": 1e-9, "stall_epochs": 2}, data=data, reporter=still)
     assert [row["stalled"] for row in still.history] == [False, True, True]
+    assert [row["chance_epochs"] for row in still.history] == [1, 2, 3]  # epochs in a row at chance
     learning = LocalReporter()
     train({**MLP, "max_epochs": 8, "lr": 0.01, "batch_size": 32, "stall_epochs": 2}, data=data, reporter=learning)
-    assert not learning.history[-1]["stalled"]
+    assert not learning.history[-1]["stalled"] and learning.history[-1]["chance_epochs"] == 0
     never = LocalReporter()
     train({**MLP, "max_epochs": 3, "lr": 1e-9, "stall_epochs": 0}, data=data, reporter=never)
     assert not any(row["stalled"] for row in never.history)

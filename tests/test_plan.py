@@ -93,6 +93,7 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path
     assert [s["status"] for s in state["stages"].values()] == ["completed"] * 4
     valley = json.loads((folder / "stage-valley.json").read_text())
     assert valley["chosen"] in valley["band"] and 1 <= len(valley["architectures"]) <= 2
+    assert "note" not in valley  # the rough trials learned: no warning that they did not
     assert state["stages"]["fine"]["derived_from"] == {"stage": "valley", "trials": valley["band"]}
     fine = pd.read_csv(folder / "fine" / "trials.csv")
     assert len(fine) == 3 and fine["config/lr"].between(0.005, 0.02).all()  # rough's lr 0.01 x/÷ 2
@@ -129,6 +130,26 @@ def test_a_rough_stage_that_only_diverged_stops_the_plan_with_one_line(ray_sessi
                                           r"\(2 diverged\), so there is no valley to find; see .*trials.csv"):
         run_plan(run)
     assert len(pd.read_csv(tmp_path / "p" / "rough" / "trials.csv")) == 2  # what ran is kept
+
+
+@pytest.mark.ray
+def test_a_valley_among_trials_that_never_left_chance_warns(ray_session, write_space, tmp_path):
+    """Two of three architectures cannot learn at lr 1e-9 (as a budget that cuts a rough grid to two epochs can
+    leave most at chance): the valley stage still runs, and its output, plan.json and the report say so."""
+    write_space("family: mlp\nmetric: val_loss\nmode: min\ngrid: [{hidden: [2], lr: 1.0e-9}, "
+                "{hidden: [16], lr: 1.0e-9}, {hidden: [64], lr: 0.05}]\nparams: {batch_size: 16}\n", "rough.yaml")
+    plan = write_space("dataset: synthetic\nstages:\n  - {name: rough, space: rough.yaml, max_epochs: 2}\n"
+                       "  - {name: valley, kind: valley, from: rough}\n", "plan.yaml")
+    said = []
+    folder = run_plan(start_plan(load_plan(plan), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
+                                 say=said.append))
+    warning = ("WARNING: stage rough: 2 of the 3 trials never left chance level in the 2 epochs they trained, so "
+               "the valley rests on the 1 that did; if it cut them short, give it more epochs")
+    assert any(line.startswith(f"valley: stage valley: {warning}") for line in said)
+    assert json.loads((folder / "plan.json").read_text())["stages"]["valley"]["note"].startswith(warning)
+    from analysis.report import write_report
+
+    assert "2 of the 3 trials never left chance level" in write_report(folder).read_text(encoding="utf-8")
 
 
 @pytest.mark.ray

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 # Keys in every per-epoch report; ``val_<metric>`` and ``test_<metric>`` stand for the task's metrics.
 REPORTED_KEYS = ("epoch", "train_loss", "val_loss", "n_params", "epoch_s", "lr",
-                 "best_epoch", "best_val_loss", "test_loss", "device", "precision", "stalled")
-TEXT_KEYS = ("device", "precision", "stalled")  # text and flags: never a metric a space can rank on
+                 "best_epoch", "best_val_loss", "test_loss", "device", "precision", "chance_epochs", "stalled")
+# text, flags and counts: never a metric a space can rank on
+TEXT_KEYS = ("device", "precision", "chance_epochs", "stalled")
 MODES = ("min", "max")
 
 

@@ -279,6 +279,7 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
             "device": str(device),
             "precision": precision,
             "early_stopped": bool(stop and epoch + 1 < cfg.max_epochs),
+            "chance_epochs": state["at_chance"],
             "stalled": bool(cfg.stall_epochs) and state["at_chance"] >= cfg.stall_epochs,
         }
         due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - saved_at >= cfg.checkpoint_s

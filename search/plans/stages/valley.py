@@ -15,19 +15,24 @@ from trainables import get_family
 
 
 def run(run: PlanRun, stage: Stage) -> str:
-    from analysis.valley import find_valley, usable_trials
+    from analysis.valley import find_valley, not_learning, usable_trials
 
     trials, epochs = run.trials(stage.source)
     space = source_space(run, stage.source)
     arch_keys = stage.get("arch_keys") or list(get_family(space.family).arch_keys)
     threshold = float(stage.get("threshold", 1.0))
     column = metric_column(space.metric)
-    if usable_trials(trials, column).empty:
+    usable = usable_trials(trials, column)
+    if usable.empty:
         statuses = ", ".join(f"{n} {s}" for s, n in trials.get("status", pd.Series(dtype=str)).value_counts().items())
         raise SearchError(f"stage {stage.name}: no trial of stage {stage.source} has a finite {column} "
                           f"({statuses or 'no trials'}), so there is no valley to find; see "
                           f"{run.folder / stage.source / 'trials.csv'}, or raise --budget if it ran out")
     result = find_valley(trials, epochs, metric=column, threshold_se=threshold, mode=space.mode)
+    note = not_learning(usable)
+    if note:  # a rough grid cut to two epochs by a tight budget can leave most architectures at chance
+        note = (f"WARNING: stage {stage.source}: {note}; if it cut them short, give it more epochs (its max_epochs "
+                "or grace_period, a larger --budget or its share in budget_split)")
     band = trials[trials["trial_id"].isin(result.members)].sort_values("n_params")
     archs: list[dict[str, Any]] = []
     for _, row in band.iterrows():
@@ -42,11 +47,13 @@ def run(run: PlanRun, stage: Stage) -> str:
         "from": stage.source, "kind": "valley", "rule": "one standard error", "threshold_se": threshold,
         "reason": result.reason, "band": list(result.members), "chosen": result.chosen, "chosen_config": chosen,
         "best": result.best, "best_config": config_of(by_id.loc[result.best].rename(None)),
-        "architectures": archs, "arch_keys": arch_keys,
+        "architectures": archs, "arch_keys": arch_keys, **({"note": note} if note else {}),
     }
     (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
     run.record(stage, **summary)
     run.say(f"valley: stage {stage.name}: {result.reason}")
+    if note:
+        run.say(f"valley: stage {stage.name}: {note}")
     for arch in archs:
         run.say(f"valley:   carried on: {arch}")
     return "completed"
