@@ -8,9 +8,31 @@ carries; valley reads them back from there and says so.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ray.tune.search.bohb import TuneBOHB
+
+from search.ray_start import drop_messages
+
+# hpbandster's dump when a sampled point's expected improvement is infinite, line by line
+KDE_DUMP = ("sampled vector: ", "data in the KDEs:", "bandwidth of the KDEs:", "l(x) = ", "g(x) = ")
+
+
+def quiet_kde() -> None:
+    """Drop what BOHB's density models print that a user can do nothing about, and only that.
+
+    * statsmodels' ``FutureWarning``, each time a model is fitted, that its KDE's default random
+      generator will change (after 0.17 or January 2028);
+    * hpbandster's five lines of arrays when a sampled point's expected improvement is infinite (one
+      of its two models has not seen a value of a choice; it then takes the point, as its own
+      comment says it should), and statsmodels' divide-by-zero ``RuntimeWarning`` on the way there.
+    """
+    warnings.filterwarnings("ignore", message=r"After 0\.17 or January 2028", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="divide by zero encountered in divide", category=RuntimeWarning,
+                            module=r"statsmodels\.nonparametric\.kernels")
+    for prefix in KDE_DUMP:
+        drop_messages("hpbandster", prefix)
 
 
 class ValleyBOHB(TuneBOHB):
@@ -18,6 +40,7 @@ class ValleyBOHB(TuneBOHB):
 
     def __init__(self, quiet: bool = False, **bohb: Any) -> None:
         super().__init__(**bohb)
+        quiet_kde()
         self.quiet = quiet
         self.adopted: set[str] = set()  # trials whose parameters were read back from their results
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -177,6 +180,34 @@ def test_bohb_search_under_its_hyperband(ray_session, write_space, tmp_path, cap
     assert trials["epochs"].between(1, 4).all()
     for trial_id, n in zip(trials["trial_id"], trials["epochs"]):
         assert [e.step for e in events(folder / trial_id).Scalars("ray/tune/val_loss")] == list(range(1, n + 1))
+
+
+def test_bohb_keeps_its_density_models_quiet(caplog):
+    """Each fit of BOHB's density models warned that statsmodels' default random generator will change (a
+    FutureWarning, printed even with --quiet), and a point of infinite expected improvement, which hpbandster
+    handles itself, dumped five lines of arrays: valley drops those, and only those."""
+    from ray import tune
+
+    from search.bohb import ValleyBOHB
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        searcher = ValleyBOHB(seed=0)
+        searcher.set_search_properties("val_loss", "min", {"lr": tune.loguniform(1e-3, 1e-2),
+                                                          "batch_size": tune.choice([8, 16, 32])})
+        rng = np.random.default_rng(0)
+        for i in range(12):
+            result = {"val_loss": float(rng.random()), "hyperband_info": {"budget": 3}}
+            searcher.suggest(f"t{i}")
+            searcher.on_trial_result(f"t{i}", result)
+            searcher.on_trial_complete(f"t{i}", result)
+        assert searcher.suggest("next") and 3 in searcher.bohber.kde_models  # its models were fitted
+    assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, RuntimeWarning))] == []
+    with caplog.at_level(logging.WARNING, logger="hpbandster"):
+        for line in ("sampled vector: [0, 0.5] has EI value inf", "data in the KDEs:\n[[0.]]", "g(x) = inf",
+                     "Truncated Normal failed for: datum=[0.5]"):
+            logging.getLogger("hpbandster").warning(line)
+    assert [record.getMessage() for record in caplog.records] == ["Truncated Normal failed for: datum=[0.5]"]
 
 
 @pytest.mark.ray
