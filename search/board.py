@@ -25,6 +25,7 @@ class Snapshot:
     best: tuple[str, float] | None  # (trial id, best metric so far)
     elapsed_s: float
     left_s: float | None  # None until an epoch has finished
+    trained: int = 0  # trial-epochs the search's trials have trained
 
 
 def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, mode: str, max_epochs: int,
@@ -58,7 +59,7 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
     elapsed = time.monotonic() - started
     rate = (trained - epochs_at_start) / elapsed if elapsed > 0 else 0.0
     left = left_epochs / rate if rate > 0 else None
-    return Snapshot(counts, running, best, elapsed, left)
+    return Snapshot(counts, running, best, elapsed, left, trained)
 
 
 def duration(seconds: float | None) -> str:
@@ -69,7 +70,12 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def line(snap: Snapshot, metric: str, label: str = "") -> str:
+def spent(snap: Snapshot, budget_epochs: int | None) -> str:
+    """The trial-epochs a search with an epoch budget (a plan's stage) has trained so far, of that budget."""
+    return f"{snap.trained} of {budget_epochs} trial-epochs trained, " if budget_epochs else ""
+
+
+def line(snap: Snapshot, metric: str, label: str = "", budget_epochs: int | None = None) -> str:
     """The board as one line (for a pipe or a log file)."""
     c = snap.counts
     finished = c["done"] + c["stopped"] + c["failed"]
@@ -78,16 +84,18 @@ def line(snap: Snapshot, metric: str, label: str = "") -> str:
     running = ", ".join(f"{t} epoch {e}" for t, e, _ in snap.running[:4])
     return (f"valley: {label + ': ' if label else ''}{finished}/{total} finished ({c['done']} done, {c['stopped']} "
             f"stopped, {c['failed']} failed), {c['running']} running{f' [{running}]' if running else ''}, "
-            f"{c['pending']} pending{best}; {duration(snap.elapsed_s)} elapsed, ~{duration(snap.left_s)} left")
+            f"{c['pending']} pending{best}; {spent(snap, budget_epochs)}{duration(snap.elapsed_s)} elapsed, "
+            f"~{duration(snap.left_s)} left")
 
 
-def table(snap: Snapshot, metric: str, max_epochs: int, label: str = "") -> Any:
+def table(snap: Snapshot, metric: str, max_epochs: int, label: str = "", budget_epochs: int | None = None) -> Any:
     """The board as a rich renderable (for a terminal)."""
     from rich.table import Table
 
     c = snap.counts
     title = (f"{label + ' - ' if label else ''}{c['done']} done, {c['stopped']} stopped, {c['failed']} failed, "
-             f"{c['running']} running, {c['pending']} pending - {duration(snap.elapsed_s)} elapsed, "
+             f"{c['running']} running, {c['pending']} pending - {spent(snap, budget_epochs)}"
+             f"{duration(snap.elapsed_s)} elapsed, "
              f"~{duration(snap.left_s)} left")
     grid = Table(title=title, title_justify="left", caption=(f"best {metric} {snap.best[1]:.4g} ({snap.best[0]})"
                                                               if snap.best else None), caption_justify="left")
@@ -102,8 +110,9 @@ class Board:
     """Redraws in place on a terminal; one line every ``every_s`` seconds otherwise. Never pickled live."""
 
     def __init__(self, metric: str, mode: str, max_epochs: int, every_s: float, label: str = "",
-                 terminal: bool | None = None) -> None:
+                 terminal: bool | None = None, budget_epochs: int | None = None) -> None:
         self.metric, self.mode, self.max_epochs, self.every_s, self.label = metric, mode, max_epochs, every_s, label
+        self.budget_epochs = budget_epochs
         self.terminal = sys.stdout.isatty() if terminal is None else terminal
         self.latest: dict[str, dict[str, Any]] = {}
         self._live: Any = None
@@ -138,14 +147,14 @@ class Board:
         snap = snapshot(trials, self.latest, self.metric, self.mode, self.max_epochs, self._started,
                         self._epochs_at_start)
         if not self.terminal:
-            print(line(snap, self.metric, self.label), flush=True)
+            print(line(snap, self.metric, self.label, self.budget_epochs), flush=True)
             return
         if self._live is None:
             from rich.live import Live
 
             self._live = Live(auto_refresh=False, transient=False)
             self._live.start()
-        self._live.update(table(snap, self.metric, self.max_epochs, self.label), refresh=True)
+        self._live.update(table(snap, self.metric, self.max_epochs, self.label, self.budget_epochs), refresh=True)
 
     def close(self) -> None:
         if self._live is not None:

@@ -118,7 +118,8 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
         say(f"valley: note: {note}")
     start_ray(opts, space.family)
     check_cluster(opts, folder.parent)
-    board = None if opts.quiet else Board(space.metric, space.mode, epochs, opts.progress_s, opts.label)
+    board = None if opts.quiet else Board(space.metric, space.mode, epochs, opts.progress_s, opts.label,
+                                          budget_epochs=opts.budget_epochs)
     rows = [dict(row) for row in space.grid]  # what the trials merge into their configs
     progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say, board, rows)
     tuner = build_tuner(space, family, opts, folder, dataset, epochs, data, progress)

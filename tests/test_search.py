@@ -352,3 +352,20 @@ def test_the_board_counts_a_metric_without_its_best_column():
     board.result("b", {"training_iteration": 2, "val_csd": 90.0})
     snap = snapshot(trials, board.latest, "val_csd", "min", 5, 0.0)
     assert snap.best == ("a", 40.0) and snap.counts["done"] == 1 and snap.counts["running"] == 1
+
+
+def test_the_board_of_a_budgeted_search_counts_its_trial_epochs_as_they_are_trained():
+    """A plan's stage runs under an epoch budget: the board says what its trials have trained of it,
+    at every line, not what the plan had spent when the stage began."""
+    from types import SimpleNamespace
+
+    from search.board import line, snapshot
+
+    trials = [SimpleNamespace(trial_id="a", status="TERMINATED"), SimpleNamespace(trial_id="b", status="RUNNING")]
+    latest = {"a": {"training_iteration": 5, "val_loss": 0.4}, "b": {"training_iteration": 2, "val_loss": 0.9}}
+    shown = line(snapshot(trials, latest, "val_loss", "min", 5, 0.0), "val_loss", "stage fine (2 of 3)", 12)
+    assert shown.startswith("valley: stage fine (2 of 3): 1/2 finished") and "7 of 12 trial-epochs trained" in shown
+    latest["b"]["training_iteration"] = 4
+    later = snapshot(trials, latest, "val_loss", "min", 5, 0.0)
+    assert "9 of 12 trial-epochs trained" in line(later, "val_loss", "", 12)
+    assert "trial-epochs" not in line(later, "val_loss")  # a search without a budget

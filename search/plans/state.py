@@ -64,13 +64,14 @@ class PlanRun:
         return float(trials["epochs"].sum()) if "epochs" in trials else 0.0
 
     def label(self, stage: Stage) -> str:
-        """What the live board calls a stage's search: its place in the plan and the budget spent."""
+        """What the live board calls a stage's search: its place in the plan and the plan's budget spent
+        before the search began (the board adds the search's own trial-epochs as they are trained)."""
         names = [s.name for s in self.plan.stages]
         text = f"stage {stage.name} ({names.index(stage.name) + 1} of {len(names)})"
         budget = self.budget
         if budget is not None:
             spent = sum(self.spent(name) for name in self.state["budget"]["split"])
-            text += f", budget {budget.describe(spent)} of {budget.describe(budget.total)} spent"
+            text += f", {budget.describe(spent)} of the plan's {budget.describe(budget.total)} spent before this search"
         return text
 
     def left_for(self, stage: Stage) -> float | None:
