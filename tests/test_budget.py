@@ -99,9 +99,9 @@ def test_every_builtin_plan_takes_a_budget(name, tmp_path):
     plan = load_plan(name)
     assert set(plan.budget_split) == set(plan.training_stages())
     run = start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", quiet=True), say=lambda *a: None,
-                     budget=Budget(500, EPOCHS))
+                     budget=Budget(1000, EPOCHS))  # plan-mlp's confirm share pays for one configuration from 600
     saved = json.loads((run.folder / "plan.json").read_text())["budget"]
-    assert saved["total"] == 500 and saved["unit"] == EPOCHS and saved["split"] == plan.budget_split
+    assert saved["total"] == 1000 and saved["unit"] == EPOCHS and saved["split"] == plan.budget_split
 
 
 @pytest.mark.parametrize("left, seeds, epochs", [(36, [0, 1, 2], 3), (24, [0, 1], 3), (13, [0], 3), (5, [0], 1)])
@@ -131,6 +131,19 @@ def test_a_plan_without_a_split_refuses_a_budget(write_space, tmp_path):
     path = write_space("dataset: synthetic\nstages:\n  - {name: rough, space: rough.yaml}\n", "nosplit.yaml")
     with pytest.raises(SearchError, match="has no budget_split, so --budget cannot be divided"):
         start_plan(load_plan(path), SearchOptions(storage=str(tmp_path)), budget=Budget(10, EPOCHS))
+
+
+def test_a_budget_whose_confirm_share_cannot_pay_for_one_configuration_is_refused_before_anything_trains(
+        budget_plan, tmp_path):
+    """Confirm's share, 0.4, must pay for one configuration over 2 seeds x 3 epochs: 15 is the least budget.
+    Below it the plan used to train its other stages and fail at confirm, its budget spent."""
+    with pytest.raises(SearchError, match=r"--budget 14: stage confirm's share \(0.4, 5.6 trial-epochs\) cannot pay "
+                                          r"for one configuration over its 2 seeds \(6 trial-epochs\); give --budget "
+                                          r"15 or more, or a larger share for confirm in budget_split"):
+        start_plan(load_plan(budget_plan()), SearchOptions(storage=str(tmp_path), name="p"), budget=Budget(14, EPOCHS))
+    assert not (tmp_path / "p").exists()  # nothing was started: the same --name can be given again
+    start_plan(load_plan(budget_plan()), SearchOptions(storage=str(tmp_path), name="p"), say=lambda *a: None,
+               budget=Budget(15, EPOCHS))
 
 
 def trial_epochs(folder) -> int:

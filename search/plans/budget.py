@@ -8,6 +8,7 @@ Trial-epochs are every epoch of every trial (a stopped trial counts the epochs i
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -36,7 +37,8 @@ class Budget:
                           f"3600s), got {text!r}")
 
     def describe(self, value: float) -> str:
-        return f"{value:,.0f} trial-epochs" if self.unit == EPOCHS else f"{value / 60:,.1f} min"
+        """Trial-epochs whole, rounded down (a stage allowed 11.6 can train 11), or minutes."""
+        return f"{math.floor(value + 1e-9):,} trial-epochs" if self.unit == EPOCHS else f"{value / 60:,.1f} min"
 
     def as_state(self, split: dict[str, float]) -> dict[str, Any]:
         return {"total": self.total, "unit": self.unit, "split": split, "spent": {}, "allowed": {}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,6 +108,9 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print
     if folder.exists():
         raise SearchError(f"plan folder {folder} already exists; continue it with `valley plan {folder}` "
                           "or choose another --name")
+    if budget is not None and budget.unit != SECONDS:
+        check_confirm_shares(PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), {"stages": {}}, say),
+                             budget)
     folder.mkdir(parents=True)
     stages = [{"name": st.name, "kind": st.kind, **({"from": st.source} if st.source else {}),
                **({"space": st.space} if st.space else {}), **st.settings} for st in plan.stages]
@@ -122,6 +126,23 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print
     run = PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), state, say)
     run.save()
     return run
+
+
+def check_confirm_shares(run: PlanRun, budget: Budget) -> None:
+    """Refuse, before anything trains, a trial-epoch budget whose share for a confirm stage cannot pay for
+    one configuration over its seeds (the stage would fail at the end of the plan, its budget spent)."""
+    from search.plans.stages.confirm import candidate_cost
+
+    for stage in run.plan.stages:
+        cost = candidate_cost(run, stage) if stage.kind == "confirm" else None
+        share = (run.plan.budget_split or {}).get(stage.name, 0.0)
+        if cost and share and budget.total * share < cost:
+            least = math.ceil(cost / share - 1e-9)
+            raise SearchError(
+                f"--budget {budget.total:g}: stage {stage.name}'s share ({share:g}, "
+                f"{budget.total * share:g} trial-epochs) cannot pay for one configuration over its "
+                f"{stage.get('seeds', 5)} seeds ({cost} trial-epochs); give --budget {least} or more, "
+                f"or a larger share for {stage.name} in budget_split")
 
 
 def reopen_plan(folder: Path, say: Callable[..., None] = print) -> PlanRun:
