@@ -10,7 +10,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -215,31 +214,31 @@ def test_data_folder_missing_or_malformed(refuse, write_space, tmp_path):
     assert "is not an unsigned-byte IDX file" in refuse(path, "--data-dir", str(tmp_path / "floats"))
 
 
-# --- the same refusals as a user sees them: a fresh process, one line, in under 5 s --------------
+# --- the same refusals as a user sees them: a fresh process, one line, before Ray starts ----------
 
 @pytest.mark.parametrize("extra, body, expected", [
     ([], "family: mpl\ndataset: digits\nmetric: val_loss\nmode: min\n", "unknown family 'mpl'"),
     (["--gpus-per-trial", "1"], HEADER, "asks for more GPUs than this machine has"),
     (["--dataset", "fashion_mnist", "--data-dir", "EMPTY"], HEADER, "downloading is off"),
 ])
-def test_refusal_in_a_fresh_process_is_fast(tmp_path, extra, body, expected):
+def test_refusal_in_a_fresh_process_comes_before_ray_starts(tmp_path, extra, body, expected):
+    """Ray starting would make a refusal take seconds: it has not when Ray's temporary folder (RAY_TMPDIR,
+    where every start writes its session) is still absent. Not timed: a loaded machine made 3.5 s 17."""
     if "--gpus-per-trial" in extra and os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1"):
         pytest.skip("this machine may have a GPU")
     (tmp_path / "empty").mkdir()
     spec = tmp_path / "space.yaml"
     spec.write_text(body)
     argv = [str(tmp_path / "empty") if a == "EMPTY" else a for a in extra]
-    env = {**os.environ, "VALLEY_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    started = time.perf_counter()
+    env = {**os.environ, "VALLEY_OFFLINE": "1", "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(tmp_path / "ray")}
     run = subprocess.run([sys.executable, "-m", "search.cli", "search", str(spec), "--storage",
                           str(tmp_path / "results"), *argv], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60)
-    elapsed = time.perf_counter() - started
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1 and expected in lines[0], run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "results").exists() or \
         not any((tmp_path / "results").iterdir())
-    assert elapsed < 5, f"refusal took {elapsed:.1f} s"
+    assert not (tmp_path / "ray").exists()
 
 
 def test_missing_pretrained_weights_stop_the_search_before_ray(refuse, write_space, monkeypatch, tmp_path):
