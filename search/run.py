@@ -45,7 +45,7 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
     Cheap checks come first, so that most refusals come before torch is even imported.
     """
     from trainables import FAMILIES
-    from trainables.data import DATASETS
+    from trainables.data import DATASETS, unknown_dataset
 
     opts.check()
     if opts.search == "bohb" and not all(importlib.util.find_spec(m) for m in ("hpbandster", "ConfigSpace")):
@@ -58,7 +58,7 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
     if dataset is None:
         raise SearchError(f"{space.source} names no dataset; pass --dataset ({', '.join(DATASETS)})")
     if dataset not in DATASETS:
-        raise SearchError(f"unknown data set {dataset!r}; valid data sets: {', '.join(sorted(DATASETS))}")
+        raise SearchError(unknown_dataset(dataset))
     epochs = opts.epochs(space)
     name = opts.name or experiment_name(space, dataset)
     if not NAME_RULE.match(name):

@@ -73,6 +73,21 @@ def test_offline_and_absent_names_folder_and_files(tmp_path):
     assert not is_available("cifar10", tmp_path)
 
 
+def test_a_failed_download_is_said_on_one_line(tmp_path, monkeypatch):
+    """torchvision's own download, from a mirror where nothing listens: its error names each mirror it
+    tried on lines of their own; valley's says it on one."""
+    import torchvision.datasets
+
+    monkeypatch.delenv("VALLEY_OFFLINE")
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion_mnist", data_dir=tmp_path)
+    message = str(err.value)
+    assert "could not be downloaded (RuntimeError: Error downloading train-images-idx3-ubyte.gz: Tried " \
+           "http://127.0.0.1:9/" in message and "\n" not in message, message
+    assert message.endswith(f"into {tmp_path / 'FashionMNIST' / 'raw'} (torchvision's layout) and run again")
+
+
 def test_corrupt_idx_file_says_so(tmp_path):
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
@@ -85,3 +100,5 @@ def test_corrupt_idx_file_says_so(tmp_path):
 def test_unknown_dataset_lists_names():
     with pytest.raises(KeyError, match="valid data sets: cifar10, clocks"):
         get_dataset("mnist")
+    with pytest.raises(KeyError, match=r"unknown data set 'fashion-mnist' \(did you mean 'fashion_mnist'\?\)"):
+        get_dataset("fashion-mnist")

@@ -60,6 +60,8 @@ def plan_file(write_space):
     ("stages:\n  - {name: a, space: mlp-rough, epochs: 3}", "unknown key; did you mean 'max_epochs'"),
     ("stages:\n  - {name: a, kind: sweep, space: mlp-rough}", "kind: must be one of search, bracket"),
     ("stages:\n  - {name: a, space: nope}", "unknown space 'nope'"),
+    ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: t, kind: transfer, from: a, dataset: cifar-10}",
+     r"stage 't': dataset: unknown data set 'cifar-10' \(did you mean 'cifar10'\?\)"),
     ("stages:\n  - {name: b, kind: bracket, space: mlp-rough, axis: layers, low: 5, high: 1}",
      "low < high must hold"),
     ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: v, kind: valley, from: a}\n"
@@ -81,6 +83,60 @@ def test_builtin_plans_load():
     assert "plan-mlp-digits" in builtin_plans()
     for name in builtin_plans():
         assert load_plan(name).stages
+
+
+def test_a_plan_that_cannot_run_is_refused_before_its_folder_is_made(write_space, tmp_path):
+    """An unknown family (when the plan is read), an unknown data set, a family that does not fit the data set:
+    one line each before anything trains, and the same --name can be given again."""
+    write_space(ROUGH.replace("family: mlp", "family: mpl"), "typo.yaml")
+    with pytest.raises(SearchError, match=r"stage 'rough': space: .*typo.yaml: family: unknown family 'mpl'; "
+                                          r"valid families: clock, cnn, mlp"):
+        load_plan(write_space("stages:\n  - {name: rough, space: typo.yaml}\n", "typo-plan.yaml"))
+    plan = load_plan(write_space("stages:\n  - {name: rough, space: clock-encodings}\n", "clock-plan.yaml"))
+    with pytest.raises(SearchError, match=r"unknown data set 'clock-tiny' \(did you mean 'clocks-tiny'\?\)"):
+        start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", dataset="clock-tiny"))
+    with pytest.raises(SearchError, match=r"stage rough: family 'clock' reads clocks, but data set 'digits' has "
+                                          r"class labels; give it one of clocks"):
+        start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", dataset="digits"))
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.ray
+def test_a_stage_that_fails_leaves_the_plan_interrupted_and_it_continues_from_there(ray_session, write_space,
+                                                                                     tmp_path):
+    """Fashion-MNIST's files missing (offline): the rough stage fails with one line that says how to continue;
+    plan.json reads 'interrupted' with the error (it read 'running' for ever). With the files in place,
+    `valley plan FOLDER` runs the stage, and the error is gone from plan.json."""
+    import numpy as np
+    from test_data import write_idx
+
+    from search.plans import reopen_plan
+    from trainables.data import FASHION_FILES
+
+    write_space(ROUGH, "rough.yaml")
+    plan = write_space("dataset: fashion_mnist\nstages:\n  - {name: rough, space: rough.yaml, max_epochs: 1}\n",
+                       "plan.yaml")
+    data = tmp_path / "data"
+    run = start_plan(load_plan(plan), SearchOptions(storage=str(tmp_path), name="p", quiet=True, data_dir=str(data)),
+                     say=lambda *a: None)
+    with pytest.raises(SearchError, match=r"data set 'fashion_mnist' is not in .* and downloading is off; put .* "
+                                          r"and run again \[the plan stopped in stage rough; `valley plan .*p` "
+                                          r"continues it from there\]$"):
+        run_plan(run)
+    state = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert state["status"] == state["stages"]["rough"]["status"] == "interrupted"
+    assert state["error"].startswith("stage rough: data set 'fashion_mnist' is not in")
+
+    raw = data / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in zip(FASHION_FILES, (5040, 5040, 20, 20)):
+        write_idx(raw / name, rng.integers(0, 256, (n, 28, 28)) if "images" in name else rng.integers(0, 10, n), False)
+    run_plan(reopen_plan(tmp_path / "p", say=lambda *a: None))
+    state = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert state["status"] == state["stages"]["rough"]["status"] == "completed"
+    assert "error" not in state and "error" not in state["stages"]["rough"]
+    assert len(pd.read_csv(tmp_path / "p" / "rough" / "trials.csv")) == 4
 
 
 @pytest.mark.ray

@@ -285,8 +285,9 @@ def _download(name: str, root: Path, folder: Path, files: tuple[str, ...], downl
         root.mkdir(parents=True, exist_ok=True)
         fetch()
     except Exception as err:  # noqa: BLE001 - any download failure means the same thing to the user
+        reason = " ".join(str(err).split())  # torchvision's says each mirror it tried on a line of its own
         raise DataError(f"data set {name!r} is not in {folder} and could not be downloaded "
-                        f"({type(err).__name__}: {str(err)[:120]}); {missing}") from None
+                        f"({type(err).__name__}: {reason[:200]}); {missing}") from None
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -311,9 +312,19 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
+def unknown_dataset(name: str) -> str:
+    """The one line that refuses a data set name: the names there are, and the nearest if one is near."""
+    import difflib
+
+    names = {n.replace("-", "_"): n for n in DATASETS}  # fashion-mnist is as near fashion_mnist as can be
+    near = difflib.get_close_matches(name.lower().replace("-", "_"), list(names), n=1)
+    hint = f" (did you mean {names[near[0]]!r}?)" if near else ""
+    return f"unknown data set {name!r}{hint}; valid data sets: {', '.join(sorted(DATASETS))}"
+
+
 def get_dataset(name: str) -> Dataset:
     if name not in DATASETS:
-        raise KeyError(f"unknown data set {name!r}; valid data sets: {', '.join(sorted(DATASETS))}")
+        raise KeyError(unknown_dataset(name))
     return DATASETS[name]
 
 

@@ -144,6 +144,11 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
                                      f"{', '.join(s.name for s in earlier) or 'none'}")
     if kind == "transfer" and "dataset" not in raw:
         raise fail(f"{where}: dataset", "a transfer stage needs `dataset:`, the data set to re-run on")
+    if kind == "transfer":
+        from trainables.data import DATASETS, unknown_dataset
+
+        if raw["dataset"] not in DATASETS:
+            raise fail(f"{where}: dataset", unknown_dataset(str(raw["dataset"])))
     if kind in ("valley", "confirm", "transfer") and source_stage is None:
         raise fail(f"{where}: from", f"a {kind} stage needs `from:` naming the stage it reads")
     if kind in ("search", "bracket") and "space" not in raw:
@@ -176,6 +181,11 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
             loaded = load_space(space)
         except SpaceError as err:
             raise fail(f"{where}: space", str(err)) from None
+        from trainables import FAMILIES
+
+        if loaded.family not in FAMILIES:
+            raise fail(f"{where}: space", f"{loaded.source}: family: unknown family {loaded.family!r}; valid "
+                                          f"families: {', '.join(sorted(FAMILIES))}")
         for key in raw.get("around", ()):
             problem = not_log_uniform(loaded.params, key, loaded.name)
             if problem:

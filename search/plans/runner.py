@@ -4,8 +4,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from search.options import OUTPUT_GONE
+from search.options import OUTPUT_GONE, SearchError
 from search.plans.budget import SECONDS, allowance
 from search.plans.format import TRAINING_KINDS, Stage
 from search.plans.state import PlanRun
@@ -47,9 +48,25 @@ def account(run: PlanRun, stage: Stage, seconds: float) -> None:
     run.save()
 
 
+def stopped_by(run: PlanRun, stage: Stage, err: Exception) -> NoReturn:
+    """A stage that raised: the plan reads 'interrupted' with the error in plan.json (not 'running' for
+    ever), and data that could not be read (files missing offline) says, on its one line, how to continue
+    the plan from this stage once the files are in place."""
+    from trainables.data import DataError
+
+    run.record(stage, status="interrupted", error=str(err))
+    run.state.update(status="interrupted", error=f"stage {stage.name}: {err}")
+    run.save()
+    if isinstance(err, DataError):
+        raise SearchError(f"{err} [the plan stopped in stage {stage.name}; `valley plan {run.folder}` continues "
+                          "it from there]") from err
+    raise err
+
+
 def run_plan(run: PlanRun) -> Path:
     """Run every stage not yet completed; returns the plan folder."""
     run.state["status"] = "running"
+    run.state.pop("error", None)  # what stopped it last time, put right
     run.save()
     for stage in run.plan.stages:
         if run.stage_state(stage.name).get("status") == "completed":
@@ -60,11 +77,14 @@ def run_plan(run: PlanRun) -> Path:
             run.save()
             return run.folder
         run.say(f"valley: stage {stage.name} ({stage.kind})" + (f" from {stage.source}" if stage.source else ""))
+        run.stage_state(stage.name).pop("error", None)
         run.record(stage, status="running", kind=stage.kind, derived_from={"stage": stage.source})
         allow(run, stage)
         started = time.monotonic()
         try:
             status = STAGE_RUNNERS[stage.kind](run, stage)
+        except Exception as err:
+            stopped_by(run, stage, err)
         finally:
             account(run, stage, time.monotonic() - started)
         run.record(stage, status=status)

@@ -22,7 +22,7 @@ from analysis import format as fmt
 from search.options import SearchError, SearchOptions
 from search.plans.budget import SECONDS, Budget
 from search.plans.format import TRAINING_KINDS, Plan, Stage, parse_plan
-from search.run import storage_root
+from search.run import check_task, storage_root
 from spaces import Dist, Space, load_space, read_yaml
 
 
@@ -97,9 +97,13 @@ class PlanRun:
 
 def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print,
                budget: Budget | None = None) -> PlanRun:
+    from trainables.data import DATASETS, unknown_dataset
+
     dataset = base.dataset or plan.dataset
     if dataset is None:
         raise SearchError(f"{plan.source} names no dataset; pass --dataset")
+    if dataset not in DATASETS:
+        raise SearchError(unknown_dataset(dataset))
     if budget is not None and plan.budget_split is None:
         raise SearchError(f"{plan.source} has no budget_split, so --budget cannot be divided among its stages; add "
                           f"e.g. `budget_split: {{{', '.join(f'{n}: ...' for n in plan.training_stages())}}}`")
@@ -108,6 +112,12 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print
     if folder.exists():
         raise SearchError(f"plan folder {folder} already exists; continue it with `valley plan {folder}` "
                           "or choose another --name")
+    for stage in plan.stages:  # a clock family on digits fails here, not after the stages before it have trained
+        if stage.space is not None and stage.kind != "transfer":
+            try:
+                check_task(load_space(stage.space).family, dataset)
+            except SearchError as err:
+                raise SearchError(f"{plan.source}: stage {stage.name}: {err}") from None
     if budget is not None and budget.unit != SECONDS:
         check_confirm_shares(PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), {"stages": {}}, say),
                              budget)
