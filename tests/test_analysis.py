@@ -142,7 +142,8 @@ def test_export_tables_round_trip(tmp_path, asha):
     assert len(trials) == 14 and len(pd.read_csv(tmp_path / "out" / "epochs.csv")) == len(asha.epochs)
 
 
-def test_load_1000_trials_is_fast(tmp_path):
+def test_load_1000_trials(tmp_path):
+    """Every trial and epoch of a large folder (the time it takes is benchmarks/scale.py's, not a test's)."""
     folder = tmp_path / "big"
     folder.mkdir()
     (folder / "valley.json").write_text(json.dumps({"metric": "val_loss", "mode": "min", "status": "completed"}))
@@ -154,11 +155,10 @@ def test_load_1000_trials_is_fast(tmp_path):
                  "best_epoch": e, "n_params": 100 * (i + 1), "test_loss": 1.0, "test_acc": 0.5,
                  "training_iteration": e, "time_total_s": 0.1 * e} for e in range(1, 6)]
         (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    start = time.perf_counter()
     big = load(folder)
-    elapsed = time.perf_counter() - start
     assert len(big.trials) == 1000 and len(big.epochs) == 5000
-    assert elapsed < 3.0, f"loading 1,000 trials took {elapsed:.2f} s; the budget is 3 s (5 s in the issue)"
+    assert big.trials.set_index("trial_id").loc["abcde_00999", "n_params"] == 100_000
+    assert big.epochs.groupby("trial_id")["epoch"].max().eq(5).all()
 
 
 def test_load_refuses_a_folder_without_experiments(tmp_path):
