@@ -1,17 +1,27 @@
-"""Ray's ASHA with its rungs rebuilt from disk when an experiment resumes.
+"""Ray's ASHA with its rungs rebuilt from disk when an experiment resumes, and its stop decisions kept.
 
 Ray Tune 2.60 saves the searcher's state with the experiment but not the scheduler's
 (ray-project/ray#30838): a restored ASHA starts with empty rungs, so the first trials after a
 resume are compared against nothing and never stopped. valley replays every restored trial's
 results on disk (``result.json``) through the trial's bracket, which records exactly what the
 live run recorded: at each result, the highest milestone reached that holds no value yet.
+
+A trial ASHA stopped after the last snapshot a killed driver wrote is unfinished in that snapshot,
+and Tune re-runs it from its checkpoint on resume; its rung already holds its value, so ASHA let it
+train on to the next milestone (a trial stopped at epoch 1 could train 8 more). Each stop is
+written to ``asha-stops.jsonl`` in the experiment folder as it is decided, and a restored trial
+found there is stopped again at the epoch it was stopped at (or at its first result past it, when
+its checkpoint was already at that epoch).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+STOPS = "asha-stops.jsonl"  # one {"trial_id", "epoch"} line per trial ASHA stopped before max_t
 
 
 class ValleyASHA(ASHAScheduler):
@@ -21,11 +31,22 @@ class ValleyASHA(ASHAScheduler):
         super().__init__(time_attr="training_iteration", **asha)
         self.quiet = quiet
         self.rebuilt = 0  # restored trials whose results went back into the rungs
+        self.stopped_at: dict[str, int] = {}  # restored trials ASHA had stopped: the epoch it stopped them at
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
         if trial.storage is not None and trial.storage.trial_dir_name:  # restored: its folder has a name
             self.replay(trial)  # its results, also any written after the snapshot it was restored from
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        epoch = result.get(self._time_attr, 0)
+        if trial.trial_id in self.stopped_at and epoch >= self.stopped_at[trial.trial_id]:
+            return TrialScheduler.STOP  # stopped here in the live run; the snapshot did not know it yet
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and epoch < self._max_t:
+            with open(Path(trial.path).parent / STOPS, "a") as record:
+                record.write(json.dumps({"trial_id": trial.trial_id, "epoch": epoch}) + "\n")
+        return action
 
     def replay(self, trial: Any) -> None:
         from analysis.load import read_results
@@ -39,8 +60,30 @@ class ValleyASHA(ASHAScheduler):
             print("valley: note: Ray does not save ASHA's rungs with the experiment; rebuilding them from "
                   "the results on disk", flush=True)
         self.rebuilt += bool(rows)
+        if trial.status != "TERMINATED":
+            if getattr(self, "_stops", None) is None:  # read once per resume, not once per trial
+                self._stops = stops(Path(trial.path).parent)
+            if trial.trial_id in self._stops:
+                self.stopped_at[trial.trial_id] = self._stops[trial.trial_id]
 
     def recorded(self) -> list[dict[str, float]]:
         """Each rung's recorded values by trial id (lowest milestone first), in the metric's own sign."""
         return [{t: self._metric_op * v for t, v in recorded.items()}
                 for bracket in self._brackets for _, recorded in reversed(bracket._rungs)]
+
+
+def stops(folder: Path) -> dict[str, int]:
+    """Trial id -> the epoch ASHA stopped it at, from ``folder/asha-stops.jsonl`` (a line cut short by a
+    kill is skipped: the stop it was writing is not in the snapshot either, and is decided again)."""
+    found = {}
+    try:
+        lines = (folder / STOPS).read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            found[entry["trial_id"]] = int(entry["epoch"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found

@@ -163,8 +163,8 @@ def test_sixty_trials_survive_trial_and_driver_kills(tmp_path):
         assert {t: rebuilt[milestone].get(t) for t in values} == pytest.approx(values), milestone
 
     # Optuna's study holds each trial once, with the value it finished with: the val_loss of its last
-    # epoch, unless it finished after the snapshot a kill lost and, re-run, went further (ASHA, its
-    # rungs fuller, may decide otherwise the second time): the study keeps the first end, one of the
+    # epoch, unless it finished after the snapshot a kill lost and, re-run from a checkpoint at the epoch
+    # ASHA stopped it, was stopped again one epoch later: the study keeps the first end, one of the
     # trial's own epochs. Only those trials may differ. Trials that began after such a snapshot are not
     # Tune's any more: failed, or finished apart.
     study = load_study(folder)
@@ -178,6 +178,13 @@ def test_sixty_trials_survive_trial_and_driver_kills(tmp_path):
     elsewhere = {t.user_attrs["ray_trial_id"] for t in told
                  if t.value != pytest.approx(curves[t.user_attrs["ray_trial_id"]][-1])}
     assert elsewhere <= ended_unsaved, (elsewhere, ended_unsaved)
+    # ... and went at most one epoch further: ASHA stops them again where it stopped them (search.asha, STOPS),
+    # or at their first result past it when their checkpoint was at that epoch already (the last epoch with the
+    # study's value: a trial that learns nothing repeats it)
+    for trial in told:
+        curve = curves[trial.user_attrs["ray_trial_id"]]
+        ended = max(epoch for epoch, value in enumerate(curve, 1) if trial.value == pytest.approx(value))
+        assert len(curve) <= ended + 1, (trial.user_attrs["ray_trial_id"], ended, len(curve))
 
 
 BOHB_SPACE = """\
