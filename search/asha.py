@@ -44,8 +44,11 @@ class ValleyASHA(ASHAScheduler):
             return TrialScheduler.STOP  # stopped here in the live run; the snapshot did not know it yet
         action = super().on_trial_result(tune_controller, trial, result)
         if action == TrialScheduler.STOP and epoch < self._max_t:
-            with open(Path(trial.path).parent / STOPS, "a") as record:
-                record.write(json.dumps({"trial_id": trial.trial_id, "epoch": epoch}) + "\n")
+            try:
+                with open(Path(trial.path).parent / STOPS, "a") as record:
+                    record.write(json.dumps({"trial_id": trial.trial_id, "epoch": epoch}) + "\n")
+            except OSError:  # the record only helps a resume after a kill; the search goes on without it
+                pass
         return action
 
     def replay(self, trial: Any) -> None:
