@@ -44,7 +44,7 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
 
     Cheap checks come first, so that most refusals come before torch is even imported.
     """
-    from trainables import FAMILIES
+    from trainables import FAMILIES, unknown_family
     from trainables.data import DATASETS, unknown_dataset
 
     opts.check()
@@ -52,8 +52,7 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
         raise SearchError("--search bohb needs hpbandster and ConfigSpace; install them with "
                           "`pip install -e '.[bohb]'` (or `pip install hpbandster ConfigSpace`)")
     if space.family not in FAMILIES:
-        raise SpaceError(f"{space.source}: family: unknown family {space.family!r}; valid families: "
-                         f"{', '.join(sorted(FAMILIES))}")
+        raise SpaceError(f"{space.source}: family: {unknown_family(space.family)}")
     dataset = opts.dataset or space.dataset
     if dataset is None:
         raise SearchError(f"{space.source} names no dataset; pass --dataset ({', '.join(DATASETS)})")

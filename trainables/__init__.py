@@ -29,10 +29,15 @@ def register_family(name: str, module: str) -> None:
     FAMILIES[name] = module
 
 
+def unknown_family(name: str) -> str:
+    """The words that refuse a family name, listing the valid ones."""
+    return f"unknown family {name!r}; valid families: {', '.join(sorted(FAMILIES))}"
+
+
 def get_family(name: str) -> Family:
     """The family record registered as ``name``; an unknown name lists the valid ones."""
     if name not in FAMILIES:
-        raise KeyError(f"unknown family {name!r}; valid families: {', '.join(sorted(FAMILIES))}")
+        raise KeyError(unknown_family(name))
     record = importlib.import_module(FAMILIES[name]).FAMILY
     if record.name != name:
         raise ValueError(f"{FAMILIES[name]}.FAMILY is named {record.name!r}, registered as {name!r}")

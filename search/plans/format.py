@@ -181,11 +181,10 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
             loaded = load_space(space)
         except SpaceError as err:
             raise fail(f"{where}: space", str(err)) from None
-        from trainables import FAMILIES
+        from trainables import FAMILIES, unknown_family
 
         if loaded.family not in FAMILIES:
-            raise fail(f"{where}: space", f"{loaded.source}: family: unknown family {loaded.family!r}; valid "
-                                          f"families: {', '.join(sorted(FAMILIES))}")
+            raise fail(f"{where}: space", f"{loaded.source}: family: {unknown_family(loaded.family)}")
         for key in raw.get("around", ()):
             problem = not_log_uniform(loaded.params, key, loaded.name)
             if problem:
