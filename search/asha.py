@@ -25,13 +25,18 @@ STOPS = "asha-stops.jsonl"  # one {"trial_id", "epoch"} line per trial ASHA stop
 
 
 class ValleyASHA(ASHAScheduler):
-    """ASHA on ``training_iteration``; a restored trial's results on disk go back into its rungs."""
+    """ASHA on ``training_iteration``; a restored trial's results on disk go back into its rungs.
+
+    Pickled with the experiment when it starts, so an attribute added later is a class default: an
+    experiment saved before it existed resumes with the default.
+    """
+
+    stopped_at: dict[str, int] | None = None  # on resume: trial id -> the epoch ASHA stopped it at (STOPS)
 
     def __init__(self, quiet: bool = False, **asha: Any) -> None:
         super().__init__(time_attr="training_iteration", **asha)
         self.quiet = quiet
         self.rebuilt = 0  # restored trials whose results went back into the rungs
-        self.stopped_at: dict[str, int] = {}  # restored trials ASHA had stopped: the epoch it stopped them at
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
@@ -40,7 +45,7 @@ class ValleyASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         epoch = result.get(self._time_attr, 0)
-        if trial.trial_id in self.stopped_at and epoch >= self.stopped_at[trial.trial_id]:
+        if epoch >= (self.stopped_at or {}).get(trial.trial_id, float("inf")):
             return TrialScheduler.STOP  # stopped here in the live run; the snapshot did not know it yet
         action = super().on_trial_result(tune_controller, trial, result)
         if action == TrialScheduler.STOP and epoch < self._max_t:
@@ -63,11 +68,8 @@ class ValleyASHA(ASHAScheduler):
             print("valley: note: Ray does not save ASHA's rungs with the experiment; rebuilding them from "
                   "the results on disk", flush=True)
         self.rebuilt += bool(rows)
-        if trial.status != "TERMINATED":
-            if getattr(self, "_stops", None) is None:  # read once per resume, not once per trial
-                self._stops = stops(Path(trial.path).parent)
-            if trial.trial_id in self._stops:
-                self.stopped_at[trial.trial_id] = self._stops[trial.trial_id]
+        if self.stopped_at is None:  # read once per resume; a finished trial in it never reports again
+            self.stopped_at = stops(Path(trial.path).parent)
 
     def recorded(self) -> list[dict[str, float]]:
         """Each rung's recorded values by trial id (lowest milestone first), in the metric's own sign."""

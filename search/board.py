@@ -95,8 +95,7 @@ def table(snap: Snapshot, metric: str, max_epochs: int, label: str = "", budget_
     c = snap.counts
     title = (f"{label + ' - ' if label else ''}{c['done']} done, {c['stopped']} stopped, {c['failed']} failed, "
              f"{c['running']} running, {c['pending']} pending - {spent(snap, budget_epochs)}"
-             f"{duration(snap.elapsed_s)} elapsed, "
-             f"~{duration(snap.left_s)} left")
+             f"{duration(snap.elapsed_s)} elapsed, ~{duration(snap.left_s)} left")
     grid = Table(title=title, title_justify="left", caption=(f"best {metric} {snap.best[1]:.4g} ({snap.best[0]})"
                                                               if snap.best else None), caption_justify="left")
     for column in ("running trial", "epoch", metric):
@@ -107,7 +106,13 @@ def table(snap: Snapshot, metric: str, max_epochs: int, label: str = "", budget_
 
 
 class Board:
-    """Redraws in place on a terminal; one line every ``every_s`` seconds otherwise. Never pickled live."""
+    """Redraws in place on a terminal; one line every ``every_s`` seconds otherwise. Never pickled live.
+
+    Pickled with the experiment, so an attribute added later is a class default: an experiment saved
+    before it existed resumes with the default.
+    """
+
+    budget_epochs: int | None = None  # a plan stage's trial-epoch budget: the board counts what is trained of it
 
     def __init__(self, metric: str, mode: str, max_epochs: int, every_s: float, label: str = "",
                  terminal: bool | None = None, budget_epochs: int | None = None) -> None:
