@@ -54,9 +54,8 @@ def stopped_by(run: PlanRun, stage: Stage, err: Exception) -> NoReturn:
     the plan from this stage once the files are in place."""
     from trainables.data import DataError
 
-    run.record(stage, status="interrupted", error=str(err))
     run.state.update(status="interrupted", error=f"stage {stage.name}: {err}")
-    run.save()
+    run.record(stage, status="interrupted", error=str(err))  # saves plan.json, once
     if isinstance(err, DataError):
         raise SearchError(f"{err} [the plan stopped in stage {stage.name}; `valley plan {run.folder}` continues "
                           "it from there]") from err
