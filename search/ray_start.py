@@ -29,9 +29,9 @@ SNAPSHOT_FLOOR_S = 1.0
 # What a local Ray's workers import before they take work (Ray's ``preload_python_modules``). Ray
 # starts one idle worker per CPU as soon as its raylet is up (``enable_worker_prestart``; by default
 # only once the driver has connected, half a second later here), so they load torch and the training
-# loop while ``ray.init`` returns and the driver builds the search, and a trial's first optimizer
-# finds ``torch._dynamo`` (which torch imports there, a second per process) already loaded.
-WORKER_PRELOAD = ("torch._dynamo", "trainables.loop")
+# loop while ``ray.init`` returns and the driver builds the search. Not ``torch._dynamo``: the loop's
+# optimisers do not need it (``trainables.eager``).
+WORKER_PRELOAD = ("trainables.loop",)
 
 
 def tune_environment() -> None:

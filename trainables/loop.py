@@ -23,6 +23,7 @@ from torch import nn
 from trainables import get_family
 from trainables.config import TrainConfig, resolve_variant
 from trainables.data import Splits
+from trainables.eager import defer_dynamo, eager_step
 from trainables.family import Family, Task
 from trainables.report import RayReporter, Reporter, default_reporter
 
@@ -107,11 +108,13 @@ def count_params(model: nn.Module) -> int:
 
 
 def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    """The configured optimiser, eager: it does not import torch's compiler (``trainables.eager``)."""
+    defer_dynamo()
     fused = {"fused": True} if device.type == "cuda" else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return eager_step(torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
     optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    return eager_step(optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused))
 
 
 def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) -> Any:
