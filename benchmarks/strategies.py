@@ -399,7 +399,9 @@ def figure(runs: pd.DataFrame, out: Path) -> None:
                 grid = np.linspace(0, max(c[x].max() for c in curves if len(c)) or 1, 60)
                 values = np.array([np.interp(grid, c[x], c["best_val"], left=np.nan) if len(c) else grid * np.nan
                                    for c in curves])
-                mean, low, high = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
+                with warnings.catch_warnings():  # before any repetition's first result a column is all NaN:
+                    warnings.simplefilter("ignore", RuntimeWarning)  # no line there, as meant
+                    mean, low, high = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
                 show = r == 1 and col == 1
                 fig.add_trace(go.Scatter(x=grid, y=mean, name=strategy, legendgroup=strategy, showlegend=show,
                                          line=dict(color=colours.get(strategy))), row=r, col=col)
