@@ -7,6 +7,7 @@ bug in valley: its traceback is printed under a line that says so, with exit sta
 from __future__ import annotations
 
 import argparse
+import difflib
 import gc
 import os
 import signal
@@ -113,8 +114,30 @@ def user_errors() -> tuple[type[Exception], ...]:
     return UsageError, SearchError, SpaceError, ConfigError, DataError, ResultsError
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """argparse's parse, but an option the command does not know is refused by that command (its
+    usage, not valley's) with the nearest option it has: ``--searcher`` -> "did you mean --search?"."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = chosen_command(parser, args)
+        options = [o[2:] for action in command._actions for o in action.option_strings if o.startswith("--")]
+        hints = [f"{name}: did you mean --{close[0]}?" for name in (u.split("=")[0] for u in unknown)
+                 if name.startswith("--") and (close := difflib.get_close_matches(name[2:], options, n=1))]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))
+    return args
+
+
+def chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser that ``args`` went through, e.g. ``valley data clocks``'s."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return chosen_command(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return args.run(args)
     except KeyboardInterrupt:

@@ -117,6 +117,24 @@ def test_options_out_of_range(refuse, write_space):
     assert "hidden must be a list" in refuse(path, "--set", "hidden=7")
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["search", "mlp-rough", "--searcher", "optuna"],
+     "valley search: error: unrecognized arguments: --searcher optuna (--searcher: did you mean --search?)"),
+    (["plan", "plan-mlp-digits", "--budgett=60"],
+     "valley plan: error: unrecognized arguments: --budgett=60 (--budgett: did you mean --budget?)"),
+    (["data", "clocks", "--out", "x", "--sizes", "3"],
+     "valley data clocks: error: unrecognized arguments: --sizes 3 (--sizes: did you mean --size?)"),
+    (["search", "mlp-rough", "--foo"], "valley search: error: unrecognized arguments: --foo"),
+])
+def test_a_mistyped_option_is_refused_by_its_command_with_the_nearest_one(capsys, argv, expected):
+    """The command's own usage and the option it has nearest to the typo, not valley's top-level usage."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2
+    assert err[0].startswith(f"usage: {expected.split(':')[0]} ") and err[-1] == expected
+
+
 def test_a_bug_is_a_traceback_that_says_so(monkeypatch, capsys, write_space, tmp_path):
     """An internal error is not dressed up as a user mistake: traceback, a line naming it a bug, exit 1."""
     def broken(space, overrides):
