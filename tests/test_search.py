@@ -264,8 +264,15 @@ BOARD_SPACE = "family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax
 def test_the_board_is_a_line_every_so_often_in_a_pipe_and_the_driver_never_imports_torch(write_space, tmp_path):
     """In a pipe the board is a line every --progress-every seconds. Only the trials need torch: the driver
     of an MLP search (its own Ray, in a fresh process) runs it with TensorBoard on, writes its manifest,
-    slims its finished trials and exits without importing it."""
-    code = ("import sys; from search.cli import main; "
+    slims its finished trials and exits without importing it. At exit its Ray's autoscaler monitor is
+    gone before Ray's shutdown reaches it (which would wait a second for it in vain)."""
+    observe = ("import ray._private.node as node; kill = node.Node._kill_process_impl\n"
+               "def seen(self, kind, *args, **kwargs):\n"
+               "    if kind == 'monitor':\n"
+               "        print('monitor alive at Ray shutdown:', self.all_processes[kind][0].process.poll() is None)\n"
+               "    return kill(self, kind, *args, **kwargs)\n"
+               "node.Node._kill_process_impl = seen\n")
+    code = (observe + "import sys; from search.cli import main; "
             f"sys.argv = ['valley', 'search', {str(write_space(BOARD_SPACE))!r}, '--storage', {str(tmp_path)!r}, "
             "'--name', 'piped', '--num-cpus', '2', '--progress-every', '0.5']; code = main(); "
             "print('torch imported:', 'torch' in sys.modules); sys.exit(code)")
@@ -281,6 +288,7 @@ def test_the_board_is_a_line_every_so_often_in_a_pipe_and_the_driver_never_impor
     assert "best val_loss" in boards[-1] and "elapsed" in boards[-1] and "\x1b[" not in out
     assert sum(line.startswith("[") for line in out.splitlines()) == 3  # the per-trial lines stay
     assert "torch imported: False" in out
+    assert "monitor alive at Ray shutdown: False" in out
     assert "WARNING" not in out, out  # Ray's notice of token authentication, on every local search before
     assert len(pd.read_csv(tmp_path / "piped" / "trials.csv")) == 3
     assert len(list((tmp_path / "piped").glob("*/events.out.tfevents.*"))) == 3

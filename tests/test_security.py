@@ -67,7 +67,7 @@ def test_start_ray_asks_for_a_fresh_loopback_ray(monkeypatch):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
-    monkeypatch.setattr(ray_start, "reap_local_ray_with_driver", lambda before: None)
+    monkeypatch.setattr(ray_start, "reap_local_ray_with_driver", lambda pids: None)
     monkeypatch.setattr(ray_start, "protect_auth_token", lambda create=False: None)
     before = ray_constants.ENABLE_RAY_CLUSTER
     ray_start.start_ray(SearchOptions(num_cpus=2))
