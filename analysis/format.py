@@ -48,6 +48,7 @@ TRIAL_STATUSES = {
     "unfinished": "the search was interrupted; `valley resume` continues it", "pending": "not started",
 }
 DONE = ("completed", "stopped", "stalled")  # a trial that finished
+TRAINED = ("completed", "stalled")  # ... having trained all its epochs, or until its own patience stopped it
 FAILED = ("failed", "diverged")  # its metric says nothing about the model
 ACTIVE = ("running", "pending", "paused", "unfinished")
 
@@ -164,6 +165,8 @@ def confirm_verdict(summary: dict[str, Any], winner: str | None = None) -> str:
         text += f": {metric} {summary['winner_mean']:.4g}"
         if isinstance(summary.get("runner_up_mean"), float):
             text += f", the runner-up's {summary['runner_up_mean']:.4g}"
+    if len(summary.get("seeds") or ()) == 1:
+        return text + "; on one seed: no interval, no P"
     if p is None:
         return text
     text += f"; P(winner beats runner-up) = {p:.3g}"

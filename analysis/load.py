@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.format import (ACTIVE, DONE, FAILED, MANIFEST, PLAN_STATE, Task, guess_mode, metric_column,
+from analysis.format import (ACTIVE, DONE, FAILED, MANIFEST, PLAN_STATE, TRAINED, Task, guess_mode, metric_column,
                              read_manifest, task_of, trial_status)
 
 
@@ -247,13 +247,14 @@ def write_tables(folder: str | Path) -> pd.DataFrame:
 
 
 def with_seed_spread(trials: pd.DataFrame, task: Task) -> pd.DataFrame:
-    """Add, per trial, the mean and spread of the test metric over the seeds of its config."""
+    """Add, per trial, the mean and spread of the test metric over the seeds of its config that trained
+    all their epochs (a seed ASHA or a budget cut short, or a failed one, is no repeat of the others)."""
     from analysis.valley import config_key
 
     column = task.test_metric
     if trials.empty or column is None or column not in trials:
         return trials
-    usable = ~trials["status"].isin(FAILED)
+    usable = trials["status"].isin(TRAINED)
     groups = trials[column].where(usable).groupby(config_key(trials))
     return trials.assign(**{"seeds": groups.transform("count"), f"seeds_mean_{column}": groups.transform("mean"),
                             f"seeds_std_{column}": groups.transform("std")})

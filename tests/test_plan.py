@@ -3,9 +3,11 @@ resuming: tests/test_budget.py)."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pandas as pd
 import pytest
+import yaml
 
 from search.plans import load_plan, run_plan, start_plan
 from search.run import SearchError, SearchOptions
@@ -165,6 +167,10 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path
     assert summary["p_winner_beats_runner_up"] is None or 0 <= summary["p_winner_beats_runner_up"] <= 1
     confirm_trials = pd.read_csv(folder / "confirm" / "trials.csv")
     assert sorted(confirm_trials["config/split_seed"].unique()) == [0, 1]
+    assert "incomplete" not in summary  # every configuration finished both seeds
+    grid = yaml.safe_load((folder / "confirm.space.yaml").read_text())["grid"]
+    assert [row["seed"] for row in grid] == sorted(row["seed"] for row in grid)  # seed by seed: a budget that
+    # runs out leaves every configuration with the same seeds
 
     # a finished plan continued (`valley resume` of a plan folder is `valley plan FOLDER`) re-runs nothing
     from search import cli
@@ -329,6 +335,37 @@ def test_confirm_chooses_the_winner_on_validation_not_on_test():
     assert confirm_verdict(summary, "config 1") == (
         "winner config 1 by mean best_val_loss (min): test_acc 0.905, the runner-up's 0.95; P(winner beats "
         "runner-up) = 0, so on test_acc the runner-up does better: validation did not tell them apart")
+
+
+def test_confirm_counts_only_seeds_that_trained_all_their_epochs_and_compares_on_shared_ones():
+    """A time budget that ran out: config A finished seeds 0-2, B seeds 0-1 (its seed 2 cut short), C none.
+    A lucky seed of a configuration that ran fewer must not win: A and B meet on seeds 0 and 1, C is out."""
+    from analysis.format import confirm_verdict
+    from search.plans import confirm_table
+    from trainables import get_family
+
+    rows = []
+    for seed, (a, b) in enumerate([(0.30, 0.35), (0.32, 0.36), (0.31, 0.05)]):
+        rows.append({"config/hidden": "[8]", "config/seed": seed, "status": "completed", "best_val_loss": a,
+                     "test_acc": 0.9})
+        rows.append({"config/hidden": "[16]", "config/seed": seed, "status": "stopped" if seed == 2 else "completed",
+                     "best_val_loss": b, "test_acc": 0.99 if seed == 2 else 0.8})
+    rows.append({"config/hidden": "[32]", "config/seed": 0, "status": "stopped", "best_val_loss": 0.01,
+                 "test_acc": 0.99})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's empty-slice warnings once reached the terminal
+        table, summary = confirm_table(pd.DataFrame(rows), [{"hidden": [8]}, {"hidden": [16]}, {"hidden": [32]}],
+                                       "best_val_loss", "min", get_family("mlp").task)
+    assert json.loads(summary["winner"]) == {"hidden": [8]} and summary["seeds"] == [0, 1]
+    assert list(table["seeds"]) == [2, 2] and list(table["mean_test_acc"]) == pytest.approx([0.9, 0.8])
+    assert summary["incomplete"] == ("1 of 3 configurations finished no seed: left out; compared on the seeds every "
+                                     "configuration finished (0, 1); left out: 1 more seed of some")
+    one = pd.DataFrame([row for row in rows if row["config/seed"] == 0])  # one seed: nothing to resample
+    table, summary = confirm_table(one, [{"hidden": [8]}, {"hidden": [16]}], "best_val_loss", "min",
+                                   get_family("mlp").task)
+    assert summary["p_winner_beats_runner_up"] is None and table[["ci95_low", "ci95_high"]].isna().all().all()
+    assert confirm_verdict(summary, "config 1") == ("winner config 1 by mean best_val_loss (min): test_acc 0.9, the "
+                                                    "runner-up's 0.8; on one seed: no interval, no P")
 
 
 def test_top_configs_fill_with_early_stopped_trials_only_when_asked():

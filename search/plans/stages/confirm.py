@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.format import confirm_verdict, metric_column
+from analysis.format import TRAINED, confirm_verdict, metric_column
 from analysis.load import config_of
 from search.options import SearchError
 from search.plans.format import Stage
@@ -112,7 +113,8 @@ def run(run: PlanRun, stage: Stage) -> str:
     if note:
         run.say(f"valley: stage {stage.name}: {note}")
         run.record(stage, note=note)
-    grid = [{**config, "seed": s, "split_seed": s} for config in configs for s in range(seeds)]
+    # seed by seed, each over every configuration: a time budget that runs out leaves them with the same seeds
+    grid = [{**config, "seed": s, "split_seed": s} for s in range(seeds) for config in configs]
     space = write_space(run, stage.name, source_space, grid, {},
                         f"stage {stage.name}: {len(configs)} configurations of {', '.join(dict.fromkeys(origins))} "
                         f"x {seeds} seeds")
@@ -125,6 +127,8 @@ def run(run: PlanRun, stage: Stage) -> str:
                                    source_space.mode, get_family(source_space.family).task)
     origin = {json.dumps(c): o for c, o in zip(configs, origins)}
     table.insert(2, "stage", [origin.get(label, "") for label in table["label"]])
+    if summary.get("incomplete"):
+        run.say(f"valley: stage {stage.name}: {summary['incomplete']}")
     summary["winner_stage"] = origin.get(summary["winner"])
     if summary["winner_stage"] != stage.source:
         summary["note"] = (f"the winner is stage {summary['winner_stage']}'s best: the stages after it found "
@@ -147,33 +151,61 @@ def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: s
     figure optimistic. Seeds are shared across configurations (seed s uses split s for every
     one), so the bootstrap resamples seeds jointly: P(winner beats runner-up) is a paired
     estimate, on the test metric.
+
+    A seed counts once its trial has trained all its epochs (or stopped by its own patience): one a
+    time budget cut short is no confirmation. Where the configurations did not all finish the same
+    seeds (a budget ran out), they are compared on the seeds every one of them finished, and one that
+    finished none is left out; ``summary["incomplete"]`` says so.
     """
     column, mode = task.test_metric, task.mode
+    if "status" in trials:
+        trials = trials[trials["status"].isin(TRAINED)]
     labels = [config_of(row) for _, row in trials.iterrows()]
-    by_config, chosen_by = [], []
-    for config in configs:
-        mine = trials[[label == config for label in labels]].set_index("config/seed")
-        by_config.append(mine[column].dropna())
-        chosen_by.append(mine[select].mean())
-    seeds = sorted(set().union(*(values.index for values in by_config)))
+    mine = [trials[[label == config for label in labels]].set_index("config/seed") for config in configs]
+    finished = [set(rows[column].dropna().index) for rows in mine]
+    kept = [i for i, seeds in enumerate(finished) if seeds]
+    if not kept:
+        raise SearchError("no configuration finished a seed: the budget ran out before one trial trained all its "
+                          "epochs; raise --budget or this stage's share in budget_split")
+    shared = set.intersection(*(finished[i] for i in kept))
+    notes = []
+    if len(kept) < len(configs):
+        notes.append(f"{len(configs) - len(kept)} of {len(configs)} configurations finished no seed: left out")
+    if shared and any(finished[i] != shared for i in kept):
+        extra = sum(len(finished[i] - shared) for i in kept)
+        notes.append(f"compared on the seeds every configuration finished ({', '.join(map(str, sorted(shared)))}); "
+                     f"left out: {extra} more seed{'s' * (extra != 1)} of some")
+    elif not shared:
+        notes.append("WARNING: the configurations finished no seed in common, so their means are over different "
+                     "seeds and P is not paired")
+    seeds = sorted(shared) if shared else sorted(set().union(*(finished[i] for i in kept)))
+    configs = [configs[i] for i in kept]
+    by_config = [mine[i].loc[mine[i].index.isin(seeds), column].dropna() for i in kept]
+    chosen_by = [mine[i].loc[mine[i].index.isin(seeds), select].mean() for i in kept]
     matrix = np.array([[values.get(s, np.nan) for s in seeds] for values in by_config], dtype=float)
     resample = np.random.default_rng(0).integers(0, len(seeds), size=(n_boot, len(seeds)))
-    boot = np.nanmean(matrix[:, resample], axis=2)  # (configs, n_boot) means over resampled seeds
-    table = pd.DataFrame({
-        "config": range(1, len(configs) + 1), "label": [json.dumps(c) for c in configs],
-        "seeds": np.isfinite(matrix).sum(axis=1), f"mean_{select}": chosen_by,
-        f"mean_{column}": np.nanmean(matrix, axis=1),
-        f"std_{column}": np.nanstd(matrix, axis=1, ddof=1) if len(seeds) > 1 else np.nan,
-        "ci95_low": np.nanpercentile(boot, 2.5, axis=1), "ci95_high": np.nanpercentile(boot, 97.5, axis=1),
-    })
+    with warnings.catch_warnings():  # only without shared seeds: a resample may miss a configuration's seeds
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = np.nanmean(matrix[:, resample], axis=2)  # (configs, n_boot) means over resampled seeds
+        counts = np.isfinite(matrix).sum(axis=1)
+        table = pd.DataFrame({
+            "config": range(1, len(configs) + 1), "label": [json.dumps(c) for c in configs],
+            "seeds": counts, f"mean_{select}": chosen_by,
+            f"mean_{column}": np.nanmean(matrix, axis=1),
+            f"std_{column}": [np.nanstd(row, ddof=1) if n > 1 else np.nan for row, n in zip(matrix, counts)],
+            "ci95_low": np.nanpercentile(boot, 2.5, axis=1), "ci95_high": np.nanpercentile(boot, 97.5, axis=1),
+        })
     order = table[f"mean_{select}"].sort_values(ascending=select_mode == "min", kind="stable").index.to_list()
     table = table.loc[order].reset_index(drop=True)
     p = None
     means = [float(m) for m in table[f"mean_{column}"].head(2)]
-    if len(order) > 1:
+    if len(seeds) < 2:  # every resample is the one seed: an interval of a point and P of 0 or 1 would mislead
+        table[["ci95_low", "ci95_high"]] = np.nan
+    elif len(order) > 1:
         winner, runner = boot[order[0]], boot[order[1]]
         p = float(np.mean(winner > runner) if mode == "max" else np.mean(winner < runner))
     return table, {"metric": column, "mode": mode, "chosen_by": f"mean {select} ({select_mode})",
                    "winner": table.loc[0, "label"], "winner_mean": means[0],
-                   **({"runner_up": table.loc[1, "label"], "runner_up_mean": means[1]} if p is not None else {}),
-                   "p_winner_beats_runner_up": p, "bootstrap_resamples": n_boot, "seeds": seeds}
+                   **({"runner_up": table.loc[1, "label"], "runner_up_mean": means[1]} if len(order) > 1 else {}),
+                   "p_winner_beats_runner_up": p, "bootstrap_resamples": n_boot, "seeds": seeds,
+                   **({"incomplete": "; ".join(notes)} if notes else {})}
