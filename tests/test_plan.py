@@ -354,10 +354,11 @@ def test_confirm_counts_only_seeds_that_trained_all_their_epochs_and_compares_on
                  "test_acc": 0.99})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's empty-slice warnings once reached the terminal
-        table, summary = confirm_table(pd.DataFrame(rows), [{"hidden": [8]}, {"hidden": [16]}, {"hidden": [32]}],
+        table, summary = confirm_table(pd.DataFrame(rows), [{"hidden": [8]}, {"hidden": [32]}, {"hidden": [16]}],
                                        "best_val_loss", "min", get_family("mlp").task)
     assert json.loads(summary["winner"]) == {"hidden": [8]} and summary["seeds"] == [0, 1]
     assert list(table["seeds"]) == [2, 2] and list(table["mean_test_acc"]) == pytest.approx([0.9, 0.8])
+    assert list(table["config"]) == [1, 3]  # the candidates' numbers: C's (2) left out
     assert summary["incomplete"] == ("1 of 3 configurations finished no seed: left out; compared on the seeds every "
                                      "configuration finished (0, 1); left out: 1 more seed of some")
     one = pd.DataFrame([row for row in rows if row["config/seed"] == 0])  # one seed: nothing to resample

@@ -189,7 +189,7 @@ def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: s
         boot = np.nanmean(matrix[:, resample], axis=2)  # (configs, n_boot) means over resampled seeds
         counts = np.isfinite(matrix).sum(axis=1)
         table = pd.DataFrame({
-            "config": range(1, len(configs) + 1), "label": [json.dumps(c) for c in configs],
+            "config": [i + 1 for i in kept], "label": [json.dumps(c) for c in configs],  # candidate numbers
             "seeds": counts, f"mean_{select}": chosen_by,
             f"mean_{column}": np.nanmean(matrix, axis=1),
             f"std_{column}": [np.nanstd(row, ddof=1) if n > 1 else np.nan for row, n in zip(matrix, counts)],
