@@ -1,7 +1,7 @@
 """torch's optimisers, eager, without importing ``torch._dynamo``.
 
-A ``torch.optim`` optimiser imports ``torch._dynamo`` (torch's compiler front end: 1.3 s of CPU in
-each process here, more than half of ``import torch`` again) when it is built, zeroes its gradients,
+A ``torch.optim`` optimiser imports ``torch._dynamo`` (torch's compiler front end: 1.3-1.7 s of CPU in
+each process here, nearly as much as ``import torch`` itself) when it is built, zeroes its gradients,
 steps or saves its state, only to keep the compiler out of those methods or to mark graph breaks
 for it. Until something imports the compiler nothing can be compiling, and then those guards do
 nothing: ``defer_dynamo`` lets the four guarded methods run plain until then (and torch's own way
