@@ -294,7 +294,7 @@ def _plan_stages(plan: Experiment) -> str:
         if around:
             moved = ", ".join(f"{key} in [{low:.3g}, {high:.3g}]" for key, (low, high) in around.items())
             outcome = f"searched {moved}, around the valley's best trial; {outcome}"
-        for note in (state.get("note"), summary.get("note")):
+        for note in (state.get("note"), summary.get("incomplete"), summary.get("note")):
             if note:
                 outcome = f"{outcome} ({note})" if outcome else note
         row = {"stage": name, "kind": state.get("kind"), "status": state.get("status"),
