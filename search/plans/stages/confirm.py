@@ -180,8 +180,9 @@ def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: s
                      "seeds and P is not paired")
     seeds = sorted(shared) if shared else sorted(set().union(*(finished[i] for i in kept)))
     configs = [configs[i] for i in kept]
-    by_config = [mine[i].loc[mine[i].index.isin(seeds), column].dropna() for i in kept]
-    chosen_by = [mine[i].loc[mine[i].index.isin(seeds), select].mean() for i in kept]
+    compared = [mine[i][mine[i].index.isin(seeds)] for i in kept]
+    by_config = [rows[column].dropna() for rows in compared]
+    chosen_by = [rows[select].mean() for rows in compared]
     matrix = np.array([[values.get(s, np.nan) for s in seeds] for values in by_config], dtype=float)
     resample = np.random.default_rng(0).integers(0, len(seeds), size=(n_boot, len(seeds)))
     with warnings.catch_warnings():  # only without shared seeds: a resample may miss a configuration's seeds
