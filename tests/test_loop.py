@@ -220,18 +220,13 @@ def test_training_never_imports_torchs_compiler(tmp_path):
     (1.3 s of a fresh worker's CPU on the way to its first result)."""
     code = f"""
 import sys
+from tests.test_families import Crash
 from trainables.loop import train
 from trainables.report import LocalReporter
 
-class Killed(LocalReporter):
-    def report(self, metrics, checkpoint_dir):
-        super().report(metrics, checkpoint_dir)
-        if metrics["epoch"] == 1:
-            raise KeyboardInterrupt
-
 config = {{"family": "mlp", "hidden": [16], "dataset": "synthetic", "max_epochs": 2, "checkpoint_s": 0}}
 try:
-    train(config, reporter=Killed({str(tmp_path)!r}))
+    train(config, reporter=Crash({str(tmp_path)!r}, at=1))
 except KeyboardInterrupt:
     pass
 resumed = LocalReporter({str(tmp_path)!r})
