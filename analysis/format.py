@@ -43,12 +43,13 @@ TRIAL_STATUSES = {
     "completed": "ran its epochs, or stopped early by its own patience",
     "stopped": "stopped by the scheduler (ASHA) or a budget, perhaps before its first epoch",
     "stalled": "ended with its validation metric at chance level for its last stall_epochs epochs (it learned "
-               "nothing); ranked by its metric like any other, never picked without a warning",
+               "nothing), on its own or stopped by the scheduler or a budget (then stopped_by_scheduler is true); "
+               "ranked by its metric like any other, never picked without a warning",
     "failed": "raised an error (see error)", "diverged": "its loss became NaN or infinite",
     "unfinished": "the search was interrupted; `valley resume` continues it", "pending": "not started",
 }
 DONE = ("completed", "stopped", "stalled")  # a trial that finished
-TRAINED = ("completed", "stalled")  # ... having trained all its epochs, or until its own patience stopped it
+TRAINED = ("completed", "stalled")  # ... having trained all its epochs, or until its own patience stopped it (trained())
 FAILED = ("failed", "diverged")  # its metric says nothing about the model
 ACTIVE = ("running", "pending", "paused", "unfinished")
 
@@ -82,6 +83,15 @@ def trial_status(last: dict[str, Any], error: str, has_rows: bool, max_epochs: i
     if not search_finished:
         return "unfinished"
     return "stalled" if last.get("stalled") else "stopped"
+
+
+def trained(trials: Any) -> Any:
+    """Which rows of a trials table trained all their epochs, or until their own patience stopped them:
+    completed, or stalled at chance level to the end; not one a scheduler or a budget cut short."""
+    mask = trials["status"].isin(TRAINED)
+    if "stopped_by_scheduler" in trials:
+        mask &= ~trials["stopped_by_scheduler"].fillna(False).astype(bool)
+    return mask
 
 
 def metric_column(metric: str) -> str:
@@ -165,7 +175,12 @@ def confirm_verdict(summary: dict[str, Any], winner: str | None = None) -> str:
         text += f": {metric} {summary['winner_mean']:.4g}"
         if isinstance(summary.get("runner_up_mean"), float):
             text += f", the runner-up's {summary['runner_up_mean']:.4g}"
-    if len(summary.get("seeds") or ()) == 1:
+    seeds = len(summary.get("seeds") or ())
+    if summary.get("winner_failed"):
+        text += f"; it failed or diverged on {summary['winner_failed']} of {seeds} seeds"
+    if summary.get("runner_up_failed", 0) > summary.get("winner_failed", 0):
+        return text + f"; the runner-up failed or diverged on {summary['runner_up_failed']} of {seeds} seeds"
+    if seeds == 1:
         return text + "; on one seed: no interval, no P"
     if p is None:
         return text

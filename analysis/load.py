@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.format import (ACTIVE, DONE, FAILED, MANIFEST, PLAN_STATE, TRAINED, Task, guess_mode, metric_column,
-                             read_manifest, task_of, trial_status)
+from analysis.format import (ACTIVE, DONE, FAILED, MANIFEST, PLAN_STATE, Task, ended_itself, guess_mode,
+                             metric_column, read_manifest, task_of, trained, trial_status)
 
 
 class ResultsError(ValueError):
@@ -157,14 +157,15 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
     tune_status = ended.get(trial_id) if failed and ended is not None else None
     recovered = tune_status == "TERMINATED" or (tune_status != "ERROR" and _recovered(text, last))
     error = _last_line(text) if failed and not recovered else ""
-    status = trial_status(last, error, bool(rows), config.get("max_epochs"), finished)
+    max_epochs = config.get("max_epochs")
+    status = trial_status(last, error, bool(rows), max_epochs, finished)
     if status == "completed":
         error = ""
     best = next((r for r in rows if r.get("epoch") == last.get("best_epoch")), last)
     row: dict[str, Any] = {
         "trial_id": trial_id,
         "status": status,
-        "stopped_by_scheduler": status == "stopped",
+        "stopped_by_scheduler": status == "stopped" or (status == "stalled" and not ended_itself(last, max_epochs)),
         "failure": status if status in FAILED else "",
         "error": error,
         "n_params": last.get("n_params"),
@@ -254,7 +255,7 @@ def with_seed_spread(trials: pd.DataFrame, task: Task) -> pd.DataFrame:
     column = task.test_metric
     if trials.empty or column is None or column not in trials:
         return trials
-    usable = trials["status"].isin(TRAINED)
+    usable = trained(trials)
     groups = trials[column].where(usable).groupby(config_key(trials))
     return trials.assign(**{"seeds": groups.transform("count"), f"seeds_mean_{column}": groups.transform("mean"),
                             f"seeds_std_{column}": groups.transform("std")})

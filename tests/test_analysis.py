@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis import figures
-from analysis.format import Task
+from analysis.format import Task, trained
 from analysis.load import ResultsError, export_tables, load, load_experiment, progress, top_table, write_tables
 from analysis.valley import find_valley, never_left_chance, not_learning
 
@@ -133,6 +133,22 @@ def test_a_failure_in_the_second_of_the_last_report_asks_tune(tmp_path, tune_sta
         (folder / "experiment_state-2099-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [[state, "{}"]]}))
     trials, _ = load_experiment(folder)
     assert trials.set_index("trial_id").loc[trial, "status"] == expected
+
+
+def test_a_trial_cut_short_at_chance_level_reads_stalled_and_stopped_by_the_scheduler(tmp_path):
+    """Stalled says it learned nothing; stopped_by_scheduler says it did not train all its epochs (so a confirm
+    stage or a seed's mean does not count it), as for any trial ASHA stopped."""
+    folder = shutil.copytree(ASHA, tmp_path / "stalled")
+    for trial in ("9f306_00000", "9f306_00001"):
+        lines = (folder / trial / "result.json").read_text().splitlines()
+        lines[-1] = json.dumps({**json.loads(lines[-1]), "stalled": True})
+        (folder / trial / "result.json").write_text("\n".join(lines) + "\n")
+    before = load_experiment(ASHA)[0].set_index("trial_id")
+    assert before.loc["9f306_00000", "status"] == "stopped" and before.loc["9f306_00001", "status"] == "completed"
+    trials = load_experiment(folder)[0].set_index("trial_id")
+    assert list(trials.loc[["9f306_00000", "9f306_00001"], "status"]) == ["stalled", "stalled"]
+    assert list(trials.loc[["9f306_00000", "9f306_00001"], "stopped_by_scheduler"]) == [True, False]
+    assert list(trained(trials.loc[["9f306_00000", "9f306_00001"]])) == [False, True]
 
 
 def test_export_tables_round_trip(tmp_path, asha):

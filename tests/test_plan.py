@@ -360,13 +360,61 @@ def test_confirm_counts_only_seeds_that_trained_all_their_epochs_and_compares_on
     assert list(table["seeds"]) == [2, 2] and list(table["mean_test_acc"]) == pytest.approx([0.9, 0.8])
     assert list(table["config"]) == [1, 3]  # the candidates' numbers: C's (2) left out
     assert summary["incomplete"] == ("1 of 3 configurations finished no seed: left out; compared on the seeds every "
-                                     "configuration finished (0, 1); left out: 1 more seed of some")
+                                     "configuration ended (0, 1); left out: 1 more seed of some")
     one = pd.DataFrame([row for row in rows if row["config/seed"] == 0])  # one seed: nothing to resample
     table, summary = confirm_table(one, [{"hidden": [8]}, {"hidden": [16]}], "best_val_loss", "min",
                                    get_family("mlp").task)
     assert summary["p_winner_beats_runner_up"] is None and table[["ci95_low", "ci95_high"]].isna().all().all()
     assert confirm_verdict(summary, "config 1") == ("winner config 1 by mean best_val_loss (min): test_acc 0.9, the "
                                                     "runner-up's 0.8; on one seed: no interval, no P")
+
+
+def test_a_seed_that_diverged_counts_against_its_configuration_not_against_the_others_seeds():
+    """A trained all 5 seeds; B trained seed 0 and diverged on 1-4. Compared on seed 0 alone, B's lucky seed won
+    and A's four were thrown away. Now both are compared on 0-4, and B, which failed on 4, ranks after A."""
+    from analysis.format import confirm_verdict
+    from search.plans import confirm_table
+    from trainables import get_family
+
+    rows = [{"config/lr": 0.1, "config/seed": s, "status": "completed", "best_val_loss": 0.5, "test_acc": 0.9}
+            for s in range(5)]
+    rows += [{"config/lr": 0.01, "config/seed": 0, "status": "completed", "best_val_loss": 0.45, "test_acc": 0.91}]
+    rows += [{"config/lr": 0.01, "config/seed": s, "status": "diverged", "best_val_loss": None, "test_acc": None}
+             for s in range(1, 5)]
+    table, summary = confirm_table(pd.DataFrame(rows), [{"lr": 0.01}, {"lr": 0.1}], "best_val_loss", "min",
+                                   get_family("mlp").task)
+    assert json.loads(summary["winner"]) == {"lr": 0.1} and summary["seeds"] == [0, 1, 2, 3, 4]
+    assert list(table["config"]) == [2, 1] and list(table["seeds"]) == [5, 1] and list(table["failed"]) == [0, 4]
+    assert table.loc[1, ["ci95_low", "ci95_high"]].isna().all()  # one trained seed: no interval
+    assert summary["incomplete"] == "failed or diverged on some seeds, so ranked after those that did not: config 1 on 4 of 5"
+    assert confirm_verdict(summary, "config 2") == ("winner config 2 by mean best_val_loss (min): test_acc 0.9, the "
+                                                    "runner-up's 0.91; the runner-up failed or diverged on 4 of 5 seeds")
+
+
+def test_configurations_that_ended_different_seeds_get_no_paired_p_and_a_point_no_interval():
+    from search.plans import confirm_table
+    from trainables import get_family
+
+    rows = [{"config/lr": 0.1, "config/seed": 0, "status": "completed", "best_val_loss": 0.5, "test_acc": 0.9},
+            {"config/lr": 0.01, "config/seed": 1, "status": "completed", "best_val_loss": 0.4, "test_acc": 0.8},
+            {"config/lr": 0.1, "config/seed": 1, "status": "stopped", "best_val_loss": 0.3, "test_acc": 0.99},
+            # stalled at chance level when a budget cut it short: no more a finished seed than a stopped one
+            {"config/lr": 0.01, "config/seed": 0, "status": "stalled", "stopped_by_scheduler": True,
+             "best_val_loss": 0.1, "test_acc": 0.1}]
+    table, summary = confirm_table(pd.DataFrame(rows).fillna({"stopped_by_scheduler": False}),
+                                   [{"lr": 0.1}, {"lr": 0.01}], "best_val_loss", "min", get_family("mlp").task)
+    assert summary["p_winner_beats_runner_up"] is None and table[["ci95_low", "ci95_high"]].isna().all().all()
+    assert list(table["seeds"]) == [1, 1] and json.loads(summary["winner"]) == {"lr": 0.01}
+    assert summary["incomplete"].startswith("WARNING: the configurations ended no seed in common")
+
+
+def test_each_configuration_is_confirmed_once_though_two_stages_found_it():
+    from search.plans.stages.confirm import in_order
+
+    a, b, c = {"lr": 0.1}, {"lr": 0.01}, {"lr": 0.001}
+    top = [("fine", a, "t1"), ("fine", b, "t2")]
+    assert in_order(top, [("rough", c, "t3"), ("bracket", c, "t4"), ("other", b, "t5")]) == [
+        ("fine", a, "t1"), ("rough", c, "t3"), ("fine", b, "t2")]
 
 
 def test_top_configs_fill_with_early_stopped_trials_only_when_asked():

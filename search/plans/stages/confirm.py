@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.format import TRAINED, confirm_verdict, metric_column
+from analysis.format import FAILED, confirm_verdict, metric_column, trained
 from analysis.load import config_of
 from search.options import SearchError
 from search.plans.format import Stage
@@ -41,6 +41,19 @@ def incumbents(run: PlanRun, stage: Stage) -> list[tuple[str, dict[str, Any], st
     return found
 
 
+def in_order(top: list[tuple[str, dict[str, Any], str]], incumbents: list[tuple[str, dict[str, Any], str]]
+             ) -> list[tuple[str, dict[str, Any], str]]:
+    """(stage, config, trial id) rows to confirm: the best of ``top`` first, then each incumbent that
+    is none of ``top``'s configurations, then the rest of ``top``; each configuration once (two
+    earlier stages' best may be one configuration, and confirming it twice made its seeds clash)."""
+    carried = [row for row in incumbents if all(row[1] != config for _, config, _ in top)]
+    rows: list[tuple[str, dict[str, Any], str]] = []
+    for row in [*top[:1], *carried, *top[1:]]:
+        if all(row[1] != config for _, config, _ in rows):
+            rows.append(row)
+    return rows
+
+
 def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
                ) -> tuple[list[dict[str, Any]], list[str], list[str], str]:
     """The configurations to confirm, with the trial and stage each came from, and a note (or "").
@@ -53,9 +66,7 @@ def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
     configs, ids = top_configs(trials, source_space.metric, source_space.mode, top, stopped=True)
     if not configs:
         raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to confirm")
-    rows = [(stage.source, configs[0], ids[0])]
-    rows += [row for row in incumbents(run, stage) if row[1] not in configs]
-    rows += list(zip([stage.source] * len(configs), configs, ids))[1:]
+    rows = in_order(list(zip([stage.source] * len(configs), configs, ids)), incumbents(run, stage))
     notes = []
     early = trials[trials["trial_id"].isin(ids) & (trials["status"] == "stopped")]["trial_id"].tolist()
     if early or len(configs) < top:
@@ -153,60 +164,74 @@ def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: s
     estimate, on the test metric.
 
     A seed counts once its trial has trained all its epochs (or stopped by its own patience): one a
-    time budget cut short is no confirmation. Where the configurations did not all finish the same
-    seeds (a budget ran out), they are compared on the seeds every one of them finished, and one that
-    finished none is left out; ``summary["incomplete"]`` says so.
+    time budget cut short is no confirmation. A seed that failed or diverged counts against its
+    configuration: configurations rank by how many of the compared seeds they failed on, then by
+    their mean, and the seed is not taken from the others' comparison. Where the configurations did
+    not all end the same seeds (a budget ran out), they are compared on the seeds every one of them
+    ended, and one that ended none is left out; ``summary["incomplete"]`` says so. An interval needs
+    two seeds, a paired P two shared ones.
     """
     column, mode = task.test_metric, task.mode
-    if "status" in trials:
-        trials = trials[trials["status"].isin(TRAINED)]
+    usable = trained(trials) if "status" in trials else pd.Series(True, index=trials.index)
+    broken = trials["status"].isin(FAILED) if "status" in trials else ~usable
     labels = [config_of(row) for _, row in trials.iterrows()]
-    mine = [trials[[label == config for label in labels]].set_index("config/seed") for config in configs]
-    finished = [set(rows[column].dropna().index) for rows in mine]
-    kept = [i for i, seeds in enumerate(finished) if seeds]
+    mine = [pd.Series([label == config for label in labels], index=trials.index) for config in configs]
+    ok = [set(trials[rows & usable & trials[column].notna()]["config/seed"]) for rows in mine]
+    failed = [set(trials[rows & broken]["config/seed"]) - seeds for rows, seeds in zip(mine, ok)]
+    kept = [i for i, seeds in enumerate(ok) if seeds]
     if not kept:
-        raise SearchError("no configuration finished a seed: the budget ran out before one trial trained all its "
-                          "epochs; raise --budget or this stage's share in budget_split")
-    shared = set.intersection(*(finished[i] for i in kept))
+        raise SearchError("no configuration finished a seed: "
+                          + ("every seed that ended failed or diverged; see the stage's trials.csv"
+                             if any(failed) else "the budget ran out before one trial trained all its epochs; raise "
+                             "--budget or this stage's share in budget_split"))
+    ended = [ok[i] | failed[i] for i in kept]
+    shared = set.intersection(*ended)
     notes = []
     if len(kept) < len(configs):
         notes.append(f"{len(configs) - len(kept)} of {len(configs)} configurations finished no seed: left out")
-    if shared and any(finished[i] != shared for i in kept):
-        extra = sum(len(finished[i] - shared) for i in kept)
-        notes.append(f"compared on the seeds every configuration finished ({', '.join(map(str, sorted(shared)))}); "
+    if shared and any(seeds != shared for seeds in ended):
+        extra = sum(len(seeds - shared) for seeds in ended)
+        notes.append(f"compared on the seeds every configuration ended ({', '.join(map(str, sorted(shared)))}); "
                      f"left out: {extra} more seed{'s' * (extra != 1)} of some")
     elif not shared:
-        notes.append("WARNING: the configurations finished no seed in common, so their means are over different "
-                     "seeds and P is not paired")
-    seeds = sorted(shared) if shared else sorted(set().union(*(finished[i] for i in kept)))
-    configs = [configs[i] for i in kept]
-    compared = [mine[i][mine[i].index.isin(seeds)] for i in kept]
-    by_config = [rows[column].dropna() for rows in compared]
-    chosen_by = [rows[select].mean() for rows in compared]
-    matrix = np.array([[values.get(s, np.nan) for s in seeds] for values in by_config], dtype=float)
+        notes.append("WARNING: the configurations ended no seed in common, so their means are over different "
+                     "seeds and there is no paired P")
+    seeds = sorted(shared) if shared else sorted(set().union(*ended))
+    rows = [trials[mine[i] & usable].drop_duplicates("config/seed").set_index("config/seed") for i in kept]
+    matrix = np.array([[part[column].get(s, np.nan) for s in seeds] for part in rows], dtype=float)
+    fails = [len(failed[i] & set(seeds)) for i in kept]
+    if any(fails):
+        notes.append("failed or diverged on some seeds, so ranked after those that did not: " + ", ".join(
+            f"config {i + 1} on {n} of {len(seeds)}" for i, n in zip(kept, fails) if n))
     resample = np.random.default_rng(0).integers(0, len(seeds), size=(n_boot, len(seeds)))
-    with warnings.catch_warnings():  # only without shared seeds: a resample may miss a configuration's seeds
+    with warnings.catch_warnings():  # a resample may hold only a configuration's failed or missing seeds
         warnings.simplefilter("ignore", RuntimeWarning)
         boot = np.nanmean(matrix[:, resample], axis=2)  # (configs, n_boot) means over resampled seeds
         counts = np.isfinite(matrix).sum(axis=1)
         table = pd.DataFrame({
-            "config": [i + 1 for i in kept], "label": [json.dumps(c) for c in configs],  # candidate numbers
-            "seeds": counts, f"mean_{select}": chosen_by,
+            "config": [i + 1 for i in kept], "label": [json.dumps(configs[i]) for i in kept],  # candidate numbers
+            "seeds": counts, "failed": fails,
+            f"mean_{select}": [part[select].reindex(seeds).mean() for part in rows],
             f"mean_{column}": np.nanmean(matrix, axis=1),
             f"std_{column}": [np.nanstd(row, ddof=1) if n > 1 else np.nan for row, n in zip(matrix, counts)],
             "ci95_low": np.nanpercentile(boot, 2.5, axis=1), "ci95_high": np.nanpercentile(boot, 97.5, axis=1),
         })
-    order = table[f"mean_{select}"].sort_values(ascending=select_mode == "min", kind="stable").index.to_list()
+    table.loc[table["seeds"] < 2, ["ci95_low", "ci95_high"]] = np.nan  # a point's interval would mislead
+    order = table.sort_values(["failed", f"mean_{select}"], ascending=[True, select_mode == "min"],
+                              kind="stable").index.to_list()
     table = table.loc[order].reset_index(drop=True)
     p = None
-    means = [float(m) for m in table[f"mean_{column}"].head(2)]
-    if len(seeds) < 2:  # every resample is the one seed: an interval of a point and P of 0 or 1 would mislead
-        table[["ci95_low", "ci95_high"]] = np.nan
-    elif len(order) > 1:
+    if len(shared) > 1 and len(order) > 1:  # paired over the shared seeds, where both trained
         winner, runner = boot[order[0]], boot[order[1]]
-        p = float(np.mean(winner > runner) if mode == "max" else np.mean(winner < runner))
+        both = np.isfinite(winner) & np.isfinite(runner)
+        if both.any():
+            beats = winner[both] > runner[both] if mode == "max" else winner[both] < runner[both]
+            p = float(np.mean(beats))
+    means = [float(m) for m in table[f"mean_{column}"].head(2)]
     return table, {"metric": column, "mode": mode, "chosen_by": f"mean {select} ({select_mode})",
                    "winner": table.loc[0, "label"], "winner_mean": means[0],
                    **({"runner_up": table.loc[1, "label"], "runner_up_mean": means[1]} if len(order) > 1 else {}),
                    "p_winner_beats_runner_up": p, "bootstrap_resamples": n_boot, "seeds": seeds,
+                   **{f"{who}_failed": int(table.loc[row, "failed"]) for who, row in (("winner", 0), ("runner_up", 1))
+                      if row < len(table) and table.loc[row, "failed"]},
                    **({"incomplete": "; ".join(notes)} if notes else {})}
