@@ -36,7 +36,10 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
     running, best, trained, left_epochs = [], None, 0, 0
     for trial in trials:
         result = latest.get(trial.trial_id, {})
-        epoch = int(result.get("training_iteration", 0))
+        last = getattr(trial, "last_result", None) or {}  # Tune's own, restored with the trial on a resume
+        if int(last.get("training_iteration") or 0) > int(result.get("training_iteration") or 0):
+            result = last
+        epoch = int(result.get("training_iteration") or 0)
         trained += epoch
         value = result.get(metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -48,7 +51,7 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
             counts["running"] += 1
             running.append((trial.trial_id, epoch, value if isinstance(value, (int, float)) else None))
             left_epochs += max(0, max_epochs - epoch)
-        elif trial.status in ("PENDING", "PAUSED"):
+        elif trial.status in ("PENDING", "PAUSED") or (trial.status == "TERMINATED" and not epoch):  # never trained
             counts["pending"] += 1
             left_epochs += max_epochs - epoch
         elif trial.status == "ERROR":

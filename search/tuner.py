@@ -110,6 +110,20 @@ def concurrency(opts: SearchOptions) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // opts.cpus_per_trial))
 
 
+def seeded(params: dict[str, Any], rows: list[dict[str, Any]], opts: SearchOptions) -> tuple[dict[str, Any], int]:
+    """``params`` with the trials' seed, and Tune's num_samples. Where neither the space nor its grid rows set
+    a seed, every trial takes --seed; but each of several passes over a grid takes its own (--seed, --seed + 1,
+    ...): passes of one seed repeated the same trainings, and their spread read as zero."""
+    from ray import tune
+
+    samples = sample_count(opts)
+    if "seed" in params or any("seed" in row for row in rows):
+        return params, samples
+    if opts.search == "random" and samples > 1:
+        return {**params, "seed": tune.grid_search([opts.seed + i for i in range(samples)])}, 1
+    return {**params, "seed": opts.seed}, samples
+
+
 def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path, dataset: str, epochs: int,
                 data: Any, progress: Any) -> Any:
     from ray import tune
@@ -119,7 +133,7 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
 
     overrides = {**opts.overrides, "family": space.family, "dataset": dataset, "max_epochs": epochs}
     params, rows = param_space(space, overrides, opts.search)
-    params.setdefault("seed", opts.seed)
+    params, samples = seeded(params, rows, opts)
     schedule = scheduler(opts, epochs)
     keepers = [schedule.keeper] if hasattr(schedule, "keeper") else []  # saves BOHB's brackets with the experiment
     at_once = concurrency(opts)
@@ -137,7 +151,7 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
         trainable(family, data, rows, opts),
         param_space=params,
         tune_config=tune.TuneConfig(
-            metric=space.metric, mode=space.mode, num_samples=sample_count(opts),
+            metric=space.metric, mode=space.mode, num_samples=samples,
             search_alg=search_alg, scheduler=schedule, max_concurrent_trials=limited, reuse_actors=True,
             time_budget_s=opts.budget_s, trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(

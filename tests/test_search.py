@@ -50,6 +50,9 @@ def test_asha_search_writes_one_row_per_trial(ray_session, write_space, tmp_path
     assert (trials.loc[trials.status == "completed", "epochs"] == 4).all()
     assert trials["n_params"].gt(0).all()
     assert sorted(trials["config/hidden"].dropna().unique()) == ["[32]", "[4]"]
+    # each pass over the grid with its own seed: two passes of one seed trained the same models twice
+    assert not trials.duplicated([c for c in trials if c.startswith("config/")]).any()
+    assert trials["config/seed"].value_counts().to_dict() == {0: 4, 1: 4}
     assert trials["test_acc"].between(0, 1).all() and trials["best_val_loss"].notna().all()
     manifest = json.loads((folder / "valley.json").read_text())
     assert manifest["status"] == "completed" and manifest["data_fingerprint"]
@@ -364,6 +367,21 @@ def test_the_board_counts_a_metric_without_its_best_column():
     board.result("b", {"training_iteration": 2, "val_csd": 90.0})
     snap = snapshot(trials, board.latest, "val_csd", "min", 5, 0.0)
     assert snap.best == ("a", 40.0) and snap.counts["done"] == 1 and snap.counts["running"] == 1
+
+
+def test_the_board_counts_a_resumed_trial_by_tunes_result_and_one_that_never_trained_as_pending():
+    """After a resume a trial that had finished is done by the result Tune restored with it (it read
+    'stopped'); one Ctrl-C ended before it trained is not started, not 'stopped' (all 14 once read so)."""
+    from types import SimpleNamespace
+
+    from search.board import line, snapshot
+
+    trials = [SimpleNamespace(trial_id="a", status="TERMINATED", last_result={"training_iteration": 5, "val_loss": 0.4}),
+              SimpleNamespace(trial_id="b", status="TERMINATED", last_result={}),
+              SimpleNamespace(trial_id="c", status="TERMINATED", last_result={"training_iteration": 2, "val_loss": 0.5})]
+    snap = snapshot(trials, {}, "val_loss", "min", 5, 0.0)
+    assert snap.counts == {"done": 1, "stopped": 1, "failed": 0, "running": 0, "pending": 1}
+    assert line(snap, "val_loss").startswith("valley: 2/3 finished (1 done, 1 stopped, 0 failed), 0 running, 1 pending")
 
 
 def test_the_board_of_a_budgeted_search_counts_its_trial_epochs_as_they_are_trained():
