@@ -284,6 +284,11 @@ def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
     metric = metric_column(manifest.get("metric", "val_loss"))
     ranked = trials.dropna(subset=[metric]).sort_values(metric, ascending=manifest.get("mode", "min") == "min")
     ranked = ranked[~ranked["status"].isin(FAILED)]
+    if ranked.empty:
+        failed = trials[trials["status"].isin(FAILED)]
+        first = f"; the first: {failed['error'].iloc[0]}" if len(failed) and "error" in failed else ""
+        return (f"no trial of {len(trials)} has a {metric}: {len(failed)} failed or diverged{first}; see the error "
+                f"column of {Path(folder) / 'trials.csv'}")
     varied = [c for c in trials.columns if c.startswith("config/") and trials[c].astype(str).nunique(dropna=False) > 1]
     headline = [f"best_val_{task.headline}", task.test_metric]
     shown = ["trial_id", *varied, "n_params", "epochs", "status", metric,

@@ -16,7 +16,7 @@ import traceback
 from typing import Any
 
 from search import commands as run_command
-from search.cli_options import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, add_search_options
+from search.cli_options import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, add_search_options, given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,12 +119,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     usage, not valley's) with the nearest option it has: ``--searcher`` -> "did you mean --search?"."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    command = chosen_command(parser, args)
     if unknown:
-        command = chosen_command(parser, args)
         options = [o[2:] for action in command._actions for o in action.option_strings if o.startswith("--")]
         hints = [f"{name}: did you mean --{close[0]}?" for name in (u.split("=")[0] for u in unknown)
                  if name.startswith("--") and (close := difflib.get_close_matches(name[2:], options, n=1))]
         command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))
+    args.given = given(args, command)  # what a command that cannot honour an option refuses
     return args
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 EXIT_BUG = 1
 EXIT_USAGE = 2
+EXIT_ALL_FAILED = 3  # a search ran, and every trial failed or diverged
 EXIT_INTERRUPTED = 130
 
 
@@ -39,31 +40,33 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     """The flags of ``SearchOptions``; their defaults are read from it, never repeated here."""
     from search.options import DEFAULTS, LOGS, MLFLOW_INSTALL, SCHEDULERS, SEARCHERS
 
-    d = DEFAULTS
+    d = DEFAULTS  # every flag's default is None (given or not: `given`); options_from fills in SearchOptions'
     parser.add_argument("--dataset", help="data set to train on (default: the space's); see `valley datasets`")
     parser.add_argument("--data-dir", help="folder holding the data set's files (default ~/.cache/valley/data)")
     parser.add_argument("--max-epochs", type=int, help="epochs per trial (default: the space's, else 10)")
-    parser.add_argument("--samples", type=int, help="passes over the grid, or Optuna trials (default 1 / 20)")
-    parser.add_argument("--search", choices=SEARCHERS, default=d.search,
-                        help="random: Tune's grid and random sampling; optuna: TPE; bohb: BOHB (with --scheduler hyperband)")
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
-                        help="asha stops poor trials early on the space's metric")
-    parser.add_argument("--grace-period", type=int, default=d.grace_period,
+    parser.add_argument("--samples", type=int, help="passes over the grid, each with its own seed, or Optuna "
+                                                    "trials (default 1 / 20)")
+    parser.add_argument("--search", choices=SEARCHERS,
+                        help=f"random: Tune's grid and random sampling; optuna: TPE; bohb: BOHB (with --scheduler "
+                             f"hyperband) (default {d.search})")
+    parser.add_argument("--scheduler", choices=SCHEDULERS,
+                        help=f"asha stops poor trials early on the space's metric (default {d.scheduler})")
+    parser.add_argument("--grace-period", type=int,
                         help=f"ASHA: epochs before a trial can stop (default {d.grace_period})")
-    parser.add_argument("--reduction-factor", type=float, default=d.reduction_factor,
+    parser.add_argument("--reduction-factor", type=float,
                         help=f"ASHA: keep 1 in this many (default {d.reduction_factor:g})")
-    parser.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
-    parser.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial,
-                        help="fractions pack trials on a GPU")
-    parser.add_argument("--max-concurrent", type=int, default=d.max_concurrent,
-                        help="trials at once (0: as resources allow)")
-    parser.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a crashed trial")
-    parser.add_argument("--seed", type=int, default=d.seed, help="seeds the searcher and every trial")
+    parser.add_argument("--cpus-per-trial", type=float, help=f"(default {d.cpus_per_trial:g})")
+    parser.add_argument("--gpus-per-trial", type=float,
+                        help=f"fractions pack trials on a GPU (default {d.gpus_per_trial:g})")
+    parser.add_argument("--max-concurrent", type=int,
+                        help=f"trials at once (default {d.max_concurrent}: as resources allow)")
+    parser.add_argument("--max-failures", type=int, help=f"retries of a crashed trial (default {d.max_failures})")
+    parser.add_argument("--seed", type=int, help=f"seeds the searcher and every trial (default {d.seed})")
     parser.add_argument("--name", help="experiment folder name (default: SPACE-DATASET-TIME)")
-    parser.add_argument("--storage", default=d.storage, help=f"results folder (default {d.storage}/)")
+    parser.add_argument("--storage", help=f"results folder (default {d.storage}/)")
     parser.add_argument("--address", help="Ray cluster address, e.g. auto (default: a local Ray)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    parser.add_argument("--progress-every", dest="progress_s", type=float, default=d.progress_s, metavar="SECONDS",
+    parser.add_argument("--progress-every", dest="progress_s", type=float, metavar="SECONDS",
                         help="seconds between progress lines when the output is a file or a pipe "
                              f"(default {d.progress_s:g}; on a terminal the board is redrawn in place)")
     parser.add_argument("--quiet", action="store_true",
@@ -83,5 +86,13 @@ def options_from(args: argparse.Namespace) -> Any:
     """``SearchOptions`` from the flags of ``add_search_options`` (each flag is the field of that name)."""
     from search.options import SearchOptions
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchOptions) if hasattr(args, f.name)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchOptions)
+              if getattr(args, f.name, None) is not None}
     return SearchOptions(**{**values, "log": tuple(dict.fromkeys(args.log)), "overrides": parse_set(args.set)})
+
+
+def given(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The options of ``parser`` given on the command line (each one's value differs from its default)."""
+    return [action.option_strings[-1] for action in parser._actions
+            if action.option_strings and action.dest != "help"
+            and getattr(args, action.dest, action.default) != action.default]

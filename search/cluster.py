@@ -33,6 +33,20 @@ def check_local_resources(opts: SearchOptions) -> None:
                               "to pack trials on one GPU, or a GPU cluster with --address")
 
 
+def check_gpu_asked(space: Any, opts: SearchOptions) -> None:
+    """A config that asks for CUDA needs a GPU per trial: Ray hides every GPU from a trial given none, so
+    each trial would fail, on a GPU machine too."""
+    from spaces import Dist
+
+    values = [source.get("device") for source in (opts.overrides, space.params, *space.grid)]
+    asked = sorted({str(a) for v in values if v is not None for a in (v.args if isinstance(v, Dist) else [v])
+                    if str(a).startswith("cuda")})
+    if asked and opts.gpus_per_trial <= 0:
+        raise SearchError(f"device {asked[0]} needs a GPU for each trial, and --gpus-per-trial is 0 (Ray then "
+                          "shows a trial no GPU); pass --gpus-per-trial 1 (or a fraction such as 0.5), or set "
+                          "device to auto or cpu")
+
+
 def autoscaler_node_types() -> list[dict[str, float]]:
     """Resources of the node types the cluster launcher's autoscaler may add (on the head only)."""
     import yaml

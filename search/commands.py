@@ -5,7 +5,11 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from search.cli_options import EXIT_INTERRUPTED, UsageError, options_from
+from search.cli_options import EXIT_ALL_FAILED, EXIT_INTERRUPTED, UsageError, options_from
+
+
+# What transfer fixes for every configuration it re-trains.
+TRANSFER_FIXED = ("--search", "--samples", "--scheduler", "--grace-period", "--reduction-factor")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -79,22 +83,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from analysis.format import PLAN_STATE
     from search.plans import load_plan, run_plan, start_plan
     from search.plans.budget import Budget
+    from search.plans.state import STAGE_OPTIONS
 
     target = Path(args.plan).expanduser()
     if (target / PLAN_STATE).exists():
         if args.budget:
             raise UsageError(f"a plan's budget is fixed when it starts; continue it with `valley plan {target}` "
                              "and no --budget")
-        return plan_status(run_plan_of(target))
+        given = [flag for flag in args.given if flag != "--quiet"]
+        if given:  # it goes on with the options it started with, which plan.json holds
+            raise UsageError(f"a plan continues with the options it started with; continue it with "
+                             f"`valley plan {target}` and no {', '.join(given)}")
+        return plan_status(run_plan_of(target, quiet=args.quiet))
     budget = Budget.parse(args.budget) if args.budget else None
-    return plan_status(run_plan(start_plan(load_plan(args.plan), options_from(args), budget=budget)))
+    plan = load_plan(args.plan)
+    for stage in plan.stages:  # an option a stage sets itself would be overruled by it, without a word
+        for key in STAGE_OPTIONS:
+            flag = f"--{key.replace('_', '-')}"
+            if flag in args.given and stage.get(key) is not None:
+                raise UsageError(f"{flag}: stage {stage.name} of {plan.source} sets its own ({key}: "
+                                 f"{stage.get(key)}); leave out {flag}, or change the stage in a copy of the plan")
+    return plan_status(run_plan(start_plan(plan, options_from(args), budget=budget)))
 
 
-def run_plan_of(folder: Path) -> Path:
+def run_plan_of(folder: Path, quiet: bool = False) -> Path:
     """Continue the plan in ``folder``: stages that completed are not re-run."""
     from search.plans import reopen_plan, run_plan
 
-    return run_plan(reopen_plan(folder))
+    return run_plan(reopen_plan(folder, quiet=quiet))
 
 
 def plan_status(folder: Path) -> int:
@@ -108,6 +124,10 @@ def plan_status(folder: Path) -> int:
 def cmd_transfer(args: argparse.Namespace) -> int:
     from search.transfer import transfer
 
+    ignored = [flag for flag in args.given if flag in TRANSFER_FIXED]
+    if ignored:
+        raise UsageError(f"transfer re-trains each configuration once, as it was (random, one sample, fifo); "
+                         f"leave out {', '.join(ignored)}")
     return exit_status(transfer(Path(args.experiment), args.top, options_from(args)))
 
 
@@ -131,6 +151,8 @@ def cmd_data_clocks(args: argparse.Namespace) -> int:
 
     from trainables import clockgen
 
+    if not 0 <= args.seed < 2**32:  # NumPy's generator says only "expected non-negative integer"
+        raise UsageError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {args.seed}")
     started = time.perf_counter()
     try:
         folder = clockgen.write(Path(args.out), per_minute=args.per_minute, size=args.size, seed=args.seed,
@@ -153,9 +175,18 @@ def cmd_data_clocks(args: argparse.Namespace) -> int:
 
 
 def exit_status(folder: Path) -> int:
-    from analysis.format import INTERRUPTED, read_manifest
+    """130 for an interrupted search; 3 for one whose every trial failed or diverged; else 0."""
+    import pandas as pd
 
-    return EXIT_INTERRUPTED if read_manifest(folder).get("status") == INTERRUPTED else 0
+    from analysis.format import FAILED, INTERRUPTED, read_manifest
+
+    if read_manifest(folder).get("status") == INTERRUPTED:
+        return EXIT_INTERRUPTED
+    try:
+        statuses = pd.read_csv(folder / "trials.csv", usecols=["status"])["status"]
+    except (OSError, ValueError):
+        return 0
+    return EXIT_ALL_FAILED if len(statuses) and statuses.isin(FAILED).all() else 0
 
 
 def cmd_spaces(args: argparse.Namespace) -> int:

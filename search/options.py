@@ -114,6 +114,15 @@ class SearchOptions:
 DEFAULTS = SearchOptions()
 
 
+def check_name(name: str) -> str:
+    """``name`` if it can be a folder's name inside the results folder, else a one-line refusal."""
+    if not NAME_RULE.match(name):
+        raise SearchError(f"--name must be letters, digits, '.', '_' or '-' (at most 100, not starting "
+                          f"with a dot), got {name!r}")
+    return name
+
+
+
 def sample_count(opts: SearchOptions) -> int:
     """Tune's num_samples: --samples, else 20 Optuna trials or 1 pass over the grid."""
     return opts.samples or (1 if opts.search == "random" else 20)

@@ -38,10 +38,14 @@ def optuna_says_only_what_matters() -> None:
       study is loaded or resumed. The journal is JSON, which keeps a list as it was
       (``tests/test_search.py``), so only that warning, for lists, is dropped;
     * its timestamped line on creating the study, which ``search.tuner.searcher`` replaces with
-      valley's own, saying where the study is and what opens it.
+      valley's own, saying where the study is and what opens it;
+    * that a trial resumed from its checkpoint reports an epoch it had reported before the
+      interruption, once per epoch: the study keeps the first value, which is the same epoch's.
     """
     warnings.filterwarnings("ignore", message=r"Choices for a categorical distribution .* of type list\.",
                             category=UserWarning)
+    warnings.filterwarnings("ignore", message=r"The reported value is ignored because this `step=\d+` is already "
+                                              r"reported\.", category=UserWarning)
     drop_messages("optuna.storages.journal._storage", "A new study created in Journal")
 
 

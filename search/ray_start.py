@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from search.options import SearchOptions
+from search.options import SearchError, SearchOptions
 
 # Tune's automatic CSV and TensorBoard loggers cost time per result and nothing reads them (the JSON
 # logger, result.json and params.json, is added back explicitly; TensorBoard's by search.loggers);
@@ -235,6 +235,39 @@ def trials_on_prestarted_workers() -> None:
     class_cache.DEFAULT_ENV_VARS.clear()
 
 
+def join_cluster(address: str) -> None:
+    """``ray.init`` on a running cluster, or one line that says none answered there and what to do instead."""
+    import socket
+
+    import ray
+
+    advice = ("start one (`ray up cluster.yaml`, or `ray start --head` on this machine), or leave out --address "
+              "for a local Ray")
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit() and "://" not in address:  # Ray would retry a closed port for a minute or more
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as err:
+            raise SearchError(f"--address {address}: no Ray cluster answers there ({err.strerror or err}); "
+                              f"{advice}") from None
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except ConnectionError as err:
+        raise SearchError(f"--address {address}: no Ray cluster found ({str(err).splitlines()[0]}); {advice}") from None
+
+
+def terminate_as_ctrl_c() -> None:
+    """SIGTERM (``kill``, ``timeout``, a batch system's time limit) ends a search as Ctrl-C does: finished
+    trials kept, trials.csv written, 'interrupted', the resume command printed. Ray's core worker
+    answers it with a stack dump and an abort, leaving no trials.csv. Set once Ray has started (its
+    handler is installed then) and only from the main thread, where Python runs signal handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+
+
 def start_ray(opts: SearchOptions, family: str | None = None) -> None:
     """Join ``--address``, or start a local Ray: loopback only, dashboard off, token file private,
     its workers importing ``WORKER_PRELOAD`` and ``family``'s module before they take work."""
@@ -246,7 +279,8 @@ def start_ray(opts: SearchOptions, family: str | None = None) -> None:
     if ray.is_initialized():
         return
     if opts.address:
-        ray.init(address=opts.address, log_to_driver=False)
+        join_cluster(opts.address)
+        terminate_as_ctrl_c()
         return
     protect_auth_token(create=True)
     no_token_notice()
@@ -261,3 +295,4 @@ def start_ray(opts: SearchOptions, family: str | None = None) -> None:
     started = sorted(descendants() - before)
     reap_local_ray_with_driver(started)
     end_monitor_before_ray(started)
+    terminate_as_ctrl_c()

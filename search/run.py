@@ -8,21 +8,24 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from analysis import format as fmt
-from search.cluster import check_cluster, check_local_resources
+from search.cluster import check_cluster, check_gpu_asked, check_local_resources
 from search.data_check import load_data
 from search.manifest import experiment_name, write_manifest
-from search.options import NAME_RULE, SearchError, SearchOptions, total_trials
+from search.options import SearchError, SearchOptions, check_name, total_trials
 from search.ray_start import start_ray
 from spaces import Space, SpaceError
 
 
 def storage_root(storage: str) -> Path:
     """The results folder, created and checked writable."""
+    if not storage.strip():
+        raise SearchError("--storage is empty; give the results folder, e.g. --storage results")
     if "://" in storage:
         raise SearchError(f"--storage must be a folder, got {storage!r}: valley writes its manifest and "
                           "tables with plain file I/O; mount the bucket or use shared NFS (e.g. EFS at "
@@ -59,14 +62,12 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
     if dataset not in DATASETS:
         raise SearchError(unknown_dataset(dataset))
     epochs = opts.epochs(space)
-    name = opts.name or experiment_name(space, dataset)
-    if not NAME_RULE.match(name):
-        raise SearchError(f"--name must be letters, digits, '.', '_' or '-' (at most 100, not starting "
-                          f"with a dot), got {name!r}")
+    name = check_name(opts.name or experiment_name(space, dataset))
     folder = storage_root(opts.storage) / name
     if folder.exists():
         raise SearchError(f"experiment {folder} already exists; continue it with `valley resume {folder}` "
                           "or choose another --name")
+    check_gpu_asked(space, opts)
     if opts.address is None:
         check_local_resources(opts)
     from search.loggers import check as check_loggers  # imports Ray's logger callbacks
@@ -96,8 +97,12 @@ def check_task(family_name: str, dataset: str) -> None:
                       f"{has.get(labels, labels)}; give it one of {fits}{hint}")
 
 
+def silent(*_: Any) -> None:
+    """What --quiet says while a search runs."""
+
+
 def sayer(opts: SearchOptions) -> Callable[..., None]:
-    return (lambda *a: None) if opts.quiet else (lambda *a: print(*a, flush=True))
+    return silent if opts.quiet else (lambda *a: print(*a, flush=True))
 
 
 def run_search(space: Space, opts: SearchOptions) -> Path:
@@ -163,8 +168,10 @@ def finish(folder: Path, status: str, say: Callable[..., None]) -> Path:
 
     trials = write_tables(folder)
     say(top_table(trials, folder))
-    if status == fmt.INTERRUPTED:
-        say(f"valley: interrupted; continue with `valley resume {folder}`")
+    if status == fmt.INTERRUPTED and not (folder.parent / fmt.PLAN_STATE).exists():  # a plan says how it goes on
+        # said under --quiet too (on stderr), as an error would be
+        print(f"valley: interrupted; continue with `valley resume {folder}`", flush=True,
+              file=sys.stderr if say is silent else sys.stdout)
     say(f"valley: {status}: {len(trials)} trials in {folder / 'trials.csv'}")
     return folder
 

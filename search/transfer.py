@@ -37,6 +37,8 @@ def best_configs(folder: Path, top: int) -> tuple[pd.DataFrame, dict]:
         raise SearchError(f"{folder} is not a valley experiment or plan (no {fmt.MANIFEST} or {fmt.PLAN_STATE})")
     trials, _ = load_experiment(folder)
     _, ids = top_configs(trials, manifest["metric"], manifest["mode"], top)
+    if not ids:
+        return pd.DataFrame(), manifest
     best = trials.set_index("trial_id").loc[ids].reset_index()
     return best, manifest
 

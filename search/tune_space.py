@@ -7,6 +7,7 @@ row and every distribution's bounds.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from spaces import Dist, Space, SpaceError
@@ -36,8 +37,7 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
         try:
             family.preflight(family.make_config(config))
         except ConfigError as err:
-            where = f"grid row {row}" if row else "params"
-            raise SpaceError(f"{space.source}: {where}: {err}") from None
+            raise SpaceError(f"{blame(family, space, probe, row, overrides, err)}: {err}") from None
     row = {**(space.grid_points() or [{}])[0], **overrides}
     for key, value in space.params.items():
         if key in row or not isinstance(value, Dist):
@@ -52,6 +52,25 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
                                  f"{err}{hint}") from None
 
 
+def blame(family: Any, space: Space, probe: dict[str, Any], row: dict[str, Any], overrides: dict[str, Any],
+          err: ConfigError) -> str:
+    """Where a config's mistake lies: --set, the space's params, or its grid row (the first alone that fails
+    as the whole did; each is checked over the config's defaults)."""
+    def fails(config: dict[str, Any]) -> bool:
+        try:
+            family.preflight(family.make_config({**config, "family": space.family}))
+        except ConfigError as again:
+            return str(again) == str(err)
+        return False
+
+    given = {k: v for k, v in overrides.items() if k not in ("dataset", "max_epochs")}  # what --set fixed
+    if given and fails({**given, **{k: overrides[k] for k in ("dataset", "max_epochs") if k in overrides}}):
+        return f"--set {', '.join(f'{k}={v}' for k, v in given.items())}"
+    if not row or fails({**probe, **overrides}):
+        return f"{space.source}: params"
+    return f"{space.source}: grid row {row}"
+
+
 def _probe_value(value: Any) -> Any:
     """A value a distribution can produce: its first choice, or its low bound."""
     return value.args[0] if isinstance(value, Dist) else value
@@ -64,10 +83,10 @@ def _probe_values(dist: Dist) -> list[Any]:
     low, high = dist.args[0], dist.args[1]
     if dist.kind in ("randint", "lograndint"):
         return [low, high - 1]
-    if dist.kind == "uniform":  # [low, high): high itself is never drawn
-        return [float(low), low + (high - low) * 0.371]
+    if dist.kind == "uniform":  # [low, high): high itself is never drawn, the float just below it can be
+        return [float(low), low + (high - low) * 0.371, math.nextafter(float(high), low)]
     if dist.kind == "loguniform":
-        return [float(low), low * (high / low) ** 0.371]
+        return [float(low), low * (high / low) ** 0.371, math.nextafter(float(high), low)]
     return [low, high]  # quantised: q-rounded, both bounds can be drawn
 
 

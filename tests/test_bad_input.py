@@ -34,7 +34,7 @@ def refuse(monkeypatch, capsys, tmp_path):
 
     def run(*argv: str, storage: Path | str | None = None) -> str:
         storage = storage or tmp_path / "results"
-        args = [*argv] if argv[0] in ("resume", "report", "dashboard", "data") else [
+        args = [*argv] if argv[0] in ("resume", "report", "dashboard", "data", "plan", "transfer") else [
             "search", *argv, "--storage", str(storage)]
         code = cli.main(args)
         captured = capsys.readouterr()
@@ -115,6 +115,55 @@ def test_options_out_of_range(refuse, write_space):
     assert "lr must be a number, got lr='abc'" in refuse("mlp-rough", "--dataset", "digits", "--set", "lr=abc")
     assert "batch_size must be int, got batch_size=0.5" in refuse(path, "--set", "batch_size=0.5")
     assert "hidden must be a list" in refuse(path, "--set", "hidden=7")
+
+
+def test_what_a_command_would_not_honour_is_refused_not_ignored(refuse, write_space, tmp_path):
+    """A plan's stages overruled --scheduler and --max-epochs without a word; a plan folder continued with
+    the options it started with, whatever was given; transfer ran random, one sample, fifo regardless."""
+    storage = str(tmp_path / "results")
+    assert refuse("plan", "plan-mlp-digits", "--scheduler", "fifo", "--storage", storage).endswith(
+        "--scheduler: stage rough of " + str(ROOT / "spaces" / "plan-mlp-digits.yaml") + " sets its own (scheduler: "
+        "asha); leave out --scheduler, or change the stage in a copy of the plan")
+    assert "--max-epochs: stage rough" in refuse("plan", "plan-mlp-digits", "--max-epochs", "1", "--storage", storage)
+    folder = tmp_path / "results" / "p"
+    folder.mkdir(parents=True)
+    (folder / "plan.json").write_text("{}")
+    assert refuse("plan", str(folder), "--dataset", "synthetic", "--set", "lr=0.5").endswith(
+        f"a plan continues with the options it started with; continue it with `valley plan {folder}` and no "
+        "--dataset, --set")
+    assert refuse("transfer", str(folder), "--dataset", "synthetic", "--search", "optuna", "--samples", "5").endswith(
+        "transfer re-trains each configuration once, as it was (random, one sample, fifo); leave out --samples, "
+        "--search")
+    assert "--name must be letters" in refuse("plan", "plan-mlp-digits", "--name", "../x", "--storage", storage)
+    assert not (tmp_path / "x").exists() and sorted(p.name for p in (tmp_path / "results").iterdir()) == ["p"]
+
+
+def test_mistakes_are_blamed_where_they_are_and_each_end_of_a_range_is_tried(refuse, write_space, tmp_path):
+    gridded = space(write_space, "grid:\n  - {hidden: [4]}\nparams: {dropuot: 0.1}")
+    assert ": params: unknown key 'dropuot'" in refuse(gridded)  # not "grid row {'hidden': [4]}"
+    clean = str(write_space(HEADER + "grid:\n  - {hidden: [4]}\nparams: {dropout: 0.1}\n", "clean.yaml"))
+    assert refuse(clean, "--set", "lr=abc").startswith("valley: error: --set lr=abc: lr must be a number")
+    assert "params.dropout: uniform can draw 1.4999" in refuse(space(write_space, "params: {dropout: {uniform: [0, 1.5]}}"))
+    assert "device cuda needs a GPU for each trial, and --gpus-per-trial is 0" in refuse(
+        space(write_space, ""), "--set", "device=cuda")
+    assert "--storage is empty" in refuse(space(write_space, ""), storage=" ")
+    empty = tmp_path / "course"
+    empty.mkdir()
+    assert f"{empty} lacks images.npy, labels.npy" in refuse("clock-encodings", "--data-dir", str(empty))
+    assert "--seed must be a whole number from 0 to 4294967295, got -1" in refuse(
+        "data", "clocks", "--out", str(tmp_path / "c"), "--seed", "-1")
+    plan = write_space("dataset: synthetic\nstages:\n  - {name: rough, space: mlp-rough, seeds: 0}\n", "p.yaml")
+    assert "stage 'rough': seeds: must be a whole number of at least 1, got 0" in refuse(
+        "plan", str(plan), "--storage", str(tmp_path / "results"))
+
+
+def test_an_address_where_no_cluster_answers_is_said_at_once():
+    from search.options import SearchError
+    from search.ray_start import join_cluster
+
+    with pytest.raises(SearchError, match=r"^--address 127.0.0.1:1: no Ray cluster answers there \(.*\); start one "
+                                          r"\(`ray up cluster.yaml`"):
+        join_cluster("127.0.0.1:1")
 
 
 @pytest.mark.parametrize("argv, expected", [

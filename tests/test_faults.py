@@ -44,6 +44,22 @@ def search(space_path, tmp_path, **options):
     return run_search(load_space(space_path), opts)
 
 
+@pytest.mark.ray
+def test_a_search_whose_every_trial_diverged_exits_3_naming_the_first_error(ray_session, write_space, tmp_path,
+                                                                            capsys):
+    """It printed an empty table and exited 0, 'completed', as if something had been learned."""
+    from search import cli
+    from search.cli_options import EXIT_ALL_FAILED
+
+    path = write_space("family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 2\n"
+                       "grid:\n  - {hidden: [16]}\n  - {hidden: [8]}\nparams: {lr: 1.0e+30, batch_size: 32}\n")
+    code = cli.main(["search", str(path), "--storage", str(tmp_path), "--name", "nan", "--num-cpus", "2"])
+    out = capsys.readouterr().out
+    assert code == EXIT_ALL_FAILED == 3, out
+    assert "no trial of 2 has a best_val_loss: 2 failed or diverged; the first: " in out
+    assert "train loss is nan" in out and str(tmp_path / "nan" / "trials.csv") in out
+
+
 def trial_of(folder: Path, **config) -> Path:
     """The folder of the one trial whose params.json holds ``config``."""
     found = [p.parent for p in folder.glob("*/params.json")
@@ -294,13 +310,32 @@ def interrupt_after_progress(driver: subprocess.Popen, folder: Path, since: floa
     returns what it printed (nothing, for the second)."""
     wait_for_fresh_checkpoint(driver, folder, since)
     assert driver.poll() is None, f"the search ended before it was stopped: {driver.communicate()[0]}"
-    if how == "ctrl-c":
-        os.kill(driver.pid, signal.SIGINT)
+    if how in ("ctrl-c", "sigterm"):
+        os.kill(driver.pid, signal.SIGINT if how == "ctrl-c" else signal.SIGTERM)
         out, _ = driver.communicate(timeout=90)
         return out
     driver.stdout.close()  # its reader goes away: the driver's next line meets a closed pipe
     driver.wait(timeout=90)
     return ""
+
+
+@pytest.mark.ray
+def test_sigterm_ends_a_search_as_ctrl_c_does(write_space, tmp_path):
+    """`kill`, `timeout` or a batch system's time limit: Ray's core worker answered SIGTERM with a stack dump
+    and an abort (exit 134), and the experiment had no trials.csv. Now it ends as Ctrl-C ends it."""
+    storage = tmp_path / "results"
+    driver = valley("search", str(write_space(RESUMABLE)), "--name", "term", "--storage", str(storage),
+                    "--samples", "2", "--num-cpus", "2", cwd=tmp_path)
+    try:
+        out = interrupt_after_progress(driver, storage / "term", time.time() - 1, how="sigterm")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out
+    assert f"valley: interrupted; continue with `valley resume {storage / 'term'}`" in out
+    assert json.loads((storage / "term" / "valley.json").read_text())["status"] == "interrupted"
+    assert len(pd.read_csv(storage / "term" / "trials.csv")) >= 1  # what had started, kept
+    assert not wait_gone(driver.pid), "Ray processes outlived the terminated driver"
 
 
 @pytest.mark.ray
@@ -335,6 +370,7 @@ def test_ctrl_c_then_resume_finishes_every_trial_once(write_space, tmp_path, eve
     resumed = valley("resume", str(folder), cwd=tmp_path)
     out, _ = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, out
+    assert "is already reported" not in out  # Optuna, once per epoch a resumed trial reported before
     assert json.loads((folder / "valley.json").read_text())["status"] == "completed"
     after = pd.read_csv(folder / "trials.csv")
     assert len(after) == 6 and after["trial_id"].is_unique and (after["status"] == "completed").all()

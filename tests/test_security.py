@@ -134,4 +134,8 @@ def test_names_that_could_escape_the_results_folder_are_refused(name, tmp_path):
     space = parse_space({"family": "mlp", "dataset": "synthetic", "metric": "val_loss", "mode": "min"})
     with pytest.raises(SearchError, match="--name must be letters"):
         prepare(space, SearchOptions(name=name or " ", storage=str(tmp_path)))
+    from search.plans import load_plan, start_plan
+
+    with pytest.raises(SearchError, match="--name must be letters"):  # a plan's folder too (it wrote to ../up)
+        start_plan(load_plan("plan-mlp-digits"), SearchOptions(name=name or " ", storage=str(tmp_path / "results")))
     assert list(tmp_path.iterdir()) == []  # refused before the results folder is touched

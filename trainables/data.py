@@ -114,9 +114,10 @@ CLOCK_FILES = ("images.npy", "labels.npy")
 
 
 def _clocks(size: int, per_minute: int, preset: str) -> Callable[..., Splits]:
-    """Course clock files from ``data_dir`` when it holds them, else synthetic clocks (cached)."""
+    """Course clock files from ``data_dir`` when one is given (a folder without them is refused: training
+    on synthetic clocks instead would answer another question), else synthetic clocks (cached)."""
     def load(data_dir: Path | None = None, split_seed: int = 0, **_: object) -> Splits:
-        if data_dir is not None and (Path(data_dir) / "images.npy").exists():
+        if data_dir is not None:
             images, labels, notes = read_clock_files(Path(data_dir))
             return clock_splits(f"clocks:{Path(data_dir).name}", images, labels, split_seed, notes=notes)
         from trainables import clockgen
@@ -144,7 +145,8 @@ def read_clock_files(folder: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, .
     missing = [f for f in CLOCK_FILES if not (folder / f).exists()]
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}; a clock folder holds images.npy "
-                        "(uint8, N x 150 x 150 or N x 75 x 75) and labels.npy (int, N x 2: hour, minute)")
+                        "(uint8, N x 150 x 150 or N x 75 x 75) and labels.npy (int, N x 2: hour, minute); "
+                        "`valley data clocks --out DIR` writes one, and without --data-dir the clocks are synthetic")
     try:
         images = np.load(folder / "images.npy", allow_pickle=False)
         labels = np.load(folder / "labels.npy", allow_pickle=False)

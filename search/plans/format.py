@@ -118,6 +118,27 @@ def parse_plan(doc: Any, source: str, name: str) -> Plan:
 
 
 
+def value_rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
+    """What each stage key's value must be (checked when the plan is read, before anything trains)."""
+    from search.options import SCHEDULERS, SEARCHERS
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+    counts = ("max_epochs", "samples", "grace_period", "keep", "top", "seeds", "rounds")
+    return {**{key: (whole, "a whole number of at least 1") for key in counts},
+            "reduction_factor": (lambda v: number(v) and v > 1, "a number above 1"),
+            "threshold": (lambda v: number(v) and v >= 0, "a number of standard errors, 0 or more"),
+            "search": (lambda v: v in SEARCHERS, f"one of {', '.join(SEARCHERS)}"),
+            "scheduler": (lambda v: v in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
+            "warm_start": (lambda v: isinstance(v, bool), "true or false"),
+            "arch_keys": (lambda v: isinstance(v, list) and all(isinstance(k, str) for k in v),
+                          "a list of config keys, e.g. [hidden, layers]")}
+
+
 def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
                 fail: Callable[[str, str], SearchError]) -> Stage:
     """Stage ``i`` of a plan file, checked against the stages before it."""
@@ -135,6 +156,9 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
             close = difflib.get_close_matches(str(key), STAGE_KEYS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise fail(f"{where}: {key}", f"unknown key; {hint}valid keys: {', '.join(STAGE_KEYS)}")
+    for key, (ok, what) in value_rules().items():
+        if key in raw and not ok(raw[key]):
+            raise fail(f"{where}: {key}", f"must be {what}, got {raw[key]!r}")
     kind = raw.get("kind", "search")
     if kind not in KINDS:
         raise fail(f"{where}: kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")

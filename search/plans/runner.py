@@ -1,6 +1,7 @@
 """Run a plan's stages in order; each kind of stage is one module under ``search/plans/stages``."""
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from search.options import OUTPUT_GONE, SearchError
 from search.plans.budget import SECONDS, allowance
 from search.plans.format import TRAINING_KINDS, Stage
 from search.plans.state import PlanRun
+from search.run import silent
 from search.plans.stages import bracket, confirm, search, transfer, valley
 
 STAGE_RUNNERS: dict[str, Callable[[PlanRun, Stage], str]] = {
@@ -90,7 +92,8 @@ def run_plan(run: PlanRun) -> Path:
         if status != "completed":
             run.state["status"] = status
             run.save()
-            run.say(f"valley: plan {status} in stage {stage.name}; continue with `valley plan {run.folder}`")
+            print(f"valley: plan {status} in stage {stage.name}; continue with `valley plan {run.folder}`",
+                  flush=True, file=sys.stderr if run.say is silent else sys.stdout)  # said under --quiet too
             return run.folder
     run.state["status"] = "completed"
     run.save()

@@ -19,6 +19,8 @@ def top_configs(trials: pd.DataFrame, metric: str, mode: str, top: int, stopped:
     (at chance level) come last of all, so one is picked only when nothing else finished.
     """
     column = metric_column(metric)
+    if "status" not in trials or column not in trials:  # no trial has reported yet (a budget spent before one did)
+        return [], []
     statuses = ["completed", "stopped", "stalled"] if stopped else ["completed", "stalled"]
     ranked = trials[trials["status"].isin(statuses)].dropna(subset=[column])
     ranked = ranked.assign(_late=ranked["status"].map({"completed": 0, "stopped": 1, "stalled": 2}))

@@ -19,10 +19,10 @@ import pandas as pd
 import yaml
 
 from analysis import format as fmt
-from search.options import SearchError, SearchOptions
+from search.options import SearchError, SearchOptions, check_name
 from search.plans.budget import SECONDS, Budget
 from search.plans.format import TRAINING_KINDS, Plan, Stage, parse_plan
-from search.run import check_task, storage_root
+from search.run import check_task, sayer, silent, storage_root
 from spaces import Dist, Space, load_space, read_yaml
 
 
@@ -95,7 +95,7 @@ class PlanRun:
         return pd.concat(frames, ignore_index=True), pd.concat(curves, ignore_index=True)
 
 
-def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print,
+def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None = None,
                budget: Budget | None = None) -> PlanRun:
     from trainables.data import DATASETS, unknown_dataset
 
@@ -107,7 +107,7 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print
     if budget is not None and plan.budget_split is None:
         raise SearchError(f"{plan.source} has no budget_split, so --budget cannot be divided among its stages; add "
                           f"e.g. `budget_split: {{{', '.join(f'{n}: ...' for n in plan.training_stages())}}}`")
-    name = base.name or f"{plan.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = check_name(base.name or f"{plan.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     folder = storage_root(base.storage) / name
     if folder.exists():
         raise SearchError(f"plan folder {folder} already exists; continue it with `valley plan {folder}` "
@@ -119,7 +119,7 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print
             except SearchError as err:
                 raise SearchError(f"{plan.source}: stage {stage.name}: {err}") from None
     if budget is not None and budget.unit != SECONDS:
-        check_confirm_shares(PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), {"stages": {}}, say),
+        check_confirm_shares(PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), {"stages": {}}, silent),
                              budget)
     folder.mkdir(parents=True)
     stages = [{"name": st.name, "kind": st.kind, **({"from": st.source} if st.source else {}),
@@ -133,7 +133,7 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] = print
              "options": dataclasses.asdict(base), "stages": {}}
     if budget is not None:
         state["budget"] = budget.as_state(plan.budget_split)
-    run = PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), state, say)
+    run = PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), state, say or sayer(base))
     run.save()
     return run
 
@@ -155,12 +155,18 @@ def check_confirm_shares(run: PlanRun, budget: Budget) -> None:
                 f"or a larger share for {stage.name} in budget_split")
 
 
-def reopen_plan(folder: Path, say: Callable[..., None] = print) -> PlanRun:
+def reopen_plan(folder: Path, say: Callable[..., None] | None = None, quiet: bool = False) -> PlanRun:
+    """The plan in ``folder``, to continue with the options it started with (``quiet`` aside: it is how
+    this run speaks, not what it trains)."""
     folder = folder.expanduser().resolve()
     state = json.loads((folder / fmt.PLAN_STATE).read_text())
     plan = parse_plan(read_yaml(folder / "plan.yaml"), str(folder / "plan.yaml"), state["plan"])
-    base = SearchOptions.from_dict(state["options"])
-    return PlanRun(plan, folder, dataclasses.replace(base, dataset=state["dataset"]), state, say)
+    base = dataclasses.replace(SearchOptions.from_dict(state["options"]), quiet=quiet)
+    return PlanRun(plan, folder, dataclasses.replace(base, dataset=state["dataset"]), state, say or sayer(base))
+
+
+# The search options a stage may set for itself, over the plan's command line.
+STAGE_OPTIONS = ("max_epochs", "search", "scheduler", "samples", "grace_period", "reduction_factor")
 
 
 def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **changes: Any) -> str:
@@ -179,8 +185,7 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
         if status is not None:
             resume(folder)
             return fmt.read_manifest(folder).get("status", "interrupted")
-    options = {k: stage.get(k) for k in ("max_epochs", "search", "scheduler", "samples", "grace_period",
-                                         "reduction_factor") if stage.get(k) is not None}
+    options = {k: stage.get(k) for k in STAGE_OPTIONS if stage.get(k) is not None}
     opts = dataclasses.replace(run.base, name=experiment, storage=str(run.folder), **options, **changes)
     opts = dataclasses.replace(opts, label=run.label(stage))
     left = run.left_for(stage)

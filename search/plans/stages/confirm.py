@@ -65,7 +65,8 @@ def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
     trials, _ = run.trials(stage.source)
     configs, ids = top_configs(trials, source_space.metric, source_space.mode, top, stopped=True)
     if not configs:
-        raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to confirm")
+        raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to confirm; see "
+                          f"{run.folder / stage.source / 'trials.csv'}, or raise --budget if it ran out")
     rows = in_order(list(zip([stage.source] * len(configs), configs, ids)), incumbents(run, stage))
     notes = []
     early = trials[trials["trial_id"].isin(ids) & (trials["status"] == "stopped")]["trial_id"].tolist()
