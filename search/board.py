@@ -51,9 +51,11 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
             counts["running"] += 1
             running.append((trial.trial_id, epoch, value if isinstance(value, (int, float)) else None))
             left_epochs += max(0, max_epochs - epoch)
-        elif trial.status in ("PENDING", "PAUSED") or (trial.status == "TERMINATED" and not epoch):  # never trained
+        elif trial.status in ("PENDING", "PAUSED"):
             counts["pending"] += 1
             left_epochs += max_epochs - epoch
+        elif trial.status == "TERMINATED" and not epoch:  # ended before it trained (Ctrl-C, a budget): not stopped
+            counts["pending"] += 1
         elif trial.status == "ERROR":
             counts["failed"] += 1
         else:

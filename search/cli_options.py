@@ -40,7 +40,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     """The flags of ``SearchOptions``; their defaults are read from it, never repeated here."""
     from search.options import DEFAULTS, LOGS, MLFLOW_INSTALL, SCHEDULERS, SEARCHERS
 
-    d = DEFAULTS  # every flag's default is None (given or not: `given`); options_from fills in SearchOptions'
+    d = DEFAULTS  # for the help texts: each flag defaults to None, so that `given` sees what was typed
     parser.add_argument("--dataset", help="data set to train on (default: the space's); see `valley datasets`")
     parser.add_argument("--data-dir", help="folder holding the data set's files (default ~/.cache/valley/data)")
     parser.add_argument("--max-epochs", type=int, help="epochs per trial (default: the space's, else 10)")
