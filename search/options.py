@@ -122,7 +122,6 @@ def check_name(name: str) -> str:
     return name
 
 
-
 def sample_count(opts: SearchOptions) -> int:
     """Tune's num_samples: --samples, else 20 Optuna trials or 1 pass over the grid."""
     return opts.samples or (1 if opts.search == "random" else 20)

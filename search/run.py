@@ -105,6 +105,11 @@ def sayer(opts: SearchOptions) -> Callable[..., None]:
     return silent if opts.quiet else (lambda *a: print(*a, flush=True))
 
 
+def tell(say: Callable[..., None], text: str) -> None:
+    """Say ``text`` even under --quiet (how to go on, as an error would be): on stderr then."""
+    print(text, flush=True, file=sys.stderr if say is silent else sys.stdout)
+
+
 def run_search(space: Space, opts: SearchOptions) -> Path:
     """Run ``space``; returns the experiment folder, which holds trials.csv when it finishes."""
     from search.board import Board
@@ -169,9 +174,7 @@ def finish(folder: Path, status: str, say: Callable[..., None]) -> Path:
     trials = write_tables(folder)
     say(top_table(trials, folder))
     if status == fmt.INTERRUPTED and not (folder.parent / fmt.PLAN_STATE).exists():  # a plan says how it goes on
-        # said under --quiet too (on stderr), as an error would be
-        print(f"valley: interrupted; continue with `valley resume {folder}`", flush=True,
-              file=sys.stderr if say is silent else sys.stdout)
+        tell(say, f"valley: interrupted; continue with `valley resume {folder}`")
     say(f"valley: {status}: {len(trials)} trials in {folder / 'trials.csv'}")
     return folder
 

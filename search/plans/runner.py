@@ -1,7 +1,6 @@
 """Run a plan's stages in order; each kind of stage is one module under ``search/plans/stages``."""
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +10,8 @@ from search.options import OUTPUT_GONE, SearchError
 from search.plans.budget import SECONDS, allowance
 from search.plans.format import TRAINING_KINDS, Stage
 from search.plans.state import PlanRun
-from search.run import silent
 from search.plans.stages import bracket, confirm, search, transfer, valley
+from search.run import tell
 
 STAGE_RUNNERS: dict[str, Callable[[PlanRun, Stage], str]] = {
     "search": search.run, "bracket": bracket.run, "valley": valley.run, "confirm": confirm.run,
@@ -92,8 +91,7 @@ def run_plan(run: PlanRun) -> Path:
         if status != "completed":
             run.state["status"] = status
             run.save()
-            print(f"valley: plan {status} in stage {stage.name}; continue with `valley plan {run.folder}`",
-                  flush=True, file=sys.stderr if run.say is silent else sys.stdout)  # said under --quiet too
+            tell(run.say, f"valley: plan {status} in stage {stage.name}; continue with `valley plan {run.folder}`")
             return run.folder
     run.state["status"] = "completed"
     run.save()
