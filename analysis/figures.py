@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
-from analysis.format import FAILED, Task, guess_mode, guess_task
+from analysis.format import FAILED, Task, guess_mode, guess_task, trained
 from analysis.valley import ValleyResult, config_key, find_valley, is_seed
 
 PALETTE = qualitative.Plotly
@@ -465,12 +465,16 @@ def results_table(trials: pd.DataFrame, metric: str = "best_val_loss", mode: str
 # --- seeds and confidence intervals ----------------------------------------------------------------
 
 def seed_frame(trials: pd.DataFrame, value: str, min_seeds: int = 1) -> pd.DataFrame:
-    """(config, seed, value) per finished trial of configs run with ``min_seeds`` or more seeds:
-    the input of ``confidence_intervals``."""
+    """(config, seed, value) per trained trial (``format.trained``: a seed ASHA or a budget cut short is
+    no repeat of the others) of configs run with ``min_seeds`` or more such seeds: the input of
+    ``confidence_intervals``. A config's seeds share its label ("defaults" when only the seed varies)."""
     if trials.empty or value not in trials:
         return pd.DataFrame(columns=["config", "seed", value])
-    usable = trials[~trials["status"].isin(FAILED)] if "status" in trials else trials
-    labels = config_labels(usable)
+    usable = trials[trained(trials)] if "status" in trials else trials
+    if varied_columns(usable):
+        labels = config_labels(usable).groupby(config_key(usable), sort=False).transform("first")
+    else:
+        labels = pd.Series("defaults", index=usable.index, dtype=str)
     if "stage" in usable and usable["stage"].nunique() > 1:
         labels = usable["stage"].astype(str) + ": " + labels
     seeds = usable["config/seed"] if "config/seed" in usable else pd.Series(0, index=usable.index)
@@ -481,8 +485,8 @@ def seed_frame(trials: pd.DataFrame, value: str, min_seeds: int = 1) -> pd.DataF
 
 
 def has_repeats(trials: pd.DataFrame) -> bool:
-    """True when some config ran with two or more seeds."""
-    usable = trials[~trials["status"].isin(FAILED)] if "status" in trials else trials
+    """True when some config trained with two or more seeds."""
+    usable = trials[trained(trials)] if "status" in trials else trials
     return bool(len(usable)) and bool(config_key(usable).value_counts().max() >= 2)
 
 

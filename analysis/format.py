@@ -6,6 +6,7 @@ results/<name>/
                       the task (headline metric, its mode, the test column) so readers never guess
   space.yaml          the space file as it was
   trials.csv, trials.parquet, epochs.parquet   one row per trial / per trial-epoch (TRIAL_COLUMNS)
+  asha-stops.jsonl    one {"trial_id", "epoch"} line per trial ASHA stopped, as it is decided
   <trial_id>/params.json, result.json, error.txt, checkpoint_*/   Ray Tune's, per trial
 ```
 
@@ -24,6 +25,7 @@ from typing import Any
 MANIFEST = "valley.json"
 SPACE_COPY = "space.yaml"
 PLAN_STATE = "plan.json"
+ASHA_STOPS = "asha-stops.jsonl"
 
 # What valley.json holds (search.manifest writes every one of them).
 MANIFEST_FIELDS = {
@@ -123,6 +125,23 @@ def update_status(folder: Path, status: str) -> None:
     manifest = read_manifest(folder)
     manifest.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     write_manifest(folder, manifest)
+
+
+def asha_stops(folder: Path) -> dict[str, int]:
+    """Trial id -> the epoch ASHA stopped it at, from ``folder/asha-stops.jsonl`` (a line cut short by a
+    kill is skipped: the stop it was writing is not in Tune's snapshot either, and is decided again)."""
+    found = {}
+    try:
+        lines = (folder / ASHA_STOPS).read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            found[entry["trial_id"]] = int(entry["epoch"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
 
 
 # ----------------------------------------------------------------------------- the task

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.format import (ACTIVE, DONE, FAILED, MANIFEST, PLAN_STATE, Task, ended_itself, guess_mode,
+from analysis.format import (ACTIVE, DONE, FAILED, MANIFEST, PLAN_STATE, Task, asha_stops, ended_itself, guess_mode,
                              metric_column, read_manifest, task_of, trained, trial_status)
 
 
@@ -112,6 +112,7 @@ def _load_folder(folder: Path, manifest: dict[str, Any] | None = None,
     grid = manifest.get("grid", [])
     finished = manifest.get("status") == "completed"
     ended = TuneStatuses(folder)
+    cut = asha_stops(folder)  # ASHA's stops are final before the search is: they are no unfinished trials
     trials, epochs, warnings, no_results = [], [], [], []
     for trial_dir in trial_dirs(folder):
         trial_id = trial_dir.name
@@ -127,7 +128,8 @@ def _load_folder(folder: Path, manifest: dict[str, Any] | None = None,
                             f"read the {len(rows)} complete epochs")
         for row in rows:
             epochs.append({"trial_id": trial_id, **{k: v for k, v in row.items() if k not in RAY_KEYS}})
-        trials.append(_trial_row(trial_id, trial_dir, flat_config(config, grid), rows, finished, ended))
+        stopped = bool(rows) and rows[-1].get("epoch", 0) >= cut.get(trial_id, math.inf)
+        trials.append(_trial_row(trial_id, trial_dir, flat_config(config, grid), rows, finished or stopped, ended))
         if not rows and not trials[-1]["error"]:
             no_results.append(trial_id)
     trials_frame = _numeric(pd.DataFrame(trials))
@@ -282,10 +284,13 @@ def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
     manifest = read_manifest(Path(folder))
     task = task_of(manifest, trials.columns)
     metric = metric_column(manifest.get("metric", "val_loss"))
-    ranked = trials.dropna(subset=[metric]).sort_values(metric, ascending=manifest.get("mode", "min") == "min")
-    ranked = ranked[~ranked["status"].isin(FAILED)]
+    if metric not in trials or "status" not in trials:  # no trial reported an epoch: none has the column
+        ranked = trials.iloc[:0]
+    else:
+        ranked = trials.dropna(subset=[metric]).sort_values(metric, ascending=manifest.get("mode", "min") == "min")
+        ranked = ranked[~ranked["status"].isin(FAILED)]
     if ranked.empty:
-        failed = trials[trials["status"].isin(FAILED)]
+        failed = trials[trials["status"].isin(FAILED)] if "status" in trials else trials.iloc[:0]
         first = f"; the first: {failed['error'].iloc[0]}" if len(failed) and "error" in failed else ""
         return (f"no trial of {len(trials)} has a {metric}: {len(failed)} failed or diverged{first}; see the error "
                 f"column of {Path(folder) / 'trials.csv'}")

@@ -23,7 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import figures
-from analysis.format import DONE, FAILED, confirm_verdict, metric_column
+from analysis.format import DONE, FAILED, confirm_verdict, metric_column, trained
 from analysis.load import Experiment, ResultsError, load, progress
 from analysis.valley import ValleyResult, find_valley, not_learning, usable_trials
 
@@ -80,7 +80,8 @@ def build_sections(experiment: Experiment) -> list[Section]:
         sections.insert(0, Section("compare", f"{name} compared: {task.test_metric} over seeds",
                                    figures.confidence_intervals(seeds, task.test_metric, mode=task.mode),
                                    f"The search varied {name}: each configuration's test metric per seed, its mean "
-                                   "and a bootstrap 95% interval (the valley over model sizes is further down)."))
+                                   "and a bootstrap 95% interval (the valley over model sizes is further down)."
+                                   + _cut_short(trials)))
     hyper = [Section("parallel", "Hyperparameters", figures.parallel_coordinates(trials, metric, mode),
                      "Drag along an axis to select a range of trials."),
              Section("importance", "Hyperparameter importance", figures.importance(trials, metric, mode))]
@@ -88,7 +89,8 @@ def build_sections(experiment: Experiment) -> list[Section]:
     if asked != "compare" and task.test_metric in trials and figures.has_repeats(trials):
         seeds = figures.seed_frame(trials, task.test_metric, min_seeds=2)
         sections.append(Section("seeds", "Confidence intervals over seeds",
-                                figures.confidence_intervals(seeds, task.test_metric, mode=task.mode)))
+                                figures.confidence_intervals(seeds, task.test_metric, mode=task.mode),
+                                _cut_short(trials).strip()))
     sections.append(Section("results", "Results table", figures.results_table(trials, metric, mode, task=task),
                             "Test metrics of each trial's best checkpoint (by validation loss)."))
     if task.kind == "clock":
@@ -120,9 +122,20 @@ def _valley_section(experiment: Experiment) -> Section:
                    figures.loss_vs_params(trials, epochs, metric, valley=valley, mode=mode), note)
 
 
+def _cut_short(trials: pd.DataFrame) -> str:
+    """What intervals over seeds leave out: the trials a scheduler or a budget stopped before their last epoch."""
+    if "status" not in trials:
+        return ""
+    cut = int((trials["status"].isin(DONE) & ~trained(trials)).sum())
+    return (f" {cut} trial(s) ASHA or a budget stopped early are left out: a seed trained for fewer epochs is no "
+            "repeat of the others." if cut else "")
+
+
 def clock_sections(experiment: Experiment) -> list[Section]:
     """How the best clock model reads the test images: CSD histogram, by hour, confusion, worst reads."""
     trials, metric, mode = experiment.trials, experiment.metric, experiment.mode
+    if "status" not in trials or metric not in trials:  # no trial has reported an epoch yet
+        return []
     done = trials[trials["status"].isin(DONE)].dropna(subset=[metric])
     if done.empty:
         return []

@@ -21,7 +21,8 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-STOPS = "asha-stops.jsonl"  # one {"trial_id", "epoch"} line per trial ASHA stopped before max_t
+from analysis.format import ASHA_STOPS, asha_stops
+
 
 
 class ValleyASHA(ASHAScheduler):
@@ -31,7 +32,7 @@ class ValleyASHA(ASHAScheduler):
     experiment saved before it existed resumes with the default.
     """
 
-    stopped_at: dict[str, int] | None = None  # on resume: trial id -> the epoch ASHA stopped it at (STOPS)
+    stopped_at: dict[str, int] | None = None  # on resume: trial id -> the epoch ASHA stopped it at (ASHA_STOPS)
 
     def __init__(self, quiet: bool = False, **asha: Any) -> None:
         super().__init__(time_attr="training_iteration", **asha)
@@ -50,7 +51,7 @@ class ValleyASHA(ASHAScheduler):
         action = super().on_trial_result(tune_controller, trial, result)
         if action == TrialScheduler.STOP and epoch < self._max_t:
             try:
-                with open(Path(trial.path).parent / STOPS, "a") as record:
+                with open(Path(trial.path).parent / ASHA_STOPS, "a") as record:
                     record.write(json.dumps({"trial_id": trial.trial_id, "epoch": epoch}) + "\n")
             except OSError:  # the record only helps a resume after a kill; the search goes on without it
                 pass
@@ -69,26 +70,9 @@ class ValleyASHA(ASHAScheduler):
                   "the results on disk", flush=True)
         self.rebuilt += bool(rows)
         if self.stopped_at is None:  # read once per resume; a finished trial in it never reports again
-            self.stopped_at = stops(Path(trial.path).parent)
+            self.stopped_at = asha_stops(Path(trial.path).parent)
 
     def recorded(self) -> list[dict[str, float]]:
         """Each rung's recorded values by trial id (lowest milestone first), in the metric's own sign."""
         return [{t: self._metric_op * v for t, v in recorded.items()}
                 for bracket in self._brackets for _, recorded in reversed(bracket._rungs)]
-
-
-def stops(folder: Path) -> dict[str, int]:
-    """Trial id -> the epoch ASHA stopped it at, from ``folder/asha-stops.jsonl`` (a line cut short by a
-    kill is skipped: the stop it was writing is not in the snapshot either, and is decided again)."""
-    found = {}
-    try:
-        lines = (folder / STOPS).read_text().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        try:
-            entry = json.loads(line)
-            found[entry["trial_id"]] = int(entry["epoch"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return found

@@ -64,6 +64,22 @@ def test_load_experiment_and_tables_keep_their_behaviour(tmp_path):
     assert top_table(written, folder).startswith("top 5 of 14 by best_val_loss")
 
 
+def test_a_trial_asha_stopped_is_stopped_before_the_search_ends(tmp_path):
+    """While a search ran, or once it was interrupted, a trial ASHA had stopped read 'unfinished': the
+    dashboard's progress stayed low until the end and said `valley resume` would continue it. ASHA's
+    stops are final (asha-stops.jsonl); a trial short of max_epochs without one may still go on."""
+    folder = shutil.copytree(ASHA, tmp_path / "asha-digits")
+    manifest = json.loads((folder / "valley.json").read_text())
+    (folder / "valley.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    (folder / "asha-stops.jsonl").write_text("".join(json.dumps({"trial_id": f"9f306_000{n}", "epoch": 1}) + "\n"
+                                                     for n in ("00", "10", "11")) + '{"trial_id": "9f306_00012", "ep')
+    trials = load(folder).trials.set_index("trial_id")
+    assert trials.loc[["9f306_00000", "9f306_00010", "9f306_00011"], "status"].tolist() == ["stopped"] * 3
+    assert trials.loc["9f306_00011", "stopped_by_scheduler"]
+    assert trials.loc["9f306_00012", "status"] == "unfinished"  # its stop was cut short by a kill: decided again
+    assert progress(trials.reset_index()) == {"done": 12, "active": 1, "failed": 1, "total": 14}
+
+
 def test_load_plain_ray_experiment():
     plain = load(PLAIN)
     assert plain.kind == "ray" and plain.metric == "best_loss" and plain.mode == "min"
@@ -375,6 +391,23 @@ def test_confidence_intervals_from_seeds():
     assert fig.layout.yaxis.ticktext[-1] == "layers=2"  # best accuracy on top
     lowest = figures.confidence_intervals(frame, "test_acc", mode="min").layout.yaxis.ticktext[-1]
     assert lowest != "layers=2"  # with min, the lowest mean is on top
+
+
+def test_intervals_over_seeds_hold_only_seeds_that_trained_all_their_epochs():
+    """The report's intervals mixed seeds ASHA had cut after an epoch with fully trained ones (trials.csv's
+    seeds_mean_* leaves them out), and a search over seeds alone showed 'no test_acc values yet'."""
+    trials = load(SEEDS).trials.copy()
+    trials.loc[[1, 4], "status"] = "stopped"
+    trials.loc[[1, 4], "stopped_by_scheduler"] = True
+    frame = figures.seed_frame(trials, "test_acc", min_seeds=2)
+    assert len(frame) == 7 and figures.seed_summary(frame, "test_acc")["n"].tolist() == [2, 2, 3]
+    trials.loc[[5, 8], "status"] = "unfinished"
+    assert figures.has_repeats(trials)  # layers=2 still has two
+    trials.loc[[2, 7], "status"] = "stopped"
+    assert not figures.has_repeats(trials)
+    one = load(SEEDS).trials.iloc[6:9].drop(columns=["config/hidden", "config/layers"])  # only the seed varies
+    frame = figures.seed_frame(one, "test_acc", min_seeds=2)
+    assert frame["config"].tolist() == ["defaults"] * 3 and figures.has_repeats(one)
 
 
 def test_compare_two_experiments(asha):

@@ -178,3 +178,25 @@ def test_the_report_leads_with_the_question_the_search_asked(tmp_path):
 def test_a_plan_report_leads_with_its_stages(plan_report):
     _, text = plan_report
     assert text.index('<section id="stages">') < text.index('<section id="valley">')
+
+
+@pytest.mark.parametrize("reported", ["nothing", "no epoch"])
+def test_a_clock_experiment_without_a_result_reads_as_such(tmp_path, reported):
+    """A clock search ranks on val_csd, whose column exists only once a trial has reported: the report,
+    the dashboard's page and the table a search ends with raised KeyError when none had (every trial
+    failed before its first epoch, or the search had just started)."""
+    from analysis.load import load, top_table
+
+    folder = shutil.copytree(DATA / "asha-digits", tmp_path / "clocks")
+    manifest = json.loads((folder / "valley.json").read_text())
+    manifest.update(family="clock", metric="val_csd", dataset="clocks-tiny", status="running")
+    (folder / "valley.json").write_text(json.dumps(manifest))
+    for trial in [p for p in folder.iterdir() if p.is_dir()]:
+        if reported == "nothing":
+            shutil.rmtree(trial)
+        else:
+            (trial / "result.json").unlink()
+    text = write_report(folder).read_text(encoding="utf-8")
+    assert "No trial has a result yet" in text
+    trials = load(folder).trials
+    assert top_table(trials, folder).startswith("no trial")
