@@ -147,9 +147,10 @@ class Board:
             self.every_s, self.terminal = math.inf, False
 
     def _show(self, trials: list[Any], force: bool) -> None:
-        if self._epochs_at_start is None:  # a resumed search: its rate counts from here
-            self._started = time.monotonic()
-            self._epochs_at_start = sum(int(r.get("training_iteration") or 0) for r in self.latest.values())
+        if self._epochs_at_start is None:  # the first draw, or a resumed search's: its rate counts from here,
+            self._started = time.monotonic()  # over the epochs its trials hold now (a resumed one's restored ones)
+            self._epochs_at_start = snapshot(trials, self.latest, self.metric, self.mode, self.max_epochs,
+                                             self._started).trained
         now = time.monotonic()
         if not force and now - self._shown < (1.0 if self.terminal else self.every_s):
             return

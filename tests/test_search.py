@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -382,6 +383,27 @@ def test_the_board_counts_a_resumed_trial_by_tunes_result_and_one_that_never_tra
     snap = snapshot(trials, {}, "val_loss", "min", 5, 0.0)
     assert snap.counts == {"done": 1, "stopped": 1, "failed": 0, "running": 0, "pending": 1}
     assert line(snap, "val_loss").startswith("valley: 2/3 finished (1 done, 1 stopped, 0 failed), 0 running, 1 pending")
+
+
+def test_a_resumed_boards_time_left_counts_only_the_epochs_trained_since(capsys):
+    """A resumed board took the epochs Tune restored with its trials as trained in its first second, and
+    said '~0m01s left' of 200 epochs still to train."""
+    import pickle
+    from types import SimpleNamespace
+
+    from search.board import Board
+
+    board = pickle.loads(pickle.dumps(Board("val_loss", "min", 100, every_s=0.0, terminal=False)))  # tuner.pkl's
+    trials = [SimpleNamespace(trial_id=t, status="RUNNING", last_result={"training_iteration": 50, "val_loss": 0.5})
+              for t in "abcd"]
+    board.show(trials, force=True)
+    board._started -= 10.0  # 10 s later, each trial 5 epochs further
+    for trial in trials:
+        board.result(trial.trial_id, {"training_iteration": 55, "val_loss": 0.4})
+    board.show(trials, force=True)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    minutes, seconds = re.search(r"~(\d+)m(\d+)s left$", last).groups()
+    assert 90 <= 60 * int(minutes) + int(seconds) <= 120, last  # 180 epochs at 2 a second (a little less if slow)
 
 
 def test_the_board_of_a_budgeted_search_counts_its_trial_epochs_as_they_are_trained():
