@@ -9,38 +9,50 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
 from analysis import format as fmt
-from analysis.load import config_of
 from search.options import SearchError, SearchOptions
-from search.plans.select import side_by_side, top_configs
+from search.plans.select import confirmed_order, seeds_of, side_by_side, top_configs
 from search.run import run_search
 from spaces import load_space
 from trainables import get_family
 
 
-def best_configs(folder: Path, top: int) -> tuple[pd.DataFrame, dict]:
-    """The ``top`` distinct configs of an experiment or plan folder, best first, and its manifest."""
+def best_configs(folder: Path, top: int) -> tuple[list[dict[str, Any]], pd.DataFrame, dict, str]:
+    """The ``top`` distinct configs of an experiment or plan folder, best first; the rows of their seeds
+    there (``seeds_of``); its manifest; and where they were chosen.
+
+    A plan's configs come from its last completed confirm stage, in the order it ranked them (the mean
+    over seeds, fewer failed seeds first), else from its last trained stage."""
     from analysis.load import load_experiment
 
+    table, where = None, folder.name
     if (folder / fmt.PLAN_STATE).exists():
         state = json.loads((folder / fmt.PLAN_STATE).read_text())
         trained = [name for name, stage in state["stages"].items() if stage.get("experiments")]
         if not trained:
             raise SearchError(f"plan {folder} has no trained stage yet; run it first")
-        folder = folder / state["stages"][trained[-1]]["experiments"][-1]
+        confirmed = [name for name in trained if state["stages"][name].get("kind") == "confirm"
+                     and state["stages"][name].get("status") == "completed"
+                     and (folder / f"stage-{name}.csv").exists()]
+        stage = (confirmed or trained)[-1]
+        table = folder / f"stage-{stage}.csv" if confirmed else None
+        where = f"stage {stage} of plan {folder.name}" + ("" if confirmed or state["stages"][stage].get("status")
+                                                           == "completed" else " (not completed)")
+        folder = folder / state["stages"][stage]["experiments"][-1]
     manifest = fmt.read_manifest(folder)
     if not manifest:
         raise SearchError(f"{folder} is not a valley experiment or plan (no {fmt.MANIFEST} or {fmt.PLAN_STATE})")
     trials, _ = load_experiment(folder)
-    _, ids = top_configs(trials, manifest["metric"], manifest["mode"], top)
-    if not ids:
-        return pd.DataFrame(), manifest
-    best = trials.set_index("trial_id").loc[ids].reset_index()
-    return best, manifest
+    if table is not None:
+        configs, ids = confirmed_order(table, trials, top)
+    else:
+        configs, ids = top_configs(trials, manifest["metric"], manifest["mode"], top)
+    return configs, seeds_of(trials, ids), manifest, where
 
 
 def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
@@ -49,11 +61,12 @@ def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
         raise SearchError(f"--top must be at least 1, got {top}")
     if not opts.dataset:
         raise SearchError("transfer needs --dataset, the data set to re-run the configurations on")
-    best, manifest = best_configs(source, top)
-    if best.empty:
+    grid, before, manifest, where = best_configs(source, top)
+    if not grid:
         raise SearchError(f"{source} has no completed trial to transfer")
-    grid = [config_of(row) for _, row in best.iterrows()]
-    doc = {"description": f"top {len(grid)} of {source.name}, verbatim, on {opts.dataset}",
+    if not opts.quiet:
+        print(f"valley: transferring the top {len(grid)} configurations of {where}", flush=True)
+    doc = {"description": f"top {len(grid)} of {where}, verbatim, on {opts.dataset}",
            "family": manifest["family"], "metric": manifest["metric"], "mode": manifest["mode"],
            "dataset": opts.dataset, "max_epochs": manifest["max_epochs"], "grid": grid}
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +78,7 @@ def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
     from analysis.load import load_experiment
 
     trials, _ = load_experiment(folder)
-    side = side_by_side(best, trials, manifest["dataset"], opts.dataset,
+    side = side_by_side(before, trials, manifest["dataset"], opts.dataset,
                         get_family(manifest["family"]).task.test_metric)
     side.to_csv(folder / "transfer.csv", index=False)
     print(side.to_string(index=False))

@@ -142,13 +142,16 @@ def test_a_stage_that_fails_leaves_the_plan_interrupted_and_it_continues_from_th
 
 
 @pytest.mark.ray
-def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path, capsys):
-    run = start_plan(load_plan(plan_file()), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
+def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, write_space, tmp_path, capsys):
+    plan_file()
+    path = write_space(PLAN.replace("EPOCHS", "2") + "  - {name: moved, kind: transfer, from: confirm, "
+                                                     "dataset: digits, top: 2}\n", "plan.yaml")
+    run = start_plan(load_plan(path), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
                      say=lambda *a: None)
     folder = run_plan(run)
     state = json.loads((folder / "plan.json").read_text())
     assert state["status"] == "completed"
-    assert [s["status"] for s in state["stages"].values()] == ["completed"] * 4
+    assert [s["status"] for s in state["stages"].values()] == ["completed"] * 5
     valley = json.loads((folder / "stage-valley.json").read_text())
     assert valley["chosen"] in valley["band"] and 1 <= len(valley["architectures"]) <= 2
     assert "note" not in valley  # the rough trials learned: no warning that they did not
@@ -172,12 +175,23 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, tmp_path
     assert [row["seed"] for row in grid] == sorted(row["seed"] for row in grid)  # seed by seed: a budget that
     # runs out leaves every configuration with the same seeds
 
+    # the transfer stage, and `valley transfer` of the plan, re-run the configurations in the order the
+    # confirm stage ranked them over its seeds (not by each one's luckiest seed), side by side over the seeds
+    ranked = [json.loads(label) for label in confirm["label"].head(2)]
+    moved = pd.read_csv(folder / "stage-moved.csv")
+    assert [json.loads(c) for c in moved["config"]] == [json.loads(json.dumps(c, sort_keys=True)) for c in ranked]
+    assert (moved["seeds@synthetic"] == 2).all() and (moved["seeds@digits"] == 1).all()
+    from search.transfer import transfer
+
+    again = transfer(folder, 2, SearchOptions(storage=str(tmp_path), dataset="digits", quiet=True))
+    assert pd.read_csv(again / "transfer.csv")["config"].tolist() == moved["config"].tolist()
+
     # a finished plan continued (`valley resume` of a plan folder is `valley plan FOLDER`) re-runs nothing
     from search import cli
 
     capsys.readouterr()
     assert cli.main(["resume", str(folder)]) == 0
-    assert capsys.readouterr().out.count("already completed, not re-run") == 4
+    assert capsys.readouterr().out.count("already completed, not re-run") == 5
 
 
 @pytest.mark.ray
@@ -427,3 +441,22 @@ def test_top_configs_fill_with_early_stopped_trials_only_when_asked():
     configs, ids = top_configs(trials, "val_loss", "min", 3, stopped=True)
     assert ids == ["b", "a", "c"]  # every completed trial first, then the stopped ones by their metric
     assert configs[1] == {"hidden": [1]}
+
+
+def test_top_configs_rank_a_config_by_its_mean_over_seeds_not_its_luckiest_seed():
+    from search.plans import top_configs
+    from search.plans.select import seeds_of, side_by_side
+
+    trials = pd.DataFrame({
+        "trial_id": list("abcdefg"), "status": ["completed"] * 6 + ["stopped"],
+        "best_val_loss": [0.30, 0.50, 0.50, 0.35, 0.36, 0.36, 0.01], "test_acc": [0.9, 0.8, 0.7, 0.6, 0.6, 0.6, 0.99],
+        "config/hidden": ["[1]"] * 3 + ["[2]"] * 3 + ["[1]"], "config/seed": [0, 1, 2, 0, 1, 2, 3]})
+    configs, ids = top_configs(trials, "val_loss", "min", 2)
+    assert configs == [{"hidden": [2]}, {"hidden": [1]}] and ids == ["d", "a"]
+    assert top_configs(trials, "val_loss", "min", 1, stopped=True)[1] == ["d"]  # a's stopped seed does not count
+    before = seeds_of(trials, ids)
+    assert sorted(before["trial_id"]) == list("abcdef")
+    after = pd.DataFrame({"trial_id": ["x", "y"], "status": ["completed"] * 2, "best_val_loss": [1.0, 2.0],
+                          "test_acc": [0.5, 0.4], "config/hidden": ["[1]", "[2]"]})
+    side = side_by_side(before, after, "a", "b", "test_acc").set_index("config")
+    assert side.loc['{"hidden": [1]}', "test_acc@a"] == pytest.approx(0.8) and side["seeds@a"].tolist() == [3, 3]

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis.format import metric_column
+from analysis.format import metric_column, trained
 from analysis.load import config_of
 
 
@@ -14,35 +15,64 @@ def top_configs(trials: pd.DataFrame, metric: str, mode: str, top: int, stopped:
                 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The ``top`` distinct configs of completed trials, best first, with the trial each came from.
 
-    With ``stopped``, trials that ASHA stopped early fill the places completed trials leave,
-    best first after every completed one (their metric is from fewer epochs). Stalled trials
-    (at chance level) come last of all, so one is picked only when nothing else finished.
+    A config run with several seeds ranks by its mean over them, not by its luckiest seed; the trial
+    it came from is its best seed. With ``stopped``, trials that ASHA stopped early fill the places
+    completed trials leave, best first after every completed one (their metric is from fewer
+    epochs). Stalled trials (at chance level) come last of all, so one is picked only when nothing
+    else finished.
     """
     column = metric_column(metric)
     if "status" not in trials or column not in trials:  # no trial has reported yet (a budget spent before one did)
         return [], []
     statuses = ["completed", "stopped", "stalled"] if stopped else ["completed", "stalled"]
     ranked = trials[trials["status"].isin(statuses)].dropna(subset=[column])
-    ranked = ranked.assign(_late=ranked["status"].map({"completed": 0, "stopped": 1, "stalled": 2}))
-    ranked = ranked.sort_values(["_late", column], ascending=[True, mode == "min"])
-    configs: list[dict[str, Any]] = []
-    ids: list[str] = []
-    for _, row in ranked.iterrows():
-        config = config_of(row)
-        if config not in configs:
+    ranked = ranked.assign(_late=ranked["status"].map({"completed": 0, "stopped": 1, "stalled": 2}),
+                           _key=[config_key(row) for _, row in ranked.iterrows()])
+    ranked = ranked[ranked["_late"] == ranked.groupby("_key")["_late"].transform("min")]  # a config's best class
+    ranked = ranked.assign(_mean=ranked.groupby("_key")[column].transform("mean"))
+    ranked = ranked.sort_values(["_late", "_mean", column], ascending=[True, mode == "min", mode == "min"])
+    chosen = ranked.drop_duplicates("_key").head(top)
+    return [config_of(row) for _, row in chosen.iterrows()], chosen["trial_id"].tolist()
+
+
+def config_key(row: pd.Series) -> str:
+    """A trials-table row's config as text, without the keys that only say how it ran (its seed among them)."""
+    return json.dumps(config_of(row), sort_keys=True)
+
+
+def seeds_of(trials: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
+    """The rows that stand for the configs of ``ids`` (as ``top_configs`` returns them): each config's seeds
+    of the chosen trial's status, the chosen trial alone when it is the config's only one."""
+    chosen = trials[trials["trial_id"].isin(ids)]
+    wanted = {(config_key(row), row["status"]) for _, row in chosen.iterrows()}
+    return trials[[(config_key(row), row["status"]) in wanted for _, row in trials.iterrows()]]
+
+
+def confirmed_order(table: Path, trials: pd.DataFrame, top: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``top`` configs a confirm stage ranked (its ``stage-<name>.csv``, best first: fewest failed seeds,
+    then the mean over seeds), each with its best trained seed in ``trials``, the stage's own trials."""
+    order = [json.loads(label) for label in pd.read_csv(table)["label"].head(top)]
+    usable = trials[trained(trials)]
+    keys = pd.Series([config_key(row) for _, row in usable.iterrows()], index=usable.index, dtype=object)
+    configs, ids = [], []
+    for config in order:
+        rows = usable[keys == json.dumps(config, sort_keys=True)]
+        if not rows.empty:
             configs.append(config)
-            ids.append(row["trial_id"])
-        if len(configs) == top:
-            break
+            ids.append(rows["trial_id"].iloc[0])
     return configs, ids
 
 
 def side_by_side(before: pd.DataFrame, after: pd.DataFrame, from_name: str, to_name: str,
                  test_metric: str) -> pd.DataFrame:
-    """One row per configuration: its metrics on the source and on the target data set."""
+    """One row per configuration: its metrics on the source and on the target data set, each the mean over
+    the seeds the frames hold of it (``seeds_of``), with how many that is."""
     metrics = [c for c in ("n_params", "best_val_loss", test_metric, "test_loss") if c in before]
-    before = before.assign(_key=[json.dumps(config_of(r), sort_keys=True) for _, r in before.iterrows()])
-    after = after.assign(_key=[json.dumps(config_of(r), sort_keys=True) for _, r in after.iterrows()])
-    merged = before[["_key", *metrics]].merge(after[["_key", *metrics]], on="_key",
-                                              suffixes=(f"@{from_name}", f"@{to_name}"))
+
+    def per_config(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.assign(_key=[config_key(r) for _, r in frame.iterrows()])
+        means = frame.groupby("_key", sort=False)[[c for c in metrics if c in frame]].mean()
+        return means.assign(seeds=frame.groupby("_key", sort=False).size()).reset_index()
+
+    merged = per_config(before).merge(per_config(after), on="_key", suffixes=(f"@{from_name}", f"@{to_name}"))
     return merged.rename(columns={"_key": "config"})

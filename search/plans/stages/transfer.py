@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from search.options import SearchError
 from search.plans.format import Stage
-from search.plans.select import side_by_side, top_configs
+from search.plans.select import confirmed_order, seeds_of, side_by_side, top_configs
 from search.plans.state import PlanRun, train_stage, write_space
 from search.plans.state import source_space as source_space_of
 from trainables import get_family
@@ -13,7 +13,13 @@ def run(run: PlanRun, stage: Stage) -> str:
     """The best configurations of an earlier stage, verbatim, on another data set."""
     trials, _ = run.trials(stage.source)
     source_space = source_space_of(run, stage.source)
-    configs, ids = top_configs(trials, source_space.metric, source_space.mode, int(stage.get("top", 3)))
+    top = int(stage.get("top", 3))
+    ranked = run.folder / f"stage-{stage.source}.csv"  # a confirm stage's order: the mean over seeds
+    source_kind = next(s.kind for s in run.plan.stages if s.name == stage.source)
+    if source_kind == "confirm" and ranked.exists():
+        configs, ids = confirmed_order(ranked, trials, top)
+    else:
+        configs, ids = top_configs(trials, source_space.metric, source_space.mode, top)
     if not configs:
         raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to transfer")
     dataset = stage.get("dataset")
@@ -24,8 +30,7 @@ def run(run: PlanRun, stage: Stage) -> str:
     status = train_stage(run, stage, space, stage.name, dataset=dataset, search="random", scheduler="fifo", samples=1)
     if status != "completed":
         return status
-    before = trials[trials["trial_id"].isin(ids)]
-    side = side_by_side(before, run.trials(stage.name)[0], run.base.dataset, dataset,
+    side = side_by_side(seeds_of(trials, ids), run.trials(stage.name)[0], run.base.dataset, dataset,
                         get_family(source_space.family).task.test_metric)
     side.to_csv(run.folder / f"stage-{stage.name}.csv", index=False)
     run.say(side.to_string(index=False))
