@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
+from analysis.format import FAILED
 from analysis.load import Experiment, ResultsError, find_results, is_experiment, is_plan, load, progress
 
 INDEX_REFRESH_S = 10
@@ -232,8 +233,9 @@ def _index_row(experiment: Experiment, href: str, name: str, nested: bool) -> st
     share = counts["done"] + counts["failed"]
     percent = 100 * share / counts["total"] if counts["total"] else 0
     metric, best = experiment.metric, "-"
-    if metric in experiment.trials and experiment.trials[metric].notna().any():
-        values = experiment.trials[metric].dropna()
+    trials = experiment.trials
+    values = trials[~trials["status"].isin(FAILED)][metric].dropna() if {metric, "status"} <= set(trials) else []
+    if len(values):  # a trial that diverged after a good epoch is no best: the report's top table leaves it out
         best = f"{metric} {(values.min() if experiment.mode == 'min' else values.max()):.4g}"
     updated = _age(signature(experiment.path)[1])
     status = experiment.status

@@ -7,8 +7,14 @@ from typing import Any
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from analysis.format import MANIFEST
+from analysis.format import MANIFEST, PLAN_STATE
 from search.loggers import resolved
+
+
+def experiment_name(folder: Path) -> str:
+    """The MLflow experiment of a valley experiment: its folder's name, or ``<plan>/<stage>`` for a plan's
+    stage (its folder is named after the stage, so every plan's "rough" would share one experiment)."""
+    return f"{folder.parent.name}/{folder.name}" if (folder.parent / PLAN_STATE).exists() else folder.name
 
 
 class MLflow(MLflowLoggerCallback):
@@ -21,10 +27,30 @@ class MLflow(MLflowLoggerCallback):
     """
 
     def __init__(self, uri: str | None, folder: Path, rows: list[dict[str, Any]]) -> None:
-        super().__init__(uri, experiment_name=folder.name, tags={"valley_experiment": str(folder)})
+        super().__init__(uri, experiment_name=experiment_name(folder), tags={"valley_experiment": str(folder)})
         self.folder = folder
         self.rows = rows
         self.logged: dict[str, int] = {}  # run id -> the last step logged
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        super().setup(*args, **kwargs)
+        self.end_set_aside()
+
+    def end_set_aside(self) -> None:
+        """End, as KILLED, the runs of trials ``valley resume`` set aside (begun after the last snapshot a
+        killed driver wrote, so no Tune trial goes on in them): they stayed RUNNING for ever. A trial
+        Tune draws again with the same id (a grid's) reopens its run and ends it as usual."""
+        from search.progress import UNRESTORED
+
+        gone = sorted(p.name for p in (self.folder / UNRESTORED).glob("*") if p.is_dir())
+        if not gone:
+            return
+        client = self.mlflow_util._get_client()
+        for trial_id in gone:
+            for run in client.search_runs([self.mlflow_util.experiment_id],
+                                          filter_string=f"tags.trial_id = '{trial_id}' and attributes.status = "
+                                                        "'RUNNING'"):
+                client.set_terminated(run.info.run_id, status="KILLED")
 
     def log_trial_start(self, trial: Any) -> None:
         if trial not in self._trial_runs:

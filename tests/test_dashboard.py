@@ -142,3 +142,17 @@ def test_make_server_refuses_a_missing_folder_and_a_busy_port(site, tmp_path):
         make_server(tmp_path / "missing", port=0)
     with pytest.raises(ResultsError, match="pass another --port"):
         make_server(results, port=int(base.rsplit(":", 1)[1]))
+
+
+def test_the_index_best_leaves_out_failed_and_diverged_trials():
+    """A trial that diverged after a good epoch read as the experiment's best on the index page."""
+    from analysis.dashboard import _index_row
+    from analysis.load import load
+
+    experiment = load(DATA / "asha-digits")
+    trials = experiment.trials
+    assert trials.loc[trials["trial_id"] == "9f306_00013", "status"].item() == "failed"
+    trials.loc[trials["trial_id"] == "9f306_00013", "best_val_loss"] = 1e-5
+    best = trials.loc[trials["status"] != "failed", "best_val_loss"].min()
+    row = _index_row(experiment, "/exp/asha-digits", "asha-digits", nested=False)
+    assert f"best_val_loss {best:.4g}" in row and "1e-05" not in row

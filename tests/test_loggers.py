@@ -114,8 +114,9 @@ def test_optuna_study_is_in_the_experiment_folder(logged):
     study = load_study(folder)  # what optuna-dashboard opens: results/EXP/optuna.journal
     assert len(study.trials) == len(trials) == 5
     assert {t.state.name for t in study.trials} == {"COMPLETE"}
-    last = pd.read_parquet(folder / "epochs.parquet").sort_values("epoch").groupby("trial_id").tail(1)
-    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(last["val_loss"]))  # Ray tells the last
+    # the best checkpoint's val_loss, as trials.csv ranks trials and a plan's warm start tells them (Ray tells the
+    # last epoch's, worse for a trial its own patience ended)
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(trials["best_val_loss"]))
 
 
 @pytest.mark.ray
@@ -138,6 +139,28 @@ def test_mlflow_records_every_trial(logged):
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["valley.json"]
     local = Path(client.get_run(runs[0].info.run_id).info.artifact_uri.removeprefix("file://"))
     assert json.loads((local / "valley.json").read_text())["status"] in ("running", "completed")
+
+
+def test_mlflow_names_a_plans_stage_by_its_plan_and_ends_runs_resume_set_aside(tmp_path):
+    """Every plan's stage "rough" logged into one MLflow experiment "rough"; the run of a trial a killed
+    driver began after its last snapshot (set aside by `valley resume`) stayed RUNNING for ever."""
+    from mlflow.tracking import MlflowClient
+
+    from search.mlflow_log import MLflow
+    from search.progress import UNRESTORED
+
+    folder = tmp_path / "plan-mlp-digits-1" / "rough"
+    (folder / UNRESTORED / "t_00001").mkdir(parents=True)
+    (folder.parent / "plan.json").write_text("{}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLflow(uri, folder, [])
+    logger.setup()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("plan-mlp-digits-1/rough").experiment_id
+    runs = {t: client.create_run(experiment, tags={"trial_id": t}).info.run_id for t in ("t_00001", "t_00002")}
+    logger.end_set_aside()
+    assert client.get_run(runs["t_00001"]).info.status == "KILLED"
+    assert client.get_run(runs["t_00002"]).info.status == "RUNNING"
 
 
 def test_mlflow_refusals_are_one_line(write_space, tmp_path, monkeypatch):
