@@ -110,6 +110,37 @@ def loopback_only() -> Iterator[None]:
             ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
+@contextlib.contextmanager
+def own_process_groups() -> Iterator[None]:
+    """While a local Ray starts, start each of its processes in a process group of its own.
+
+    ``timeout``, and a shell or batch system that ends a job, send SIGTERM to the driver's whole
+    process group. Ray's GCS and raylet, in that group, died with the driver's workers at once, so
+    the driver's orderly stop (``terminate_as_ctrl_c``) waited a minute on a GCS that was gone and
+    then aborted: no trials.csv, the experiment left 'running'. In groups of their own they hear
+    only the driver, which stops them itself (and the kernel's parent-death signal, and the reaper,
+    when the driver is killed outright); the workers the raylet starts are in the raylet's group.
+    """
+    from ray._private import services
+
+    popen = services.ConsolePopen
+
+    class OwnGroup(popen):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, preexec_fn: Any = None, **kwargs: Any) -> None:
+            def in_own_group() -> None:
+                os.setpgid(0, 0)
+                if preexec_fn is not None:
+                    preexec_fn()
+
+            super().__init__(*args, preexec_fn=in_own_group, **kwargs)
+
+    services.ConsolePopen = OwnGroup
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen
+
+
 def auth_token_path() -> Path | None:
     """The token file Ray's token authentication reads, unless the token comes from the environment."""
     if os.environ.get("RAY_AUTH_TOKEN"):
@@ -287,7 +318,7 @@ def start_ray(opts: SearchOptions, family: str | None = None) -> None:
     trials_on_prestarted_workers()
     preload = [*WORKER_PRELOAD, *([FAMILIES[family]] if family in FAMILIES else [])]
     before = descendants()
-    with loopback_only():  # address="local": a new Ray, even where RAY_ADDRESS or a `ray start` points elsewhere
+    with loopback_only(), own_process_groups():  # address="local": a new Ray, even where RAY_ADDRESS points elsewhere
         ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING",
                  _system_config={"preload_python_modules": preload, "enable_worker_prestart": True})

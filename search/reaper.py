@@ -22,7 +22,8 @@ def started(pid: int) -> str | None:
 
 
 def main(driver: int, pids: list[int]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops Ray itself
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and `timeout` are the driver's: it stops Ray itself
+        signal.signal(sig, signal.SIG_IGN)
     starts = {pid: started(pid) for pid in pids}
     while os.getppid() == driver:
         time.sleep(0.5)

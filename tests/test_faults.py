@@ -310,6 +310,10 @@ def interrupt_after_progress(driver: subprocess.Popen, folder: Path, since: floa
     returns what it printed (nothing, for the second)."""
     wait_for_fresh_checkpoint(driver, folder, since)
     assert driver.poll() is None, f"the search ended before it was stopped: {driver.communicate()[0]}"
+    if how == "sigterm-group":  # `timeout`, a shell or a batch system ending the job: the driver's whole group
+        os.killpg(driver.pid, signal.SIGTERM)
+        out, _ = driver.communicate(timeout=90)
+        return out
     if how in ("ctrl-c", "sigterm"):
         os.kill(driver.pid, signal.SIGINT if how == "ctrl-c" else signal.SIGTERM)
         out, _ = driver.communicate(timeout=90)
@@ -320,14 +324,17 @@ def interrupt_after_progress(driver: subprocess.Popen, folder: Path, since: floa
 
 
 @pytest.mark.ray
-def test_sigterm_ends_a_search_as_ctrl_c_does(write_space, tmp_path):
+@pytest.mark.parametrize("how", ["sigterm", "sigterm-group"])
+def test_sigterm_ends_a_search_as_ctrl_c_does(write_space, tmp_path, how):
     """`kill`, `timeout` or a batch system's time limit: Ray's core worker answered SIGTERM with a stack dump
-    and an abort (exit 134), and the experiment had no trials.csv. Now it ends as Ctrl-C ends it."""
+    and an abort (exit 134), and the experiment had no trials.csv. Now it ends as Ctrl-C ends it. Sent to
+    the driver's whole process group (`timeout`), it reached Ray's GCS and raylet as well, and the driver
+    waited a minute on the dead GCS, then aborted: Ray's processes are now in groups of their own."""
     storage = tmp_path / "results"
     driver = valley("search", str(write_space(RESUMABLE)), "--name", "term", "--storage", str(storage),
                     "--samples", "2", "--num-cpus", "2", cwd=tmp_path)
     try:
-        out = interrupt_after_progress(driver, storage / "term", time.time() - 1, how="sigterm")
+        out = interrupt_after_progress(driver, storage / "term", time.time() - 1, how=how)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
