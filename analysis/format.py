@@ -7,6 +7,7 @@ results/<name>/
   space.yaml          the space file as it was
   trials.csv, trials.parquet, epochs.parquet   one row per trial / per trial-epoch (TRIAL_COLUMNS)
   asha-stops.jsonl    one {"trial_id", "epoch"} line per trial ASHA stopped, as it is decided
+  optuna.journal      --search optuna: the Optuna study
   <trial_id>/params.json, result.json, error.txt, checkpoint_*/   Ray Tune's, per trial
 ```
 
@@ -26,6 +27,7 @@ MANIFEST = "valley.json"
 SPACE_COPY = "space.yaml"
 PLAN_STATE = "plan.json"
 ASHA_STOPS = "asha-stops.jsonl"
+OPTUNA_JOURNAL = "optuna.journal"  # --search optuna: the study (search.optuna_study)
 
 # What valley.json holds (search.manifest writes every one of them).
 MANIFEST_FIELDS = {

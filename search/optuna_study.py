@@ -17,9 +17,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis.format import OPTUNA_JOURNAL
 from search.ray_start import drop_messages
 
-JOURNAL = "optuna.journal"
 TRIAL_ID = "ray_trial_id"  # a study trial's user attribute: the Tune trial it is
 
 
@@ -27,7 +27,7 @@ def journal(folder: Path) -> JournalStorage:
     """The experiment's Optuna storage: one append-only file, ``folder/optuna.journal``."""
     folder.mkdir(parents=True, exist_ok=True)
     optuna_says_only_what_matters()
-    return JournalStorage(JournalFileBackend(str(folder / JOURNAL)))
+    return JournalStorage(JournalFileBackend(str(folder / OPTUNA_JOURNAL)))
 
 
 def optuna_says_only_what_matters() -> None:
@@ -49,9 +49,24 @@ def optuna_says_only_what_matters() -> None:
     drop_messages("optuna.storages.journal._storage", "A new study created in Journal")
 
 
-def load_study(folder: Path) -> optuna.Study:
+def load_study(folder: str | Path) -> optuna.Study:
     """The study of an experiment folder, as optuna-dashboard shows it."""
+    folder = Path(folder).expanduser()
+    if not (folder / OPTUNA_JOURNAL).is_file():
+        raise FileNotFoundError(f"{folder} holds no {OPTUNA_JOURNAL}: give the folder of a search or plan stage "
+                                "run with --search optuna")
     return optuna.load_study(study_name=folder.name, storage=journal(folder))
+
+
+def close_unfinished(folder: Path) -> int:
+    """Once a search has completed, end the study trials still RUNNING as PRUNED: a trial its budget stopped
+    (Tune tells the searcher nothing of it; ``stopped`` in trials.csv) or one asked and never started.
+    optuna-dashboard showed them running for ever. Returns how many."""
+    study = load_study(folder)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=TrialState.PRUNED)
+    return len(running)
 
 
 class ValleyOptunaSearch(OptunaSearch):
@@ -109,7 +124,7 @@ class ValleyOptunaSearch(OptunaSearch):
             self._ot_study.tell(trial.number, state=TrialState.FAIL)
         if lost and not self.quiet:
             print(f"valley: note: {len(lost)} Optuna trial(s) began after Ray's last snapshot, and the restored "
-                  f"search does not know them: those still running are marked failed in {JOURNAL}; those that "
+                  f"search does not know them: those still running are marked failed in {OPTUNA_JOURNAL}; those that "
                   "finished keep their values in the study (the training happened) but have no row in "
                   "trials.csv", flush=True)
 

@@ -164,6 +164,10 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
     prune_checkpoints(folder)  # Tune's last snapshot is on disk now
     if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume
         slim_finished(trials, rows)
+        if (folder / fmt.OPTUNA_JOURNAL).exists():
+            from search.optuna_study import close_unfinished
+
+            close_unfinished(folder)
     return finish(folder, status, say)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
-from analysis.format import failure_kind
+from analysis.format import OPTUNA_JOURNAL, failure_kind
 from search.options import SearchOptions, sample_count
 from spaces import Space
 from trainables.family import Family
@@ -57,7 +57,7 @@ def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
         return ValleyBOHB(opts.quiet, seed=opts.seed)
     import optuna
 
-    from search.optuna_study import JOURNAL, ValleyOptunaSearch, journal
+    from search.optuna_study import ValleyOptunaSearch, journal
 
     # TPE models the results after n_startup_trials random ones: Optuna's 10 would leave a 12-trial
     # fine stage random, so a third of the budget (at most 10) starts it; warm-start points count.
@@ -67,7 +67,7 @@ def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
                                evaluated_rewards=list(opts.warm_rewards) or None,
                                storage=journal(folder), study_name=folder.name)
     found.quiet = opts.quiet
-    say(f"valley: Optuna's study: `optuna-dashboard {folder / JOURNAL}`")
+    say(f"valley: Optuna's study: `optuna-dashboard {folder / OPTUNA_JOURNAL}`")
     return found
 
 

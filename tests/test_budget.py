@@ -171,6 +171,10 @@ def test_a_budgeted_plan_never_overspends_and_carries_its_incumbent(ray_session,
     assert "stalled at chance level" in confirm["note"]  # the fine stage's pick learned nothing: said, not hidden
     table = pd.read_csv(folder / "stage-confirm.csv")
     assert list(table["stage"]) == ["rough", "fine"]  # ranked on mean validation loss
+    from search.optuna_study import load_study
+
+    # the fine stage's trials the budget stopped, or never started, were RUNNING in its study for ever
+    assert "RUNNING" not in {t.state.name for t in load_study(folder / "fine").trials}
     said = []
     run_plan(reopen_plan(folder, say=said.append))  # a finished plan spends nothing more
     assert trial_epochs(folder) == sum(spent.values())

@@ -218,3 +218,12 @@ def test_command_line_flags_reach_the_search_options():
     assert opts.quiet and not opts.tensorboard and opts.log == ("mlflow",) and opts.mlflow_uri == "sqlite:///m.db"
     defaults = options_from(build_parser().parse_args(["search", "mlp-rough"]))
     assert not defaults.quiet and defaults.tensorboard and defaults.log == () and defaults.mlflow_uri is None
+
+
+def test_load_study_takes_a_path_as_text_and_refuses_a_folder_without_a_study(tmp_path):
+    """A str raised AttributeError; a mistyped folder was created, with an empty journal, then KeyError."""
+    from search.optuna_study import load_study
+
+    with pytest.raises(FileNotFoundError, match="holds no optuna.journal: give the folder of a search"):
+        load_study(str(tmp_path / "typo"))
+    assert not (tmp_path / "typo").exists()
