@@ -19,6 +19,7 @@ from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
 from analysis.format import FAILED, Task, guess_mode, guess_task, trained
+from analysis.load import RUN_KEYS
 from analysis.valley import ValleyResult, config_key, find_valley, is_seed
 
 PALETTE = qualitative.Plotly
@@ -54,8 +55,9 @@ def config_labels(trials: pd.DataFrame) -> pd.Series:
         parts = [config_labels(part.drop(columns="stage")) for _, part in trials.groupby("stage", sort=False)]
         return pd.concat(parts).reindex(trials.index)
     columns = varied_columns(trials)
-    if not columns:
-        return trials["trial_id"].astype(str)
+    if not columns:  # one configuration (a confirm stage's, over seeds): its values, the same for every trial
+        columns = [c for c in trials.columns if c.startswith("config/") and not is_seed(c)
+                   and c.removeprefix("config/") not in RUN_KEYS]
     labels = []
     for row in trials[columns].itertuples(index=False):
         parts = [f"{c.removeprefix('config/')}={fmt(v)}" for c, v in zip(columns, row) if not _missing(v)]
@@ -239,7 +241,8 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, y: str = "val_lo
     labels = config_labels(trials).set_axis(info.index)
     sizes = pd.to_numeric(info["n_params"], errors="coerce") if "n_params" in info else None
     many = len(info) > MANY_CURVES  # then one trace per colour, not per trial: thousands of traces are slow
-    if sizes is not None and sizes.notna().any():
+    sized = sizes is not None and sizes.dropna().nunique() > 1  # one model size: colours by trial, no size scale
+    if sized:
         logs = np.log10(sizes.clip(lower=1))
         span = (logs.min(), max(logs.max(), logs.min() + 1e-9))
         shade = ((logs - span[0]) / (span[1] - span[0])).fillna(0)
@@ -288,7 +291,7 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, y: str = "val_lo
                 x=[p[0] for p in points], y=[p[1] for p in points], mode="markers", name=name,
                 marker=dict(symbol=symbol, size=11, color=colour, line=dict(width=1, color=colour)),
                 text=[p[2] for p in points], hovertemplate=f"{name}<br>%{{text}}<extra></extra>"))
-    if sizes is not None and sizes.notna().any():
+    if sized:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
                                  marker=dict(colorscale="Viridis", cmin=span[0], cmax=span[1], color=[span[0]],
                                              colorbar=dict(title="log10<br>params", thickness=12))))
@@ -467,14 +470,11 @@ def results_table(trials: pd.DataFrame, metric: str = "best_val_loss", mode: str
 def seed_frame(trials: pd.DataFrame, value: str, min_seeds: int = 1) -> pd.DataFrame:
     """(config, seed, value) per trained trial (``format.trained``: a seed ASHA or a budget cut short is
     no repeat of the others) of configs run with ``min_seeds`` or more such seeds: the input of
-    ``confidence_intervals``. A config's seeds share its label ("defaults" when only the seed varies)."""
+    ``confidence_intervals``."""
     if trials.empty or value not in trials:
         return pd.DataFrame(columns=["config", "seed", value])
     usable = trials[trained(trials)] if "status" in trials else trials
-    if varied_columns(usable):
-        labels = config_labels(usable).groupby(config_key(usable), sort=False).transform("first")
-    else:
-        labels = pd.Series("defaults", index=usable.index, dtype=str)
+    labels = config_labels(usable)
     if "stage" in usable and usable["stage"].nunique() > 1:
         labels = usable["stage"].astype(str) + ": " + labels
     seeds = usable["config/seed"] if "config/seed" in usable else pd.Series(0, index=usable.index)

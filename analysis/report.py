@@ -43,8 +43,8 @@ def lead(experiment: Experiment) -> tuple[str, str | None]:
     """The question the search asked, which the report answers first: (kind, the key compared).
 
     ``stages`` for a plan of several stages; ``valley`` when the architecture varies (model size
-    spans at least a factor of 2); ``compare`` when a categorical key varies (an encoding, a
-    backbone, an optimizer: the key is returned); otherwise ``hyperparameters``.
+    spans at least a factor of 2); ``compare`` when only categorical keys vary (an encoding, a
+    backbone, an optimizer: the first is returned); otherwise ``hyperparameters``.
     """
     trials = experiment.trials
     if "stage" in trials and trials["stage"].nunique() > 1:
@@ -52,9 +52,9 @@ def lead(experiment: Experiment) -> tuple[str, str | None]:
     sizes = pd.to_numeric(trials.get("n_params", pd.Series(dtype=float)), errors="coerce").dropna()
     if len(sizes) and sizes.min() > 0 and sizes.max() / sizes.min() >= 2:
         return "valley", None
-    categorical = [c for c in figures.varied_columns(trials)
-                   if not pd.api.types.is_numeric_dtype(trials[c]) or trials[c].nunique() <= 3]
-    if categorical:
+    varied = figures.varied_columns(trials)
+    categorical = [c for c in varied if not pd.api.types.is_numeric_dtype(trials[c]) or trials[c].nunique() <= 3]
+    if categorical and len(categorical) == len(varied):  # beside a sampled lr, a 3-way batch size is one more knob
         return "compare", categorical[0]
     return "hyperparameters", None
 
@@ -110,6 +110,21 @@ def _valley_section(experiment: Experiment) -> Section:
         scope_trials = trials[trials["stage"] == source]
         scope_epochs = epochs[epochs["stage"] == source] if "stage" in epochs else epochs
         scope = f"Valley of stage {source}"
+    mixed = {key: sorted(map(str, scope_trials[f"config/{key}"].dropna().unique())) for key in ("dataset", "family")
+             if f"config/{key}" in scope_trials}
+    mixed = {key: values for key, values in mixed.items() if len(values) > 1}
+    if mixed:  # a folder of experiments: one loss scale per data set and family, no valley across them
+        what = "; ".join(f"{key} {', '.join(values)}" for key, values in mixed.items())
+        plural = {"dataset": "data sets", "family": "families"}
+        return Section("valley", "Loss against model size", figures.loss_vs_params(trials, epochs, metric, mode=mode),
+                       f"No valley is read across experiments of different {' and '.join(plural[k] for k in mixed)} "
+                       f"({what}): their losses do not compare. Open each experiment's own report for its valley.")
+    usable = usable_trials(scope_trials, metric)
+    sizes = usable["n_params"].unique() if "n_params" in usable else []
+    if len(sizes) == 1:
+        return Section("valley", "Loss against model size", figures.loss_vs_params(trials, epochs, metric, mode=mode),
+                       f"Every trial has one model size ({int(sizes[0]):,} parameters): there is no valley over "
+                       "model sizes to read here.")
     try:
         valley = find_valley(scope_trials, scope_epochs, metric=metric, mode=mode)
         note = f"{scope}: {valley.reason}."
@@ -215,9 +230,9 @@ def render_report(experiment: Experiment | str | Path, plotlyjs: str = "inline",
     nav = f'<nav><a href="{e(index_url)}">&larr; all experiments</a></nav>' if index_url else ""
     body = [nav, f"<header><h1>{e(experiment.name)}</h1>",
             f'<span class="status {e(experiment.status)}">{e(experiment.status)}</span>',
-            f'<span class="kind">{e(KIND_NAMES[experiment.kind])}</span>',
-            f"<p class=\"counts\">{counts['total']} trials: {counts['done']} done, {counts['active']} running or "
-            f"unfinished, {counts['failed']} failed</p></header>",
+            f'<span class="kind">{e(kind_name(experiment))}</span>',
+            f"<p class=\"counts\">{counts['total']} trials: {counts['done']} done{stopped_early(experiment.trials)}, "
+            f"{counts['active']} running or unfinished, {counts['failed']} failed</p></header>",
             _summary(experiment)]
     figure_html = []
     for section in sections:
@@ -265,6 +280,19 @@ def unwritable(out: Path, err: OSError) -> ResultsError:
 
 
 KIND_NAMES = {"valley": "valley experiment", "ray": "Ray Tune experiment", "plan": "plan"}
+
+
+def kind_name(experiment: Experiment) -> str:
+    """What the folder is: a plan only where it has a plan.json, else a folder of experiments."""
+    if experiment.kind == "plan" and not experiment.manifest:
+        return "folder of experiments"
+    return KIND_NAMES[experiment.kind]
+
+
+def stopped_early(trials: pd.DataFrame) -> str:
+    """' (k stopped early)' for the trials a scheduler or a budget stopped, which count as done."""
+    cut = int(trials["stopped_by_scheduler"].fillna(False).astype(bool).sum()) if "stopped_by_scheduler" in trials else 0
+    return f" ({cut} stopped early)" if cut else ""
 SUMMARY_KEYS = (("dataset", "dataset"), ("family", "family"), ("space", "space"), ("metric", "metric"),
                 ("mode", "mode"), ("max_epochs", "epochs per trial"), ("git_commit", "git commit"),
                 ("data_fingerprint", "data fingerprint"), ("started", "started"), ("finished", "finished"))

@@ -407,7 +407,7 @@ def test_intervals_over_seeds_hold_only_seeds_that_trained_all_their_epochs():
     assert not figures.has_repeats(trials)
     one = load(SEEDS).trials.iloc[6:9].drop(columns=["config/hidden", "config/layers"])  # only the seed varies
     frame = figures.seed_frame(one, "test_acc", min_seeds=2)
-    assert frame["config"].tolist() == ["defaults"] * 3 and figures.has_repeats(one)
+    assert frame["config"].tolist() == ["batch_size=128, lr=0.001"] * 3 and figures.has_repeats(one)
 
 
 def test_compare_two_experiments(asha):

@@ -173,6 +173,11 @@ def test_the_report_leads_with_the_question_the_search_asked(tmp_path):
     tuned.trials = tuned.trials.drop(columns=["config/hidden", "config/layers"]).assign(
         n_params=1000, **{"config/lr": [1e-3 * (1 + i) for i in range(len(tuned.trials))]})
     assert report.lead(tuned) == ("hyperparameters", None) and sections_of(tuned)[:2] == ["parallel", "importance"]
+    # an Optuna search over lr with a three-way batch size: still the hyperparameters, not batch_size compared
+    tuned.trials["config/batch_size"] = [32, 64, 128] * 3
+    assert report.lead(tuned) == ("hyperparameters", None)
+    one_size = report._valley_section(tuned).note
+    assert one_size == "Every trial has one model size (1,000 parameters): there is no valley over model sizes to read here."
 
 
 def test_a_plan_report_leads_with_its_stages(plan_report):
@@ -200,3 +205,21 @@ def test_a_clock_experiment_without_a_result_reads_as_such(tmp_path, reported):
     assert "No trial has a result yet" in text
     trials = load(folder).trials
     assert top_table(trials, folder).startswith("no trial")
+
+
+def test_a_folder_of_experiments_on_different_data_sets_reads_no_valley_across_them(tmp_path):
+    """`valley report results` pooled digits MLPs with a synthetic search into one valley, shading every digits
+    model 'overfit' beside a synthetic trial's loss, under a 'plan' badge."""
+    from analysis.load import load
+
+    shutil.copytree(DATA / "asha-digits", tmp_path / "multi" / "a")
+    shutil.copytree(DATA / "seeds-digits", tmp_path / "multi" / "b")
+    folder = load(tmp_path / "multi")
+    section = report._valley_section(folder)
+    assert "Valley:" in section.note  # one data set: one valley
+    folder.trials.loc[folder.trials["experiment"] == "b", "config/dataset"] = "synthetic"
+    section = report._valley_section(folder)
+    assert section.note.startswith("No valley is read across experiments of different data sets (dataset digits, "
+                                   "synthetic)")
+    text = write_report(tmp_path / "multi").read_text(encoding="utf-8")
+    assert '<span class="kind">folder of experiments</span>' in text and "23 trials: 22 done (4 stopped early)" in text
