@@ -79,8 +79,13 @@ class TensorBoard(TBXLoggerCallback):
         from tensorboardX.summary import hparams
 
         final = {k: float(v) for k, v in result.items() if k in self.metrics}
+        mine = resolved(trial.config, self.rows)
+        # The HParams tab takes its columns from the first trial's experiment summary it reads: each names
+        # every key of the space (every grid row's), not only its own, or `hidden` went missing beside `layers`
+        every = {**{k: v for row in self.rows for k, v in resolved(row, []).items()}, **mine}
+        experiment, = hparams(hparam_dict=every, metric_dict=final)[:1]
         writer = self._trial_writer[trial].file_writer
-        for summary in hparams(hparam_dict=resolved(trial.config, self.rows), metric_dict=final):
+        for summary in (experiment, *hparams(hparam_dict=mine, metric_dict=final)[1:]):
             writer.add_summary(summary)
 
 

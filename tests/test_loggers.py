@@ -77,6 +77,8 @@ def test_tensorboard_shows_every_trials_curves_and_hparams(logged, events):
         assert ("hidden" in params) == isinstance(grid, str) and "variant" not in params
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
         assert {"ray/tune/val_loss", "ray/tune/test_acc"} <= {m.name.tag for m in experiment.metric_infos}
+        # every trial's summary names every grid row's keys: the tab takes its columns from the first it reads
+        assert {"hidden", "layers", "lr", "batch_size"} <= {h.name for h in experiment.hparam_infos}
 
 
 def test_a_trial_paused_and_resumed_within_a_second_keeps_its_whole_curve(tmp_path, events):
