@@ -12,6 +12,7 @@ import difflib
 import itertools
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,23 @@ REQUIRED = ("family", "metric", "mode")
 
 
 class Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that reads ``1e-3`` as a number (YAML 1.2), as users expect."""
+    """``yaml.SafeLoader`` that reads ``1e-3`` as a number (YAML 1.2), as users expect, and refuses a key
+    written twice in one mapping (YAML forbids it; PyYAML kept the last: a range then a fixed ``lr``
+    searched nothing)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice in one mapping; keep "
+                                                        "one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 Loader.add_implicit_resolver(

@@ -52,6 +52,7 @@ def space(write_space, body: str, header: str = HEADER) -> str:
 
 @pytest.mark.parametrize("body, expected", [
     ("params:\n  lr: [0.1, 0.2\n", ["line", "not valid YAML", "fix the syntax"]),
+    ("params:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  lr: 0.01", ["line", "'lr' is given twice in one mapping; keep one"]),
     ("paramz: {}", ["paramz: unknown key", "did you mean 'params'"]),
     ("params: {dropuot: 0.1}", ["unknown key 'dropuot'", "did you mean 'dropout'"]),
     ("params: {batch_size: abc}", ["batch_size must be int", "'abc'"]),

@@ -31,6 +31,10 @@ def test_k_times_100_rule():
     ({"dropout": 1.0}, r"dropout must lie in \[0, 1\)"),
     ({"lr": -1}, "lr must be a positive number"),
     ({"optimizer": "rmsprop"}, "optimizer must be one of adam, adamw, sgd"),
+    ({"early_stop": -1}, r"early_stop must be >= 0 epochs \(0: never stop early\), got early_stop=-1"),  # 1 epoch each
+    ({"lr_patience": -2}, "lr_patience must be >= 0 epochs"),
+    ({"momentum": 2}, r"momentum must lie in \[0, 1\)"),
+    ({"min_lr": -1e-6}, "min_lr must be >= 0"),
 ])
 def test_range_rules(bad, message):
     with pytest.raises(ConfigError, match=message):
