@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-STATES = ("done", "stopped", "failed", "running", "pending")
+STATES = ("done", "stopped", "failed", "running", "interrupted", "pending")
 
 
 @dataclasses.dataclass
@@ -29,9 +29,13 @@ class Snapshot:
 
 
 def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, mode: str, max_epochs: int,
-             started: float, epochs_at_start: int = 0) -> Snapshot:
+             started: float, epochs_at_start: int = 0, ended: set[str] | None = None) -> Snapshot:
     """Trials by state and the estimate of the time left (the epochs the unfinished trials may still train,
-    at the rate epochs have finished so far; an upper bound under ASHA, which stops some early)."""
+    at the rate epochs have finished so far; an upper bound under ASHA, which stops some early).
+
+    With ``ended`` (after Ctrl-C: the trials whose end Tune reported, or that had ended before this run), a
+    trial Tune calls terminated but that is not among them was stopped by the Ctrl-C: interrupted, not stopped.
+    """
     counts = dict.fromkeys(STATES, 0)
     running, best, trained, left_epochs = [], None, 0, 0
     for trial in trials:
@@ -58,6 +62,9 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
             counts["pending"] += 1
         elif trial.status == "ERROR":
             counts["failed"] += 1
+        elif ended is not None and trial.trial_id not in ended:  # `valley resume` continues it
+            counts["interrupted"] += 1
+            left_epochs += max(0, max_epochs - epoch)
         else:
             finished = result.get("early_stopped") or epoch >= max_epochs
             counts["done" if finished else "stopped"] += 1
@@ -80,17 +87,21 @@ def spent(snap: Snapshot, budget_epochs: int | None) -> str:
     return f"{snap.trained} of {budget_epochs} trial-epochs trained, " if budget_epochs else ""
 
 
+def interrupted(snap: Snapshot) -> str:
+    return f"{snap.counts['interrupted']} interrupted, " if snap.counts["interrupted"] else ""
+
+
 def line(snap: Snapshot, metric: str, label: str = "", budget_epochs: int | None = None) -> str:
     """The board as one line (for a pipe or a log file)."""
     c = snap.counts
     finished = c["done"] + c["stopped"] + c["failed"]
-    total = finished + c["running"] + c["pending"]
+    total = finished + c["running"] + c["interrupted"] + c["pending"]
     best = f"; best {metric} {snap.best[1]:.4g} ({snap.best[0]})" if snap.best else ""
     running = ", ".join(f"{t} epoch {e}" for t, e, _ in snap.running[:4])
     return (f"valley: {label + ': ' if label else ''}{finished}/{total} finished ({c['done']} done, {c['stopped']} "
             f"stopped, {c['failed']} failed), {c['running']} running{f' [{running}]' if running else ''}, "
-            f"{c['pending']} pending{best}; {spent(snap, budget_epochs)}{duration(snap.elapsed_s)} elapsed, "
-            f"~{duration(snap.left_s)} left")
+            f"{interrupted(snap)}{c['pending']} pending{best}; {spent(snap, budget_epochs)}"
+            f"{duration(snap.elapsed_s)} elapsed, ~{duration(snap.left_s)} left")
 
 
 def table(snap: Snapshot, metric: str, max_epochs: int, label: str = "", budget_epochs: int | None = None) -> Any:
@@ -99,7 +110,7 @@ def table(snap: Snapshot, metric: str, max_epochs: int, label: str = "", budget_
 
     c = snap.counts
     title = (f"{label + ' - ' if label else ''}{c['done']} done, {c['stopped']} stopped, {c['failed']} failed, "
-             f"{c['running']} running, {c['pending']} pending - {spent(snap, budget_epochs)}"
+             f"{c['running']} running, {interrupted(snap)}{c['pending']} pending - {spent(snap, budget_epochs)}"
              f"{duration(snap.elapsed_s)} elapsed, ~{duration(snap.left_s)} left")
     grid = Table(title=title, title_justify="left", caption=(f"best {metric} {snap.best[1]:.4g} ({snap.best[0]})"
                                                               if snap.best else None), caption_justify="left")
@@ -118,6 +129,7 @@ class Board:
     """
 
     budget_epochs: int | None = None  # a plan stage's trial-epoch budget: the board counts what is trained of it
+    ended: set[str] | None = None  # trials whose end Tune reported, or that had ended when this run began
 
     def __init__(self, metric: str, mode: str, max_epochs: int, every_s: float, label: str = "",
                  terminal: bool | None = None, budget_epochs: int | None = None) -> None:
@@ -137,26 +149,31 @@ class Board:
         self.latest[trial_id] = {k: result.get(k) for k in ("training_iteration", self.metric, "early_stopped",
                                                             f"best_{self.metric}")}
 
-    def show(self, trials: list[Any], force: bool = False) -> None:
-        """Draw the board when it is due; a board that fails to draw never stops the search."""
+    def trial_ended(self, trial_id: str) -> None:
+        self.ended = (self.ended or set()) | {trial_id}
+
+    def show(self, trials: list[Any], force: bool = False, interrupted: bool = False) -> None:
+        """Draw the board when it is due (``interrupted``: after Ctrl-C); a board that fails to draw never
+        stops the search."""
         try:
-            self._show(trials, force)
+            self._show(trials, force, interrupted)
         except Exception as err:  # noqa: BLE001 - the board only shows what is on disk anyway
             print(f"valley: note: the progress board stopped ({type(err).__name__}: {err})", flush=True)
             self.close()
             self.every_s, self.terminal = math.inf, False
 
-    def _show(self, trials: list[Any], force: bool) -> None:
+    def _show(self, trials: list[Any], force: bool, interrupted: bool = False) -> None:
         if self._epochs_at_start is None:  # the first draw, or a resumed search's: its rate counts from here,
             self._started = time.monotonic()  # over the epochs its trials hold now (a resumed one's restored ones)
             self._epochs_at_start = snapshot(trials, self.latest, self.metric, self.mode, self.max_epochs,
                                              self._started).trained
+            self.ended = (self.ended or set()) | {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         now = time.monotonic()
         if not force and now - self._shown < (1.0 if self.terminal else self.every_s):
             return
         self._shown = now
         snap = snapshot(trials, self.latest, self.metric, self.mode, self.max_epochs, self._started,
-                        self._epochs_at_start)
+                        self._epochs_at_start, (self.ended or set()) if interrupted else None)
         if not self.terminal:
             print(line(snap, self.metric, self.label, self.budget_epochs), flush=True)
             return

@@ -41,7 +41,7 @@ class Progress(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if getattr(self, "board", None) is not None:
-            self.board.show(trials, force=True)
+            self.board.show(trials, force=True, interrupted=INTERRUPTED.is_set())
             self.board.close()
 
     def setup(self, **info: Any) -> None:
@@ -101,10 +101,14 @@ class Progress(Callback):
         # an experiment saved before rows were kept has none
         ended = ended_itself(result, trial_config(trial, getattr(self, "rows", None)).get("max_epochs"))
         self._line(trial, "stalled" if result.get("stalled") else "done" if ended else "stopped")
+        if getattr(self, "board", None) is not None:
+            self.board.trial_ended(trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = first_error_line(trial.error_file) if trial.error_file else ""
         self._line(trial, failure_kind(error))
+        if getattr(self, "board", None) is not None:
+            self.board.trial_ended(trial.trial_id)
         if error:
             self.say(f"      error: {error}")
 

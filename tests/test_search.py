@@ -381,7 +381,7 @@ def test_the_board_counts_a_resumed_trial_by_tunes_result_and_one_that_never_tra
               SimpleNamespace(trial_id="b", status="TERMINATED", last_result={}),
               SimpleNamespace(trial_id="c", status="TERMINATED", last_result={"training_iteration": 2, "val_loss": 0.5})]
     snap = snapshot(trials, {}, "val_loss", "min", 5, 0.0)
-    assert snap.counts == {"done": 1, "stopped": 1, "failed": 0, "running": 0, "pending": 1}
+    assert snap.counts == {"done": 1, "stopped": 1, "failed": 0, "running": 0, "interrupted": 0, "pending": 1}
     assert line(snap, "val_loss").startswith("valley: 2/3 finished (1 done, 1 stopped, 0 failed), 0 running, 1 pending")
 
 
@@ -404,6 +404,22 @@ def test_a_resumed_boards_time_left_counts_only_the_epochs_trained_since(capsys)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     minutes, seconds = re.search(r"~(\d+)m(\d+)s left$", last).groups()
     assert 90 <= 60 * int(minutes) + int(seconds) <= 120, last  # 180 epochs at 2 a second (a little less if slow)
+
+
+def test_after_ctrl_c_the_board_counts_a_trial_it_stopped_as_interrupted_not_stopped():
+    """Tune calls a trial Ctrl-C stopped mid-way terminated, as it calls one ASHA stopped: the board's last
+    line read '4/14 finished (2 done, 2 stopped)' while trials.csv called two of them unfinished."""
+    from types import SimpleNamespace
+
+    from search.board import line, snapshot
+
+    trials = [SimpleNamespace(trial_id=t, status="TERMINATED", last_result={"training_iteration": e, "val_loss": 0.5})
+              for t, e in (("done", 5), ("asha", 1), ("cut", 3))]
+    assert snapshot(trials, {}, "val_loss", "min", 5, 0.0).counts["stopped"] == 2
+    snap = snapshot(trials, {}, "val_loss", "min", 5, 0.0, ended={"done", "asha"})
+    assert snap.counts == {"done": 1, "stopped": 1, "failed": 0, "running": 0, "interrupted": 1, "pending": 0}
+    assert line(snap, "val_loss").startswith("valley: 2/3 finished (1 done, 1 stopped, 0 failed), 0 running, "
+                                              "1 interrupted, 0 pending")
 
 
 def test_the_board_of_a_budgeted_search_counts_its_trial_epochs_as_they_are_trained():
