@@ -5,11 +5,14 @@ checked before Ray starts; a trial that fails is recorded and the search goes on
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,14 +164,32 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
     finally:
         SEARCHING.clear()
         fmt.update_status(folder, status)
-    prune_checkpoints(folder)  # Tune's last snapshot is on disk now
-    if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume
-        slim_finished(trials, rows)
-        if (folder / fmt.OPTUNA_JOURNAL).exists():
-            from search.optuna_study import close_unfinished
+    with ctrl_c_after_tables():
+        prune_checkpoints(folder)  # Tune's last snapshot is on disk now
+        if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume
+            slim_finished(trials, rows)
+            if (folder / fmt.OPTUNA_JOURNAL).exists():
+                from search.optuna_study import close_unfinished
 
-            close_unfinished(folder)
-    return finish(folder, status, say)
+                close_unfinished(folder)
+        return finish(folder, status, say)
+
+
+@contextlib.contextmanager
+def ctrl_c_after_tables() -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) once the trials have ended waits until trials.csv is written, then takes effect:
+    one that came as the last trial ended, between Tune's handler and the tables, lost them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def finish(folder: Path, status: str, say: Callable[..., None]) -> Path:

@@ -492,3 +492,18 @@ def test_ctrl_c_in_the_quickstarts_first_search_stops_the_quickstart(tmp_path):
     (folder,) = tmp_path.glob("quickstart-*")
     assert json.loads((folder / "mlp-rough" / "valley.json").read_text())["status"] == "interrupted"
     assert not (folder / "clock-encodings").exists() and "quickstart 2/2" not in out
+
+
+def test_ctrl_c_as_the_last_trial_ends_waits_for_trials_csv():
+    """One Ctrl-C in nine left a bare 'valley: interrupted' and no trials.csv: it came after Tune's handler
+    was gone, while the tables were being written. Now the tables are written first, then it takes effect."""
+    from search.run import ctrl_c_after_tables
+
+    written = []
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_after_tables():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # a handler runs between bytecodes: this is where the tables were lost
+            written.append("trials.csv")
+    assert written == ["trials.csv"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
