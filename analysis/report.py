@@ -103,6 +103,9 @@ def build_sections(experiment: Experiment) -> list[Section]:
 def _valley_section(experiment: Experiment) -> Section:
     """Loss against model size with the valley marked (for a plan: its valley stage's valley)."""
     trials, epochs, metric, mode = experiment.trials, experiment.epochs, experiment.metric, experiment.mode
+    if metric not in trials:  # a search that has just started
+        text = f"No trial has reported a {metric} yet."
+        return Section("valley", "Loss against model size", figures.message("Loss against model size", text), text)
     valley: ValleyResult | None = None
     scope_trials, scope_epochs, scope = trials, epochs, "Valley"
     source = _valley_source(experiment)

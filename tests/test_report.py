@@ -203,6 +203,7 @@ def test_a_clock_experiment_without_a_result_reads_as_such(tmp_path, reported):
             (trial / "result.json").unlink()
     text = write_report(folder).read_text(encoding="utf-8")
     assert "No trial has a result yet" in text
+    assert "No trial has reported a best_val_csd yet." in text and "find_valley needs" not in text
     trials = load(folder).trials
     assert top_table(trials, folder).startswith("no trial")
 
