@@ -63,7 +63,8 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
     if dataset is None:
         raise SearchError(f"{space.source} names no dataset; pass --dataset ({', '.join(DATASETS)})")
     if dataset not in DATASETS:
-        raise SearchError(unknown_dataset(dataset))
+        where = "--dataset" if opts.dataset else f"{space.source}: dataset"
+        raise SearchError(f"{where}: {unknown_dataset(dataset)}")
     epochs = opts.epochs(space)
     name = check_name(opts.name or experiment_name(space, dataset))
     folder = storage_root(opts.storage) / name

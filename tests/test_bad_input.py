@@ -89,7 +89,9 @@ def test_unknown_names(refuse, write_space):
     assert "does not exist" in refuse("no/such/space.yaml")
     line = refuse(space(write_space, "", header=HEADER.replace("family: mlp", "family: mpl")))
     assert "unknown family 'mpl'; valid families: " in line and "mlp" in line
-    assert "unknown data set 'mnist'; valid data sets: " in refuse("mlp-rough", "--dataset", "mnist")
+    assert "--dataset: unknown data set 'mnist'; valid data sets: " in refuse("mlp-rough", "--dataset", "mnist")
+    written = space(write_space, "", header=HEADER.replace("dataset: synthetic", "dataset: mnist"))
+    assert f"{written}: dataset: unknown data set 'mnist'" in refuse(written)  # the file and its key named
     assert "family 'mlp' classifies images, but data set 'clocks-tiny' has hour and minute labels" in refuse(
         "mlp-rough", "--dataset", "clocks-tiny")
     assert "family 'clock' reads clocks, but data set 'digits' has class labels; give it one of clocks" in refuse(
