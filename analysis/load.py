@@ -277,6 +277,16 @@ def seeds_table(trials: pd.DataFrame, task: Task) -> str:
             + table.rename(columns=lambda c: c.removeprefix("config/")).to_string(index=False, na_rep="-"))
 
 
+def whole_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns of whole numbers with gaps as integers (pandas makes them floats: ``layers`` read 5.0)."""
+    columns = {}
+    for column in frame.columns[frame.dtypes == float]:
+        values = frame[column].dropna()
+        if len(values) and (values == values.round()).all() and values.abs().max() < 2**53:
+            columns[column] = frame[column].astype("Int64")
+    return frame.assign(**columns)
+
+
 def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
     """The best ``n`` trials as text: what varied, size, epochs and metrics."""
     if trials.empty:
@@ -298,7 +308,7 @@ def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
     headline = [f"best_val_{task.headline}", task.test_metric]
     shown = ["trial_id", *varied, "n_params", "epochs", "status", metric,
              *[c for c in headline if c in trials and c != metric]]
-    table = ranked[shown].head(n).rename(columns=lambda c: c.removeprefix("config/"))
+    table = whole_numbers(ranked[shown].head(n)).rename(columns=lambda c: c.removeprefix("config/"))
     text = f"top {min(n, len(ranked))} of {len(trials)} by {metric}:\n" + table.to_string(index=False, na_rep="-")
     spread = seeds_table(trials, task)
     return f"{text}\n{spread}" if spread else text
