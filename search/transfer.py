@@ -65,7 +65,8 @@ def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
     if not grid:
         raise SearchError(f"{source} has no completed trial to transfer")
     if not opts.quiet:
-        print(f"valley: transferring the top {len(grid)} configurations of {where}", flush=True)
+        fewer = f" (--top {top}: only {len(grid)} finished)" if len(grid) < top else ""
+        print(f"valley: transferring the top {len(grid)} configurations of {where}{fewer}", flush=True)
     doc = {"description": f"top {len(grid)} of {where}, verbatim, on {opts.dataset}",
            "family": manifest["family"], "metric": manifest["metric"], "mode": manifest["mode"],
            "dataset": opts.dataset, "max_epochs": manifest["max_epochs"], "grid": grid}
