@@ -229,16 +229,17 @@ def test_a_valley_among_trials_that_never_left_chance_warns(ray_session, write_s
 
 
 @pytest.mark.ray
-def test_transfer_reruns_the_best_configs_on_another_dataset(ray_session, write_space, tmp_path):
+def test_transfer_reruns_the_best_configs_on_another_dataset(ray_session, write_space, tmp_path, capsys):
     from search.run import run_search
     from search.transfer import transfer
     from spaces import load_space
 
     source = run_search(load_space(write_space(ROUGH.replace("metric", "dataset: synthetic\nmetric"))),
                         SearchOptions(storage=str(tmp_path), name="src", max_epochs=2, quiet=True))
-    folder = transfer(source, 2, SearchOptions(storage=str(tmp_path), dataset="digits", quiet=True))
+    folder = transfer(source, 5, SearchOptions(storage=str(tmp_path), dataset="digits"))
+    assert "valley: transferring the top 4 configurations of src (--top 5: only 4 finished)" in capsys.readouterr().out
     side = pd.read_csv(folder / "transfer.csv")
-    assert len(side) == 2
+    assert len(side) == 4
     assert {"test_acc@synthetic", "test_acc@digits", "n_params@synthetic", "n_params@digits"} <= set(side)
     # same hidden layers, new output layer: 4 classes -> 10 classes changes the parameter count
     assert (side["n_params@digits"] != side["n_params@synthetic"]).all()
