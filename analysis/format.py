@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -144,6 +145,12 @@ def asha_stops(folder: Path) -> dict[str, int]:
         except (ValueError, KeyError, TypeError):
             continue
     return found
+
+
+def budget_amount(value: float, unit: str) -> str:
+    """Part of a plan's budget (plan.json's ``budget``) as valley prints it: trial-epochs whole, rounded
+    down (a stage allowed 11.6 can train 11), or minutes."""
+    return f"{math.floor(value + 1e-9):,} trial-epochs" if unit == "trial-epochs" else f"{value / 60:,.1f} min"
 
 
 # ----------------------------------------------------------------------------- the task

@@ -23,7 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import figures
-from analysis.format import DONE, FAILED, confirm_verdict, metric_column, trained
+from analysis.format import DONE, FAILED, budget_amount, confirm_verdict, metric_column, trained
 from analysis.load import Experiment, ResultsError, load, progress
 from analysis.valley import ValleyResult, find_valley, not_learning, usable_trials
 
@@ -345,13 +345,16 @@ def _plan_stages(plan: Experiment) -> str:
                "from": (state.get("derived_from") or {}).get("stage") or state.get("from"),
                "experiments": ", ".join(map(str, state.get("experiments", []))), "outcome": outcome}
         if budget and name in budget.get("split", {}):
-            row.update({"budget share": budget["split"][name], "allowed": budget.get("allowed", {}).get(name),
-                        "spent": budget.get("spent", {}).get(name)})
+            allowed, spent = budget.get("allowed", {}).get(name), budget.get("spent", {}).get(name)
+            row.update({"budget share": budget["split"][name],
+                        "allowed": None if allowed is None else budget_amount(allowed, budget["unit"]),
+                        "spent": None if spent is None else budget_amount(spent, budget["unit"])})
         rows.append(row)
     heading = "Stages"
     if budget:
         spent = sum((budget.get("spent") or {}).values())
-        heading += f" (budget: {spent:,.0f} of {budget['total']:,.0f} {budget['unit']} spent)"
+        heading += (f" (budget: {budget_amount(spent, budget['unit'])} of {budget_amount(budget['total'], budget['unit'])}"
+                    " spent)")
     return f'<section id="plan-stages"><h2>{html.escape(heading)}</h2>{_html_table(pd.DataFrame(rows))}</section>'
 
 

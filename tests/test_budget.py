@@ -175,6 +175,11 @@ def test_a_budgeted_plan_never_overspends_and_carries_its_incumbent(ray_session,
 
     # the fine stage's trials the budget stopped, or never started, were RUNNING in its study for ever
     assert "RUNNING" not in {t.state.name for t in load_study(folder / "fine").trials}
+    from analysis.report import write_report
+
+    text = write_report(folder).read_text(encoding="utf-8")  # the budget as the plan printed it, not 16.3333
+    assert f"Stages (budget: {sum(spent.values()):.0f} trial-epochs of 40 trial-epochs spent)" in text
+    assert ">16 trial-epochs</td>" in text and "16.3333" not in text
     said = []
     run_plan(reopen_plan(folder, say=said.append))  # a finished plan spends nothing more
     assert trial_epochs(folder) == sum(spent.values())

@@ -8,10 +8,10 @@ Trial-epochs are every epoch of every trial (a stopped trial counts the epochs i
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any
 
+from analysis.format import budget_amount
 from search.options import SearchError
 
 EPOCHS, SECONDS = "trial-epochs", "seconds"
@@ -38,7 +38,7 @@ class Budget:
 
     def describe(self, value: float) -> str:
         """Trial-epochs whole, rounded down (a stage allowed 11.6 can train 11), or minutes."""
-        return f"{math.floor(value + 1e-9):,} trial-epochs" if self.unit == EPOCHS else f"{value / 60:,.1f} min"
+        return budget_amount(value, self.unit)
 
     def as_state(self, split: dict[str, float]) -> dict[str, Any]:
         return {"total": self.total, "unit": self.unit, "split": split, "spent": {}, "allowed": {}}
