@@ -41,8 +41,8 @@ def best_configs(folder: Path, top: int) -> tuple[list[dict[str, Any]], pd.DataF
                      and (folder / f"stage-{name}.csv").exists()]
         stage = (confirmed or trained)[-1]
         table = folder / f"stage-{stage}.csv" if confirmed else None
-        where = f"stage {stage} of plan {folder.name}" + ("" if confirmed or state["stages"][stage].get("status")
-                                                           == "completed" else " (not completed)")
+        done = state["stages"][stage].get("status") == "completed"
+        where = f"stage {stage} of plan {folder.name}" + ("" if done else " (not completed)")
         folder = folder / state["stages"][stage]["experiments"][-1]
     manifest = fmt.read_manifest(folder)
     if not manifest:

@@ -59,9 +59,9 @@ def test_asha_search_writes_one_row_per_trial(ray_session, write_space, tmp_path
     assert manifest["status"] == "completed" and manifest["data_fingerprint"]
     epochs = pd.read_parquet(folder / "epochs.parquet")
     assert len(epochs) == trials["epochs"].sum()
-    from search.asha import stops  # each stop on record as decided, for a resume after a killed driver
+    from analysis.format import asha_stops  # each stop on record as decided, for a resume after a killed driver
 
-    assert stops(folder) == trials[trials["stopped_by_scheduler"]].set_index("trial_id")["epochs"].to_dict()
+    assert asha_stops(folder) == trials[trials["stopped_by_scheduler"]].set_index("trial_id")["epochs"].to_dict()
 
 
 @pytest.mark.ray

@@ -27,7 +27,7 @@ def top_configs(trials: pd.DataFrame, metric: str, mode: str, top: int, stopped:
     statuses = ["completed", "stopped", "stalled"] if stopped else ["completed", "stalled"]
     ranked = trials[trials["status"].isin(statuses)].dropna(subset=[column])
     ranked = ranked.assign(_late=ranked["status"].map({"completed": 0, "stopped": 1, "stalled": 2}),
-                           _key=[config_key(row) for _, row in ranked.iterrows()])
+                           _key=[config_text(row) for _, row in ranked.iterrows()])
     ranked = ranked[ranked["_late"] == ranked.groupby("_key")["_late"].transform("min")]  # a config's best class
     ranked = ranked.assign(_mean=ranked.groupby("_key")[column].transform("mean"))
     ranked = ranked.sort_values(["_late", "_mean", column], ascending=[True, mode == "min", mode == "min"])
@@ -35,7 +35,7 @@ def top_configs(trials: pd.DataFrame, metric: str, mode: str, top: int, stopped:
     return [config_of(row) for _, row in chosen.iterrows()], chosen["trial_id"].tolist()
 
 
-def config_key(row: pd.Series) -> str:
+def config_text(row: pd.Series) -> str:
     """A trials-table row's config as text, without the keys that only say how it ran (its seed among them)."""
     return json.dumps(config_of(row), sort_keys=True)
 
@@ -44,8 +44,8 @@ def seeds_of(trials: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
     """The rows that stand for the configs of ``ids`` (as ``top_configs`` returns them): each config's seeds
     of the chosen trial's status, the chosen trial alone when it is the config's only one."""
     chosen = trials[trials["trial_id"].isin(ids)]
-    wanted = {(config_key(row), row["status"]) for _, row in chosen.iterrows()}
-    return trials[[(config_key(row), row["status"]) in wanted for _, row in trials.iterrows()]]
+    wanted = {(config_text(row), row["status"]) for _, row in chosen.iterrows()}
+    return trials[[(config_text(row), row["status"]) in wanted for _, row in trials.iterrows()]]
 
 
 def confirmed_order(table: Path, trials: pd.DataFrame, top: int) -> tuple[list[dict[str, Any]], list[str]]:
@@ -53,7 +53,7 @@ def confirmed_order(table: Path, trials: pd.DataFrame, top: int) -> tuple[list[d
     then the mean over seeds), each with its best trained seed in ``trials``, the stage's own trials."""
     order = [json.loads(label) for label in pd.read_csv(table)["label"].head(top)]
     usable = trials[trained(trials)]
-    keys = pd.Series([config_key(row) for _, row in usable.iterrows()], index=usable.index, dtype=object)
+    keys = pd.Series([config_text(row) for _, row in usable.iterrows()], index=usable.index, dtype=object)
     configs, ids = [], []
     for config in order:
         rows = usable[keys == json.dumps(config, sort_keys=True)]
@@ -70,7 +70,7 @@ def side_by_side(before: pd.DataFrame, after: pd.DataFrame, from_name: str, to_n
     metrics = [c for c in ("n_params", "best_val_loss", test_metric, "test_loss") if c in before]
 
     def per_config(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame.assign(_key=[config_key(r) for _, r in frame.iterrows()])
+        frame = frame.assign(_key=[config_text(r) for _, r in frame.iterrows()])
         means = frame.groupby("_key", sort=False)[[c for c in metrics if c in frame]].mean()
         return means.assign(seeds=frame.groupby("_key", sort=False).size()).reset_index()
 
