@@ -294,7 +294,9 @@ def kind_name(experiment: Experiment) -> str:
 
 def stopped_early(trials: pd.DataFrame) -> str:
     """' (k stopped early)' for the trials a scheduler or a budget stopped, which count as done."""
-    cut = int(trials["stopped_by_scheduler"].fillna(False).astype(bool).sum()) if "stopped_by_scheduler" in trials else 0
+    if "stopped_by_scheduler" not in trials:
+        return ""
+    cut = int(trials["stopped_by_scheduler"].fillna(False).astype(bool).sum())
     return f" ({cut} stopped early)" if cut else ""
 SUMMARY_KEYS = (("dataset", "dataset"), ("family", "family"), ("space", "space"), ("metric", "metric"),
                 ("mode", "mode"), ("max_epochs", "epochs per trial"), ("git_commit", "git commit"),
@@ -353,8 +355,8 @@ def _plan_stages(plan: Experiment) -> str:
     heading = "Stages"
     if budget:
         spent = sum((budget.get("spent") or {}).values())
-        heading += (f" (budget: {budget_amount(spent, budget['unit'])} of {budget_amount(budget['total'], budget['unit'])}"
-                    " spent)")
+        unit = budget["unit"]
+        heading += f" (budget: {budget_amount(spent, unit)} of {budget_amount(budget['total'], unit)} spent)"
     return f'<section id="plan-stages"><h2>{html.escape(heading)}</h2>{_html_table(pd.DataFrame(rows))}</section>'
 
 

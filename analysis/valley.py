@@ -146,7 +146,8 @@ def find_valley(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, metric
     chosen_params = int(groups.at[chosen_key, "n_params"])
     edge = "<=" if mode == "min" else ">="
     span = f"{low:,}" if low == high else f"{low:,} to {high:,}"
-    reason = (f"{'' if metric.startswith('best_') else 'best '}{metric} {best_value:.4g} (trial {best_trial}, {int(groups.at[best_key, 'n_params']):,} "
+    prefix = "" if metric.startswith("best_") else "best "  # not "best best_val_loss"
+    reason = (f"{prefix}{metric} {best_value:.4g} (trial {best_trial}, {int(groups.at[best_key, 'n_params']):,} "
               f"parameters); standard error {se:.3g} from {source}; the band {metric} {edge} {cutoff:.4g} "
               f"({threshold_se:g} SE) holds {len(band)} of {len(groups)} configs, {span} parameters; "
               f"chose trial {chosen_trial}, the smallest model in the band ({chosen_params:,} parameters)")

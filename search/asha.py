@@ -24,7 +24,6 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from analysis.format import ASHA_STOPS, asha_stops
 
 
-
 class ValleyASHA(ASHAScheduler):
     """ASHA on ``training_iteration``; a restored trial's results on disk go back into its rungs.
 
