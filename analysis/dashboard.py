@@ -235,7 +235,10 @@ def _index_row(experiment: Experiment, href: str, name: str, nested: bool) -> st
     metric, best = experiment.metric, "-"
     trials = experiment.trials
     values = trials[~trials["status"].isin(FAILED)][metric].dropna() if {metric, "status"} <= set(trials) else []
-    if len(values):  # a trial that diverged after a good epoch is no best: the report's top table leaves it out
+    confirmed = confirmed_answer(experiment)
+    if confirmed:
+        best = confirmed
+    elif len(values):  # a trial that diverged after a good epoch is no best: the report's top table leaves it out
         best = f"{metric} {(values.min() if experiment.mode == 'min' else values.max()):.4g}"
     updated = _age(signature(experiment.path)[1])
     status = experiment.status
@@ -246,6 +249,18 @@ def _index_row(experiment: Experiment, href: str, name: str, nested: bool) -> st
             f'<span style="width:{percent:.0f}%"></span></div></td>'
             f'<td class="num">{counts["done"]}/{counts["total"]}</td><td class="num">{counts["active"]}</td>'
             f'<td class="num">{counts["failed"]}</td><td>{e(best)}</td><td>{e(updated)}</td></tr>')
+
+
+def confirmed_answer(experiment: Experiment) -> str:
+    """A plan's answer, where a confirm stage has given one: its winner's test metric, the mean over its
+    seeds (one seed's best validation loss said less, and flattered it); else ""."""
+    stages = experiment.manifest.get("stages") if experiment.kind == "plan" else None
+    for state in reversed(list((stages or {}).values())):
+        summary = state.get("summary") if isinstance(state, dict) else None
+        if state.get("kind") == "confirm" and isinstance(summary, dict) and summary.get("winner_mean") is not None:
+            seeds = len(summary.get("seeds") or [])
+            return f"{summary.get('metric', 'test')} {summary['winner_mean']:.4g} (confirmed, mean of {seeds} seeds)"
+    return ""
 
 
 def _age(mtime_ns: int) -> str:

@@ -156,3 +156,18 @@ def test_the_index_best_leaves_out_failed_and_diverged_trials():
     best = trials.loc[trials["status"] != "failed", "best_val_loss"].min()
     row = _index_row(experiment, "/exp/asha-digits", "asha-digits", nested=False)
     assert f"best_val_loss {best:.4g}" in row and "1e-05" not in row
+
+
+def test_a_plans_best_is_its_confirmed_winners_mean(tmp_path):
+    """A plan's 'best' was one confirm seed's validation loss, not the answer the plan gave."""
+    import json
+
+    from analysis.dashboard import _index_row
+    from analysis.load import load
+
+    shutil.copytree(DATA / "seeds-digits", tmp_path / "plan" / "confirm")
+    summary = {"metric": "test_acc", "winner_mean": 0.97278, "seeds": [0, 1, 2]}
+    stages = {"confirm": {"kind": "confirm", "status": "completed", "experiments": ["confirm"], "summary": summary}}
+    (tmp_path / "plan" / "plan.json").write_text(json.dumps({"plan": "p", "status": "completed", "stages": stages}))
+    row = _index_row(load(tmp_path / "plan"), "/exp/plan", "plan", nested=False)
+    assert "test_acc 0.9728 (confirmed, mean of 3 seeds)" in row
