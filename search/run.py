@@ -118,15 +118,19 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
     """Run ``space``; returns the experiment folder, which holds trials.csv when it finishes."""
     from search.board import Board
     from search.progress import Progress
+    from search.tune_space import with_overrides
     from search.tuner import build_tuner
     from trainables import get_family
 
     folder, dataset, epochs = prepare(space, opts)
+    space, replaced = with_overrides(space, opts.overrides)
     family = get_family(space.family)
     data = load_data(dataset, opts.data_dir)
     say = sayer(opts)
     say(f"valley: {space.name} on {dataset} ({len(data.x_train)} train / {len(data.x_val)} val / "
         f"{len(data.x_test)} test, {data.split_rule}), {epochs} epoch{'s' * (epochs != 1)} per trial -> {folder}")
+    if replaced:
+        say(f"valley: note: {replaced}")
     for note in data.notes:
         say(f"valley: note: {note}")
     start_ray(opts, space.family)

@@ -7,6 +7,7 @@ row and every distribution's bounds.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -97,6 +98,19 @@ def __getattr__(name: str) -> Any:
     from search.optuna_study import ValleyOptunaSearch
 
     return ValleyOptunaSearch
+
+
+def with_overrides(space: Space, overrides: dict[str, Any]) -> tuple[Space, str]:
+    """The space with each ``--set`` value in the grid rows that set the same key, and a note saying so
+    ("" when none does). A row's own value won before: ``--set l2=0.005`` on mlp-rough trained two rows
+    at 0.01 while valley.json recorded the override."""
+    hit = sorted({key for row in space.grid for key in row if key in overrides})
+    if not hit:
+        return space, ""
+    grid = tuple({**row, **{key: overrides[key] for key in row if key in overrides}} for row in space.grid)
+    rows = sum(any(key in overrides for key in row) for row in space.grid)
+    return (dataclasses.replace(space, grid=grid),
+            f"--set {', '.join(hit)} replaces what {rows} of the {len(grid)} grid rows set")
 
 
 def param_space(space: Space, overrides: dict[str, Any], searcher: str) -> tuple[dict[str, Any], list]:

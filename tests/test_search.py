@@ -65,6 +65,18 @@ def test_asha_search_writes_one_row_per_trial(ray_session, write_space, tmp_path
 
 
 @pytest.mark.ray
+def test_a_set_value_holds_in_every_grid_row_too(ray_session, write_space, tmp_path, capsys):
+    """`--set l2=0.005` on mlp-rough trained the rows that set l2: 0.01 at 0.01, while valley.json recorded
+    the override for every trial."""
+    path = write_space("family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 1\n"
+                       "grid:\n  - {hidden: [4]}\n  - {hidden: [4], l2: 0.01}\nparams: {lr: 0.01, batch_size: 32}\n")
+    folder = run_search(load_space(path), SearchOptions(storage=str(tmp_path), name="set", overrides={"l2": 0.005}))
+    assert "valley: note: --set l2 replaces what 1 of the 2 grid rows set" in capsys.readouterr().out
+    assert pd.read_csv(folder / "trials.csv")["config/l2"].tolist() == [0.005, 0.005]
+    assert json.loads((folder / "valley.json").read_text())["grid"][1] == {"hidden": [4], "l2": 0.005}
+
+
+@pytest.mark.ray
 def test_optuna_search_samples_grid_rows(ray_session, write_space, tmp_path):
     folder = search(write_space(TINY), tmp_path, search="optuna", samples=4, max_epochs=2, name="tpe")
     trials = pd.read_csv(folder / "trials.csv")
