@@ -79,6 +79,16 @@ def test_plan_mistakes_are_one_line(write_space, body, message):
         load_plan(write_space(body + "\n", "bad-plan.yaml"))
 
 
+def test_a_space_beside_a_plan_given_by_a_relative_path_is_found_again_when_the_plan_continues(
+        write_space, tmp_path, monkeypatch):
+    """`valley plan myplan.yaml` stored `space: myspace.yaml` in the plan folder's plan.yaml, which
+    `valley plan FOLDER` then looked for inside the plan folder: such a plan could never be continued."""
+    write_space(ROUGH, "rough.yaml")
+    write_space("stages:\n  - {name: rough, space: rough.yaml}\n", "plan.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert load_plan("plan.yaml").stages[0].space == str(tmp_path / "rough.yaml")
+
+
 def test_builtin_plans_load():
     from search.plans import builtin_plans
 

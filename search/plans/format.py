@@ -200,7 +200,7 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
     if space is not None:
         space = str(space)
         if space.endswith((".yaml", ".yml")) and not Path(space).is_absolute():
-            space = str(Path(source).parent / space)  # relative to the plan file
+            space = str((Path(source).parent / space).resolve())  # relative to the plan file; absolute in plan.yaml
         try:
             loaded = load_space(space)
         except SpaceError as err:
