@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -78,6 +79,29 @@ def test_what_a_confirm_stage_cannot_use_goes_to_the_stages_before_it():
     state["spent"]["fine"] = 55
     assert allowance(state, "confirm", [], {"confirm": 20}) == pytest.approx(41)  # its own share is not rounded
     assert allowance(state, "fine", ["confirm"], {"confirm": 60}) == pytest.approx(96 * 0.35 / 0.75)  # < 1 unit
+
+
+def test_a_confirm_stage_continued_chooses_as_many_candidates_as_its_allowance_paid_for(write_space, tmp_path):
+    """Continued after an interruption, a confirm stage counted what it had trained against what it could still
+    choose: with 72 of its 80 trial-epochs trained, 0 candidates of 24 fitted and it could never finish."""
+    import shutil
+
+    from search.plans import PlanRun
+    from search.plans.stages.confirm import confirm_table, paid_for
+    from trainables import get_family
+
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("dataset: digits\nbudget_split: {rough: 0.5, confirm: 0.5}\nstages:\n"
+                                 "  - {name: rough, space: rough.yaml, max_epochs: 8}\n"
+                                 "  - {name: confirm, kind: confirm, from: rough, seeds: 3, max_epochs: 8}\n", "p.yaml"))
+    shutil.copytree(Path(__file__).parent / "data" / "seeds-digits", tmp_path / "p" / "confirm")  # 9 trials x 8 epochs
+    state = {"stages": {"confirm": {"kind": "confirm", "status": "interrupted", "experiments": ["confirm"]}},
+             "budget": {**Budget(160, EPOCHS).as_state({"rough": 0.5, "confirm": 0.5}), "allowed": {"confirm": 80}}}
+    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="digits"), state, lambda *a: None)
+    confirm = plan.stages[1]
+    assert run.left_for(confirm) == 80 - 72 and paid_for(run, confirm) == 3  # 80 // (3 seeds x 8 epochs)
+    with pytest.raises(SearchError, match="no configuration finished a seed: the budget ran out before one trial"):
+        confirm_table(pd.DataFrame({"trial_id": []}), [{"lr": 0.1}], "best_val_loss", "min", get_family("mlp").task)
 
 
 @pytest.mark.parametrize("split, message", [

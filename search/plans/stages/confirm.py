@@ -11,6 +11,7 @@ import pandas as pd
 from analysis.format import FAILED, confirm_verdict, metric_column, trained
 from analysis.load import config_of
 from search.options import SearchError
+from search.plans.budget import EPOCHS
 from search.plans.format import Stage
 from search.plans.select import top_configs
 from search.plans.state import PlanRun, train_stage, write_space
@@ -115,12 +116,21 @@ def candidate_cost(run: PlanRun, stage: Stage) -> int | None:
     return None if epochs is None else int(stage.get("seeds", 5)) * epochs
 
 
+def paid_for(run: PlanRun, stage: Stage) -> int | None:
+    """How many candidates the stage's whole allowance pays for over its seeds (None without a trial-epoch
+    budget); not what is left of it: a stage continued after an interruption resumes the grid it started,
+    whose trained epochs are paid for already, and must choose the same candidates (it chose fewer, or none
+    and could never finish)."""
+    if run.budget is None or run.budget.unit != EPOCHS:
+        return None
+    return int(run.state["budget"]["allowed"][stage.name] // candidate_cost(run, stage))
+
+
 def run(run: PlanRun, stage: Stage) -> str:
     """Re-train the best configurations over ``seeds`` seeds, each with a fresh validation split."""
     source_space = source_space_of(run, stage.source)
     seeds = int(stage.get("seeds", 5))
-    left = run.left_for(stage)
-    fits = None if left is None or run.budget.unit != "trial-epochs" else int(left // candidate_cost(run, stage))
+    fits = paid_for(run, stage)
     configs, ids, origins, note = candidates(run, stage, int(stage.get("top", 3)), fits)
     if note:
         run.say(f"valley: stage {stage.name}: {note}")
@@ -173,6 +183,9 @@ def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: s
     two seeds, a paired P two shared ones.
     """
     column, mode = task.test_metric, task.mode
+    if column not in trials:  # no trial reported an epoch (a time budget spent before the stage began)
+        raise SearchError("no configuration finished a seed: the budget ran out before one trial trained all its "
+                          "epochs; raise --budget or this stage's share in budget_split")
     usable = trained(trials) if "status" in trials else pd.Series(True, index=trials.index)
     broken = trials["status"].isin(FAILED) if "status" in trials else ~usable
     labels = [config_of(row) for _, row in trials.iterrows()]
