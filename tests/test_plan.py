@@ -339,6 +339,11 @@ def test_a_config_outside_the_fine_space_is_moved_in_only_when_asked():
     assert as_point(rough, space, clip=True) == {"variant": 1, "lr": 1e-3, "l2": 1e-6, "batch_size": 128}
     assert as_point({**rough, "batch_size": 32}, space, clip=True) is None  # not a choice the space offers
     assert as_point({**rough, "hidden": [8]}, space, clip=True) is None  # not one of its architectures
+    # `valley plan ... --set batch_size=64`: Optuna samples no batch size, so a point holds none (Ray refused
+    # the warm start, after the rough stage had trained); the rough trials trained with it, or are outside
+    fixed = {"batch_size": 64, "l2": 1e-4}
+    assert as_point({**rough, **fixed}, space, fixed=fixed) == {"variant": 1, "lr": 1e-3}
+    assert as_point(rough, space, fixed=fixed) is None
 
 
 def test_confirm_chooses_the_winner_on_validation_not_on_test():

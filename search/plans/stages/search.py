@@ -90,7 +90,7 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
     configs = [family.complete(config_of(row)) for _, row in done.iterrows()]
     points, rewards = [], []
     for config, value in zip(configs, done[metric_col]):
-        point = as_point(config, space)
+        point = as_point(config, space, fixed=run.base.overrides)
         if point is not None:
             points.append(point)
             rewards.append(float(value))
@@ -99,7 +99,7 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
                                  f"({len(configs) - len(points)} fall outside the new space)")
     moved: list[dict[str, Any]] = []
     for config in configs:  # best first: one per architecture of the valley
-        point = as_point(config, space, clip=True)
+        point = as_point(config, space, clip=True, fixed=run.base.overrides)
         if point is not None and point.get("variant") not in [m.get("variant") for m in moved]:
             moved.append(point)
     return moved, [], (f"none of the {len(configs)} trials of stage {rough_name} falls inside the new space; "
@@ -108,19 +108,27 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
                        + " (values clipped to the ranges)")
 
 
-def as_point(config: dict[str, Any], space: Space, clip: bool = False) -> dict[str, Any] | None:
+def as_point(config: dict[str, Any], space: Space, clip: bool = False, fixed: dict[str, Any] | None = None
+             ) -> dict[str, Any] | None:
     """``config`` as a point of ``space`` (grid row index plus every sampled key), or None if outside.
 
     With ``clip``, a number outside a range is moved to its nearer end instead (a choice it does
-    not offer still puts the config outside).
+    not offer still puts the config outside). Keys ``fixed`` by ``--set`` are no part of the point (Optuna
+    does not sample them: a point with one made Ray refuse the warm start); they hold in the grid rows too.
     """
+    fixed = fixed or {}
     point: dict[str, Any] = {}
     if space.grid:
-        matches = [i for i, row in enumerate(space.grid) if all(config.get(k) == v for k, v in row.items())]
+        rows = [{**row, **{k: fixed[k] for k in row if k in fixed}} for row in space.grid]
+        matches = [i for i, row in enumerate(rows) if all(config.get(k) == v for k, v in row.items())]
         if not matches:
             return None
         point["variant"] = matches[0]
     for key, value in space.params.items():
+        if key in fixed:
+            if config.get(key) != fixed[key] and not clip:
+                return None
+            continue
         if not isinstance(value, Dist):
             if config.get(key, value) != value and not clip:
                 return None
