@@ -97,6 +97,15 @@ class EpochBudget(Stopper):
         return self.spent() >= self.budget - self.margin
 
 
+def needs_stopper(space: Any, opts: SearchOptions, epochs: int) -> bool:
+    """Whether an epoch budget needs ``EpochBudget``: not for a grid whose every trial's epochs fit it (a
+    confirm stage's, sized to its allowance), where the stopper's margin cut the last seeds short."""
+    if not opts.budget_epochs:
+        return False
+    planned = space.grid_size() * (opts.samples or 1) * epochs
+    return opts.search != "random" or space.is_sampled() or planned > opts.budget_epochs
+
+
 def concurrency(opts: SearchOptions) -> int:
     """How many trials may train at once: --max-concurrent, else what the CPUs of a local Ray allow."""
     from search.cluster import local_cpus
@@ -156,7 +165,7 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
             time_budget_s=opts.budget_s, trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(
             name=folder.name, storage_path=str(folder.parent), verbose=0,
-            stop=EpochBudget(opts.budget_epochs, at_once) if opts.budget_epochs else None,
+            stop=EpochBudget(opts.budget_epochs, at_once) if needs_stopper(space, opts, epochs) else None,
             callbacks=[*callbacks(opts, folder, rows, family.task.reported()), *keepers, progress],
             # Tune keeps every checkpoint; search.progress prunes those the snapshot on disk no
             # longer names (Tune's own num_to_keep can delete the one a killed driver's snapshot names)

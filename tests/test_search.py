@@ -240,6 +240,17 @@ def test_an_epoch_budget_stops_the_search_before_it_is_spent(ray_session, write_
 
 
 @pytest.mark.ray
+def test_a_grid_that_fits_its_epoch_budget_trains_every_epoch(ray_session, write_space, tmp_path):
+    """A confirm stage's grid is sized to its allowance; the budget's stopper, which stops concurrency - 1
+    epochs early so that running trials cannot overspend, cut its last seed short (then left out)."""
+    path = write_space("family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 2\n"
+                       "grid:\n  - {seed: 0}\n  - {seed: 1}\n  - {seed: 2}\nparams: {hidden: [4], lr: 0.01}\n")
+    folder = search(path, tmp_path, budget_epochs=6, name="fits")
+    trials = pd.read_csv(folder / "trials.csv")
+    assert trials["status"].tolist() == ["completed"] * 3 and trials["epochs"].sum() == 6
+
+
+@pytest.mark.ray
 def test_max_concurrent_and_a_budget_below_one_epoch_per_worker_limit_the_trials_at_once(
         ray_session, write_space, tmp_path):
     """--max-concurrent 1 runs one trial at a time (one worker) under grid search, whose generator Tune
