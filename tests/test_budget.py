@@ -104,6 +104,25 @@ def test_a_confirm_stage_continued_chooses_as_many_candidates_as_its_allowance_p
         confirm_table(pd.DataFrame({"trial_id": []}), [{"lr": 0.1}], "best_val_loss", "min", get_family("mlp").task)
 
 
+def test_under_a_time_budget_a_running_stage_has_spent_its_time_so_far(write_space, tmp_path):
+    """Each round of a bracket stage is a search of its own: under --budget 20m every round was given the
+    stage's whole allowance, as the stage's seconds were counted only once it ended."""
+    import time as clock
+
+    from search.plans import PlanRun
+
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("dataset: digits\nbudget_split: {rough: 1.0}\nstages:\n"
+                                 "  - {name: rough, space: rough.yaml}\n", "p.yaml"))
+    state = {"stages": {}, "budget": {**Budget(1200, SECONDS).as_state({"rough": 1.0}), "allowed": {"rough": 300.0},
+                                      "spent": {"rough": 50.0}}}
+    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="digits"), state, lambda *a: None)
+    rough = plan.stages[0]
+    assert run.left_for(rough) == 250.0  # its earlier runs' seconds
+    run.running = ("rough", clock.monotonic() - 100)  # a round that took 100 s of this run
+    assert 140 < run.left_for(rough) <= 150
+
+
 @pytest.mark.parametrize("split, message", [
     ("{rough: 0.5, fine: 0.5}", "missing: ['confirm']"),
     ("{rough: 0.3, fine: 0.3, confirm: 0.3, valley: 0.1}", "unknown: ['valley']"),

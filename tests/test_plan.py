@@ -309,6 +309,38 @@ def test_bisection_says_when_the_valley_lies_outside_the_range():
     assert not bisect({}, 1, 9, 4, "min", lambda r, todo: None)  # an interrupted round stops it
 
 
+def test_a_bisection_continued_mid_round_takes_that_round_up_again_as_it_was():
+    """Continued after an interruption in round 2, the bracket numbered the next probes round 1, found that
+    round's finished experiment, trained nothing and recorded NaN for both, then bracketed between them."""
+    from search.plans.stages.bracket import bisect, verdict
+
+    def curve(x: int) -> float:
+        return (x - 13) ** 2 / 100
+
+    calls: list[tuple[int, list[int]]] = []
+
+    def interrupted_in_round_2(r, todo):
+        calls.append((r, todo))
+        return None if r == 2 else {x: curve(x) for x in todo}
+
+    done: dict[int, float] = {}
+    assert not bisect(done, 1, 40, 4, "min", interrupted_in_round_2)
+    begun = [todo for _, todo in calls]  # what the stage records as each round begins
+    calls.clear()
+
+    def the_rest(r, todo):
+        calls.append((r, todo))
+        return {x: curve(x) for x in todo}
+
+    assert bisect(done, 1, 40, 4, "min", the_rest, begun)
+    assert calls[0] == (2, begun[2]) and [r for r, _ in calls] == [2, 3]  # round 2 again, then round 3
+    uninterrupted: dict[int, float] = {}
+    assert bisect(uninterrupted, 1, 40, 4, "min", lambda r, todo: {x: curve(x) for x in todo})
+    assert done == uninterrupted
+    lost = verdict({10: 0.5, 13: 0.0, 14: float("nan"), 20: 0.6}, "min", "layers", 1, 40)
+    assert not lost["bracketed"] and "has a neighbour without a result" in lost["message"]  # one that failed
+
+
 def test_around_takes_only_log_uniform_ranges_and_a_positive_best_value():
     from search.plans.stages.search import centre_ranges
     from spaces import Dist

@@ -81,11 +81,13 @@ def run_plan(run: PlanRun) -> Path:
         run.record(stage, status="running", kind=stage.kind, derived_from={"stage": stage.source})
         allow(run, stage)
         started = time.monotonic()
+        run.running = (stage.name, started)
         try:
             status = STAGE_RUNNERS[stage.kind](run, stage)
         except Exception as err:
             stopped_by(run, stage, err)
         finally:
+            run.running = None
             account(run, stage, time.monotonic() - started)
         run.record(stage, status=status)
         if status != "completed":

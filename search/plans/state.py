@@ -35,6 +35,7 @@ class PlanRun:
     base: SearchOptions
     state: dict[str, Any]
     say: Callable[..., None]
+    running: tuple[str, float] | None = None  # the stage running now and when it began (time.monotonic)
 
     def save(self) -> None:
         tmp = self.folder / f"{fmt.PLAN_STATE}.tmp"
@@ -54,10 +55,12 @@ class PlanRun:
         return Budget(saved["total"], saved["unit"]) if saved else None
 
     def spent(self, stage_name: str) -> float:
-        """What a stage has spent of the budget: its trial-epochs on disk, or its seconds so far."""
+        """What a stage has spent of the budget: its trial-epochs on disk, or its seconds so far (those of its
+        earlier runs, and of this one while it runs: each round of a bracket stage had its whole allowance)."""
         budget = self.budget
         if budget is None or budget.unit == SECONDS:
-            return float(self.state.get("budget", {}).get("spent", {}).get(stage_name, 0.0))
+            now = time.monotonic() - self.running[1] if self.running and self.running[0] == stage_name else 0.0
+            return float(self.state.get("budget", {}).get("spent", {}).get(stage_name, 0.0)) + now
         try:
             trials, _ = self.trials(stage_name)
         except SearchError:  # no experiment yet

@@ -31,31 +31,45 @@ def next_probes(done: dict[int, float], mode: str) -> list[int]:
 def verdict(done: dict[int, float], mode: str, axis: str, low: int, high: int) -> dict[str, object]:
     ordered = sorted(done)
     best = best_of(done, mode)
-    bracketed = ordered[0] < best < ordered[-1]
     i = ordered.index(best)
-    message = (f"valley bracketed at {axis}={best} between {ordered[i - 1]} and {ordered[i + 1]}" if bracketed else
-               f"valley NOT bracketed: the best {axis}={best} is at the edge of [{low}, {high}]; widen the range")
+    inside = ordered[0] < best < ordered[-1]
+    bracketed = inside and not math.isnan(done[ordered[i - 1]]) and not math.isnan(done[ordered[i + 1]])
+    if bracketed:
+        message = f"valley bracketed at {axis}={best} between {ordered[i - 1]} and {ordered[i + 1]}"
+    elif inside:
+        message = (f"valley NOT bracketed: the best {axis}={best} has a neighbour without a result "
+                   f"({axis}={ordered[i - 1]} or {ordered[i + 1]} failed); see the stage's trials.csv")
+    else:
+        message = f"valley NOT bracketed: the best {axis}={best} is at the edge of [{low}, {high}]; widen the range"
     return {"axis": axis, "best": best, "bracketed": bracketed, "message": message}
 
 
 def bisect(done: dict[int, float], low: int, high: int, rounds: int, mode: str,
-           evaluate: Callable[[int, list[int]], dict[int, float] | None]) -> bool:
+           evaluate: Callable[[int, list[int]], dict[int, float] | None],
+           begun: list[list[int]] | None = None) -> bool:
     """Evaluate ``low``, ``high`` and the middle, then the midpoints around the best, for ``rounds`` rounds.
 
-    ``done`` holds what is already evaluated (a resumed plan's) and gains every result;
-    ``evaluate(round, values)`` returns the results of ``values``, or None when it was
-    interrupted (then this returns False).
+    ``done`` holds what is already evaluated (a continued plan's) and gains every result; ``begun``
+    holds the values of each round already begun (a continued plan's): such a round is taken up
+    again with the same values, in its own experiment (a round cut short is resumed, a finished one
+    skipped), so the rounds after it are numbered as they were. ``evaluate(round, values)`` returns
+    the results of ``values``, or None when it was interrupted (then this returns False).
     """
-    todo = sorted({low, high, (low + high) // 2} - set(done))
+    begun = begun or []
     for r in range(rounds):
-        if todo:
+        if r < len(begun):
+            todo = list(begun[r])
+        elif r == 0:
+            todo = sorted({low, high, (low + high) // 2})
+        else:
+            todo = next_probes(done, mode)
+        if not todo:
+            break
+        if any(value not in done for value in todo):
             results = evaluate(r, todo)
             if results is None:
                 return False
             done.update(results)
-        todo = next_probes(done, mode)
-        if not todo:
-            break
     return True
 
 
@@ -64,11 +78,16 @@ def run(run: PlanRun, stage: Stage) -> str:
     space = load_space(stage.space)
     axis, low, high = stage.get("axis"), stage.get("low"), stage.get("high")
     column = metric_column(space.metric)
-    done = {int(k): v for k, v in run.stage_state(stage.name).get("evaluated", {}).items()}
+    saved = run.stage_state(stage.name)
+    done = {int(k): math.nan if v is None else v for k, v in saved.get("evaluated", {}).items()}
+    begun = [list(values) for values in saved.get("rounds", [])]
     status = "completed"
 
     def evaluate(r: int, todo: list[int]) -> dict[int, float] | None:
         nonlocal status
+        if r == len(begun):  # recorded before it trains: a continued plan takes this round up again as it was
+            begun.append(todo)
+            run.record(stage, rounds=begun)
         grid = [{**row, axis: value} for value in todo for row in (space.grid or [{}])]
         params = {k: v for k, v in space.params.items() if k != axis}
         derived = write_space(run, f"{stage.name}-r{r}", space, grid, params,
@@ -81,10 +100,11 @@ def run(run: PlanRun, stage: Stage) -> str:
         for value in todo:
             found = trials.loc[trials.get(f"config/{axis}") == value, column].dropna()
             results[value] = float(found.min() if space.mode == "min" else found.max()) if len(found) else math.nan
-        run.record(stage, evaluated={str(k): v for k, v in sorted({**done, **results}.items())})
+        evaluated = {**done, **results}
+        run.record(stage, evaluated={str(k): None if math.isnan(v) else v for k, v in sorted(evaluated.items())})
         return results
 
-    if not bisect(done, low, high, stage.get("rounds", 3), space.mode, evaluate):
+    if not bisect(done, low, high, stage.get("rounds", 3), space.mode, evaluate, begun[:]):
         return status
     result = verdict(done, space.mode, axis, low, high)
     run.say(f"valley: stage {stage.name}: {result['message']}")
