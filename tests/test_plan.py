@@ -110,6 +110,12 @@ def test_a_plan_that_cannot_run_is_refused_before_its_folder_is_made(write_space
     with pytest.raises(SearchError, match=r"stage rough: family 'clock' reads clocks, but data set 'digits' has "
                                           r"class labels; give it one of clocks"):
         start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", dataset="digits"))
+    write_space(ROUGH, "rough.yaml")  # a transfer stage's data set, checked against its source's family
+    moved = load_plan(write_space("stages:\n  - {name: rough, space: rough.yaml}\n  - {name: c, kind: confirm, "
+                                  "from: rough}\n  - {name: t, kind: transfer, from: c, dataset: clocks-tiny}\n",
+                                  "moved.yaml"))
+    with pytest.raises(SearchError, match=r"stage t: family 'mlp' classifies images, but data set 'clocks-tiny'"):
+        start_plan(moved, SearchOptions(storage=str(tmp_path), name="p", dataset="digits"))
     assert not (tmp_path / "p").exists()
 
 

@@ -115,10 +115,15 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
     if folder.exists():
         raise SearchError(f"plan folder {folder} already exists; continue it with `valley plan {folder}` "
                           "or choose another --name")
+    by_name = {stage.name: stage for stage in plan.stages}
     for stage in plan.stages:  # a clock family on digits fails here, not after the stages before it have trained
-        if stage.space is not None and stage.kind != "transfer":
+        source = stage
+        while source.space is None and source.source in by_name:  # a transfer stage's family is its source's
+            source = by_name[source.source]
+        if source.space is not None:
             try:
-                check_task(load_space(stage.space).family, dataset)
+                check_task(load_space(source.space).family, stage.get("dataset") if stage.kind == "transfer"
+                           else dataset)
             except SearchError as err:
                 raise SearchError(f"{plan.source}: stage {stage.name}: {err}") from None
     if budget is not None and budget.unit != SECONDS:
