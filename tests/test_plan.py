@@ -89,6 +89,24 @@ def test_a_space_beside_a_plan_given_by_a_relative_path_is_found_again_when_the_
     assert load_plan("plan.yaml").stages[0].space == str(tmp_path / "rough.yaml")
 
 
+def test_a_continued_stage_keeps_the_space_file_its_experiment_began_from(write_space, tmp_path):
+    """Continued, a search stage rewrote its space file from scratch: it lost the fewer seeds a budget had
+    chosen, and no longer said what ran."""
+    from search.plans import PlanRun
+    from search.plans.state import write_space as write_stage_space
+    from spaces import load_space
+
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("dataset: digits\nstages:\n  - {name: rough, space: rough.yaml}\n", "p.yaml"))
+    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="digits"), {"stages": {}}, lambda *a: None)
+    (tmp_path / "p" / "rough").mkdir(parents=True)
+    space = load_space(tmp_path / "rough.yaml")
+    first = write_stage_space(run, "rough", space, list(space.grid), space.params, "seeds 0 of 0, 1, 2")
+    (tmp_path / "p" / "rough" / "valley.json").write_text("{}")  # its experiment began
+    again = write_stage_space(run, "rough", space, list(space.grid), space.params, "seeds 0, 1, 2")
+    assert again.description == first.description == "seeds 0 of 0, 1, 2"
+
+
 def test_builtin_plans_load():
     from search.plans import builtin_plans
 

@@ -253,12 +253,16 @@ def with_budget(opts: SearchOptions, budget: Budget, left: float, space: Space) 
 
 def write_space(run: PlanRun, name: str, space: Space, grid: list[dict[str, Any]],
                 params: dict[str, Any], note: str, dataset: str | None = None) -> Space:
-    """Write a derived space as YAML beside the plan (its provenance) and load it back, checked."""
+    """Write a derived space as YAML beside the plan (its provenance) and load it back, checked. Where the
+    experiment of that name has begun (a continued plan), the file it began from is kept and loaded: it
+    is what runs (rewritten, it lost what a budget had changed, e.g. fewer seeds)."""
+    path = run.folder / f"{name}.space.yaml"
+    if path.exists() and (run.folder / name / fmt.MANIFEST).exists():
+        return load_space(path)
     doc = {"description": note, "family": space.family, "metric": space.metric, "mode": space.mode,
            "dataset": dataset or run.base.dataset, "grid": grid or None, "params": _params_doc(params)}
     if space.max_epochs:
         doc["max_epochs"] = space.max_epochs
-    path = run.folder / f"{name}.space.yaml"
     path.write_text(f"# written by valley plan: {note}\n" + yaml.safe_dump(
         {k: v for k, v in doc.items() if v is not None}, sort_keys=False))
     return load_space(path)
