@@ -116,22 +116,24 @@ def _valley_section(experiment: Experiment) -> Section:
     mixed = {key: sorted(map(str, scope_trials[f"config/{key}"].dropna().unique())) for key in ("dataset", "family")
              if f"config/{key}" in scope_trials}
     mixed = {key: values for key, values in mixed.items() if len(values) > 1}
+    usable = usable_trials(scope_trials, metric)
+    sizes = usable["n_params"].unique() if "n_params" in usable else []
+    none = None  # why there is no valley to read
     if mixed:  # a folder of experiments: one loss scale per data set and family, no valley across them
         what = "; ".join(f"{key} {', '.join(values)}" for key, values in mixed.items())
         plural = {"dataset": "data sets", "family": "families"}
+        none = (f"No valley is read across experiments of different {' and '.join(plural[k] for k in mixed)} "
+                f"({what}): their losses do not compare. Open each experiment's own report for its valley.")
+    elif len(sizes) == 1:
+        none = (f"Every trial has one model size ({int(sizes[0]):,} parameters): there is no valley over model "
+                "sizes to read here.")
+    if none:
         return Section("valley", "Loss against model size", figures.loss_vs_params(trials, epochs, metric, mode=mode),
-                       f"No valley is read across experiments of different {' and '.join(plural[k] for k in mixed)} "
-                       f"({what}): their losses do not compare. Open each experiment's own report for its valley.")
-    usable = usable_trials(scope_trials, metric)
-    sizes = usable["n_params"].unique() if "n_params" in usable else []
-    if len(sizes) == 1:
-        return Section("valley", "Loss against model size", figures.loss_vs_params(trials, epochs, metric, mode=mode),
-                       f"Every trial has one model size ({int(sizes[0]):,} parameters): there is no valley over "
-                       "model sizes to read here.")
+                       none)
     try:
         valley = find_valley(scope_trials, scope_epochs, metric=metric, mode=mode)
         note = f"{scope}: {valley.reason}."
-        untrained = not_learning(usable_trials(scope_trials, metric))
+        untrained = not_learning(usable)
         if untrained:
             note += f" Warning: {untrained}; train them longer before reading a valley from them."
     except ValueError as err:
@@ -140,11 +142,15 @@ def _valley_section(experiment: Experiment) -> Section:
                    figures.loss_vs_params(trials, epochs, metric, valley=valley, mode=mode), note)
 
 
+def stopped_early(trials: pd.DataFrame) -> int:
+    """How many trials a scheduler or a budget stopped before their last epoch (they finished; they did not
+    train all their epochs)."""
+    return int((trials["status"].isin(DONE) & ~trained(trials)).sum()) if "status" in trials else 0
+
+
 def _cut_short(trials: pd.DataFrame) -> str:
     """What intervals over seeds leave out: the trials a scheduler or a budget stopped before their last epoch."""
-    if "status" not in trials:
-        return ""
-    cut = int((trials["status"].isin(DONE) & ~trained(trials)).sum())
+    cut = stopped_early(trials)
     return (f" {cut} trial(s) ASHA or a budget stopped early are left out: a seed trained for fewer epochs is no "
             "repeat of the others." if cut else "")
 
@@ -230,11 +236,12 @@ def render_report(experiment: Experiment | str | Path, plotlyjs: str = "inline",
         script = f'<script src="{e(plotlyjs)}"></script>'
     refresh = f'<meta http-equiv="refresh" content="{int(refresh_s)}">' if refresh_s else ""
     counts = progress(experiment.trials)
+    early = f" ({cut} stopped early)" if (cut := stopped_early(experiment.trials)) else ""
     nav = f'<nav><a href="{e(index_url)}">&larr; all experiments</a></nav>' if index_url else ""
     body = [nav, f"<header><h1>{e(experiment.name)}</h1>",
             f'<span class="status {e(experiment.status)}">{e(experiment.status)}</span>',
             f'<span class="kind">{e(kind_name(experiment))}</span>',
-            f"<p class=\"counts\">{counts['total']} trials: {counts['done']} done{stopped_early(experiment.trials)}, "
+            f"<p class=\"counts\">{counts['total']} trials: {counts['done']} done{early}, "
             f"{counts['active']} running or unfinished, {counts['failed']} failed</p></header>",
             _summary(experiment)]
     figure_html = []
@@ -291,13 +298,6 @@ def kind_name(experiment: Experiment) -> str:
         return "folder of experiments"
     return KIND_NAMES[experiment.kind]
 
-
-def stopped_early(trials: pd.DataFrame) -> str:
-    """' (k stopped early)' for the trials a scheduler or a budget stopped, which count as done."""
-    if "stopped_by_scheduler" not in trials:
-        return ""
-    cut = int(trials["stopped_by_scheduler"].fillna(False).astype(bool).sum())
-    return f" ({cut} stopped early)" if cut else ""
 SUMMARY_KEYS = (("dataset", "dataset"), ("family", "family"), ("space", "space"), ("metric", "metric"),
                 ("mode", "mode"), ("max_epochs", "epochs per trial"), ("git_commit", "git commit"),
                 ("data_fingerprint", "data fingerprint"), ("started", "started"), ("finished", "finished"))

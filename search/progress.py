@@ -95,20 +95,18 @@ class Progress(Callback):
         if "time_total_s" in result:
             parts.append(f"{result['time_total_s']:.1f} s")
         self.say("  ".join(parts))
+        if getattr(self, "board", None) is not None:  # after Ctrl-C, the trials Tune did not end were interrupted
+            self.board.trial_ended(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         # an experiment saved before rows were kept has none
         ended = ended_itself(result, trial_config(trial, getattr(self, "rows", None)).get("max_epochs"))
         self._line(trial, "stalled" if result.get("stalled") else "done" if ended else "stopped")
-        if getattr(self, "board", None) is not None:
-            self.board.trial_ended(trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = first_error_line(trial.error_file) if trial.error_file else ""
         self._line(trial, failure_kind(error))
-        if getattr(self, "board", None) is not None:
-            self.board.trial_ended(trial.trial_id)
         if error:
             self.say(f"      error: {error}")
 

@@ -116,9 +116,10 @@ def own_process_groups() -> Iterator[None]:
 
     ``timeout``, and a shell or batch system that ends a job, send SIGTERM to the driver's whole
     process group. Ray's GCS and raylet, in that group, died at once, so the driver's orderly stop
-    (``terminate_as_ctrl_c``) waited a minute on a GCS that was gone and then aborted: no trials.csv, the experiment left 'running'. In groups of their own they hear
-    only the driver, which stops them itself (and the kernel's parent-death signal, and the reaper,
-    when the driver is killed outright); the workers the raylet starts are in the raylet's group.
+    (``terminate_as_ctrl_c``) waited a minute on a GCS that was gone and then aborted: no trials.csv,
+    the experiment left 'running'. In groups of their own they hear only the driver, which stops them
+    itself (and the kernel's parent-death signal, and the reaper, when the driver is killed
+    outright); the workers the raylet starts are in the raylet's group.
     """
     from ray._private import services
 

@@ -9,7 +9,7 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from analysis.format import OPTUNA_JOURNAL, failure_kind
-from search.options import SearchOptions, sample_count
+from search.options import SearchOptions, sample_count, total_trials
 from spaces import Space
 from trainables.family import Family
 
@@ -102,8 +102,7 @@ def needs_stopper(space: Any, opts: SearchOptions, epochs: int) -> bool:
     confirm stage's, sized to its allowance), where the stopper's margin cut the last seeds short."""
     if not opts.budget_epochs:
         return False
-    planned = space.grid_size() * (opts.samples or 1) * epochs
-    return opts.search != "random" or space.is_sampled() or planned > opts.budget_epochs
+    return opts.search != "random" or space.is_sampled() or total_trials(space, opts) * epochs > opts.budget_epochs
 
 
 def concurrency(opts: SearchOptions) -> int:
