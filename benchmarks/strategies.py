@@ -27,6 +27,7 @@ seeds every strategy's searcher with r (paired by seed). Writes ``strategies.csv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import io
 import dataclasses
@@ -195,8 +196,8 @@ def plain_optuna(task: Task, space_path: Path, seed: int, budget: int) -> dict[s
         def __init__(self, trial: optuna.Trial) -> None:
             self.trial = trial
 
-        def restore(self) -> None:
-            return None
+        def restore(self) -> contextlib.nullcontext[None]:
+            return contextlib.nullcontext()
 
         def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
             with lock:

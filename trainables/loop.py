@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from trainables.config import TrainConfig, resolve_variant
 from trainables.data import Splits
 from trainables.eager import defer_dynamo, eager_step
 from trainables.family import Family, Task
-from trainables.report import RayReporter, Reporter, default_reporter
+from trainables.report import RayReporter, Reporter, default_reporter, staging
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite: this configuration fails, the search goes on."""
@@ -203,9 +202,10 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "test": {}}
     best_model = copy.deepcopy(model.state_dict())
     test_pred: torch.Tensor | None = None  # the best model's test predictions
-    resume_dir = reporter.restore()
-    if resume_dir is not None:
-        saved = torch.load(Path(resume_dir) / "state.pt", map_location=device, weights_only=True)
+    with reporter.restore() as resume_dir:
+        saved = None if resume_dir is None else torch.load(Path(resume_dir) / "state.pt", map_location=device,
+                                                           weights_only=True)
+    if saved is not None:
         if "optimizer" not in saved:
             done = saved["state"]
             if done["epoch"] >= cfg.max_epochs or (cfg.early_stop and done["bad_epochs"] >= cfg.early_stop):
@@ -287,7 +287,7 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
         }
         due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - saved_at >= cfg.checkpoint_s
         if reporter.wants_checkpoints and (stop or due):
-            with tempfile.TemporaryDirectory(prefix="valley-ckpt-") as folder:
+            with staging("checkpoint") as folder:
                 torch.save(checkpoint(cfg, model, optimizer, scheduler, best_model, state, test_pred, stop),
                            Path(folder) / "state.pt")
                 if test_pred is not None:

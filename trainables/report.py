@@ -1,21 +1,24 @@
 """Where a trainable sends its per-epoch results: Ray Tune, or a plain list.
 
 The training loop only calls ``reporter.report(metrics, checkpoint_dir)`` and
-``reporter.restore()``, so the same function runs under Tune, in a benchmark
+``with reporter.restore() as folder``, so the same function runs under Tune, in a benchmark
 or on a GPU machine that has torch but not Ray.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
 import re
 import shutil
+import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ContextManager, Protocol
 
 
 class Reporter(Protocol):
@@ -23,9 +26,48 @@ class Reporter(Protocol):
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
 
-    def restore(self) -> Path | None:
-        """The folder of the checkpoint to resume from, if any."""
+    def restore(self) -> ContextManager[Path | None]:
+        """The folder of the checkpoint to resume from, if any, while the ``with`` block runs."""
         ...
+
+
+def staging(kind: str) -> tempfile.TemporaryDirectory[str]:
+    """A folder for one checkpoint on its way to Tune or back from it, removed when the block ends.
+
+    It lies in this process's own folder under the system's temporary one. Ray kills a trial's
+    worker while it waits in ``tune.report`` (Ctrl-C, a lost driver, the end of a search), so a
+    block may never end: the first folder a process asks for sweeps away those of this machine's
+    processes that are gone, instead of leaving a checkpoint's copy behind per killed trial.
+    """
+    return tempfile.TemporaryDirectory(prefix=f"{kind}-", dir=_own_staging())
+
+
+_STAGING = "valley-staging-"
+_swept_by: int | None = None  # the process that swept (a forked child sweeps again)
+
+
+def _own_staging() -> Path:
+    global _swept_by
+    root, host = Path(tempfile.gettempdir()), socket.gethostname()
+    mine = root / f"{_STAGING}{host}-{os.getpid()}"
+    if _swept_by != os.getpid():
+        for folder in root.glob(f"{_STAGING}{host}-*"):
+            pid = folder.name.rpartition("-")[2]
+            if pid.isdigit() and (folder == mine or not _alive(int(pid))):
+                shutil.rmtree(folder, ignore_errors=True)  # ``mine``: a dead process's, its pid now ours
+        _swept_by = os.getpid()
+    mine.mkdir(exist_ok=True)
+    return mine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 class LocalReporter:
@@ -52,10 +94,9 @@ class LocalReporter:
     def wants_checkpoints(self) -> bool:
         return self.checkpoint_dir is not None
 
-    def restore(self) -> Path | None:
-        if self.checkpoint_dir and (self.checkpoint_dir / "state.pt").exists():
-            return self.checkpoint_dir
-        return None
+    def restore(self) -> ContextManager[Path | None]:
+        found = self.checkpoint_dir and (self.checkpoint_dir / "state.pt").exists()
+        return contextlib.nullcontext(self.checkpoint_dir if found else None)
 
 
 class RayReporter:
@@ -81,12 +122,14 @@ class RayReporter:
         checkpoint = self._tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         self._tune.report({**metrics, "node_id": self._node_id}, checkpoint=checkpoint)
 
-    def restore(self) -> Path | None:
+    @contextlib.contextmanager
+    def restore(self) -> Iterator[Path | None]:
         checkpoint = self._tune.get_checkpoint()
         if checkpoint is None:
-            return None
-        local = tempfile.mkdtemp(prefix="valley-restore-")
-        return Path(checkpoint.to_directory(local))
+            yield None
+            return
+        with staging("restore") as local:
+            yield Path(checkpoint.to_directory(local))
 
 
 def default_reporter() -> Reporter:
