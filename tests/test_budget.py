@@ -169,6 +169,25 @@ def test_a_grid_over_seeds_runs_fewer_seeds_before_shorter_trials(budget_plan, w
         assert load_space(tmp_path / "p" / "rough.space.yaml").params["seed"].args == tuple(seeds)  # provenance
 
 
+def test_a_budget_counts_the_trials_a_set_key_leaves(budget_plan, write_space, tmp_path):
+    """``--set seed=0`` on a grid over three seeds runs a third of its trials: a budget that fits those
+    trains them in full, not each for a third of the epochs, and names no seeds it does not run."""
+    import dataclasses
+
+    from search.plans.state import fewer_seeds, with_budget
+    from spaces import load_space
+
+    space = load_space(write_space(ROUGH + "  seed: {grid: [0, 1, 2]}\n", "rough.yaml"))  # 4 rows x 3 seeds
+    said = []
+    run = start_plan(load_plan(budget_plan()), SearchOptions(storage=str(tmp_path), name="p"), say=said.append,
+                     budget=Budget(100, EPOCHS))
+    opts = dataclasses.replace(run.base, max_epochs=3, overrides={"seed": 0})
+    ran = fewer_seeds(run, run.plan.stages[0], space, 13, opts, "rough")
+    assert ran is space and not said
+    assert with_budget(opts, run.budget, 13, ran).epochs(ran) == 3
+    assert with_budget(opts, run.budget, 11, ran).epochs(ran) == 2  # 4 trials
+
+
 def test_a_plan_without_a_split_refuses_a_budget(write_space, tmp_path):
     write_space(ROUGH, "rough.yaml")
     path = write_space("dataset: synthetic\nstages:\n  - {name: rough, space: rough.yaml}\n", "nosplit.yaml")

@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from analysis import format as fmt
-from search.options import SearchError, SearchOptions, check_name
+from search.options import SearchError, SearchOptions, check_name, total_trials
 from search.plans.budget import SECONDS, Budget
 from search.plans.format import TRAINING_KINDS, Plan, Stage, parse_plan
 from search.run import check_task, sayer, silent, storage_root
@@ -216,9 +216,10 @@ def fewer_seeds(run: PlanRun, stage: Stage, space: Space, left: int, opts: Searc
     Only when one seed still does not fit does :func:`with_budget` shorten the trials.
     """
     seeds = space.params.get("seed")
-    if space.is_sampled() or not (isinstance(seeds, Dist) and seeds.kind == "grid" and len(seeds.args) > 1):
-        return space
-    points, epochs = space.grid_size() * (opts.samples or 1), opts.epochs(space)
+    if (space.is_sampled() or "seed" in opts.overrides
+            or not (isinstance(seeds, Dist) and seeds.kind == "grid" and len(seeds.args) > 1)):
+        return space  # ``--set seed=...`` replaces the grid over seeds
+    points, epochs = total_trials(space, opts), opts.epochs(space)
     if points * epochs <= left:
         return space
     kept = seeds.args[: max(1, left // (points // len(seeds.args) * epochs))]
@@ -242,7 +243,7 @@ def with_budget(opts: SearchOptions, budget: Budget, left: float, space: Space) 
     if budget.unit == SECONDS:
         return dataclasses.replace(opts, budget_s=left)
     opts = dataclasses.replace(opts, budget_epochs=int(left))
-    points = space.grid_size() * (opts.samples or 1)
+    points = total_trials(space, opts)  # a ``--set`` key replaces its grid
     if opts.search == "random" and not space.is_sampled() and points * opts.epochs(space) > left:
         opts = dataclasses.replace(opts, max_epochs=max(1, int(left) // points), scheduler="fifo")
     if opts.search == "optuna":
