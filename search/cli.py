@@ -17,6 +17,7 @@ from typing import Any
 
 from search import commands as run_command
 from search.cli_options import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, add_search_options, given
+from search.options import search_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +141,8 @@ def chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
-        return args.run(args)
+        with search_signals():  # SIGTERM as Ctrl-C, between a plan's stages too
+            return args.run(args)
     except KeyboardInterrupt:
         print("valley: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

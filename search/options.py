@@ -1,13 +1,17 @@
-"""The options of a search, their checks, and the few numbers derived from them.
+"""The options of a search, their checks, the few numbers derived from them, and how a running
+search hears Ctrl-C and SIGTERM.
 
 ``SearchOptions`` is the one place their defaults live: the command line reads them from
 here, and ``valley resume`` and plans rebuild options from a manifest with ``from_dict``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from spaces import Space
@@ -24,6 +28,26 @@ LOGS = ("mlflow",)  # --log: where else every trial is recorded (TensorBoard fil
 # Ctrl-C stops it, and a plan starts no further stage (search.cli).
 OUTPUT_GONE = threading.Event()
 SEARCHING = threading.Event()
+
+
+@contextlib.contextmanager
+def search_signals() -> Iterator[None]:
+    """While a search (or the ``valley`` command) runs, SIGTERM (``kill``, ``timeout``, a batch system's
+    time limit) ends it as Ctrl-C does: finished trials kept, trials.csv written, 'interrupted', the
+    resume command printed (Ray's driver answers SIGTERM with ``sys.exit``, its core worker then with
+    a stack dump and an abort, leaving no trials.csv). Afterwards the process's handlers are what they
+    were: Tune leaves its own for SIGINT and SIGUSR1 installed, so in a notebook or a program that
+    called ``run_search`` the next Ctrl-C went on stopping a search that had ended."""
+    if threading.current_thread() is not threading.main_thread():  # Python runs handlers there only
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 class SearchError(ValueError):

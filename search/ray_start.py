@@ -11,8 +11,10 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,7 +118,7 @@ def own_process_groups() -> Iterator[None]:
 
     ``timeout``, and a shell or batch system that ends a job, send SIGTERM to the driver's whole
     process group. Ray's GCS and raylet, in that group, died at once, so the driver's orderly stop
-    (``terminate_as_ctrl_c``) waited a minute on a GCS that was gone and then aborted: no trials.csv,
+    (``search.options.search_signals``) waited a minute on a GCS that was gone and then aborted: no trials.csv,
     the experiment left 'running'. In groups of their own they hear only the driver, which stops them
     itself (and the kernel's parent-death signal, and the reaper, when the driver is killed
     outright); the workers the raylet starts are in the raylet's group.
@@ -287,32 +289,38 @@ def join_cluster(address: str) -> None:
         raise SearchError(f"--address {address}: no Ray cluster found ({str(err).splitlines()[0]}); {advice}") from None
 
 
-def terminate_as_ctrl_c() -> None:
-    """SIGTERM (``kill``, ``timeout``, a batch system's time limit) ends a search as Ctrl-C does: finished
-    trials kept, trials.csv written, 'interrupted', the resume command printed. Ray's core worker
-    answers it with a stack dump and an abort, leaving no trials.csv. Set once Ray has started (its
-    handler is installed then) and only from the main thread, where Python runs signal handlers."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-
-
 def start_ray(opts: SearchOptions, family: str | None = None) -> None:
     """Join ``--address``, or start a local Ray: loopback only, dashboard off, token file private,
     its workers importing ``WORKER_PRELOAD`` and ``family``'s module before they take work."""
     import ray
 
-    from trainables import FAMILIES
-
     tune_environment()
     if ray.is_initialized():
         return
-    if opts.address:
-        join_cluster(opts.address)
-        terminate_as_ctrl_c()
-        return
+    with sigterm_kept():
+        if opts.address:
+            join_cluster(opts.address)
+        else:
+            start_local_ray(opts, family)
+
+
+@contextlib.contextmanager
+def sigterm_kept() -> Iterator[None]:
+    """``ray.init`` makes SIGTERM ``sys.exit``; where the process had a handler of its own (the
+    ``valley`` command's: SIGTERM as Ctrl-C, ``search.options.search_signals``), it keeps it."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if before not in (signal.SIG_DFL, None) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
+
+
+def start_local_ray(opts: SearchOptions, family: str | None) -> None:
+    import ray
+
+    from trainables import FAMILIES
+
     protect_auth_token(create=True)
     no_token_notice()
     trials_on_prestarted_workers()
@@ -326,4 +334,3 @@ def start_ray(opts: SearchOptions, family: str | None = None) -> None:
     started = sorted(descendants() - before)
     reap_local_ray_with_driver(started)
     end_monitor_before_ray(started)
-    terminate_as_ctrl_c()

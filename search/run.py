@@ -20,7 +20,7 @@ from analysis import format as fmt
 from search.cluster import check_cluster, check_gpu_asked, check_local_resources
 from search.data_check import load_data
 from search.manifest import experiment_name, write_manifest
-from search.options import SearchError, SearchOptions, check_name, total_trials
+from search.options import SearchError, SearchOptions, check_name, search_signals, total_trials
 from search.ray_start import start_ray
 from spaces import Space, SpaceError
 
@@ -160,24 +160,25 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
     # Tune's own table of results warns of every trial a budget stopped before its first epoch; valley
     # reads the results from disk (analysis.load), which says what is missing or half-written
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    try:
-        SEARCHING.set()
-        grid = tuner.fit()
-        trials = grid._experiment_analysis.trials
-        if not INTERRUPTED.is_set() and all(t.status in ("TERMINATED", "ERROR") for t in trials):
-            status = fmt.COMPLETED
-    finally:
-        SEARCHING.clear()
-        fmt.update_status(folder, status)
-    with ctrl_c_after_tables():
-        prune_checkpoints(folder)  # Tune's last snapshot is on disk now
-        if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume
-            slim_finished(trials, rows)
-            if (folder / fmt.OPTUNA_JOURNAL).exists():
-                from search.optuna_study import close_unfinished
+    with search_signals():
+        try:
+            SEARCHING.set()
+            grid = tuner.fit()
+            trials = grid._experiment_analysis.trials
+            if not INTERRUPTED.is_set() and all(t.status in ("TERMINATED", "ERROR") for t in trials):
+                status = fmt.COMPLETED
+        finally:
+            SEARCHING.clear()
+            fmt.update_status(folder, status)
+        with ctrl_c_after_tables():
+            prune_checkpoints(folder)  # Tune's last snapshot is on disk now
+            if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume
+                slim_finished(trials, rows)
+                if (folder / fmt.OPTUNA_JOURNAL).exists():
+                    from search.optuna_study import close_unfinished
 
-                close_unfinished(folder)
-        return finish(folder, status, say)
+                    close_unfinished(folder)
+            return finish(folder, status, say)
 
 
 @contextlib.contextmanager

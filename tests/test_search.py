@@ -79,6 +79,20 @@ def test_a_set_value_holds_in_every_grid_row_too(ray_session, write_space, tmp_p
 
 
 @pytest.mark.ray
+def test_a_search_in_process_leaves_the_signal_handlers_as_it_found_them(ray_session, write_space, tmp_path):
+    """Tune leaves its SIGINT and SIGUSR1 handlers installed after its fit: in a notebook the next Ctrl-C
+    went on stopping a search that had ended, and valley's SIGTERM-as-Ctrl-C outlived the search."""
+    def handlers():
+        return [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
+
+    path = write_space("family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 1\n"
+                       "grid:\n  - {hidden: [4]}\nparams: {lr: 0.01, batch_size: 32}\n")
+    before = handlers()
+    search(path, tmp_path, name="signals")
+    assert handlers() == before
+
+
+@pytest.mark.ray
 def test_optuna_search_samples_grid_rows(ray_session, write_space, tmp_path):
     folder = search(write_space(TINY), tmp_path, search="optuna", samples=4, max_epochs=2, name="tpe")
     trials = pd.read_csv(folder / "trials.csv")
