@@ -16,8 +16,8 @@ import traceback
 from typing import Any
 
 from search import commands as run_command
-from search.cli_options import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, add_search_options, given
-from search.options import search_signals
+from search.cli_options import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, add_search_options, given
+from search.options import search_signals, user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,17 +102,6 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     datasets = commands.add_parser("datasets", help="list data sets and whether each is available offline")
     datasets.add_argument("--data-dir")
     datasets.set_defaults(run=run_command.cmd_datasets)
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """The exceptions that mean the user's input was wrong: each prints one line, exit status 2."""
-    from analysis.load import ResultsError
-    from search.options import SearchError
-    from spaces import SpaceError
-    from trainables.config import ConfigError
-    from trainables.data import DataError
-
-    return UsageError, SearchError, SpaceError, ConfigError, DataError, ResultsError
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -50,6 +50,17 @@ def search_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean the user's input was wrong: each prints one line, exit status 2."""
+    from analysis.load import ResultsError
+    from search.cli_options import UsageError
+    from spaces import SpaceError
+    from trainables.config import ConfigError
+    from trainables.data import DataError
+
+    return UsageError, SearchError, SpaceError, ConfigError, DataError, ResultsError
+
+
 class SearchError(ValueError):
     """A search that cannot start; the message says what to change."""
 

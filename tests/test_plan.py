@@ -137,6 +137,30 @@ def test_a_plan_that_cannot_run_is_refused_before_its_folder_is_made(write_space
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize("raised", [KeyboardInterrupt(), RuntimeError("a bug in a stage")])
+def test_a_stage_stopped_outside_tunes_fit_says_how_to_continue(raised, write_space, tmp_path, monkeypatch,
+                                                                capsys):
+    """Ctrl-C or SIGTERM while a stage loads its data or picks its configurations (outside Tune's fit),
+    or a bug in valley: plan.json read 'running' after Ctrl-C, and neither said how to go on."""
+    from search.plans import runner
+
+    def stage(run, stage):
+        raise raised
+
+    monkeypatch.setitem(runner.STAGE_RUNNERS, "search", stage)  # valley's own dispatch, not Ray's or Optuna's
+    write_space(ROUGH, "rough.yaml")
+    plan = write_space("dataset: synthetic\nstages:\n  - {name: rough, space: rough.yaml, max_epochs: 1}\n",
+                       "plan.yaml")
+    run = start_plan(load_plan(plan), SearchOptions(storage=str(tmp_path), name="p", quiet=True), say=lambda *a: None)
+    with pytest.raises(type(raised)) as err:
+        run_plan(run)
+    state = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert state["status"] == state["stages"]["rough"]["status"] == "interrupted"
+    how = f"valley: the plan stopped in stage rough; `valley plan {tmp_path / 'p'}` continues it from there"
+    printed = capsys.readouterr()
+    assert how in (err.value.__notes__ if isinstance(raised, RuntimeError) else (printed.out + printed.err).splitlines())
+
+
 @pytest.mark.ray
 def test_a_stage_that_fails_leaves_the_plan_interrupted_and_it_continues_from_there(ray_session, write_space,
                                                                                      tmp_path):

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from search.options import OUTPUT_GONE, SearchError
+from search.options import OUTPUT_GONE, SearchError, user_errors
 from search.plans.budget import SECONDS, allowance
 from search.plans.format import TRAINING_KINDS, Stage
 from search.plans.state import PlanRun
@@ -49,17 +49,20 @@ def account(run: PlanRun, stage: Stage, seconds: float) -> None:
     run.save()
 
 
-def stopped_by(run: PlanRun, stage: Stage, err: Exception) -> NoReturn:
-    """A stage that raised: the plan reads 'interrupted' with the error in plan.json (not 'running' for
-    ever), and data that could not be read (files missing offline) says, on its one line, how to continue
-    the plan from this stage once the files are in place."""
-    from trainables.data import DataError
-
-    run.state.update(status="interrupted", error=f"stage {stage.name}: {err}")
-    run.record(stage, status="interrupted", error=str(err))  # saves plan.json, once
-    if isinstance(err, DataError):
-        raise SearchError(f"{err} [the plan stopped in stage {stage.name}; `valley plan {run.folder}` continues "
-                          "it from there]") from err
+def stopped_by(run: PlanRun, stage: Stage, err: BaseException) -> NoReturn:
+    """A stage that raised or was interrupted outside Tune's fit (Ctrl-C, SIGTERM): the plan reads
+    'interrupted' with the error in plan.json (not 'running' for ever), and what is printed says how to
+    continue the plan from this stage: on the error's one line for a mistake in the input (data files
+    missing offline), as a note under the traceback of a bug in valley, on a line of its own after Ctrl-C."""
+    run.state.update(status="interrupted", error=f"stage {stage.name}: {err or type(err).__name__}")
+    run.record(stage, status="interrupted", error=str(err or type(err).__name__))  # saves plan.json, once
+    how = f"the plan stopped in stage {stage.name}; `valley plan {run.folder}` continues it from there"
+    if isinstance(err, user_errors()):
+        raise SearchError(f"{err} [{how}]") from err
+    if isinstance(err, Exception):
+        err.add_note(f"valley: {how}")
+    else:
+        tell(run.say, f"valley: {how}")
     raise err
 
 
@@ -84,7 +87,7 @@ def run_plan(run: PlanRun) -> Path:
         run.running = (stage.name, started)
         try:
             status = STAGE_RUNNERS[stage.kind](run, stage)
-        except Exception as err:
+        except (Exception, KeyboardInterrupt) as err:
             stopped_by(run, stage, err)
         finally:
             run.running = None
