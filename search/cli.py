@@ -56,6 +56,9 @@ def add_search_commands(commands: argparse._SubParsersAction) -> None:
     add_search_options(plan)
     plan.add_argument("--budget", help="the whole plan's budget, split over its stages by the plan's budget_split: "
                                        "trial-epochs (e.g. 600) or wall-clock time (e.g. 90m, 2h)")
+    plan.add_argument("--stage", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                      help="change one setting of one stage (repeatable), e.g. --stage confirm.seeds=3 or "
+                           "--stage rough.max_epochs=5: any key a plan file's stage takes, the value read as YAML")
     plan.set_defaults(run=run_command.cmd_plan)
 
     transfer = commands.add_parser("transfer", help="re-run the best configs of an experiment on another data set")

@@ -96,13 +96,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
                              f"`valley plan {target}` and no {', '.join(given)}")
         return plan_status(run_plan_of(target, quiet=args.quiet))
     budget = Budget.parse(args.budget) if args.budget else None
-    plan = load_plan(args.plan)
+    plan = load_plan(args.plan, tuple(args.stage))
     for stage in plan.stages:  # an option a stage sets itself would be overruled by it, without a word
         for key in STAGE_OPTIONS:
             flag = f"--{key.replace('_', '-')}"
             if flag in args.given and stage.get(key) is not None:
                 raise UsageError(f"{flag}: stage {stage.name} of {plan.source} sets its own ({key}: "
-                                 f"{stage.get(key)}); leave out {flag}, or change the stage in a copy of the plan")
+                                 f"{stage.get(key)}); leave out {flag}, or give --stage {stage.name}.{key}=VALUE")
     return plan_status(run_plan(start_plan(plan, options_from(args), budget=budget)))
 
 

@@ -120,13 +120,31 @@ def test_options_out_of_range(refuse, write_space):
     assert "hidden must be a list" in refuse(path, "--set", "hidden=7")
 
 
+def test_a_stage_change_names_what_it_cannot_change(refuse, tmp_path):
+    storage = str(tmp_path / "results")
+
+    def stage(change: str) -> str:
+        return refuse("plan", "plan-mlp-digits", "--stage", change, "--storage", storage)
+
+    assert "--stage takes STAGE.KEY=VALUE, got 'rough'; e.g. --stage confirm.seeds=3" in stage("rough")
+    assert "has no stage 'rugh'; did you mean 'rough'? its stages: rough, valley, fine, confirm" in stage(
+        "rugh.max_epochs=1")
+    assert "--stage rough.max_epoch=1: unknown key; did you mean 'max_epochs'?" in stage("rough.max_epoch=1")
+    assert "a stage's kind is what the plan is made of" in stage("rough.kind=bracket")
+    assert "--stage confirm.seeds=0: seeds must be a whole number of at least 1, got 0" in stage("confirm.seeds=0")
+    assert stage("rough.space=mlp-ruff").endswith(
+        "(the plan as --stage rough.space=mlp-ruff changed it)") and "stage 'rough': space: unknown space" in stage(
+        "rough.space=mlp-ruff")
+    assert not (tmp_path / "results").exists()
+
+
 def test_what_a_command_would_not_honour_is_refused_not_ignored(refuse, write_space, tmp_path):
     """A plan's stages overruled --scheduler and --max-epochs without a word; a plan folder continued with
     the options it started with, whatever was given; transfer ran random, one sample, fifo regardless."""
     storage = str(tmp_path / "results")
     assert refuse("plan", "plan-mlp-digits", "--scheduler", "fifo", "--storage", storage).endswith(
         "--scheduler: stage rough of " + str(ROOT / "spaces" / "plan-mlp-digits.yaml") + " sets its own (scheduler: "
-        "asha); leave out --scheduler, or change the stage in a copy of the plan")
+        "asha); leave out --scheduler, or give --stage rough.scheduler=VALUE")
     assert "--max-epochs: stage rough" in refuse("plan", "plan-mlp-digits", "--max-epochs", "1", "--storage", storage)
     folder = tmp_path / "results" / "p"
     folder.mkdir(parents=True)

@@ -137,6 +137,34 @@ def test_a_plan_that_cannot_run_is_refused_before_its_folder_is_made(write_space
     assert not (tmp_path / "p").exists()
 
 
+def test_stage_changes_from_the_command_line_are_what_runs_and_on_record(tmp_path, monkeypatch):
+    """`--stage rough.max_epochs=1 --stage confirm.seeds=2`: a built-in plan's stage settings without a copy
+    of its file; plan.yaml (what a continued plan reads) holds them and says where they came from."""
+    from search.plans import reopen_plan
+
+    changes = ("rough.max_epochs=1", "confirm.seeds=2", "fine.around={lr: 10}")
+    plan = load_plan("plan-mlp-digits", changes)
+    stages = {stage.name: stage for stage in plan.stages}
+    from spaces import BUILTIN_DIR
+
+    (tmp_path / "mine.yaml").write_text((BUILTIN_DIR / "mlp-rough.yaml").read_text())
+    monkeypatch.chdir(tmp_path)  # a space file given on the command line is where the command was typed, not
+    # beside the plan's file
+    assert load_plan("plan-mlp-digits", ("rough.space=mine.yaml",)).stages[0].space == str(tmp_path / "mine.yaml")
+    assert stages["rough"].get("max_epochs") == 1 and stages["confirm"].get("seeds") == 2
+    assert stages["fine"].get("around") == {"lr": 10}
+    untouched = load_plan("plan-mlp-digits")
+    assert {k: v for k, v in stages["rough"].settings.items() if k != "max_epochs"} == {
+        k: v for k, v in untouched.stages[0].settings.items() if k != "max_epochs"}
+    start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", quiet=True), say=lambda *a: None)
+    header = (tmp_path / "p" / "plan.yaml").read_text().splitlines()[0]
+    assert header.endswith("with space paths resolved and --stage rough.max_epochs=1 --stage confirm.seeds=2 "
+                           "--stage fine.around={lr: 10}")
+    assert json.loads((tmp_path / "p" / "plan.json").read_text())["stage_changes"] == list(changes)
+    again = {stage.name: stage for stage in reopen_plan(tmp_path / "p").plan.stages}
+    assert again["rough"].get("max_epochs") == 1 and again["confirm"].get("seeds") == 2
+
+
 @pytest.mark.parametrize("raised", [KeyboardInterrupt(), RuntimeError("a bug in a stage")])
 def test_a_stage_stopped_outside_tunes_fit_says_how_to_continue(raised, write_space, tmp_path, monkeypatch,
                                                                 capsys):

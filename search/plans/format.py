@@ -71,6 +71,7 @@ class Plan:
     description: str = ""
     dataset: str | None = None
     budget_split: dict[str, float] | None = None  # training stage -> share of a --budget
+    changes: tuple[str, ...] = ()  # ``--stage STAGE.KEY=VALUE``, applied to the file's stages
 
     def training_stages(self) -> list[str]:
         return [stage.name for stage in self.stages if stage.kind in TRAINING_KINDS]
@@ -80,8 +81,9 @@ def builtin_plans() -> dict[str, Path]:
     return {p.stem: p for p in sorted(BUILTIN_DIR.glob("plan-*.yaml"))}
 
 
-def load_plan(name_or_path: str | Path) -> Plan:
-    """Read and check a plan: every mistake names the file, the stage, the key and the fix."""
+def load_plan(name_or_path: str | Path, changes: tuple[str, ...] = ()) -> Plan:
+    """Read and check a plan, with ``changes`` (``--stage STAGE.KEY=VALUE``) made to its stages: every
+    mistake names the file (or the change), the stage, the key and the fix."""
     plans = builtin_plans()
     text = str(name_or_path)
     path = plans.get(text) or Path(text).expanduser()
@@ -93,7 +95,54 @@ def load_plan(name_or_path: str | Path) -> Plan:
         doc = read_yaml(path)
     except yaml.YAMLError as err:
         raise SearchError(not_yaml(path, err)) from None
-    return parse_plan(doc, str(path), path.stem)
+    if not changes:
+        return parse_plan(doc, str(path), path.stem)
+    try:
+        plan = parse_plan(with_stage_changes(doc, changes, str(path)), str(path), path.stem)
+    except SearchError as err:
+        if str(err).startswith("--stage "):
+            raise
+        raise SearchError(f"{err} (the plan as --stage {' --stage '.join(changes)} changed it)") from None
+    return dataclasses.replace(plan, changes=tuple(changes))
+
+
+def with_stage_changes(doc: Any, changes: tuple[str, ...], source: str) -> Any:
+    """The plan document with each ``STAGE.KEY=VALUE`` set (the value read as YAML): a stage's epochs,
+    samples, seeds or space without a copy of the plan. The plan's own checks then apply to it."""
+    from spaces import Loader
+
+    stages = doc.get("stages") if isinstance(doc, dict) else None
+    if not isinstance(stages, list):
+        return doc  # parse_plan says what is wrong with the file
+    stages = [dict(raw) if isinstance(raw, dict) else raw for raw in stages]
+    by_name = {str(raw["name"]): raw for raw in stages if isinstance(raw, dict) and "name" in raw}
+    for change in changes:
+        target, sep, text = change.partition("=")
+        name, dot, key = target.strip().rpartition(".")
+        if not (sep and dot and name and key):
+            raise SearchError(f"--stage takes STAGE.KEY=VALUE, got {change!r}; e.g. --stage confirm.seeds=3")
+        if name not in by_name:
+            close = difflib.get_close_matches(name, by_name, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise SearchError(f"--stage {change}: {source} has no stage {name!r}; {hint}its stages: "
+                              f"{', '.join(by_name)}")
+        if key in ("name", "kind") or key not in STAGE_KEYS:
+            close = difflib.get_close_matches(key, [k for k in STAGE_KEYS if k not in ("name", "kind")], n=1)
+            why = (f"a stage's {key} is what the plan is made of; change it in a copy of the plan" if key in STAGE_KEYS
+                   else f"unknown key; {f'did you mean {close[0]!r}? ' if close else ''}valid keys: "
+                        f"{', '.join(k for k in STAGE_KEYS if k not in ('name', 'kind'))}")
+            raise SearchError(f"--stage {change}: {why}")
+        try:
+            value = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
+        except yaml.YAMLError as err:
+            raise SearchError(f"--stage {change}: the value is not YAML ({str(err).splitlines()[0]})") from None
+        ok, what = value_rules().get(key, (lambda v: True, ""))
+        if not ok(value):
+            raise SearchError(f"--stage {change}: {key} must be {what}, got {value!r}")
+        if key == "space" and str(value).endswith((".yaml", ".yml")):
+            value = str(Path(value).expanduser().resolve())  # from the command line: relative to where it is given
+        by_name[name][key] = value
+    return {**doc, "stages": stages}
 
 
 def parse_plan(doc: Any, source: str, name: str) -> Plan:

@@ -135,9 +135,11 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
     doc = {"description": plan.description, "dataset": dataset, "stages": stages}
     if plan.budget_split:
         doc["budget_split"] = plan.budget_split
-    (folder / "plan.yaml").write_text(f"# {plan.source}, with space paths resolved\n" + yaml.safe_dump(
-        doc, sort_keys=False))
-    state = {"plan": plan.name, "plan_file": plan.source, "dataset": dataset, "status": "running",
+    changed = "".join(f" --stage {change}" for change in plan.changes)
+    (folder / "plan.yaml").write_text(f"# {plan.source}, with space paths resolved{changed and ' and' + changed}\n"
+                                      + yaml.safe_dump(doc, sort_keys=False))
+    state = {"plan": plan.name, "plan_file": plan.source, **({"stage_changes": list(plan.changes)} if plan.changes else {}),
+             "dataset": dataset, "status": "running",
              "options": dataclasses.asdict(base), "stages": {}}
     if budget is not None:
         state["budget"] = budget.as_state(plan.budget_split)
