@@ -90,6 +90,21 @@ def test_hour_class_near_the_boundary_follows_the_minute() -> None:
     assert enc.decode(torch.cat([wraps, late[:, 12:]], 1)).item() == 11 * 60 + 58
 
 
+@pytest.mark.parametrize("name", ["class_reg", "class_periodic"])
+def test_a_continuous_minute_a_hair_off_the_hour_reads_a_hair_off(name: str) -> None:
+    """At 3:00 a minute head saying -0.01 (59.99 once wrapped) read 3:59.99 under a sure hour class: a CSD of
+    60 for half the clocks on the hour."""
+    enc = get_encoding(name)
+    y = _labels(torch.arange(0, 720, 60))
+    for shift in (-0.01, 0.01, -0.4, 0.4):  # minutes
+        out = _ideal(enc, torch.stack([y[:, 0], y[:, 1]], 1))
+        turns = (y[:, 1] + shift) / 60
+        out[:, 12:] = turns[:, None] if enc.minute == "reg" else torch.stack(
+            [torch.sin(turns * 2 * math.pi), torch.cos(turns * 2 * math.pi)], dim=1)
+        error = (enc.decode(out) - (y[:, 0] * 60 + y[:, 1]).float() + 360) % 720 - 360
+        torch.testing.assert_close(error, torch.full((12,), shift), atol=1e-3, rtol=0)
+
+
 def test_continuous_hour_is_unwrapped_with_the_minute() -> None:
     enc = get_encoding("reg_class")
     minute = lambda m: 20.0 * F.one_hot(torch.tensor([m]), 60)  # noqa: E731

@@ -20,7 +20,8 @@ Conventions:
     neighbouring hours: with the local soft estimate e = a + (p[a+1] - p[a-1]) / (p[a-1] + p[a]
     + p[a+1]) around the arg-max a, h = round(e - (m/60 - 1/2) / 2) mod 12. Late minutes
     pull a hesitant head to the earlier hour (3 vs 4 at :58 reads 3), early minutes to the
-    later one; a confident head is never overruled.
+    later one; a head that puts more than three quarters on its arg-max is never overruled.
+    A continuous minute is wrapped into [-1/2, 59 1/2) here, halfway between the labels 59 and 0.
 - ``csd_weight > 0`` adds, for the classification parts only, the expected circular distance
   under the predicted distribution, in fractions of the dial (minutes / 720): for ``class720``
   sum_k p_k csd(k, t) / 720; for an hour class sum_k p_k dist12(k, h) * 60 / 720; for a minute
@@ -183,6 +184,8 @@ class Split(Encoding):
         else:
             minute = _angle(minute_out) * 60
         if self.hour == "class":
+            if self.minute != "class":  # wrap halfway between labels 59 and 0, not on label 0: at 3:00 a
+                minute = torch.remainder(minute + 0.5, 60.0) - 0.5  # minute of -0.01 read 3:59.99
             p = hour_out.softmax(1)
             a = p.argmax(1, keepdim=True)
             below, at, above = (p.gather(1, (a + k) % 12)[:, 0] for k in (-1, 0, 1))
