@@ -180,6 +180,15 @@ def test_a_finished_trial_keeps_its_best_weights_and_says_how_to_go_on(data, tmp
     more = LocalReporter(tmp_path / "full")
     train({**MLP, "max_epochs": 3, "keep_optimizer": True}, data=data, reporter=more)  # a finished trial, extended
     assert [row["epoch"] for row in more.history] == [3]
+    # restored after its own early stop (a killed driver's snapshot still had it running), a trial that kept
+    # its optimiser trained on past it, and a better epoch then changed its best weights and test metrics
+    stopped = {**MLP, "max_epochs": 30, "early_stop": 1, "lr": 0.5, "keep_optimizer": True}
+    first = LocalReporter(tmp_path / "stopped")
+    train(stopped, data=data, reporter=first)
+    assert first.history[-1]["early_stopped"]
+    again = LocalReporter(tmp_path / "stopped")
+    train(stopped, data=data, reporter=again)
+    assert again.history == []
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])

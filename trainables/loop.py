@@ -206,10 +206,10 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
         saved = None if resume_dir is None else torch.load(Path(resume_dir) / "state.pt", map_location=device,
                                                            weights_only=True)
     if saved is not None:
+        done = saved["state"]
+        if done["epoch"] >= cfg.max_epochs or (cfg.early_stop and done["bad_epochs"] >= cfg.early_stop):
+            return {}  # restored after it finished (a killed driver's snapshot still had it running)
         if "optimizer" not in saved:
-            done = saved["state"]
-            if done["epoch"] >= cfg.max_epochs or (cfg.early_stop and done["bad_epochs"] >= cfg.early_stop):
-                return {}  # restored after it finished (a killed driver's snapshot still had it running)
             raise FinishedCheckpoint("this checkpoint is a finished trial's: it keeps its best weights and "
                                      "predictions, not what training needs to go on; train the configuration "
                                      "again, or set keep_optimizer: true to keep finished trials resumable")
