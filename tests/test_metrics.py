@@ -82,3 +82,13 @@ def test_accuracy() -> None:
     assert accuracy(logits, torch.tensor([1, 2])) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="shaped like the labels"):
         accuracy(np.array([1, 2, 3]), np.array([1, 2]))
+
+
+def test_unsigned_and_real_labels_read_as_minutes() -> None:
+    """uint16 0 against 719 read 1439 minutes apart (their difference wrapped), and a real true minute of
+    359.7 was truncated to 359, 0.7 minutes from a prediction of 359.7."""
+    for kind in (np.uint16, np.uint32):
+        assert csd(np.array([0], kind), np.array([719], kind)).tolist() == [1]
+    assert csd(torch.tensor([0], dtype=torch.uint8), torch.tensor([250], dtype=torch.uint8)).tolist() == [250]
+    assert csd_summary(np.array([359.7]), np.array([359.7]))["csd"] == 0.0
+    assert csd_summary(np.array([360.0]), np.array([359.7]))["exact_acc"] == 1.0

@@ -41,12 +41,12 @@ def csd_summary(pred_minutes: ArrayT, true_minutes: ArrayT) -> dict[str, float]:
     """
     pred, true = _pair(pred_minutes, true_minutes)
     pred = np.asarray(pred.detach().cpu() if isinstance(pred, torch.Tensor) else pred, dtype=np.float64)
-    true = np.asarray(true.detach().cpu() if isinstance(true, torch.Tensor) else true).astype(np.int64)
+    true = np.asarray(true.detach().cpu() if isinstance(true, torch.Tensor) else true, dtype=np.float64)
     if pred.size == 0:
         raise ValueError("csd_summary needs at least one prediction, got 0; pass a non-empty batch")
-    true = true % MINUTES
     dist = csd(pred, true)
     read = np.floor(pred + 0.5).astype(np.int64) % MINUTES
+    true = np.floor(true + 0.5).astype(np.int64) % MINUTES  # read as the prediction is (359.7 is 6:00)
     return {
         "csd": float(dist.mean()),
         "csd_median": float(np.median(dist)),
@@ -79,8 +79,11 @@ def _pair(pred: ArrayT, true: ArrayT) -> tuple[ArrayT, ArrayT]:
 
 
 def _pair_any(pred: ArrayT, true: ArrayT) -> tuple[ArrayT, ArrayT]:
-    """Both as tensors (on ``pred``'s device) if either is one, else both as numpy arrays."""
+    """Both as tensors (on ``pred``'s device) if either is one, else both as numpy arrays; unsigned
+    integers as int64, whose differences do not wrap (uint16 0 against 719 read 1439 minutes apart)."""
     if isinstance(pred, torch.Tensor) or isinstance(true, torch.Tensor):
         device = pred.device if isinstance(pred, torch.Tensor) else true.device
-        return torch.as_tensor(pred, device=device), torch.as_tensor(true, device=device)
-    return np.asarray(pred), np.asarray(true)
+        pred, true = (torch.as_tensor(x, device=device) for x in (pred, true))
+        return tuple(x if x.dtype.is_signed else x.long() for x in (pred, true))  # type: ignore[return-value]
+    return tuple(x.astype(np.int64) if x.dtype.kind in "ub" else x  # type: ignore[return-value]
+                 for x in (np.asarray(pred), np.asarray(true)))
