@@ -102,3 +102,24 @@ def test_unknown_dataset_lists_names():
         get_dataset("mnist")
     with pytest.raises(KeyError, match=r"unknown data set 'fashion-mnist' \(did you mean 'fashion_mnist'\?\)"):
         get_dataset("fashion-mnist")
+
+
+def test_clock_splits_keep_their_shares_and_a_resplit_its_strata():
+    """A confirm stage's fresh validation split (split_seed) of clocks was a plain shuffle: 0 to 12 images of
+    a minute instead of 5; and 7 clocks a minute at 0.6:0.2:0.2 split 5:1:1, a test set a seventh, not a fifth."""
+    from trainables.data import clock_splits
+
+    minutes = np.repeat(np.arange(720), 25)
+    labels = np.stack([minutes // 60, minutes % 60], 1)
+    data = clock_splits("c", np.zeros((len(labels), 2, 2), np.uint8), labels)
+    again = data.resplit(3)
+    assert again.split_rule == data.split_rule == "stratified by minute"
+    per_minute = np.bincount(again.y_val[:, 0] * 60 + again.y_val[:, 1], minlength=720)
+    assert (per_minute == 5).all() and again.sizes() == data.sizes() == (10800, 3600, 3600)
+    assert np.array_equal(again.y_test, data.y_test) and again.fingerprint != data.fingerprint
+    assert not np.array_equal(again.y_val, data.y_val)
+    assert clock_splits("c", np.zeros((len(labels), 2, 2), np.uint8), labels).fingerprint == data.fingerprint
+
+    seven = np.repeat(np.arange(720), 7)
+    sizes = clock_splits("c", np.zeros((len(seven), 2, 2), np.uint8), np.stack([seven // 60, seven % 60], 1)).sizes()
+    assert sum(sizes) == 5040 and abs(sizes[2] - 1008) < 60 and abs(sizes[1] - 1008) < 60
