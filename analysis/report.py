@@ -357,7 +357,12 @@ def _plan_stages(plan: Experiment) -> str:
         spent = sum((budget.get("spent") or {}).values())
         unit = budget["unit"]
         heading += f" (budget: {budget_amount(spent, unit)} of {budget_amount(budget['total'], unit)} spent)"
-    return f'<section id="plan-stages"><h2>{html.escape(heading)}</h2>{_html_table(pd.DataFrame(rows))}</section>'
+    changes = plan.manifest.get("stage_changes")
+    changed = (f"<p>Stages as the command line changed them: "
+               f"{html.escape(' '.join(f'--stage {change}' for change in changes))}</p>"
+               if isinstance(changes, list) and changes else "")
+    return (f'<section id="plan-stages"><h2>{html.escape(heading)}</h2>{changed}'
+            f'{_html_table(pd.DataFrame(rows))}</section>')
 
 
 def _plan_experiments(plan: Experiment) -> str:

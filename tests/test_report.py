@@ -40,7 +40,8 @@ def plan_report(tmp_path_factory) -> tuple[Path, str]:
                             "summary": {"winner": '{"layers": 2}', "p_winner_beats_runner_up": 0.97,
                                         "incomplete": "compared on the seeds every configuration finished (0, 1)"},
                             "note": "1 of them ASHA stopped early"}}
-    (plan / "plan.json").write_text(json.dumps({"plan": "p", "status": "completed", "stages": stages}))
+    (plan / "plan.json").write_text(json.dumps({"plan": "p", "status": "completed", "stages": stages,
+                                                "stage_changes": ["2-confirm.seeds=2"]}))
     path = write_report(plan, out=plan / "out" / "plan-report.html")
     return path, path.read_text(encoding="utf-8")
 
@@ -77,6 +78,7 @@ def test_plan_report_compares_stages_and_shows_seed_intervals(plan_report):
     assert '<section id="stages">' in page and '<section id="seeds">' in page
     assert "1-rough" in page and "2-confirm" in page
     assert '<section id="plan-stages">' in page and "chose &lt;the small one&gt;" in page
+    assert "Stages as the command line changed them: --stage 2-confirm.seeds=2" in page
     assert ("P(winner beats runner-up) = 0.97 (1 of them ASHA stopped early) (compared on the seeds every "
             "configuration finished (0, 1))") in page
     assert "searched lr in [0.000333, 0.003], around the valley&#x27;s best trial; warm-started Optuna" in page
