@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,6 +42,7 @@ MANIFEST_FIELDS = {
     "data": "train / val / test sizes, how they were split (e.g. stratified by minute), notes on the files", "git_commit": "the code",
     "command": "argv", "environment": "torch, python, cuda", "status": "running | completed | interrupted",
     "started": "local time", "finished": "local time",
+    "driver": "the process that runs (or last ran) it: host, pid and its start (see driver_gone)",
 }
 RUNNING, COMPLETED, INTERRUPTED = "running", "completed", "interrupted"
 
@@ -124,10 +127,58 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def update_status(folder: Path, status: str) -> None:
-    """Set the experiment's status and the time it changed."""
+    """Set the experiment's status and the time it changed (``running``: and the driver that runs it)."""
     manifest = read_manifest(folder)
     manifest.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if status == RUNNING:
+        manifest["driver"] = driver()
     write_manifest(folder, manifest)
+
+
+def driver() -> dict[str, Any]:
+    """This process, as the driver of a search or plan: its host, pid and start time."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": _process_start(os.getpid())}
+
+
+def driver_gone(state: dict[str, Any]) -> str | None:
+    """Why a valley.json or plan.json that reads 'running' is not running any more: its driver, on this
+    machine, is gone (killed outright: the OOM killer, SIGKILL, a batch system, a reboot), which left
+    no one to write 'interrupted'. None while it runs, or when it ran on another machine (no telling)."""
+    recorded = state.get("driver")
+    if state.get("status") != RUNNING or not isinstance(recorded, dict) or recorded.get("host") != socket.gethostname():
+        return None
+    pid = recorded.get("pid")
+    if not isinstance(pid, int) or driver_running(recorded):
+        return None
+    return f"its driver (pid {pid} on {recorded['host']}) is gone: it was killed, and what it had finished is kept"
+
+
+def driver_running(recorded: dict[str, Any]) -> bool:
+    """Whether the recorded driver is this machine's live process of that pid and start (not a later
+    process that took its pid, nor one killed but not yet reaped)."""
+    pid = recorded.get("pid")
+    if not isinstance(pid, int) or recorded.get("host") != socket.gethostname():
+        return False
+    if not Path("/proc/self/stat").exists():  # no /proc: whether the pid is taken at all
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    since = _process_start(pid)
+    return since is not None and since == recorded.get("since")
+
+
+def _process_start(pid: int) -> int | None:
+    """When a live process started, in clock ticks since boot (``/proc/<pid>/stat``); None when it is gone,
+    a zombie, or there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def asha_stops(folder: Path) -> dict[str, int]:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.format import (ACTIVE, DONE, FAILED, MANIFEST, PLAN_STATE, Task, asha_stops, ended_itself, guess_mode,
-                             metric_column, read_manifest, task_of, trained, trial_status)
+from analysis.format import (ACTIVE, DONE, FAILED, INTERRUPTED, MANIFEST, PLAN_STATE, Task, asha_stops, driver_gone,
+                             ended_itself, guess_mode, metric_column, read_manifest, task_of, trained, trial_status)
 
 
 class ResultsError(ValueError):
@@ -436,6 +436,7 @@ def load(folder: str | Path) -> Experiment:
         raise ResultsError(f"{folder} holds no experiment: expected valley.json, Ray Tune's experiment_state-*.json "
                          "or trial folders with params.json, or a plan folder of such experiments")
     manifest, warnings = _safe_manifest(folder / MANIFEST)
+    manifest = _with_driver_checked(manifest, warnings, f"valley resume {folder}")
     trials, epochs, more = _load_folder(folder, manifest)
     warnings += more
     if manifest:
@@ -495,9 +496,20 @@ def _apply_ray_state(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame, w
     return metric
 
 
+def _with_driver_checked(state: dict[str, Any], warnings: list[str], resume: str) -> dict[str, Any]:
+    """A valley.json or plan.json that reads 'running' with its driver gone reads 'interrupted' here (the
+    file is left as it is), with a warning that says so and how to go on."""
+    gone = driver_gone(state)
+    if not gone:
+        return state
+    warnings.append(f"it reads 'running' but {gone}; `{resume}` continues it")
+    return {**state, "status": INTERRUPTED}
+
+
 def _load_plan(folder: Path) -> Experiment:
     """Every experiment folder of a plan; ``stage`` is its stage in plan.json, else the folder's name."""
     manifest, warnings = _safe_manifest(folder / PLAN_STATE)
+    manifest = _with_driver_checked(manifest, warnings, f"valley plan {folder}")
     declared = manifest.get("stages") if isinstance(manifest.get("stages"), dict) else {}
     stage_of = {experiment: name for name, state in declared.items() if isinstance(state, dict)
                 for experiment in state.get("experiments", [])}

@@ -49,6 +49,6 @@ def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptio
         "options": dataclasses.asdict(opts), "data_fingerprint": data.fingerprint,
         "data": {"sizes": list(data.sizes()), "split": data.split_rule, "notes": list(data.notes)}, "git_commit": git_commit(),
         "command": sys.argv, "environment": environment(), "status": status,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **({"driver": fmt.driver()} if status == fmt.RUNNING else {}),
     })
     (folder / fmt.SPACE_COPY).write_text(Path(space.source).read_text())

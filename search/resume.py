@@ -1,6 +1,7 @@
 """Continue an interrupted experiment: finished trials stay, unfinished ones resume from checkpoints."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from analysis import format as fmt
@@ -9,6 +10,15 @@ from search.data_check import load_data
 from search.options import SearchError, SearchOptions
 from search.ray_start import start_ray
 from search.run import fit_and_finish, sayer
+
+
+def refuse_while_running(folder: Path, state: dict, command: str) -> None:
+    """Two drivers on one folder would both write it: a search or plan whose driver still runs on this
+    machine is not resumed beside it."""
+    recorded = state.get("driver") or {}
+    if state.get("status") == fmt.RUNNING and recorded.get("pid") != os.getpid() and fmt.driver_running(recorded):
+        raise SearchError(f"{folder} is still running (its driver, pid {recorded['pid']}, is alive on this machine); "
+                          f"stop it first (Ctrl-C where it runs, or `kill {recorded['pid']}`), then `{command} {folder}`")
 
 
 def resume(folder: Path, retry_failed: bool = False) -> Path:
@@ -26,6 +36,7 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
     if not manifest:
         raise SearchError(f"{folder} is not a valley experiment (no {fmt.MANIFEST}); give a folder that "
                           "`valley search` made")
+    refuse_while_running(folder, manifest, "valley resume")
     from ray import tune
 
     from search.progress import UNRESTORED, set_aside_unrestored

@@ -120,6 +120,36 @@ def test_options_out_of_range(refuse, write_space):
     assert "hidden must be a list" in refuse(path, "--set", "hidden=7")
 
 
+def test_a_search_or_plan_still_running_is_not_resumed_beside_it(refuse, tmp_path):
+    """Two drivers on one folder would both write it: `valley resume` (or `valley plan FOLDER`) of one whose
+    driver is alive on this machine is refused, naming it; once that process is gone it goes on."""
+    import json
+    import subprocess
+
+    from analysis import format as fmt
+
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        here = {**fmt.driver(), "pid": alive.pid, "since": fmt._process_start(alive.pid)}
+        experiment, plan = tmp_path / "results" / "e", tmp_path / "results" / "p"
+        experiment.mkdir(parents=True)
+        plan.mkdir()
+        (experiment / "valley.json").write_text(json.dumps({"status": "running", "driver": here, "options": {}}))
+        (plan / "plan.json").write_text(json.dumps({"plan": "p", "status": "running", "driver": here}))
+        assert refuse("resume", str(experiment)).endswith(
+            f"{experiment} is still running (its driver, pid {alive.pid}, is alive on this machine); stop it first "
+            f"(Ctrl-C where it runs, or `kill {alive.pid}`), then `valley resume {experiment}`")
+        assert f"then `valley plan {plan}`" in refuse("plan", str(plan))
+        assert fmt.driver_gone({"status": "running", "driver": here}) is None
+    finally:
+        alive.kill()
+        alive.wait()
+    assert "is gone" in fmt.driver_gone({"status": "running", "driver": here})  # and its pid reused: still gone
+    assert fmt.driver_gone({"status": "running", "driver": {**fmt.driver(), "since": -1}})
+    assert fmt.driver_gone({"status": "completed", "driver": here}) is None
+    assert fmt.driver_gone({"status": "running", "driver": {**here, "host": "elsewhere"}}) is None  # no telling
+
+
 def test_a_stage_change_names_what_it_cannot_change(refuse, tmp_path):
     storage = str(tmp_path / "results")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.load import read_results, top_table
+from analysis.load import load, read_results, top_table
 from search.run import SearchOptions, run_search
 from spaces import load_space
 from tests.drivers import valley, wait_gone
@@ -454,6 +454,10 @@ def test_driver_killed_three_times_then_resumed(write_space, tmp_path):
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
         killed.append(driver.pid)  # its local Ray must go too: checked at the end, while the next one runs
+        left = load(folder)  # valley.json still says 'running': nobody was left to say otherwise
+        assert json.loads((folder / "valley.json").read_text())["status"] == "running"
+        assert left.status == "interrupted" and any(f"driver (pid {driver.pid} " in w and "is gone" in w
+                                                    for w in left.warnings), left.warnings
 
         trials, _ = load_experiment(folder)
         now = ({} if trials.empty else  # Tune syncs params.json and result.json every few seconds

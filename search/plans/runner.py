@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from analysis import format as fmt
 from search.options import OUTPUT_GONE, SearchError, user_errors
 from search.plans.budget import SECONDS, allowance
 from search.plans.format import TRAINING_KINDS, Stage
@@ -68,7 +69,7 @@ def stopped_by(run: PlanRun, stage: Stage, err: BaseException) -> NoReturn:
 
 def run_plan(run: PlanRun) -> Path:
     """Run every stage not yet completed; returns the plan folder."""
-    run.state["status"] = "running"
+    run.state.update(status="running", driver=fmt.driver())
     run.state.pop("error", None)  # what stopped it last time, put right
     run.save()
     for stage in run.plan.stages:

@@ -168,8 +168,11 @@ def check_confirm_shares(run: PlanRun, budget: Budget) -> None:
 def reopen_plan(folder: Path, say: Callable[..., None] | None = None, quiet: bool = False) -> PlanRun:
     """The plan in ``folder``, to continue with the options it started with (``quiet`` aside: it is how
     this run speaks, not what it trains)."""
+    from search.resume import refuse_while_running
+
     folder = folder.expanduser().resolve()
     state = json.loads((folder / fmt.PLAN_STATE).read_text())
+    refuse_while_running(folder, state, "valley plan")
     plan = parse_plan(read_yaml(folder / "plan.yaml"), str(folder / "plan.yaml"), state["plan"])
     base = dataclasses.replace(SearchOptions.from_dict(state["options"]), quiet=quiet)
     return PlanRun(plan, folder, dataclasses.replace(base, dataset=state["dataset"]), state, say or sayer(base))
