@@ -72,17 +72,18 @@ def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
 
 
 class EpochBudget(Stopper):
-    """A Tune stopper: ends the search before its trials have trained more than ``budget`` epochs in all.
+    """A Tune stopper: ends the search once its trials have trained ``budget`` epochs in all.
 
     A trial's epochs are its highest ``training_iteration`` (a trial resumed from a checkpoint
-    retrains nothing it has reported). The search stops ``concurrency - 1`` epochs early, so the
-    trials still running when it stops, each finishing at most the epoch it is in, never take
-    the total past the budget. Pickled with the experiment, so ``valley resume`` keeps the count.
+    retrains nothing it has reported). Tune asks after each result, and on ``stop_all`` stops every
+    live trial at once, dropping the epochs they are in: the trials never record more than the
+    budget, and spend all of it (a margin of one epoch per trial running at once, kept before
+    this was read from Tune's controller, stopped a budget below the CPUs after its first epoch).
+    Pickled with the experiment, so ``valley resume`` keeps the count.
     """
 
-    def __init__(self, budget: int, concurrency: int) -> None:
+    def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.margin = max(0, concurrency - 1)
         self.epochs: dict[str, int] = {}
 
     def spent(self) -> int:
@@ -94,12 +95,12 @@ class EpochBudget(Stopper):
         return self.stop_all()
 
     def stop_all(self) -> bool:
-        return self.spent() >= self.budget - self.margin
+        return self.spent() >= self.budget
 
 
 def needs_stopper(space: Any, opts: SearchOptions, epochs: int) -> bool:
     """Whether an epoch budget needs ``EpochBudget``: not for a grid whose every trial's epochs fit it (a
-    confirm stage's, sized to its allowance), where the stopper's margin cut the last seeds short."""
+    confirm stage's, sized to its allowance)."""
     if not opts.budget_epochs:
         return False
     return opts.search != "random" or space.is_sampled() or total_trials(space, opts) * epochs > opts.budget_epochs
@@ -146,8 +147,8 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
     keepers = [schedule.keeper] if hasattr(schedule, "keeper") else []  # saves BOHB's brackets with the experiment
     at_once = concurrency(opts)
     if opts.budget_epochs and opts.budget_epochs < at_once:
-        # the stopper keeps an epoch's margin per trial running at once: with fewer epochs than that
-        # it would stop the search before anything trained, so fewer trials run at once instead
+        # more trials at once than the budget has epochs would start trials whose first epoch the
+        # stopper drops when the budget is spent: fewer trials run at once instead
         at_once = opts.budget_epochs
         opts = dataclasses.replace(opts, max_concurrent=at_once)
         progress.say(f"valley: note: a budget of {at_once} trial-epoch{'s' * (at_once > 1)} trains "
@@ -164,7 +165,7 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
             time_budget_s=opts.budget_s, trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(
             name=folder.name, storage_path=str(folder.parent), verbose=0,
-            stop=EpochBudget(opts.budget_epochs, at_once) if needs_stopper(space, opts, epochs) else None,
+            stop=EpochBudget(opts.budget_epochs) if needs_stopper(space, opts, epochs) else None,
             callbacks=[*callbacks(opts, folder, rows, family.task.reported()), *keepers, progress],
             # Tune keeps every checkpoint; search.progress prunes those the snapshot on disk no
             # longer names (Tune's own num_to_keep can delete the one a killed driver's snapshot names)
