@@ -19,6 +19,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import HyperBandForBOHB
+from ray.tune.schedulers.hyperband import _Bracket
 
 
 class BracketKeeper(Callback):
@@ -34,8 +35,21 @@ class BracketKeeper(Callback):
         self.scheduler.saved = state
 
 
+class FullBracket(_Bracket):
+    """A HyperBand bracket whose last round trains to ``max_t``. Ray's rounds multiply up from
+    ``int(max_t / eta**s)``, so with 10 epochs and a reduction factor of 3 two brackets of three
+    ended at 9: their survivors, the best configurations, read 'stopped' one epoch short."""
+
+    def successive_halving(self, metric: str, metric_op: float) -> tuple[list[Trial], list[Trial]]:
+        kept = super().successive_halving(metric, metric_op)
+        if self._halves == 0:
+            self._r = self._cumul_r = self._max_t_attr
+        return kept
+
+
 class ValleyHyperBand(HyperBandForBOHB):
-    """``HyperBandForBOHB`` on ``training_iteration`` whose brackets survive ``valley resume``."""
+    """``HyperBandForBOHB`` on ``training_iteration`` whose brackets survive ``valley resume`` and
+    whose every bracket ends at ``max_t``."""
 
     def __init__(self, quiet: bool = False, **hyperband: Any) -> None:
         super().__init__(time_attr="training_iteration", **hyperband)
@@ -43,6 +57,11 @@ class ValleyHyperBand(HyperBandForBOHB):
         self.keeper = BracketKeeper(self)
         self.saved: dict[str, Any] | None = None  # set on resume; used once every restored trial is added
         self.restored: list[Trial] = []
+
+    def _create_bracket(self, s: int) -> FullBracket:
+        bracket = super()._create_bracket(s)
+        bracket.__class__ = FullBracket  # the same state; a resumed search's saved brackets keep theirs
+        return bracket
 
     def snapshot(self) -> dict[str, Any] | None:
         """The brackets with trial ids for trials, the current bracket's place, who was paused."""

@@ -487,3 +487,19 @@ def test_the_board_of_a_budgeted_search_counts_its_trial_epochs_as_they_are_trai
     later = snapshot(trials, latest, "val_loss", "min", 5, 0.0)
     assert "9 of 12 trial-epochs trained" in line(later, "val_loss", "", 12)
     assert "trial-epochs" not in line(later, "val_loss")  # a search without a budget
+
+
+@pytest.mark.parametrize("epochs, factor", [(10, 3), (8, 2), (20, 3), (27, 3)])
+def test_every_bohb_bracket_trains_its_survivors_to_max_epochs(epochs, factor):
+    """Ray's HyperBand multiplies its rounds up from int(max_t / eta**s): with 10 epochs and a factor of 3
+    two of its three brackets ended at 9, their survivors (the best configurations) 'stopped' short."""
+    from search.hyperband import ValleyHyperBand
+
+    hyperband = ValleyHyperBand(quiet=True, max_t=epochs, reduction_factor=factor, metric="val_loss", mode="min")
+    for s in range(hyperband._s_max_1):
+        bracket = hyperband._create_bracket(s)
+        rounds = [bracket._cumul_r]
+        while bracket._halves:
+            bracket.successive_halving("val_loss", -1.0)  # no trials: only the rounds move
+            rounds.append(bracket._cumul_r)
+        assert rounds[-1] == epochs and rounds == sorted(rounds), rounds
