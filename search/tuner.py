@@ -133,6 +133,11 @@ def seeded(params: dict[str, Any], rows: list[dict[str, Any]], opts: SearchOptio
     return {**params, "seed": opts.seed}, samples
 
 
+def sets(space: Space, opts: SearchOptions, key: str) -> bool:
+    """Whether the user chose ``key``: in the space's params, a grid row, or ``--set``."""
+    return key in opts.overrides or key in space.params or any(key in row for row in space.grid)
+
+
 def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path, dataset: str, epochs: int,
                 data: Any, progress: Any) -> Any:
     from ray import tune
@@ -141,6 +146,12 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
     from search.tune_space import param_space
 
     overrides = {**opts.overrides, "family": space.family, "dataset": dataset, "max_epochs": epochs}
+    if opts.scheduler == "hyperband" and not sets(space, opts, "checkpoint_s"):
+        # HyperBand pauses trials at its rungs and Tune resumes them from their last checkpoint: one
+        # written at most every 30 s was older than the pause, or none, and the trial trained again
+        overrides["checkpoint_s"] = 0
+        progress.say("valley: note: BOHB's HyperBand pauses trials between rounds, so every epoch saves a "
+                     "checkpoint (checkpoint_s=0) for a paused trial to go on from")
     params, rows = param_space(space, overrides, opts.search)
     params, samples = seeded(params, rows, opts)
     schedule = scheduler(opts, epochs)

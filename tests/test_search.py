@@ -216,6 +216,10 @@ def test_bohb_search_under_its_hyperband(ray_session, write_space, tmp_path, cap
     assert trials["epochs"].between(1, 4).all()
     for trial_id, n in zip(trials["trial_id"], trials["epochs"]):
         assert [e.step for e in events(folder / trial_id).Scalars("ray/tune/val_loss")] == list(range(1, n + 1))
+        # a paused trial goes on from where it paused, not from an older checkpoint (or none): each epoch
+        # was trained once
+        trained = [json.loads(line)["epoch"] for line in (folder / trial_id / "result.json").read_text().splitlines()]
+        assert trained == list(range(1, n + 1)), trained
 
 
 def test_bohb_keeps_its_density_models_quiet(caplog):
