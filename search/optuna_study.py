@@ -75,9 +75,10 @@ class ValleyOptunaSearch(OptunaSearch):
     * a trial whose metric is not finite ends FAIL (Ray's own tells Optuna the NaN, Optuna
       refuses it, and the study trial stays RUNNING for ever; valley's loop raises
       ``Diverged`` first, this is the second line of defence);
-    * a finished trial's value is its best checkpoint's (``best_val_loss`` where the metric is
-      ``val_loss``), as trials.csv ranks it and a plan's warm start tells earlier trials, not its
-      last epoch's (Ray's), which is worse for a trial its own patience ended;
+    * a finished trial's value is its best checkpoint's (the metric at the epoch of its best
+      validation loss: ``best_val_loss`` itself, or ``val_csd`` or ``val_acc`` then), as trials.csv
+      ranks it and a plan's warm start tells earlier trials, not its last epoch's (Ray's), which
+      is worse for a trial its own patience ended;
     * a study that its storage already holds (``valley resume``) is not warm-started twice;
     * after a restore, a study trial Tune no longer knows (asked after the snapshot the
       driver was killed behind) is marked failed, and a trial the journal already finished
@@ -129,6 +130,10 @@ class ValleyOptunaSearch(OptunaSearch):
                   "trials.csv", flush=True)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, str) and result.get("epoch") == result.get("best_epoch") and self.metric in result:
+            if getattr(self, "_at_best", None) is None:
+                self._at_best: dict[str, Any] = {}
+            self._at_best[trial_id] = result[self.metric]  # at the best checkpoint so far
         if trial_id not in self._told:
             super().on_trial_result(trial_id, result)
 
@@ -139,7 +144,8 @@ class ValleyOptunaSearch(OptunaSearch):
         value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
         if not error and isinstance(value, (int, float)) and not math.isfinite(value):
             result, error = None, True
-        best = (result or {}).get(f"best_{self.metric}") if isinstance(self.metric, str) else None
+        best = (result or {}).get(f"best_{self.metric}", (getattr(self, "_at_best", None) or {}).get(trial_id)) \
+            if isinstance(self.metric, str) else None
         if not error and isinstance(best, (int, float)) and math.isfinite(best):
             result = {**result, self.metric: best}  # the best checkpoint's, as trials.csv and warm starts rank it
         return super().on_trial_complete(trial_id, result=result, error=error)

@@ -122,6 +122,24 @@ def test_optuna_study_is_in_the_experiment_folder(logged):
 
 
 @pytest.mark.ray
+def test_optuna_is_told_a_metric_other_than_val_loss_at_the_best_checkpoint(ray_session, write_space, tmp_path):
+    """With val_acc (the clock's val_csd alike) the study was told the last epoch's value: only best_val_loss
+    is reported, so best_val_acc was never found and a trial its patience ended was scored past its best."""
+    from search.optuna_study import TRIAL_ID, load_study
+
+    space = write_space("family: mlp\ndataset: synthetic\nmetric: val_acc\nmode: max\nmax_epochs: 8\n"
+                        "params:\n  hidden: [32]\n  lr: {loguniform: [0.3, 1.0]}\n  batch_size: 16\n"
+                        "  early_stop: 2\n", "acc.yaml")
+    folder = run_search(load_space(space), SearchOptions(storage=str(tmp_path / "results"), name="acc", quiet=True,
+                                                         search="optuna", samples=6, tensorboard=False))
+    trials = pd.read_csv(folder / "trials.csv").set_index("trial_id")
+    told = {t.user_attrs[TRIAL_ID]: t.value for t in load_study(folder).trials}
+    assert told == pytest.approx(trials["best_val_acc"].to_dict())
+    last = {tid: json.loads((folder / tid / "result.json").read_text().splitlines()[-1])["val_acc"] for tid in told}
+    assert any(last[tid] != told[tid] for tid in told)  # some trial ended past its best: the test can tell them apart
+
+
+@pytest.mark.ray
 def test_mlflow_records_every_trial(logged):
     from mlflow.tracking import MlflowClient
 
