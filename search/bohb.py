@@ -8,9 +8,12 @@ carries; valley reads them back from there and says so.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 from ray.tune.search.bohb import TuneBOHB
 
 from search.ray_start import drop_messages
@@ -36,17 +39,39 @@ def quiet_kde() -> None:
 
 
 class ValleyBOHB(TuneBOHB):
-    """``TuneBOHB`` that adopts a restored trial it did not suggest, from the config in its results."""
+    """``TuneBOHB`` that adopts a restored trial it did not suggest, from the config in its results, and
+    draws from a random stream of its own, seeded with ``seed``: hpbandster draws its samples from
+    numpy's global generator, which nothing seeded, so ``--seed`` did not repeat a BOHB search (and
+    the search moved a notebook's global stream). The stream is saved with the searcher, so a resumed
+    search goes on with it."""
 
     def __init__(self, quiet: bool = False, **bohb: Any) -> None:
         super().__init__(**bohb)
         quiet_kde()
         self.quiet = quiet
         self.adopted: set[str] = set()  # trials whose parameters were read back from their results
+        self.stream = np.random.RandomState(bohb.get("seed")).get_state()
+
+    @contextlib.contextmanager
+    def own_stream(self) -> Iterator[None]:
+        outer = np.random.get_state()
+        if getattr(self, "stream", None) is None:  # saved by a valley before the stream was its own
+            self.stream = np.random.RandomState().get_state()
+        np.random.set_state(self.stream)
+        try:
+            yield
+        finally:
+            self.stream = np.random.get_state()
+            np.random.set_state(outer)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        with self.own_stream():
+            return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         self.adopt(trial_id, result)
-        super().on_trial_result(trial_id, result)
+        with self.own_stream():
+            super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         self.trial_to_params.setdefault(trial_id, {})  # TuneBOHB deletes the entry, known or not
