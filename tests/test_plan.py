@@ -434,6 +434,29 @@ def test_around_takes_only_log_uniform_ranges_and_a_positive_best_value():
             centre_ranges(params, around, best, "mlp-fine")
 
 
+def test_a_warm_start_point_is_one_optuna_can_draw():
+    """A randint's high is exclusive and a q-distribution draws low + k q: a rough trial moved to the edge
+    of such a range (or between its steps) was a point Optuna refused, and the fine stage failed."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.plans.stages.search import as_point
+    from search.tune_space import param_space
+    from spaces import parse_space
+
+    space = parse_space({"family": "mlp", "metric": "val_loss", "mode": "min",
+                         "params": {"layers": {"randint": [1, 4]}, "dropout": {"quniform": [0.1, 0.5, 0.1]},
+                                    "batch_size": {"qrandint": [16, 128, 16]}, "lr": {"loguniform": [1e-4, 1e-2]}}})
+    rough = {"layers": 4, "dropout": 0.27, "batch_size": 100, "lr": 1e-3}
+    assert as_point(rough, space) is None
+    assert as_point({**rough, "layers": 3, "dropout": 0.3, "batch_size": 96}, space) is not None
+    point = as_point(rough, space, clip=True)
+    assert point == {"layers": 3, "dropout": pytest.approx(0.3), "batch_size": 96, "lr": 1e-3}
+    drawn = OptunaSearch.convert_search_space(param_space(space, {}, "optuna")[0])
+    assert all(drawn[key]._contains(drawn[key].to_internal_repr(value)) for key, value in point.items())
+    high = as_point({**rough, "dropout": 0.9, "batch_size": 500}, space, clip=True)
+    assert high["dropout"] == pytest.approx(0.5) and high["batch_size"] == 128
+
+
 def test_a_config_outside_the_fine_space_is_moved_in_only_when_asked():
     from search.plans.stages.search import as_point
     from spaces import parse_space

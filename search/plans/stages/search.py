@@ -1,6 +1,7 @@
 """A search stage: run a space, narrowed to the architectures of a valley stage, warm-started from its trials."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from analysis.format import metric_column
@@ -141,9 +142,34 @@ def as_point(config: dict[str, Any], space: Space, clip: bool = False, fixed: di
         if value.kind in ("grid", "choice"):
             if got not in [list(a) if isinstance(a, tuple) else a for a in value.args]:
                 return None
-        elif not value.args[0] <= got <= value.args[1]:
-            if not clip:
+        else:
+            got = in_range(value, got, clip)
+            if got is None:
                 return None
-            got = min(max(got, value.args[0]), value.args[1])
         point[key] = got
     return point
+
+
+def in_range(dist: Dist, got: Any, clip: bool) -> Any:
+    """``got`` if ``dist`` can draw it, else, with ``clip``, the nearest value it can draw, else None. A
+    randint's high is exclusive and a q-distribution draws only low + k q: a warm-start point off
+    those made Optuna refuse it, and the stage failed."""
+    if not isinstance(got, (int, float)) or isinstance(got, bool):
+        return None
+    low, high = dist.args[0], dist.args[1] - (1 if dist.kind in ("randint", "lograndint") else 0)
+    step = dist.args[2] if len(dist.args) == 3 else None
+    whole = "int" in dist.kind
+
+    def drawable(value: float) -> bool:
+        on_step = step is None or math.isclose((value - low) / step, round((value - low) / step), abs_tol=1e-8)
+        return low <= value <= high and on_step and (not whole or float(value).is_integer())
+
+    if drawable(got):
+        return got
+    if not clip:
+        return None
+    got = min(max(got, low), high)
+    if step is not None:
+        got = low + round((got - low) / step) * step
+        got = got - step if got > high else got
+    return int(round(got)) if whole else got
