@@ -43,6 +43,14 @@ TOP_KEYS = {
     "params": "config keys: fixed values or distributions",
 }
 REQUIRED = ("family", "metric", "mode")
+# Config keys the whole search shares, set at a space's top level or on the command line: under params or in
+# a grid row the search overruled them (params) or trained on other epochs than ASHA, budgets and the board
+# counted (a row's max_epochs), without a word.
+SEARCH_WIDE = {
+    "max_epochs": "epochs are the whole search's: give `max_epochs:` at the space's top level, or --max-epochs",
+    "dataset": "the data set is the whole search's: give `dataset:` at the space's top level, or --dataset",
+    "family": "a space trains one family: give `family:` at its top level, and write a space for another",
+}
 
 
 class Loader(yaml.SafeLoader):
@@ -211,10 +219,15 @@ def parse_space(doc: Any, source: str = "<space>", name: str = "space") -> Space
         for key, value in row.items():
             if isinstance(value, dict):
                 raise fail(f"grid[{i}].{key}", "grid rows hold fixed values; put distributions under params")
+            if key in SEARCH_WIDE:
+                raise fail(f"grid[{i}].{key}", SEARCH_WIDE[key])
 
     raw_params = doc.get("params") or {}
     if not isinstance(raw_params, dict):
         raise fail("params", f"must be a mapping of config keys, got {raw_params!r}")
+    for key in raw_params:
+        if key in SEARCH_WIDE:
+            raise fail(f"params.{key}", SEARCH_WIDE[key])
     params = {str(k): _parse_value(f"params.{k}", v, fail) for k, v in raw_params.items()}
     return Space(name=name, family=doc["family"], metric=doc["metric"], mode=doc["mode"],
                  source=source, description=doc.get("description", ""), dataset=doc.get("dataset"),

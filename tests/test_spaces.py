@@ -35,6 +35,10 @@ def test_every_builtin_space_loads():
     ("params: {layers: {randint: [1.5, 4]}}", r"randint takes integers"),
     ("grid: []", r"grid: is empty"),
     ("paramz: {}", r"paramz: unknown key; did you mean 'params'"),
+    # the search overruled these under params, and a row's epochs were not those ASHA, budgets and the board counted
+    ("params: {max_epochs: 4}", r"params.max_epochs: epochs are the whole search's: give `max_epochs:` at the space's"),
+    ("grid:\n  - {hidden: [4], max_epochs: 5}", r"grid\[0\].max_epochs: epochs are the whole search's"),
+    ("params: {dataset: digits}", r"params.dataset: the data set is the whole search's: give `dataset:` at"),
 ])
 def test_yaml_mistakes_name_file_key_rule_and_value(write_space, body, message):
     path = write_space(HEADER + body + "\n")
