@@ -136,16 +136,31 @@ def update_status(folder: Path, status: str) -> None:
 
 
 def driver() -> dict[str, Any]:
-    """This process, as the driver of a search or plan: its host, pid and start time."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": _process_start(os.getpid())}
+    """This process, as the driver of a search or plan: its host, pid namespace, pid and start time."""
+    return {"host": socket.gethostname(), "pids": _pid_namespace(), "pid": os.getpid(),
+            "since": _process_start(os.getpid())}
+
+
+def _pid_namespace() -> str | None:
+    """Which processes' pids this process sees (two containers can share a host name, not this)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _here(recorded: dict[str, Any]) -> bool:
+    """Whether a recorded driver's pid means a process this one can see: the same host, the same pids."""
+    return recorded.get("host") == socket.gethostname() and recorded.get("pids") == _pid_namespace()
 
 
 def driver_gone(state: dict[str, Any]) -> str | None:
     """Why a valley.json or plan.json that reads 'running' is not running any more: its driver, on this
     machine, is gone (killed outright: the OOM killer, SIGKILL, a batch system, a reboot), which left
-    no one to write 'interrupted'. None while it runs, or when it ran on another machine (no telling)."""
+    no one to write 'interrupted'. None while it runs, or when it ran on another machine or in another
+    container (no telling)."""
     recorded = state.get("driver")
-    if state.get("status") != RUNNING or not isinstance(recorded, dict) or recorded.get("host") != socket.gethostname():
+    if state.get("status") != RUNNING or not isinstance(recorded, dict) or not _here(recorded):
         return None
     pid = recorded.get("pid")
     if not isinstance(pid, int) or driver_running(recorded):
@@ -157,7 +172,7 @@ def driver_running(recorded: dict[str, Any]) -> bool:
     """Whether the recorded driver is this machine's live process of that pid and start (not a later
     process that took its pid, nor one killed but not yet reaped)."""
     pid = recorded.get("pid")
-    if not isinstance(pid, int) or recorded.get("host") != socket.gethostname():
+    if not isinstance(pid, int) or not _here(recorded):
         return False
     if not Path("/proc/self/stat").exists():  # no /proc: whether the pid is taken at all
         try:

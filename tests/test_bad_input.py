@@ -148,6 +148,7 @@ def test_a_search_or_plan_still_running_is_not_resumed_beside_it(refuse, tmp_pat
     assert fmt.driver_gone({"status": "running", "driver": {**fmt.driver(), "since": -1}})
     assert fmt.driver_gone({"status": "completed", "driver": here}) is None
     assert fmt.driver_gone({"status": "running", "driver": {**here, "host": "elsewhere"}}) is None  # no telling
+    assert fmt.driver_gone({"status": "running", "driver": {**here, "pids": "pid:[1]"}}) is None  # another container
 
 
 def test_a_stage_change_names_what_it_cannot_change(refuse, tmp_path):
