@@ -58,13 +58,10 @@ class Splits:
         key = y[:, 0] * 60 + y[:, 1] if self.split_rule == "stratified by minute" else y[:, 0]
         share = len(self.x_val) / len(x)
         train, val = _carve(key, (1 - share, share), split_seed)
-        sample = x[train[:10_000]].astype(np.float32) / 255.0
-        digest = hashlib.blake2b(digest_size=8)
-        for array in (x, y, train, val, self.x_test, self.y_test):
-            digest.update(np.ascontiguousarray(array).data)
-        return dataclasses.replace(self, x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val],
-                                   mean=float(sample.mean()), std=float(sample.std() or 1.0),
-                                   fingerprint=digest.hexdigest())
+        x_train = x[train]
+        mean, std, fingerprint = _statistics(x_train, (x, y, train, val, self.x_test, self.y_test))
+        return dataclasses.replace(self, x_train=x_train, y_train=y[train], x_val=x[val], y_val=y[val],
+                                   mean=mean, std=std, fingerprint=fingerprint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,12 +86,19 @@ def make_splits(name: str, x_trainval: np.ndarray, y_trainval: np.ndarray, x_tes
     order = np.random.default_rng(split_seed).permutation(len(x_trainval))
     val, train = order[:n_val], order[n_val:]
     x_train = x_trainval[train]
-    sample = x_train[: min(len(x_train), 10_000)].astype(np.float32) / 255.0
-    digest = hashlib.blake2b(digest_size=8)
-    for array in (x_train, y_trainval[train], x_trainval[val], y_trainval[val], x_test, y_test):
-        digest.update(np.ascontiguousarray(array).data)
+    statistics = _statistics(x_train, (x_train, y_trainval[train], x_trainval[val], y_trainval[val], x_test, y_test))
     return Splits(name, x_train, y_trainval[train], x_trainval[val], y_trainval[val], x_test, y_test,
-                  n_classes, float(sample.mean()), float(sample.std() or 1.0), digest.hexdigest())
+                  n_classes, *statistics)
+
+
+def _statistics(x_train: np.ndarray, fingerprinted: tuple[np.ndarray, ...]) -> tuple[float, float, str]:
+    """The training pixels' mean and standard deviation in [0, 1] (over at most 10,000 images), and the
+    blake2b of ``fingerprinted``: which data a result was made with."""
+    sample = x_train[:10_000].astype(np.float32) / 255.0
+    digest = hashlib.blake2b(digest_size=8)
+    for array in fingerprinted:
+        digest.update(np.ascontiguousarray(array).data)
+    return float(sample.mean()), float(sample.std() or 1.0), digest.hexdigest()
 
 
 def _digits(data_dir: Path | None = None, split_seed: int = 0, **_: object) -> Splits:
@@ -209,12 +213,9 @@ def clock_splits(name: str, images: np.ndarray, labels: np.ndarray, split_seed: 
             break
     train, val, test = _carve(key, ratios, split_seed)
     x = images[:, None]  # (N, 1, S, S)
-    sample = x[train[:10_000]].astype(np.float32) / 255.0
-    digest = hashlib.blake2b(digest_size=8)
-    for array in (images, labels, train, val, test):
-        digest.update(np.ascontiguousarray(array).data)
-    return Splits(name, x[train], labels[train], x[val], labels[val], x[test], labels[test], 720,
-                  float(sample.mean()), float(sample.std() or 1.0), digest.hexdigest(), rule, notes)
+    x_train = x[train]
+    return Splits(name, x_train, labels[train], x[val], labels[val], x[test], labels[test], 720,
+                  *_statistics(x_train, (images, labels, train, val, test)), rule, notes)
 
 
 def _carve(key: np.ndarray, ratios: tuple[float, ...], split_seed: int) -> list[np.ndarray]:
