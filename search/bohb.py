@@ -45,6 +45,8 @@ class ValleyBOHB(TuneBOHB):
     the search moved a notebook's global stream). The stream is saved with the searcher, so a resumed
     search goes on with it."""
 
+    stream: tuple | None = None  # numpy's generator state between draws (None: saved before there was one)
+
     def __init__(self, quiet: bool = False, **bohb: Any) -> None:
         super().__init__(**bohb)
         quiet_kde()
@@ -55,7 +57,7 @@ class ValleyBOHB(TuneBOHB):
     @contextlib.contextmanager
     def own_stream(self) -> Iterator[None]:
         outer = np.random.get_state()
-        if getattr(self, "stream", None) is None:  # saved by a valley before the stream was its own
+        if self.stream is None:  # saved by a valley before the stream was its own
             self.stream = np.random.RandomState().get_state()
         np.random.set_state(self.stream)
         try:

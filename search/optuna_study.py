@@ -90,6 +90,7 @@ class ValleyOptunaSearch(OptunaSearch):
     quiet = False
     _told: frozenset[str] = frozenset()  # Tune trial ids the journal finished after the restored snapshot
     _lost: frozenset[int] = frozenset()  # study trial ids whose Tune trials a crash lost (said once)
+    _at_best: dict[str, Any] | None = None  # Tune trial id -> its metric at its best checkpoint so far
 
     def _setup_study(self, mode: Any) -> None:
         points, rewards = self._points_to_evaluate, self._evaluated_rewards
@@ -131,9 +132,9 @@ class ValleyOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, str) and result.get("epoch") == result.get("best_epoch") and self.metric in result:
-            if getattr(self, "_at_best", None) is None:
-                self._at_best: dict[str, Any] = {}
-            self._at_best[trial_id] = result[self.metric]  # at the best checkpoint so far
+            if self._at_best is None:  # an instance's own dict, not the class's
+                self._at_best = {}
+            self._at_best[trial_id] = result[self.metric]
         if trial_id not in self._told:
             super().on_trial_result(trial_id, result)
 
@@ -144,8 +145,9 @@ class ValleyOptunaSearch(OptunaSearch):
         value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
         if not error and isinstance(value, (int, float)) and not math.isfinite(value):
             result, error = None, True
-        best = (result or {}).get(f"best_{self.metric}", (getattr(self, "_at_best", None) or {}).get(trial_id)) \
-            if isinstance(self.metric, str) else None
+        best = None
+        if isinstance(self.metric, str):
+            best = (result or {}).get(f"best_{self.metric}", (self._at_best or {}).get(trial_id))
         if not error and isinstance(best, (int, float)) and math.isfinite(best):
             result = {**result, self.metric: best}  # the best checkpoint's, as trials.csv and warm starts rank it
         return super().on_trial_complete(trial_id, result=result, error=error)
