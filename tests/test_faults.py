@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -105,7 +103,7 @@ def test_killed_trial_process_resumes_from_its_checkpoint(ray_session, write_spa
     and the copies of checkpoints on their way to and from Tune leave nothing in the temporary folder."""
     from search.progress import Progress
 
-    staging = str(Path(tempfile.gettempdir()) / f"valley-staging-{socket.gethostname()}-{{}}")
+    from trainables.report import staging_root
 
     space = write_space(FAULTY.replace("max_epochs: 3", "max_epochs: 30").split("grid:")[0]
                         + "grid:\n  - {hidden: [64]}\nparams:\n  lr: 0.001\n  batch_size: 16\n  checkpoint_s: 0\n")
@@ -118,7 +116,7 @@ def test_killed_trial_process_resumes_from_its_checkpoint(ray_session, write_spa
             killed.update(pid=result["pid"], epoch=result["epoch"])
             os.kill(result["pid"], signal.SIGKILL)
             # killed waiting in tune.report, its checkpoint's folder open
-            killed.update(staged=len(list(Path(staging.format(result["pid"])).glob("checkpoint-*"))))
+            killed.update(staged=len(list(staging_root(result["pid"]).glob("checkpoint-*"))))
         return seen_by_progress(self, iteration, trials, trial, result, **info)
 
     monkeypatch.setattr(Progress, "on_trial_result", on_trial_result)
@@ -133,8 +131,8 @@ def test_killed_trial_process_resumes_from_its_checkpoint(ray_session, write_spa
     assert 1 < after[0]["epoch"] <= killed["epoch"] + 1
     assert [row["epoch"] for row in after] == list(range(after[0]["epoch"], 31))
     assert "retry 1 of 1 from its last checkpoint" in capsys.readouterr().out
-    assert killed["staged"] == 1 and not Path(staging.format(killed["pid"])).exists()
-    assert not list(Path(staging.format(after[0]["pid"])).iterdir())  # the restored copy removed too
+    assert killed["staged"] == 1 and not staging_root(killed["pid"]).exists()
+    assert not list(staging_root(after[0]["pid"]).iterdir())  # the restored copy removed too
 
 
 NAN_UNDER_OPTUNA = """\

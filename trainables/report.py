@@ -42,16 +42,25 @@ def staging(kind: str) -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix=f"{kind}-", dir=_own_staging())
 
 
-_STAGING = "valley-staging-"
 _swept_by: int | None = None  # the process that swept (a forked child sweeps again)
+
+
+def staging_root(pid: int) -> Path:
+    """Process ``pid``'s staging folder: ``valley-staging-<host>-<pid namespace>-<pid>`` in the temporary
+    folder. Host and pid namespace say whose pids a sweep can see: two containers can share a /tmp and
+    a host name (host networking), and one must not take the other's live processes for dead."""
+    try:
+        pids = re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pids = ""
+    return Path(tempfile.gettempdir()) / f"valley-staging-{socket.gethostname()}-{pids}-{pid}"
 
 
 def _own_staging() -> Path:
     global _swept_by
-    root, host = Path(tempfile.gettempdir()), socket.gethostname()
-    mine = root / f"{_STAGING}{host}-{os.getpid()}"
+    mine = staging_root(os.getpid())
     if _swept_by != os.getpid():
-        for folder in root.glob(f"{_STAGING}{host}-*"):
+        for folder in mine.parent.glob(mine.name.rpartition("-")[0] + "-*"):
             pid = folder.name.rpartition("-")[2]
             if pid.isdigit() and (folder == mine or not _alive(int(pid))):
                 shutil.rmtree(folder, ignore_errors=True)  # ``mine``: a dead process's, its pid now ours
