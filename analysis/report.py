@@ -108,7 +108,7 @@ def _valley_section(experiment: Experiment) -> Section:
         return Section("valley", "Loss against model size", figures.message("Loss against model size", text), text)
     valley: ValleyResult | None = None
     scope_trials, scope_epochs, scope = trials, epochs, "Valley"
-    source = _valley_source(experiment)
+    source, threshold = _valley_source(experiment)
     if source is not None:  # the valley the plan's own valley stage found, among every stage's trials
         scope_trials = trials[trials["stage"] == source]
         scope_epochs = epochs[epochs["stage"] == source] if "stage" in epochs else epochs
@@ -131,7 +131,7 @@ def _valley_section(experiment: Experiment) -> Section:
         return Section("valley", "Loss against model size", figures.loss_vs_params(trials, epochs, metric, mode=mode),
                        none)
     try:
-        valley = find_valley(scope_trials, scope_epochs, metric=metric, mode=mode)
+        valley = find_valley(scope_trials, scope_epochs, metric=metric, threshold_se=threshold, mode=mode)
         note = f"{scope}: {valley.reason}."
         untrained = not_learning(usable)
         if untrained:
@@ -182,17 +182,18 @@ def clock_sections(experiment: Experiment) -> list[Section]:
     ]
 
 
-def _valley_source(experiment: Experiment) -> str | None:
-    """The stage that a plan's valley stage read (plan.json), when its trials are loaded."""
+def _valley_source(experiment: Experiment) -> tuple[str | None, float]:
+    """The stage that a plan's valley stage read (plan.json), when its trials are loaded, and the band's
+    width in standard errors that stage used (the one-standard-error rule where nothing says otherwise)."""
     stages = experiment.manifest.get("stages") if experiment.kind == "plan" else None
     if not isinstance(stages, dict) or "stage" not in experiment.trials:
-        return None
+        return None, 1.0
     for state in stages.values():
         if isinstance(state, dict) and state.get("kind") == "valley":
             source = state.get("from") or (state.get("derived_from") or {}).get("stage")
             if source in set(experiment.trials["stage"]):
-                return str(source)
-    return None
+                return str(source), float(state.get("threshold_se", 1.0))
+    return None, 1.0
 
 
 def kaleido_installed() -> bool:

@@ -226,3 +226,21 @@ def test_a_folder_of_experiments_on_different_data_sets_reads_no_valley_across_t
                                    "synthetic)")
     text = write_report(tmp_path / "multi").read_text(encoding="utf-8")
     assert '<span class="kind">folder of experiments</span>' in text and "23 trials: 22 done (4 stopped early)" in text
+
+
+def test_a_plan_report_draws_the_valley_its_valley_stage_drew(tmp_path):
+    """The report redrew a plan's valley with one standard error whatever the stage's threshold was, so its note
+    and star named another model than the one the plan carried on."""
+    from analysis.load import load
+
+    plan = tmp_path / "plan"
+    shutil.copytree(DATA / "asha-digits", plan / "rough")
+    valley = {"kind": "valley", "status": "completed", "from": "rough", "threshold_se": 0.0}
+    (plan / "plan.json").write_text(json.dumps({"plan": "p", "status": "completed", "stages": {
+        "rough": {"kind": "search", "status": "completed", "experiments": ["rough"]}, "valley": valley}}))
+    note = report._valley_section(load(plan)).note
+    assert "(0 SE) holds 1 of" in note
+    valley["threshold_se"] = 3.0
+    (plan / "plan.json").write_text(json.dumps({"plan": "p", "status": "completed", "stages": {
+        "rough": {"kind": "search", "status": "completed", "experiments": ["rough"]}, "valley": valley}}))
+    assert "(3 SE) holds" in report._valley_section(load(plan)).note
