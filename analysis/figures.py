@@ -430,7 +430,8 @@ def results_frame(trials: pd.DataFrame, metric: str = "best_val_loss", mode: str
     test = task.test_metric if task.test_metric in trials else None
     rows = trials.copy()
     if len(rows) > max_rows and metric in rows:
-        rows = rows.sort_values(metric, ascending=(mode or "min") == "min", na_position="last").head(max_rows)
+        rows = rows.sort_values(metric, ascending=(mode or guess_mode(metric)) == "min",
+                                na_position="last").head(max_rows)
     frame = pd.DataFrame({
         "model": config_labels(rows), "parameters": rows.get("n_params"), headline: rows[test] if test else None,
         "loss": rows.get("test_loss"), "status": rows.get("status")})

@@ -362,6 +362,12 @@ def test_results_table_in_reference_format(asha):
     assert fig.data[0].type == "table" and len(fig.data[0].cells.values[0]) == 14
 
 
+def test_results_frame_beyond_max_rows_keeps_the_best_of_an_accuracy(asha):
+    """Without a mode it kept the lowest values of any metric: for an accuracy, the worst trials."""
+    best = sorted(asha.trials.nlargest(2, "best_val_acc")["test_acc"])  # a tie for third
+    assert sorted(figures.results_frame(asha.trials, metric="best_val_acc", max_rows=2)["accuracy"]) == best
+
+
 def test_results_frame_names_the_headline_of_the_task(asha):
     clock = Task("clock", "csd", "min", "test_csd", ("csd",))
     frame = figures.results_frame(asha.trials.rename(columns={"test_acc": "test_csd"}), task=clock)
