@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 import os
 import threading
 import time
@@ -20,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
-from analysis.format import FAILED
+from analysis.format import FAILED, MANIFEST, PLAN_STATE, driver_gone
 from analysis.load import Experiment, ResultsError, find_results, is_experiment, is_plan, load, progress
 
 INDEX_REFRESH_S = 10
@@ -49,8 +50,9 @@ class DashboardServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
 
     def cached(self, kind: str, folder: Path, make: Callable[[], Any]) -> Any:
-        """``make()``, reused until the files under ``folder`` change."""
-        key, stamp = (kind, folder), signature(folder)
+        """``make()``, reused until the files under ``folder`` change, or the driver that a 'running'
+        valley.json or plan.json names is gone (killed outright, it changed no file)."""
+        key, stamp = (kind, folder), (signature(folder), drivers_gone(folder))
         with self._lock:
             hit = self._cache.get(key)
         if hit is not None and hit[0] == stamp:
@@ -84,6 +86,18 @@ def signature(folder: Path, depth: int = 2) -> tuple[int, int]:
         except OSError:
             continue
     return count, newest
+
+
+def drivers_gone(folder: Path) -> tuple[bool, ...]:
+    """For the folder's valley.json and plan.json: whether each reads 'running' with its driver gone."""
+    gone = []
+    for name in (MANIFEST, PLAN_STATE):
+        try:
+            state = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        gone.append(isinstance(state, dict) and driver_gone(state) is not None)
+    return tuple(gone)
 
 
 def resolve(root: Path, parts: list[str]) -> Path:

@@ -82,6 +82,33 @@ def test_index_refreshes_while_an_experiment_runs(site):
     assert 'http-equiv="refresh"' not in page
 
 
+def test_a_search_whose_driver_is_killed_stops_reading_running(site):
+    """The cached load was kept until a file changed, and a driver killed outright changes none: the index and
+    the report read 'running' and reloaded for ever."""
+    import subprocess
+    import sys
+
+    from analysis import format as fmt
+
+    base, results = site
+    manifest_path = results / "asha-digits" / "valley.json"
+    original = manifest_path.read_text()
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        here = {**fmt.driver(), "pid": driver.pid, "since": fmt._process_start(driver.pid)}
+        manifest_path.write_text(json.dumps({**json.loads(original), "status": "running", "driver": here}))
+        for path in ("/", "/exp/asha-digits"):
+            assert 'http-equiv="refresh"' in fetch(base, path)[2]
+        driver.kill()
+        driver.wait()
+        for path in ("/", "/exp/asha-digits"):
+            page = fetch(base, path)[2]
+            assert 'http-equiv="refresh"' not in page and "interrupted" in page
+    finally:
+        driver.kill()
+        manifest_path.write_text(original)
+
+
 def test_experiment_page_renders_its_report(site):
     base, _ = site
     status, headers, page = fetch(base, "/exp/asha-digits")
