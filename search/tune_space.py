@@ -1,7 +1,7 @@
 """A checked :class:`spaces.Space` into Ray Tune's ``param_space``.
 
-Checks that need the family (unknown config keys, wrong types, a metric no
-trainable reports, the family's own preflight such as reachable pretrained
+Checks that need the family (unknown config keys, wrong types, a metric that
+is not a validation metric the trainable reports, the family's own preflight such as reachable pretrained
 weights) run here, before Ray starts, on a probe config built from every grid
 row and every distribution's bounds.
 """
@@ -14,6 +14,24 @@ from typing import Any
 from spaces import Dist, Space, SpaceError
 from trainables import get_family
 from trainables.config import ConfigError
+from trainables.family import TaskSpec
+
+
+def check_metric(space: Space, task: TaskSpec) -> None:
+    """A space ranks trials on a validation metric its family reports."""
+    rankable = ", ".join(sorted(task.rankable()))
+    if space.metric in task.rankable():
+        return
+    if space.metric.startswith("test_") and f"val_{space.metric.removeprefix('test_')}" in task.rankable():
+        why = (f"would choose models by the test split, which must judge the chosen one once; rank on "
+               f"val_{space.metric.removeprefix('test_')} (every trial's {space.metric} is read at its best "
+               "checkpoint all the same)")
+    elif space.metric in task.reported():
+        why = (f"is reported but not a validation metric: valley ranks trials on the validation split at each "
+               f"one's best checkpoint; rank on one of {rankable}")
+    else:
+        why = f"is not reported by family {space.family!r}; rank on one of {rankable}"
+    raise SpaceError(f"{space.source}: metric: {space.metric!r} {why}")
 
 
 def check_space(space: Space, overrides: dict[str, Any]) -> None:
@@ -22,13 +40,9 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
         family = get_family(space.family)
     except KeyError as err:
         raise SpaceError(f"{space.source}: family: {err.args[0]}") from None
-    metrics = family.task.reported()
-    if space.metric not in metrics:
-        raise SpaceError(f"{space.source}: metric: {space.metric!r} is not reported by family "
-                         f"{space.family!r}; reported: {', '.join(sorted(metrics))}")
     task = family.task
-    natural = {f"{split}_{name}": mode for split in ("val", "test")
-               for name, mode in (("loss", "min"), (task.headline, task.mode))}.get(space.metric)
+    check_metric(space, task)
+    natural = {"val_loss": "min", "best_val_loss": "min", task.val_metric: task.mode}.get(space.metric)
     if natural is not None and space.mode != natural:
         raise SpaceError(f"{space.source}: mode: {space.metric} is better {'lower' if natural == 'min' else 'higher'}, "
                          f"so mode: {space.mode} would rank the worst trials first; set mode: {natural}")

@@ -36,7 +36,7 @@ TOP_KEYS = {
     "description": "one line shown by `valley spaces`",
     "family": "the model family trained (mlp, cnn, clock)",
     "dataset": "the data set trained on, unless --dataset says otherwise",
-    "metric": "the reported key to optimise, e.g. val_loss",
+    "metric": "the validation metric to optimise: val_loss, best_val_loss or val_<the task's metric>",
     "mode": "min or max",
     "max_epochs": "epochs per trial, unless --max-epochs says otherwise",
     "grid": "a list of partial configs, one trial each (times --samples)",

@@ -97,7 +97,7 @@ def test_unknown_names(refuse, write_space):
     assert "family 'clock' reads clocks, but data set 'digits' has class labels; give it one of clocks" in refuse(
         "clock-encodings", "--dataset", "digits")
     line = refuse(space(write_space, "", header=HEADER.replace("val_loss", "val_los")))
-    assert "metric: 'val_los' is not reported by family 'mlp'; reported: " in line and "val_loss" in line
+    assert "metric: 'val_los' is not reported by family 'mlp'; rank on one of " in line and "val_loss" in line
     assert "mode: must be min or max, got 'lowest'" in refuse(
         space(write_space, "", header=HEADER.replace("mode: min", "mode: lowest")))
 

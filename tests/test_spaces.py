@@ -96,7 +96,16 @@ def test_family_checks_happen_before_ray(write_space):
     with pytest.raises(SpaceError, match=r"unknown key 'dropuot'.*did you mean 'dropout'"):
         check_space(space, {})
     space = load_space(write_space("family: mlp\nmetric: val_accuracy\nmode: max\n"))
-    with pytest.raises(SpaceError, match=r"metric: 'val_accuracy' is not reported by family 'mlp'"):
+    with pytest.raises(SpaceError, match=r"metric: 'val_accuracy' is not reported by family 'mlp'; rank on one "
+                                         r"of best_val_loss, val_acc, val_loss$"):
+        check_space(space, {})
+    # a training loss, or a test metric, ranked nothing: the trials table has no column of the first, and the
+    # second would choose on the split that judges the choice
+    space = load_space(write_space("family: mlp\nmetric: train_loss\nmode: min\n"))
+    with pytest.raises(SpaceError, match=r"metric: 'train_loss' is reported but not a validation metric"):
+        check_space(space, {})
+    space = load_space(write_space("family: mlp\nmetric: test_acc\nmode: max\n"))
+    with pytest.raises(SpaceError, match=r"'test_acc' would choose models by the test split.*rank on val_acc"):
         check_space(space, {})
     space = load_space(write_space("family: rnn\nmetric: val_loss\nmode: min\n"))
     with pytest.raises(SpaceError, match=r"unknown family 'rnn'; valid families"):

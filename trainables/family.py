@@ -76,6 +76,12 @@ class TaskSpec:
         per_split = {f"{split}_{name}" for split in ("val", "test") for name in ("loss", *self.metrics)}
         return (set(REPORTED_KEYS) - set(TEXT_KEYS)) | per_split
 
+    def rankable(self) -> set[str]:
+        """The keys a space may rank trials on: the validation split's (a trial's best checkpoint is its
+        lowest ``val_loss``; ``best_val_loss`` is the running best). Never a test metric (it judges the
+        pick, once), nor the training loss, a time or a size (the trials table ranks none of them)."""
+        return {"val_loss", "best_val_loss", *(f"val_{name}" for name in self.metrics)}
+
     def as_manifest(self) -> dict[str, Any]:
         """What an experiment's manifest records of the task, for readers that never import a family."""
         return {"kind": self.kind, "metrics": list(self.metrics), "headline": self.headline, "mode": self.mode,
