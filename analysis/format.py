@@ -256,8 +256,9 @@ def guess_task(columns: Iterable[str]) -> Task:
 
 def guess_mode(metric: str) -> str:
     """max for accuracy-like metric names, min for losses and errors (plain Ray Tune folders only)."""
-    return "max" if any(word in metric for word in ("acc", "score", "reward", "auc", "f1", "precision",
-                                                    "recall")) else "min"
+    return "max" if any(word in metric for word in ("acc", "score", "reward", "return", "auc", "f1", "precision",
+                                                    "recall", "iou", "dice", "ndcg", "r2", "psnr", "ssim",
+                                                    "bleu", "rouge")) else "min"
 
 
 def confirm_verdict(summary: dict[str, Any], winner: str | None = None) -> str:

@@ -163,7 +163,8 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
     status = trial_status(last, error, bool(rows), max_epochs, finished)
     if status == "completed":
         error = ""
-    best = next((r for r in rows if r.get("epoch") == last.get("best_epoch")), last)
+    # plain Ray Tune reports no best epoch: its best row is found by its metric (_apply_ray_state)
+    best = next((r for r in rows if last.get("best_epoch") is not None and r.get("epoch") == last["best_epoch"]), last)
     row: dict[str, Any] = {
         "trial_id": trial_id,
         "status": status,
@@ -171,7 +172,7 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
         "failure": status if status in FAILED else "",
         "error": error,
         "n_params": last.get("n_params"),
-        "epochs": last.get("epoch", 0),
+        "epochs": last.get("epoch", last.get("training_iteration", 0)),
         "best_epoch": last.get("best_epoch"),
         "best_val_loss": last.get("best_val_loss"),
     }
@@ -487,12 +488,15 @@ def _apply_ray_state(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame, w
             epochs["trial_id"] = epochs["trial_id"].map(lambda t: short.get(t, t))
     if metric is None or epochs.empty or metric not in epochs:
         return metric
-    values = pd.to_numeric(epochs[metric], errors="coerce")
-    best = values.groupby(epochs["trial_id"]).min() if guess_mode(metric) == "min" else values.groupby(
-        epochs["trial_id"]).max()
-    last = values.groupby(epochs["trial_id"]).last()
-    trials[f"best_{metric}"] = trials["trial_id"].map(best)
-    trials[f"final_{metric}"] = trials["trial_id"].map(last)
+    mode = guess_mode(metric)
+    warnings.append(f"Ray Tune records no mode: {metric} is taken as better {'lower' if mode == 'min' else 'higher'} "
+                    "by its name")
+    values = pd.to_numeric(epochs[metric], errors="coerce").dropna()
+    by_trial = values.groupby(epochs.loc[values.index, "trial_id"])
+    at_best = epochs.loc[by_trial.idxmin() if mode == "min" else by_trial.idxmax()].set_index("trial_id")
+    for column in dict.fromkeys([metric, *(c for c in epochs.columns if str(c).startswith("val_"))]):
+        trials[f"best_{column}"] = trials["trial_id"].map(at_best[column])  # every value at the best iteration
+    trials[f"final_{metric}"] = trials["trial_id"].map(by_trial.last())
     return metric
 
 

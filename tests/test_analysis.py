@@ -94,6 +94,33 @@ def test_load_plain_ray_experiment():
     assert set(plain.epochs["trial_id"]) <= set(by_id.index)
 
 
+def test_a_plain_ray_trial_is_read_at_its_best_iteration(tmp_path):
+    """Plain Tune reports no epoch or best epoch: every trial read 0 epochs, and its val_ columns were its first
+    iteration's, not those of the iteration its metric was best at."""
+    folder = shutil.copytree(PLAIN, tmp_path / "plain")
+    snapshot = next(folder.glob("experiment_state-*.json"))
+    snapshot.write_text(snapshot.read_text().replace('"_metric": "loss"', '"_metric": "val_loss"'))
+    result = next(folder.glob("*_00000_*")) / "result.json"
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    for i, row in enumerate(rows):  # val_loss best at the second iteration, val_acc rising throughout
+        row.update(val_loss=[0.9, 0.2, 0.5, 0.7][i % 4], val_acc=0.1 * (i + 1))
+    result.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    plain = load(folder)
+    trial = plain.trials.set_index("trial_id").loc["09108_00000"]
+    assert trial["epochs"] == len(rows) == rows[-1]["training_iteration"]
+    assert trial["best_val_loss"] == 0.2 and trial["best_val_acc"] == pytest.approx(0.2)
+    assert any("Ray Tune records no mode: val_loss is taken as better lower" in w for w in plain.warnings)
+
+
+def test_a_plain_ray_metric_s_direction_is_guessed_from_common_names():
+    from analysis.format import guess_mode
+
+    for metric in ("episode_return_mean", "val_iou", "mean_accuracy", "ndcg@10", "r2"):
+        assert guess_mode(metric) == "max", metric  # RLlib's return read as a loss ranked the worst trial first
+    for metric in ("loss", "val_mse", "mape", "wer", "perplexity"):
+        assert guess_mode(metric) == "min", metric
+
+
 def test_load_plan_adds_stage_column(tmp_path):
     plan = load(make_plan(tmp_path))
     assert plan.kind == "plan" and plan.status == "completed"
