@@ -137,12 +137,29 @@ def test_a_plan_that_cannot_run_is_refused_before_its_folder_is_made(write_space
     assert not (tmp_path / "p").exists()
 
 
+def test_a_plan_whose_stages_cannot_follow_each_other_is_refused_when_read(write_space):
+    """A confirm stage `from:` a valley stage trained nothing and then failed with an internal KeyError, every
+    time the plan was continued; a stage's grace period above its epochs failed at run time naming flags the
+    user never gave (--grace-period, --max-epochs), and the folder could not be continued."""
+    write_space(ROUGH, "rough.yaml")
+    plan = ("stages:\n  - {name: rough, space: rough.yaml}\n  - {name: v, kind: valley, from: rough}\n"
+            "  - {name: c, kind: confirm, from: v}\n")
+    with pytest.raises(SearchError, match=r"stage 'c': from: 'v' is a valley stage, which trains nothing for a "
+                                          r"confirm stage to read; set `from:` to a stage that trained: 'rough'"):
+        load_plan(write_space(plan, "from-valley.yaml"))
+    with pytest.raises(SearchError, match=r"stage 'rough': grace_period: 2 is more than the stage's max_epochs "
+                                          r"\(1\)"):
+        load_plan("plan-mlp-digits", ("rough.max_epochs=1",))
+    assert load_plan("plan-mlp-digits", ("rough.max_epochs=1", "rough.grace_period=1")).stages[0].get(
+        "grace_period") == 1
+
+
 def test_stage_changes_from_the_command_line_are_what_runs_and_on_record(tmp_path, monkeypatch):
-    """`--stage rough.max_epochs=1 --stage confirm.seeds=2`: a built-in plan's stage settings without a copy
+    """`--stage rough.max_epochs=1 --stage confirm.seeds=2` (and so on): a built-in plan's stage settings without a copy
     of its file; plan.yaml (what a continued plan reads) holds them and says where they came from."""
     from search.plans import reopen_plan
 
-    changes = ("rough.max_epochs=1", "confirm.seeds=2", "fine.around={lr: 10}")
+    changes = ("rough.max_epochs=1", "rough.grace_period=1", "confirm.seeds=2", "fine.around={lr: 10}")
     plan = load_plan("plan-mlp-digits", changes)
     stages = {stage.name: stage for stage in plan.stages}
     from spaces import BUILTIN_DIR
@@ -154,12 +171,13 @@ def test_stage_changes_from_the_command_line_are_what_runs_and_on_record(tmp_pat
     assert stages["rough"].get("max_epochs") == 1 and stages["confirm"].get("seeds") == 2
     assert stages["fine"].get("around") == {"lr": 10}
     untouched = load_plan("plan-mlp-digits")
-    assert {k: v for k, v in stages["rough"].settings.items() if k != "max_epochs"} == {
-        k: v for k, v in untouched.stages[0].settings.items() if k != "max_epochs"}
+    changed = ("max_epochs", "grace_period")
+    assert {k: v for k, v in stages["rough"].settings.items() if k not in changed} == {
+        k: v for k, v in untouched.stages[0].settings.items() if k not in changed}
     start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", quiet=True), say=lambda *a: None)
     header = (tmp_path / "p" / "plan.yaml").read_text().splitlines()[0]
-    assert header.endswith("with space paths resolved and --stage rough.max_epochs=1 --stage confirm.seeds=2 "
-                           "--stage fine.around={lr: 10}")
+    assert header.endswith("with space paths resolved and --stage rough.max_epochs=1 --stage rough.grace_period=1 "
+                           "--stage confirm.seeds=2 --stage fine.around={lr: 10}")
     assert json.loads((tmp_path / "p" / "plan.json").read_text())["stage_changes"] == list(changes)
     again = {stage.name: stage for stage in reopen_plan(tmp_path / "p").plan.stages}
     assert again["rough"].get("max_epochs") == 1 and again["confirm"].get("seeds") == 2

@@ -224,6 +224,12 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
             raise fail(f"{where}: dataset", unknown_dataset(str(raw["dataset"])))
     if kind in ("valley", "confirm", "transfer") and source_stage is None:
         raise fail(f"{where}: from", f"a {kind} stage needs `from:` naming the stage it reads")
+    read = next((s for s in earlier if s.name == source_stage), None)
+    if kind in ("valley", "confirm", "transfer") and read is not None and read.kind == "valley":
+        fed = [s.name for s in earlier if s.source == read.name and s.kind != "valley"]
+        raise fail(f"{where}: from", f"{read.name!r} is a valley stage, which trains nothing for a {kind} stage to "
+                                     f"read; set `from:` to a stage that trained: {read.source!r}, whose trials "
+                                     f"it read{''.join(f', or {n!r}, which searched inside it' for n in fed[:1])}")
     if kind in ("search", "bracket") and "space" not in raw:
         raise fail(f"{where}: space", f"a {kind} stage needs `space:` (a built-in space or YAML file)")
     if kind == "bracket":
@@ -262,4 +268,8 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
             problem = not_log_uniform(loaded.params, key, loaded.name)
             if problem:
                 raise fail(f"{where}: around: {key}", problem)
+    epochs = raw.get("max_epochs") or (loaded.max_epochs if space is not None else None)
+    if raw.get("scheduler") == "asha" and "grace_period" in raw and epochs and raw["grace_period"] > epochs:
+        raise fail(f"{where}: grace_period", f"{raw['grace_period']} is more than the stage's max_epochs ({epochs}): "
+                                             "ASHA could never stop a trial; lower grace_period or raise max_epochs")
     return Stage(name_i, kind, source_stage, space, settings)
