@@ -81,6 +81,23 @@ def test_what_a_confirm_stage_cannot_use_goes_to_the_stages_before_it():
     assert allowance(state, "fine", ["confirm"], {"confirm": 60}) == pytest.approx(96 * 0.35 / 0.75)  # < 1 unit
 
 
+def test_what_a_confirm_stage_has_no_candidates_for_goes_to_the_stages_before_it(tmp_path):
+    """plan-mlp-digits under --budget 250 with 2 seeds of 6 epochs: the confirm stage's share, 100, was kept for
+    8 candidates of 12 trial-epochs, but it has at most 4 (its top 3 and the rough stage's best); the other 52
+    went unspent (202 of 250)."""
+    from search.plans import PlanRun
+    from search.plans.stages.confirm import most_candidates
+
+    plan = load_plan("plan-mlp-digits")
+    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="digits"), {"stages": {}}, lambda *a: None)
+    assert most_candidates(run, plan.stages[-1]) == 3 + 1
+    state = Budget(250, EPOCHS).as_state({"rough": 0.2, "fine": 0.4, "confirm": 0.4})
+    assert allowance(state, "rough", ["fine", "confirm"], {"confirm": 12}, {"confirm": 4}) == pytest.approx(
+        (250 - 48) * 0.2 / 0.6)
+    state["spent"]["rough"] = 67
+    assert allowance(state, "fine", ["confirm"], {"confirm": 12}, {"confirm": 4}) == pytest.approx(250 - 67 - 48)
+
+
 def test_a_confirm_stage_continued_chooses_as_many_candidates_as_its_allowance_paid_for(write_space, tmp_path):
     """Continued after an interruption, a confirm stage counted what it had trained against what it could still
     choose: with 72 of its 80 trial-epochs trained, 0 candidates of 24 fitted and it could never finish."""

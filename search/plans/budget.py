@@ -61,13 +61,15 @@ def check_split(split: Any, training: list[str], where: str) -> dict[str, float]
     return {k: float(v) for k, v in split.items()}
 
 
-def allowance(budget: dict[str, Any], stage: str, later: list[str], units: dict[str, float] | None = None) -> float:
+def allowance(budget: dict[str, Any], stage: str, later: list[str], units: dict[str, float] | None = None,
+              most: dict[str, int] | None = None) -> float:
     """What ``stage`` may spend: its share of the budget left, over the shares of it and the ``later`` stages.
 
     ``units`` names later stages that can only spend whole units (a confirm stage: one candidate
-    over its seeds, ``seeds x epochs``): such a stage's share is first rounded down to the units it
-    can pay for, and the rest is shared among the others, so that no trial-epochs are left unspent
-    at the end of the plan. A share below one unit is left whole.
+    over its seeds, ``seeds x epochs``), and ``most`` how many units each can use at most (the
+    candidates it can have): such a stage's share is first rounded down to the units it can pay for
+    and use, and the rest is shared among the others, so that no trial-epochs are left unspent at
+    the end of the plan. A share below one unit is left whole.
     """
     spent_elsewhere = sum(v for k, v in budget["spent"].items() if k != stage)
     left = max(0.0, budget["total"] - spent_elsewhere)
@@ -77,6 +79,6 @@ def allowance(budget: dict[str, Any], stage: str, later: list[str], units: dict[
     for name, unit in (units or {}).items():
         if name in later and unit > 0:
             share = left * shares[name] / total_share
-            reserved[name] = unit * (share // unit) or share
+            reserved[name] = unit * min(share // unit, (most or {}).get(name, float("inf"))) or share
     rest = [name for name in [stage, *later] if name not in reserved]
     return max(0.0, left - sum(reserved.values())) * shares[stage] / sum(shares[name] for name in rest)

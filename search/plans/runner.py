@@ -27,12 +27,13 @@ def allow(run: PlanRun, stage: Stage) -> None:
         return
     training = run.plan.training_stages()
     later = training[training.index(stage.name) + 1:]
-    units = {}
+    units, most = {}, {}
     if budget["unit"] != SECONDS:  # a later confirm stage pays for whole configurations over its seeds
         for later_stage in run.plan.stages:
             if later_stage.name in later and later_stage.kind == "confirm":
                 units[later_stage.name] = confirm.candidate_cost(run, later_stage) or 0
-    budget["allowed"][stage.name] = allowance(budget, stage.name, later, units)
+                most[later_stage.name] = confirm.most_candidates(run, later_stage)
+    budget["allowed"][stage.name] = allowance(budget, stage.name, later, units, most)
     run.save()
     run.say(f"valley: stage {stage.name}: may spend {run.budget.describe(budget['allowed'][stage.name])} "
             f"of the plan's {run.budget.describe(budget['total'])}")

@@ -42,6 +42,13 @@ def incumbents(run: PlanRun, stage: Stage) -> list[tuple[str, dict[str, Any], st
     return found
 
 
+def most_candidates(run: PlanRun, stage: Stage) -> int:
+    """The most configurations the stage can confirm: its ``top`` of ``from`` and the incumbent of every
+    other training stage before it."""
+    before = run.plan.stages[:[s.name for s in run.plan.stages].index(stage.name)]
+    return int(stage.get("top", 3)) + sum(s.kind in ("search", "bracket") and s.name != stage.source for s in before)
+
+
 def in_order(top: list[tuple[str, dict[str, Any], str]], incumbents: list[tuple[str, dict[str, Any], str]]
              ) -> list[tuple[str, dict[str, Any], str]]:
     """(stage, config, trial id) rows to confirm: the best of ``top`` first, then each incumbent that
