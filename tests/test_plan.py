@@ -154,6 +154,18 @@ def test_a_plan_whose_stages_cannot_follow_each_other_is_refused_when_read(write
         "grace_period") == 1
 
 
+def test_a_confirm_stage_without_epochs_of_its_own_trains_as_many_as_its_source(write_space, tmp_path):
+    """It took its source's space file's max_epochs (3 here), not the source stage's own (1)."""
+    from search.plans import PlanRun
+    from search.plans.stages.confirm import seed_epochs
+
+    write_space(ROUGH + "max_epochs: 3\n", "rough.yaml")
+    plan = load_plan(write_space("stages:\n  - {name: rough, space: rough.yaml, max_epochs: 1}\n"
+                                 "  - {name: c, kind: confirm, from: rough, seeds: 2}\n", "p.yaml"))
+    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="digits"), {"stages": {}}, lambda *a: None)
+    assert seed_epochs(run, plan.stages[1]) == 1
+
+
 def test_stage_changes_from_the_command_line_are_what_runs_and_on_record(tmp_path, monkeypatch):
     """`--stage rough.max_epochs=1 --stage confirm.seeds=2` (and so on): a built-in plan's stage settings without a copy
     of its file; plan.yaml (what a continued plan reads) holds them and says where they came from."""
@@ -285,6 +297,8 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, write_sp
     moved = pd.read_csv(folder / "stage-moved.csv")
     assert [json.loads(c) for c in moved["config"]] == [json.loads(json.dumps(c, sort_keys=True)) for c in ranked]
     assert (moved["seeds@synthetic"] == 2).all() and (moved["seeds@digits"] == 1).all()
+    # verbatim: the epochs the confirm stage trained them for (the space files name none: it trained 10)
+    assert (pd.read_csv(folder / "moved" / "trials.csv")["epochs"] == 2).all()
     from search.transfer import transfer
 
     again = transfer(folder, 2, SearchOptions(storage=str(tmp_path), dataset="digits", quiet=True))

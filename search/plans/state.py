@@ -285,3 +285,17 @@ def _params_doc(params: dict[str, Any]) -> dict[str, Any]:
 def source_space(run: PlanRun, stage_name: str) -> Space:
     """The space a training stage ran (its first experiment's copy)."""
     return load_space(run.folder / run.stage_state(stage_name)["experiments"][0] / fmt.SPACE_COPY)
+
+
+def stage_epochs(run: PlanRun, stage_name: str) -> int | None:
+    """The epochs a training stage's trials train: what its experiment recorded once it began, else its own
+    max_epochs, --max-epochs or its space's; None while that rests on a stage before it that has not run."""
+    experiments = run.stage_state(stage_name).get("experiments")
+    if experiments:
+        recorded = fmt.read_manifest(run.folder / experiments[0]).get("max_epochs")
+        return int(recorded) if recorded else source_space(run, stage_name).max_epochs
+    stage = next(s for s in run.plan.stages if s.name == stage_name)
+    epochs = stage.get("max_epochs") or run.base.max_epochs
+    if not epochs and stage.space:
+        epochs = load_space(stage.space).max_epochs
+    return int(epochs) if epochs else None

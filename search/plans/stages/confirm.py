@@ -14,9 +14,8 @@ from search.options import SearchError
 from search.plans.budget import EPOCHS
 from search.plans.format import Stage
 from search.plans.select import top_configs
-from search.plans.state import PlanRun, train_stage, write_space
+from search.plans.state import PlanRun, stage_epochs, train_stage, write_space
 from search.plans.state import source_space as source_space_of
-from spaces import load_space
 from trainables import get_family
 from trainables.family import TaskSpec
 
@@ -101,19 +100,16 @@ def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
 
 
 def seed_epochs(run: PlanRun, stage: Stage) -> int | None:
-    """Epochs each seed trains: the stage's max_epochs, --max-epochs, or its source's space's (else 10).
+    """Epochs each seed trains: the stage's max_epochs, --max-epochs, or the epochs its source trains (else 10).
 
     None while that depends on a source stage that has not run and names no space of its own.
     """
     epochs = stage.get("max_epochs") or run.base.max_epochs
     if not epochs:
         source = next(s for s in run.plan.stages if s.name == stage.source)
-        if run.stage_state(source.name).get("experiments"):
-            epochs = source_space_of(run, source.name).max_epochs
-        elif source.space:
-            epochs = load_space(source.space).max_epochs
-        else:
+        if not (run.stage_state(source.name).get("experiments") or source.space):
             return None
+        epochs = stage_epochs(run, source.name)
     return int(epochs or 10)
 
 

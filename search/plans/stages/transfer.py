@@ -4,7 +4,7 @@ from __future__ import annotations
 from search.options import SearchError
 from search.plans.format import Stage
 from search.plans.select import confirmed_order, seeds_of, side_by_side, top_configs
-from search.plans.state import PlanRun, train_stage, write_space
+from search.plans.state import PlanRun, stage_epochs, train_stage, write_space
 from search.plans.state import source_space as source_space_of
 from trainables import get_family
 
@@ -27,7 +27,10 @@ def run(run: PlanRun, stage: Stage) -> str:
                         f"stage {stage.name}: top {len(configs)} of {stage.source}, verbatim, on {dataset}",
                         dataset=dataset)
     run.record(stage, derived_from={"stage": stage.source, "trials": ids}, space=f"{stage.name}.space.yaml")
-    status = train_stage(run, stage, space, stage.name, dataset=dataset, search="random", scheduler="fifo", samples=1)
+    # verbatim: as many epochs as the configurations trained where they were chosen (not their space file's)
+    epochs = {} if stage.get("max_epochs") else {"max_epochs": stage_epochs(run, stage.source)}
+    status = train_stage(run, stage, space, stage.name, dataset=dataset, search="random", scheduler="fifo", samples=1,
+                         **epochs)
     if status != "completed":
         return status
     side = side_by_side(seeds_of(trials, ids), run.trials(stage.name)[0], run.base.dataset, dataset,
