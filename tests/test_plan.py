@@ -258,6 +258,25 @@ def test_a_stage_that_fails_leaves_the_plan_interrupted_and_it_continues_from_th
 
 
 @pytest.mark.ray
+def test_the_stage_after_a_valley_keeps_what_the_winning_grid_row_set(ray_session, write_space, tmp_path):
+    """The valley carried only the family's architecture keys: plan-clock's `{encoding: class_class,
+    csd_weight: 1.0}` went on as plain class_class (csd_weight 0). Here the row that learns sets `lr: 0.01`
+    beside its architecture, the one that cannot `lr: 1e-7`; the fine space leaves lr to the rows."""
+    write_space(ROUGH.split("grid:")[0] + "grid:\n  - {hidden: [16], lr: 0.01}\n  - {hidden: [16], lr: 1.0e-7}\n"
+                "params:\n  batch_size: 32\n", "rough.yaml")
+    write_space("family: mlp\nmetric: val_loss\nmode: min\nparams:\n  dropout: {uniform: [0.0, 0.1]}\n", "fine.yaml")
+    path = write_space("dataset: synthetic\nstages:\n  - {name: rough, space: rough.yaml, max_epochs: 2}\n"
+                       "  - {name: valley, kind: valley, from: rough}\n"
+                       "  - {name: fine, space: fine.yaml, from: valley, samples: 1, max_epochs: 1}\n", "plan.yaml")
+    folder = run_plan(start_plan(load_plan(path), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
+                                 say=lambda *a: None))
+    valley = json.loads((folder / "stage-valley.json").read_text())
+    assert valley["architectures"] == [{"hidden": [16]}] and valley["with"] == [{"lr": 0.01}]
+    assert yaml.safe_load((folder / "fine.space.yaml").read_text())["grid"] == [{"hidden": [16], "lr": 0.01}]
+    assert pd.read_csv(folder / "fine" / "trials.csv")["config/lr"].tolist() == [0.01]
+
+
+@pytest.mark.ray
 def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, write_space, tmp_path, capsys):
     plan_file()
     path = write_space(PLAN.replace("EPOCHS", "2") + "  - {name: moved, kind: transfer, from: confirm, "

@@ -23,8 +23,10 @@ def run(run: PlanRun, stage: Stage) -> str:
         # every key the valley stage decides, not only those its architectures set: a fine space's
         # default architecture (an MLP's layers) must not stay beside the valley's (its hidden widths)
         arch_keys = {*source.get("arch_keys", ()), *(k for arch in archs for k in arch)}
-        grid = archs
         params = {k: v for k, v in params.items() if k not in arch_keys}
+        # what the valley's grid rows set beside an architecture holds, unless this space sets it itself
+        grid = [{**arch, **{k: v for k, v in extra.items() if k not in params}}
+                for arch, extra in zip(archs, source.get("with") or [{}] * len(archs))]
         derived = source.get("band", [])
     if stage.get("around"):
         best = get_family(space.family).complete(source["best_config"])

@@ -11,6 +11,7 @@ from analysis.load import config_of
 from search.options import SearchError
 from search.plans.format import Stage
 from search.plans.state import PlanRun, source_space
+from spaces import Space
 from trainables import get_family
 
 
@@ -41,19 +42,34 @@ def run(run: PlanRun, stage: Stage) -> str:
         if arch and arch not in archs:
             archs.append(arch)
     archs = archs[: int(stage.get("keep", 3))]
+    extras = row_settings(band, archs, arch_keys, space, column, result.mode)
     by_id = trials.set_index("trial_id")
     chosen = config_of(by_id.loc[result.chosen].rename(None))
     summary = {
         "from": stage.source, "kind": "valley", "rule": "one standard error", "threshold_se": threshold,
         "reason": result.reason, "band": list(result.members), "chosen": result.chosen, "chosen_config": chosen,
         "best": result.best, "best_config": config_of(by_id.loc[result.best].rename(None)),
-        "architectures": archs, "arch_keys": arch_keys, **({"note": note} if note else {}),
+        "architectures": archs, "with": extras, "arch_keys": arch_keys, **({"note": note} if note else {}),
     }
     (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
     run.record(stage, **summary)
     run.say(f"valley: stage {stage.name}: {result.reason}")
     if note:
         run.say(f"valley: stage {stage.name}: {note}")
-    for arch in archs:
-        run.say(f"valley:   carried on: {arch}")
+    for arch, extra in zip(archs, extras):
+        run.say(f"valley:   carried on: {arch}" + (f", as its best grid row had it: {extra}" if extra else ""))
     return "completed"
+
+
+def row_settings(band: pd.DataFrame, archs: list[dict[str, Any]], arch_keys: list[str], space: Space, column: str,
+                 mode: str) -> list[dict[str, Any]]:
+    """Per architecture, the other keys its best trial's grid row set (the clock's `csd_weight: 1.0` beside
+    `encoding: class_class`): a later stage keeps them unless its own space sets them."""
+    row_keys = {k for row in space.grid for k in row} - set(arch_keys)
+    ranked = band.sort_values(column, ascending=mode == "min")
+    extras = []
+    for arch in archs:
+        best = next(config for config in map(config_of, (row for _, row in ranked.iterrows()))
+                    if all(config.get(k) == v for k, v in arch.items()))
+        extras.append({k: best[k] for k in sorted(row_keys) if k in best})
+    return extras
