@@ -384,6 +384,36 @@ def test_transfer_reruns_the_best_configs_on_another_dataset(ray_session, write_
 
 
 @pytest.mark.ray
+def test_a_bracket_under_a_budget_trains_every_round_alike(ray_session, write_space, tmp_path):
+    """Round 0 took what it could of the allowance (5 epochs a probe) and round 1 what was left (1 epoch, or none),
+    and the bisection compared them as equals, then called the valley bracketed; rounds never run read 'failed'."""
+    from search.plans.budget import EPOCHS, Budget
+
+    write_space("family: mlp\nmetric: val_loss\nmode: min\nparams: {layers: 1, lr: 0.01, batch_size: 32}\n",
+                "depth.yaml")
+    plan = write_space("dataset: synthetic\nbudget_split: {b: 1.0}\nstages:\n"
+                       "  - {name: b, kind: bracket, space: depth.yaml, axis: layers, low: 1, high: 9, "
+                       "rounds: 3, max_epochs: 4}\n", "bplan.yaml")
+
+    def bracket(total: int) -> tuple[dict, pd.Series]:
+        folder = run_plan(start_plan(load_plan(plan), SearchOptions(storage=str(tmp_path), name=f"b{total}",
+                                                                    quiet=True), say=lambda *a: None,
+                                     budget=Budget(total, EPOCHS)))
+        state = json.loads((folder / "plan.json").read_text())
+        assert sum(state["budget"]["spent"].values()) <= total
+        return state["stages"]["b"], pd.concat([pd.read_csv(folder / e / "trials.csv")
+                                                for e in state["stages"]["b"]["experiments"]])["epochs"]
+
+    stage, epochs = bracket(18)  # 18 // 7 probes (3 rounds: 3 + 2 + 2): 2 epochs each, in every round
+    assert "the budget pays for 2 of 4 epochs for each of up to 7 probes" in stage["note"]
+    assert epochs.tolist() == [2] * 7 and "budget" not in stage["bracket"]["message"]
+    stage, epochs = bracket(3)  # 1 epoch each: round 0's 3 probes, and nothing left for round 1's
+    assert epochs.tolist() == [1] * 3 and len(stage["rounds"]) == 1
+    assert None not in stage["evaluated"].values()  # the round it could not pay for read 'failed'
+    assert stage["bracket"]["message"].endswith("(the budget was spent after 1 of 3 rounds)")
+
+
+@pytest.mark.ray
 def test_bracket_bisects_towards_the_best_depth(ray_session, write_space, tmp_path):
     write_space("family: mlp\nmetric: val_loss\nmode: min\nparams: {layers: 1, lr: 0.01, batch_size: 32}\n",
                 "depth.yaml")

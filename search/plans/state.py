@@ -199,7 +199,7 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
             resume(folder)
             return fmt.read_manifest(folder).get("status", "interrupted")
     options = {k: stage.get(k) for k in STAGE_OPTIONS if stage.get(k) is not None}
-    opts = dataclasses.replace(run.base, name=experiment, storage=str(run.folder), **options, **changes)
+    opts = dataclasses.replace(run.base, name=experiment, storage=str(run.folder), **{**options, **changes})
     opts = dataclasses.replace(opts, label=run.label(stage))
     left = run.left_for(stage)
     if left is not None:

@@ -1,13 +1,16 @@
 """A bracket stage (tabula rasa): evaluate too simple, too complex and the middle, then bisect towards the best."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
 from analysis.format import metric_column
+from search.options import SearchError, total_trials
+from search.plans.budget import EPOCHS
 from search.plans.format import Stage
 from search.plans.state import PlanRun, train_stage, write_space
-from spaces import load_space
+from spaces import Space, load_space
 
 
 def best_of(done: dict[int, float], mode: str) -> int:
@@ -53,7 +56,8 @@ def bisect(done: dict[int, float], low: int, high: int, rounds: int, mode: str,
     holds the values of each round already begun (a continued plan's): such a round is taken up
     again with the same values, in its own experiment (a round cut short is resumed, a finished one
     skipped), so the rounds after it are numbered as they were. ``evaluate(round, values)`` returns
-    the results of ``values``, or None when it was interrupted (then this returns False).
+    the results of ``values``, an empty dict when no more rounds can run (a budget spent: the rounds
+    end there), or None when it was interrupted (then this returns False).
     """
     begun = begun or []
     for r in range(rounds):
@@ -69,8 +73,35 @@ def bisect(done: dict[int, float], low: int, high: int, rounds: int, mode: str,
             results = evaluate(r, todo)
             if results is None:
                 return False
+            if not results:
+                break
             done.update(results)
     return True
+
+
+def epochs_each(run: PlanRun, stage: Stage, space: Space) -> tuple[dict[str, int], int | None]:
+    """Under a trial-epoch budget, one number of epochs for every probe of every round (``max_epochs``), so
+    that the rounds compare like with like: the allowance over the most probes the rounds can train (the
+    first round used to take what it could of the whole allowance and the later ones what was left, one
+    epoch against five, or none, and the bisection compared them as if equal); and what one probe costs
+    then, in trial-epochs. ({}, None) without such a budget; no change when the full epochs fit."""
+    if run.budget is None or run.budget.unit != EPOCHS:
+        return {}, None
+    low, high, rounds = stage.get("low"), stage.get("high"), int(stage.get("rounds", 3))
+    probes = min(high - low + 1, 3 + 2 * (rounds - 1))
+    opts = dataclasses.replace(run.base, **{k: stage.get(k) for k in ("samples", "search") if stage.get(k)})
+    per_probe = total_trials(dataclasses.replace(space, params={k: v for k, v in space.params.items()
+                                                                if k != stage.get("axis")}), opts)  # rows x seeds
+    full = int(stage.get("max_epochs") or run.base.max_epochs or space.max_epochs or 10)
+    fits = int(run.state["budget"]["allowed"][stage.name] // (probes * per_probe))
+    if fits >= full:
+        return {}, per_probe * full
+    each = max(1, fits)
+    note = (f"the budget pays for {each} of {full} epochs for each of up to {probes} probes of {stage.get('axis')} "
+            f"({per_probe} trial(s) each); every round trains that many, so that the rounds compare")
+    run.say(f"valley: stage {stage.name}: {note}")
+    run.record(stage, note=note)
+    return {"max_epochs": each}, per_probe * each
 
 
 def run(run: PlanRun, stage: Stage) -> str:
@@ -81,10 +112,15 @@ def run(run: PlanRun, stage: Stage) -> str:
     saved = run.stage_state(stage.name)
     done = {int(k): math.nan if v is None else v for k, v in saved.get("evaluated", {}).items()}
     begun = [list(values) for values in saved.get("rounds", [])]
-    status = "completed"
+    status, spent_after = "completed", None
+    epochs, probe_cost = epochs_each(run, stage, space)
 
     def evaluate(r: int, todo: list[int]) -> dict[int, float] | None:
-        nonlocal status
+        nonlocal status, spent_after
+        left = run.left_for(stage)
+        if r >= len(begun) and left is not None and left < max(1, len(todo) * (probe_cost or 0)):
+            spent_after = r  # a round the budget cannot train in full is not begun
+            return {}
         if r == len(begun):  # recorded before it trains: a continued plan takes this round up again as it was
             begun.append(todo)
             run.record(stage, rounds=begun)
@@ -92,7 +128,7 @@ def run(run: PlanRun, stage: Stage) -> str:
         params = {k: v for k, v in space.params.items() if k != axis}
         derived = write_space(run, f"{stage.name}-r{r}", space, grid, params,
                               f"stage {stage.name}, round {r}: {axis} in {todo}")
-        status = train_stage(run, stage, derived, f"{stage.name}-r{r}")
+        status = train_stage(run, stage, derived, f"{stage.name}-r{r}", **epochs)
         if status != "completed":
             return None
         trials, _ = run.trials(stage.name)
@@ -106,7 +142,13 @@ def run(run: PlanRun, stage: Stage) -> str:
 
     if not bisect(done, low, high, stage.get("rounds", 3), space.mode, evaluate, begun[:]):
         return status
+    if not done:
+        raise SearchError(f"stage {stage.name}: its allowance of {run.budget.describe(run.left_for(stage) or 0)} cannot "
+                          f"train the first round's {low}, {(low + high) // 2} and {high} for one epoch each; give "
+                          "a larger --budget or the stage a larger share in budget_split")
     result = verdict(done, space.mode, axis, low, high)
+    if spent_after is not None:
+        result["message"] += f" (the budget was spent after {spent_after} of {stage.get('rounds', 3)} rounds)"
     run.say(f"valley: stage {stage.name}: {result['message']}")
     run.record(stage, bracket=result)
     return "completed"
