@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from analysis.format import FAILED, MANIFEST, PLAN_STATE, driver_gone
-from analysis.load import Experiment, ResultsError, find_results, is_experiment, is_plan, load, progress
+from analysis.load import Experiment, ResultsError, find_results, is_experiment, is_plan, load, mixed, progress
 
 INDEX_REFRESH_S = 10
 REPORT_REFRESH_S = 30
@@ -252,6 +252,8 @@ def _index_row(experiment: Experiment, href: str, name: str, nested: bool) -> st
     confirmed = confirmed_answer(experiment)
     if confirmed:
         best = confirmed
+    elif mixed(trials):  # a folder of experiments on different data sets or families: no best across them
+        best = "per experiment"
     elif len(values):  # a trial that diverged after a good epoch is no best: the report's top table leaves it out
         best = f"{metric} {(values.min() if experiment.mode == 'min' else values.max()):.4g}"
     updated = _age(signature(experiment.path)[1])

@@ -562,6 +562,14 @@ def progress(trials: pd.DataFrame) -> dict[str, int]:
             "failed": int(status.isin(FAILED).sum()), "total": len(trials)}
 
 
+def mixed(trials: pd.DataFrame) -> dict[str, list[str]]:
+    """What differs between trials whose metrics do not compare (a folder of experiments on different data
+    sets or of different families): {"dataset": ["digits", "synthetic"]}; empty when nothing does."""
+    values = {key: sorted(map(str, trials[f"config/{key}"].dropna().unique())) for key in ("dataset", "family")
+              if f"config/{key}" in trials}
+    return {key: found for key, found in values.items() if len(found) > 1}
+
+
 def find_results(root: str | Path) -> list[Path]:
     """The experiments and plans directly inside a results folder, by name."""
     root = Path(root)

@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 
 from analysis import figures
 from analysis.format import DONE, FAILED, budget_amount, confirm_verdict, metric_column, trained
-from analysis.load import Experiment, ResultsError, load, progress
+from analysis.load import Experiment, ResultsError, load, mixed, progress
 from analysis.valley import ValleyResult, find_valley, not_learning, usable_trials
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True,
@@ -113,17 +113,13 @@ def _valley_section(experiment: Experiment) -> Section:
         scope_trials = trials[trials["stage"] == source]
         scope_epochs = epochs[epochs["stage"] == source] if "stage" in epochs else epochs
         scope = f"Valley of stage {source}"
-    mixed = {key: sorted(map(str, scope_trials[f"config/{key}"].dropna().unique())) for key in ("dataset", "family")
-             if f"config/{key}" in scope_trials}
-    mixed = {key: values for key, values in mixed.items() if len(values) > 1}
+    what = mixed(scope_trials)
     usable = usable_trials(scope_trials, metric)
     sizes = usable["n_params"].unique() if "n_params" in usable else []
     none = None  # why there is no valley to read
-    if mixed:  # a folder of experiments: one loss scale per data set and family, no valley across them
-        what = "; ".join(f"{key} {', '.join(values)}" for key, values in mixed.items())
-        plural = {"dataset": "data sets", "family": "families"}
-        none = (f"No valley is read across experiments of different {' and '.join(plural[k] for k in mixed)} "
-                f"({what}): their losses do not compare. Open each experiment's own report for its valley.")
+    if what:  # a folder of experiments: one loss scale per data set and family, no valley across them
+        none = (f"No valley is read across experiments of different {_differ(what)}: their losses do not "
+                "compare. Open each experiment's own report for its valley.")
     elif len(sizes) == 1:
         none = (f"Every trial has one model size ({int(sizes[0]):,} parameters): there is no valley over model "
                 "sizes to read here.")
@@ -382,10 +378,22 @@ def _plan_experiments(plan: Experiment) -> str:
     return f'<section id="plan-experiments"><h2>Experiments</h2>{_html_table(pd.DataFrame(rows))}</section>'
 
 
+def _differ(what: dict[str, list[str]]) -> str:
+    """What :func:`analysis.load.mixed` found in words: "data sets (dataset digits, synthetic)"."""
+    plural = {"dataset": "data sets", "family": "families"}
+    return (f"{' and '.join(plural[key] for key in what)} "
+            f"({'; '.join(key + ' ' + ', '.join(values) for key, values in what.items())})")
+
+
 def _top_trials(experiment: Experiment, n: int = 10) -> str:
     trials, metric = experiment.trials, experiment.metric
     if trials.empty or metric not in trials:
         return '<section id="top"><h2>Top trials</h2><p class="note">No trial has a result yet.</p></section>'
+    what = mixed(trials)
+    if what:
+        return (f'<section id="top"><h2>Top trials</h2><p class="note">No trials are ranked across experiments of '
+                f"different {html.escape(_differ(what))}: their {html.escape(metric)} do not compare. Open "
+                "each experiment's own report for its top trials.</p></section>")
     ranked = trials[~trials["status"].isin(FAILED)].dropna(subset=[metric])
     ranked = ranked.sort_values(metric, ascending=experiment.mode == "min").head(n)
     table = pd.DataFrame({"trial": ranked["trial_id"]})

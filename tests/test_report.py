@@ -226,6 +226,15 @@ def test_a_folder_of_experiments_on_different_data_sets_reads_no_valley_across_t
                                    "synthetic)")
     text = write_report(tmp_path / "multi").read_text(encoding="utf-8")
     assert '<span class="kind">folder of experiments</span>' in text and "23 trials: 22 done (4 stopped early)" in text
+    # nor one top table, nor the dashboard one best: the folder's experiments came first in one ranking
+    assert "<h2>Top trials</h2>" in report._top_trials(folder) and "No trials are ranked across" in \
+        report._top_trials(folder)
+    from analysis.dashboard import _index_row
+
+    assert "<td>per experiment</td>" in _index_row(folder, "/exp/multi", "multi", False)
+    alike = load(tmp_path / "multi")  # one data set: ranked together
+    assert "Top 10 of 23 trials" in report._top_trials(alike)
+    assert "best_val_loss" in _index_row(alike, "/exp/multi", "multi", False)
 
 
 def test_a_plan_report_draws_the_valley_its_valley_stage_drew(tmp_path):
