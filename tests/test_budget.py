@@ -140,6 +140,40 @@ def test_under_a_time_budget_a_running_stage_has_spent_its_time_so_far(write_spa
     assert 140 < run.left_for(rough) <= 150
 
 
+def test_under_a_time_budget_a_killed_driver_s_stage_time_is_counted(write_space, tmp_path):
+    """Its seconds were counted when the stage ended (in a `finally`), which a SIGKILL never reaches: continued,
+    the plan had spent 58 s of 60 by its books and about 74 by the clock. Now plan.json says when the stage
+    began, and the next driver counts it up to the stage's last result."""
+    import os
+    import time as clock
+
+    from search.plans import PlanRun
+    from search.plans.runner import clock_in, count_killed_stage
+
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("dataset: digits\nbudget_split: {rough: 1.0}\nstages:\n"
+                                 "  - {name: rough, space: rough.yaml}\n", "p.yaml"))
+    (tmp_path / "p").mkdir()
+    state = {"stages": {"rough": {"experiments": ["rough"]}},
+             "budget": {**Budget(60, SECONDS).as_state({"rough": 1.0}), "allowed": {"rough": 60.0},
+                        "spent": {"rough": 10.0}}}
+    said = []
+    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="digits"), state, said.append)
+    clock_in(run, plan.stages[0])
+    saved = json.loads((tmp_path / "p" / "plan.json").read_text())["budget"]["running"]
+    assert saved["stage"] == "rough" and saved["since"] <= clock.time()
+    began = run.state["budget"]["running"]["since"] = clock.time() - 30  # killed 30 s after it began
+    result = tmp_path / "p" / "rough" / "trial" / "result.json"  # its last result, 16 s after it began
+    result.parent.mkdir(parents=True)
+    result.write_text("{}")
+    os.utime(result, (began + 16, began + 16))
+    count_killed_stage(run)  # the next driver, before it runs a stage
+    assert run.state["budget"]["spent"]["rough"] == pytest.approx(26) and "running" not in run.state["budget"]
+    assert "the driver before this one was killed in it" in said[-1]
+    count_killed_stage(run)  # once
+    assert run.state["budget"]["spent"]["rough"] == pytest.approx(26)
+
+
 @pytest.mark.parametrize("split, message", [
     ("{rough: 0.5, fine: 0.5}", "missing: ['confirm']"),
     ("{rough: 0.3, fine: 0.3, confirm: 0.3, valley: 0.1}", "unknown: ['valley']"),

@@ -48,7 +48,35 @@ def account(run: PlanRun, stage: Stage, seconds: float) -> None:
         budget["spent"][stage.name] = budget["spent"].get(stage.name, 0.0) + seconds
     else:
         budget["spent"][stage.name] = run.spent(stage.name)
+    budget.pop("running", None)
     run.save()
+
+
+def clock_in(run: PlanRun, stage: Stage) -> None:
+    """Under a time budget, record in plan.json when the stage began, before it trains: a driver killed
+    outright (SIGKILL, the OOM killer) never reaches ``account``, and its seconds were never counted."""
+    budget = run.state.get("budget")
+    if budget is not None and run.budget.unit == SECONDS and stage.kind in TRAINING_KINDS:
+        budget["running"] = {"stage": stage.name, "since": time.time()}
+        run.save()
+
+
+def count_killed_stage(run: PlanRun) -> None:
+    """The seconds of a stage whose driver was killed outright, from when it began to its last result on
+    disk (what it trained after that is lost with it), added to what the stage spent."""
+    budget = run.state.get("budget")
+    killed = budget.pop("running", None) if budget is not None else None
+    if not killed:
+        return
+    name, since = killed["stage"], float(killed["since"])
+    files = [p for experiment in run.stage_state(name).get("experiments", [])
+             for p in (run.folder / experiment).rglob("*.json")]
+    last = max((p.stat().st_mtime for p in files), default=since)
+    seconds = max(0.0, min(last, time.time()) - since)
+    budget["spent"][name] = budget["spent"].get(name, 0.0) + seconds
+    run.save()
+    run.say(f"valley: stage {name}: the driver before this one was killed in it; counted its "
+            f"{run.budget.describe(seconds)} up to its last result")
 
 
 def stopped_by(run: PlanRun, stage: Stage, err: BaseException) -> NoReturn:
@@ -73,6 +101,7 @@ def run_plan(run: PlanRun) -> Path:
     run.state.update(status="running", driver=fmt.driver())
     run.state.pop("error", None)  # what stopped it last time, put right
     run.save()
+    count_killed_stage(run)
     for stage in run.plan.stages:
         if run.stage_state(stage.name).get("status") == "completed":
             run.say(f"valley: stage {stage.name}: already completed, not re-run")
@@ -85,6 +114,7 @@ def run_plan(run: PlanRun) -> Path:
         run.stage_state(stage.name).pop("error", None)
         run.record(stage, status="running", kind=stage.kind, derived_from={"stage": stage.source})
         allow(run, stage)
+        clock_in(run, stage)
         started = time.monotonic()
         run.running = (stage.name, started)
         try:
