@@ -166,4 +166,9 @@ def _epoch_spread(epochs: pd.DataFrame | None, trial_id: str, column: str, last:
     values = pd.to_numeric(rows[column], errors="coerce").dropna().to_numpy()[-last:]
     if len(values) < 2:
         return 0.0, f"nothing: the best trial has {len(values)} epoch(s) of {column}, fewer than 2"
-    return float(np.std(values, ddof=1)), f"the spread of the best trial's last {len(values)} epochs' {column}"
+    source = f"the spread of the best trial's last {len(values)} epochs' {column}"
+    steps = np.diff(values)
+    if (steps < 0).all() or (steps > 0).all():  # still learning (or overfitting): its progress counts as noise
+        source += (f", which moved one way over them (a trend, not noise alone: more epochs or repeated seeds "
+                   "would make the band narrower)")
+    return float(np.std(values, ddof=1)), source

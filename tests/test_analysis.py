@@ -252,6 +252,9 @@ def test_find_valley_one_standard_error_rule():
     assert set(valley.members) == {"t2", "t3"} and valley.chosen == "t2"
     assert (valley.low_params, valley.high_params, valley.chosen_params) == (10_000, 100_000, 10_000)
     assert "last 3 epochs" in valley.se_source and "chose trial t2" in valley.reason
+    assert "moved one way over them (a trend, not noise alone" in valley.se_source  # 0.30, 0.32, 0.34: it says so
+    _, noisy = frames([100, 1_000, 10_000, 100_000, 1_000_000], [1.0, 0.5, 0.31, 0.30, 0.6], spread=(0.30, 0.34, 0.32))
+    assert "trend" not in find_valley(trials, noisy).se_source
     wider = find_valley(trials, epochs, threshold_se=11)  # 0.30 + 0.22 takes in 0.5 too
     assert wider.chosen == "t1" and set(wider.members) == {"t1", "t2", "t3"}
 
