@@ -169,6 +169,6 @@ def _epoch_spread(epochs: pd.DataFrame | None, trial_id: str, column: str, last:
     source = f"the spread of the best trial's last {len(values)} epochs' {column}"
     steps = np.diff(values)
     if (steps < 0).all() or (steps > 0).all():  # still learning (or overfitting): its progress counts as noise
-        source += (f", which moved one way over them (a trend, not noise alone: more epochs or repeated seeds "
+        source += (", which moved one way over them (a trend, not noise alone: more epochs or repeated seeds "
                    "would make the band narrower)")
     return float(np.std(values, ddof=1)), source

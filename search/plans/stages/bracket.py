@@ -143,9 +143,10 @@ def run(run: PlanRun, stage: Stage) -> str:
     if not bisect(done, low, high, stage.get("rounds", 3), space.mode, evaluate, begun[:]):
         return status
     if not done:
-        raise SearchError(f"stage {stage.name}: its allowance of {run.budget.describe(run.left_for(stage) or 0)} cannot "
-                          f"train the first round's {low}, {(low + high) // 2} and {high} for one epoch each; give "
-                          "a larger --budget or the stage a larger share in budget_split")
+        left = run.budget.describe(run.left_for(stage) or 0)
+        raise SearchError(f"stage {stage.name}: its allowance of {left} cannot train the first round's {low}, "
+                          f"{(low + high) // 2} and {high} for one epoch each; give a larger --budget or the stage "
+                          "a larger share in budget_split")
     result = verdict(done, space.mode, axis, low, high)
     if spent_after is not None:
         result["message"] += f" (the budget was spent after {spent_after} of {stage.get('rounds', 3)} rounds)"
