@@ -4,11 +4,15 @@ Three offline tasks, each a combined space (architecture x regularisation x opti
 user would search in one go: the MLP grid's architectures x mlp-fine's distributions on digits;
 the CNN grid's variants x cnn-fine's distributions on digits (channels x 0.25, so five repetitions
 fit on 2 cores); the clock encodings x clock-fine's distributions on 32x32 clocks (small_cnn of
-width 8). Strategies, each given the same budget in trial-epochs (every epoch counts, the
-confirmation of its pick over 5 seeds included) and the same parallelism (2 trials at a time):
+width 8). Each distribution is widened to every value valley's plan can train (the rough grid's
+own settings, the fine stage's ``around`` range), and every strategy ranks on the fine space's
+metric (the clocks' val_csd). Strategies, each given the same budget in trial-epochs (every epoch
+counts, the confirmation of its pick over 5 seeds included) and the same parallelism (2 trials at
+a time):
 
 - ``random``: Tune's random search, FIFO, trials of E epochs;
-- ``random+asha``: the same under ASHA (grace 1, keep 1 in 3), as many trials as the budget pays for;
+- ``random+asha``: the same under ASHA (grace 2, as valley's rough stages, keep 1 in 3), as many
+  trials as the budget pays for;
 - ``tpe+asha``: Tune's OptunaSearch with Optuna 5's defaults (multivariate TPE, 10 random
   start-up trials) under the same ASHA;
 - ``optuna``: a plain Optuna study, TPESampler + HyperbandPruner, no Ray (two threads);
@@ -18,7 +22,8 @@ confirmation of its pick over 5 seeds included) and the same parallelism (2 tria
 
 Every pick is confirmed the same way: seeds 0-4, each with its own fresh validation split
 (``split_seed``), E epochs; the test metric is read once, never used for choosing. Repetition r
-seeds every strategy's searcher with r (paired by seed). Writes ``strategies.csv`` (every run),
+seeds every strategy's searcher with r (paired by seed). Intervals are Student's t over the
+repetitions; "1 - p" is that of a one-sided exact sign-flip test of the paired differences. Writes ``strategies.csv`` (every run),
 ``strategies.md`` (a table per task) and ``strategies.html`` (anytime curves) beside this file.
 
     python benchmarks/strategies.py                 # 5 repetitions, about 70 minutes on 2 cores
@@ -108,17 +113,44 @@ def architectures(task: Task) -> list[Any]:
     return values
 
 
+def reach(task: Task, key: str, dist: Dist) -> list[Any]:
+    """A fine range widened to take in every value valley's plan can train for ``key``: the rough grid's own
+    (its fixed value, its rows', the family's default where a row sets none) and, where the plan's fine stage
+    searches ``around`` the rough best, that range. valley's fine stage reached learning rates up to 3e-3
+    (1e-3 x 3) and its confirm stage the rough grid's settings without dropout, which the fine spaces'
+    1e-6..1e-3 and 0.1..0.7 kept from the peers; a peer searches everything valley can."""
+    low, high = dist.args[0], dist.args[1]
+    if dist.kind not in ("uniform", "loguniform"):
+        return list(dist.args)
+    rough = load_space(task.rough)
+    default = getattr(get_family(rough.family).config, key, None)
+    values = [row[key] for row in rough.grid if key in row]
+    values += [rough.params[key]] if key in rough.params and not isinstance(rough.params[key], Dist) else []
+    values += [default or 0.0] if any(key not in row for row in rough.grid) and key not in rough.params else []
+    factor = next((stage["around"][key] for stage in read_yaml(BUILTIN_DIR / f"{task.plan}.yaml")["stages"]
+                   if key in stage.get("around", {})), None)
+    for value in values:
+        if not isinstance(value, (int, float)) or (dist.kind == "loguniform" and value <= 0):
+            continue
+        low, high = min(low, value), max(high, value)
+        if factor:
+            low, high = min(low, value / factor), max(high, value * factor)
+    return [low, high]
+
+
 def combined_space(task: Task, folder: Path) -> Path:
-    """The architectures as one categorical, crossed with the fine space's distributions."""
+    """The architectures as one categorical, crossed with the fine space's distributions, each widened to
+    what valley can reach (:func:`reach`), ranked on the fine space's metric (the clocks' val_csd: losses of
+    different encodings do not compare, and the peers chose a clock on val_loss where valley chose on CSD)."""
     fine = load_space(task.fine)
     params: dict[str, Any] = {task.arch_key: {"choice": architectures(task)}}
     for key, value in fine.params.items():
         if key in ("layers", "arch", "encoding"):
             continue
-        params[key] = {value.kind: list(value.args)} if isinstance(value, Dist) else value
+        params[key] = {value.kind: reach(task, key, value)} if isinstance(value, Dist) else value
     params.update(task.fixed)
     doc = {"description": f"{task.rough} x {task.fine}, flat", "family": fine.family, "dataset": task.dataset,
-           "metric": "val_loss", "mode": "min", "max_epochs": task.epochs, "params": params}
+           "metric": fine.metric, "mode": fine.mode, "max_epochs": task.epochs, "params": params}
     path = folder / f"{task.name}-combined.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -169,8 +201,9 @@ def trial_epochs(folder: Path) -> int:
 def ray_search(task: Task, space: Path, root: Path, name: str, seed: int, **options: Any) -> dict[str, Any]:
     opts = SearchOptions(storage=str(root), name=name, seed=seed, quiet=True, max_epochs=task.epochs,
                          dataset=task.dataset, **options)
-    folder = run_search(load_space(space), opts)
-    (pick,), _ = top_configs(pd.read_csv(folder / "trials.csv"), "val_loss", "min", 1, stopped=True)
+    searched = load_space(space)
+    folder = run_search(searched, opts)
+    (pick,), _ = top_configs(pd.read_csv(folder / "trials.csv"), searched.metric, searched.mode, 1, stopped=True)
     return {"pick": pick, "folder": folder}
 
 
@@ -204,7 +237,9 @@ def plain_optuna(task: Task, space_path: Path, seed: int, budget: int) -> dict[s
                 spent[0] += 1
                 curve.append((time.time(), metrics[family.task.val_metric]))
                 over = spent[0] >= budget - 1  # the other thread may be in an epoch too: never overspend
-            self.trial.report(metrics["val_loss"], metrics["epoch"])
+            if metrics["best_epoch"] == metrics["epoch"]:
+                self.trial.set_user_attr("at_best", metrics[space.metric])  # the checkpoint that is confirmed
+            self.trial.report(metrics[space.metric], metrics["epoch"])
             if over:
                 self.trial.study.stop()
                 raise optuna.TrialPruned()
@@ -216,12 +251,13 @@ def plain_optuna(task: Task, space_path: Path, seed: int, budget: int) -> dict[s
         for key, value in space.params.items():
             config[key] = suggest(trial, key, value) if isinstance(value, Dist) else value
         try:
-            last = train(config, data=data, reporter=Pruning(trial), family=family)
+            train(config, data=data, reporter=Pruning(trial), family=family)
         except Diverged:
             raise optuna.TrialPruned() from None
-        return last["best_val_loss"]
+        return trial.user_attrs["at_best"]  # the space's metric at the best checkpoint, as valley ranks it
 
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
+    direction = "maximize" if space.mode == "max" else "minimize"
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=task.epochs))
     study.optimize(objective, n_trials=10_000, n_jobs=2)
     config = {k: json.loads(v) if isinstance(v, str) and v.startswith("[") else v
@@ -288,6 +324,7 @@ def repetition(task: Task, strategy: str, seed: int, root: Path, quick_run: bool
     metric, mode = family.task.val_metric, family.task.mode
     search_budget = task.budget - SEEDS * task.epochs
     space = combined_space(task, root)
+    grace = 1 if quick_run else 2  # as valley's rough stages wait: at 1 ASHA cut the best MLP (benchmarks/grace.py)
     started = time.time()
     if strategy == "valley":
         out = run_valley(task, root, seed, quick_run)
@@ -301,8 +338,10 @@ def repetition(task: Task, strategy: str, seed: int, root: Path, quick_run: bool
     else:
         options = {
             "random": dict(samples=max(1, search_budget // task.epochs)),
-            "random+asha": dict(scheduler="asha", samples=search_budget, budget_epochs=search_budget),
-            "tpe+asha": dict(search="optuna", scheduler="asha", samples=search_budget, budget_epochs=search_budget),
+            "random+asha": dict(scheduler="asha", grace_period=grace, samples=search_budget,
+                                budget_epochs=search_budget),
+            "tpe+asha": dict(search="optuna", scheduler="asha", grace_period=grace, samples=search_budget,
+                             budget_epochs=search_budget),
             "bohb": dict(search="bohb", scheduler="hyperband", samples=search_budget, budget_epochs=search_budget),
         }[strategy]
         out = ray_search(task, space, root, strategy.replace("+", "-"), seed, **options)
@@ -318,13 +357,30 @@ def repetition(task: Task, strategy: str, seed: int, root: Path, quick_run: bool
 
 # ----------------------------------------------------------------------------- the tables
 
-def bootstrap(values: np.ndarray, n: int = 4000, seed: int = 0) -> tuple[float, float, np.ndarray]:
-    means = np.random.default_rng(seed).choice(values, size=(n, len(values)), replace=True).mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)), means
+def t_interval(values: np.ndarray) -> tuple[float, float]:
+    """The mean's 95% interval by Student's t (a percentile bootstrap over 5 values is too narrow: it cannot
+    reach beyond the values themselves)."""
+    from scipy import stats
+
+    n, mean = len(values), float(np.mean(values))
+    if n < 2:
+        return mean, mean
+    half = float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+    return mean - half, mean + half
+
+
+def sign_flip_p(diffs: np.ndarray) -> float:
+    """One-sided exact paired permutation p-value: the share of the 2^n sign flips of the differences whose
+    mean is at least the observed one (the chance of a lead this large were the two strategies exchangeable;
+    1/32 at best with 5 pairs)."""
+    flips = np.array(np.meshgrid(*[[1, -1]] * len(diffs))).reshape(len(diffs), -1).T
+    means = (flips * diffs).mean(axis=1)
+    return float((means >= diffs.mean() - 1e-12).mean())
 
 
 def task_table(runs: pd.DataFrame, task: Task) -> tuple[str, dict[str, Any]]:
-    """Mean test metric with its 95% interval; the paired difference to valley, its interval, P(valley better)."""
+    """Mean test metric with its 95% t interval; the paired difference to valley, its t interval, and 1 - p of
+    the one-sided exact sign-flip test that valley is better."""
     family = get_family(load_space(task.fine).family)
     sign = 1 if family.task.mode == "max" else -1  # differences in "better is positive" units
     mine = runs[runs["task"] == task.name]
@@ -332,17 +388,18 @@ def task_table(runs: pd.DataFrame, task: Task) -> tuple[str, dict[str, Any]]:
     rows, verdict = [], {}
     for strategy, group in mine.groupby("strategy", sort=False):
         test = group.set_index("repetition")["test"]
-        low, high, _ = bootstrap(test.to_numpy())
+        low, high = t_interval(test.to_numpy())
         row = {"strategy": strategy, "runs": len(test), f"mean {family.task.test_metric}": test.mean(),
                "95% CI": f"[{low:.4g}, {high:.4g}]", "trial-epochs": group["trial_epochs"].mean(),
                "wall s": group["wall_s"].mean()}
         if strategy != "valley":
             paired = (sign * (ours - test)).dropna()
             if len(paired):
-                d_low, d_high, means = bootstrap(paired.to_numpy())
+                d_low, d_high = t_interval(paired.to_numpy())
+                p = sign_flip_p(paired.to_numpy())
                 row.update({"valley - it (better +)": paired.mean(), "diff 95% CI": f"[{d_low:.4g}, {d_high:.4g}]",
-                            "P(valley better)": float((means > 0).mean())})
-                verdict[strategy] = {"diff": paired.mean(), "low": d_low, "p": float((means > 0).mean())}
+                            "1 - p (valley better)": 1 - p})
+                verdict[strategy] = {"diff": paired.mean(), "low": d_low, "p": 1 - p}
         rows.append(row)
     return table(rows), verdict
 
@@ -364,7 +421,8 @@ def goal(runs: pd.DataFrame, task: Task, verdict: dict[str, Any]) -> str:
         f"- best peer: {best} (mean {means[best]:.4g}); valley {means['valley']:.4g}",
         f"- at least as good (lower end of the paired difference >= -1 test image = {-one_image:.3g}): "
         f"{'met' if v['low'] >= -one_image else 'NOT met'} ({v['low']:.4g})",
-        f"- better with P >= 0.9: {'yes' if v['p'] >= 0.9 else 'no'} (P = {v['p']:.2f})",
+        f"- better with 1 - p >= 0.9 (one-sided exact sign-flip test over the paired repetitions): "
+        f"{'yes' if v['p'] >= 0.9 else 'no'} (1 - p = {v['p']:.3f})",
         f"- no more trial-epochs than the peers: {'met' if spent['valley'] <= spent.drop('valley').min() else 'NOT met'}"
         f" (valley {spent['valley']:.0f}, peers {spent.drop('valley').min():.0f} to {spent.drop('valley').max():.0f})",
         f"- reaches {best}'s final validation metric within half its trial-epochs: {reach}",

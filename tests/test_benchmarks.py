@@ -134,7 +134,7 @@ def test_strategies_bookkeeping_on_one_tiny_repetition(ray_session, tmp_path):
     seeds = runs["test_by_seed"].map(lambda text: len(json.loads(text)))
     assert (seeds == strategies.SEEDS).all() and runs["test"].between(0, 1).all()
     text = (out / "strategies.md").read_text()
-    assert "## mlp-digits" in text and "P(valley better)" in text and "best peer:" in text
+    assert "## mlp-digits" in text and "1 - p (valley better)" in text and "best peer:" in text
     assert text.count("\n| random") == 1 and text.count("\n| optuna") == 1
     assert (out / "strategies.html").stat().st_size > 1000
 
@@ -153,7 +153,13 @@ def test_strategy_tables_pair_repetitions_and_state_the_goal():
     frame = pd.DataFrame(rows)
     task = strategies.TASKS["mlp-digits"]
     text, verdict = strategies.task_table(frame, task)
-    assert verdict["random"]["diff"] == pytest.approx(0.05) and verdict["random"]["p"] == 1.0
+    assert verdict["random"]["diff"] == pytest.approx(0.05)
+    assert verdict["random"]["p"] == pytest.approx(1 - 1 / 8)  # 3 pairs, all for valley: 1 of 8 sign flips
+    assert verdict["random"]["low"] == pytest.approx(0.05)  # the same lead in every pair: no spread
+    frame.loc[(frame["strategy"] == "random") & (frame["repetition"] == 0), "test"] = 0.96  # one pair lost
+    _, mixed = strategies.task_table(frame, task)
+    assert mixed["random"]["p"] == pytest.approx(1 - 2 / 8) and mixed["random"]["low"] < 0
+    frame.loc[(frame["strategy"] == "random") & (frame["repetition"] == 0), "test"] = 0.90
     goal = strategies.goal(frame, task, verdict)
     assert "best peer: random" in goal and "at least as good" in goal and ": met" in goal
     assert "within half its trial-epochs: 3 of 3 repetitions" in goal
