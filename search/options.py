@@ -42,12 +42,21 @@ def search_signals() -> Iterator[None]:
         yield
         return
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    signal.signal(signal.SIGTERM, _as_ctrl_c)
     try:
         yield
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def _as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM as Ctrl-C: to whoever handles SIGINT now (Tune, during its fit), else as Python's Ctrl-C. A
+    program started in the background by a script inherits SIGINT ignored, where SIGTERM passed on as
+    SIGINT did nothing: a search went on to its end, a dashboard served on."""
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -92,6 +92,31 @@ def test_a_search_in_process_leaves_the_signal_handlers_as_it_found_them(ray_ses
     assert handlers() == before
 
 
+def test_sigterm_ends_a_search_started_with_sigint_ignored():
+    """A script's background job inherits SIGINT ignored; SIGTERM passed on as SIGINT then did nothing (a
+    search ran on to its end after `kill`, a dashboard served on). It is Ctrl-C all the same."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys, time
+        from search.options import search_signals
+        with search_signals():
+            try:
+                print("ready", flush=True)
+                time.sleep(30)
+            except KeyboardInterrupt:
+                print("stopped as by Ctrl-C", flush=True)
+                sys.exit(130)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert child.stdout.readline().strip() == "ready"
+    child.terminate()
+    assert child.wait(timeout=20) == 130 and child.stdout.read().strip() == "stopped as by Ctrl-C"
+
+
 @pytest.mark.ray
 def test_optuna_search_samples_grid_rows(ray_session, write_space, tmp_path):
     folder = search(write_space(TINY), tmp_path, search="optuna", samples=4, max_epochs=2, name="tpe")
