@@ -121,10 +121,19 @@ def with_overrides(space: Space, overrides: dict[str, Any]) -> tuple[Space, str]
     hit = sorted({key for row in space.grid for key in row if key in overrides})
     if not hit:
         return space, ""
-    grid = tuple({**row, **{key: overrides[key] for key in row if key in overrides}} for row in space.grid)
+    grid: list[dict[str, Any]] = []
+    kept: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (the row as written, as it trains)
+    for row in space.grid:
+        trains = {**row, **overrides}
+        if any(trains == other and row != written for written, other in kept):
+            continue  # --set made it another row's twin: `--set encoding=class_class` trained 8 alike
+        kept.append((row, trains))
+        grid.append({**row, **{key: overrides[key] for key in row if key in overrides}})
     rows = sum(any(key in overrides for key in row) for row in space.grid)
-    return (dataclasses.replace(space, grid=grid),
-            f"--set {', '.join(hit)} replaces what {rows} of the {len(grid)} grid rows set")
+    dropped = len(space.grid) - len(grid)
+    return (dataclasses.replace(space, grid=tuple(grid)),
+            f"--set {', '.join(hit)} replaces what {rows} of the {len(space.grid)} grid rows set"
+            + (f"; {dropped} row(s) it made the same as another run once" if dropped else ""))
 
 
 def param_space(space: Space, overrides: dict[str, Any], searcher: str) -> tuple[dict[str, Any], list]:

@@ -72,10 +72,28 @@ def test_a_set_value_holds_in_every_grid_row_too(ray_session, write_space, tmp_p
     the override for every trial."""
     path = write_space("family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 1\n"
                        "grid:\n  - {hidden: [4]}\n  - {hidden: [4], l2: 0.01}\nparams: {lr: 0.01, batch_size: 32}\n")
+    path = write_space("family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 1\n"
+                       "grid:\n  - {hidden: [4]}\n  - {hidden: [8], l2: 0.01}\nparams: {lr: 0.01, batch_size: 32}\n")
     folder = run_search(load_space(path), SearchOptions(storage=str(tmp_path), name="set", overrides={"l2": 0.005}))
     assert "valley: note: --set l2 replaces what 1 of the 2 grid rows set" in capsys.readouterr().out
     assert pd.read_csv(folder / "trials.csv")["config/l2"].tolist() == [0.005, 0.005]
-    assert json.loads((folder / "valley.json").read_text())["grid"][1] == {"hidden": [4], "l2": 0.005}
+    assert json.loads((folder / "valley.json").read_text())["grid"][1] == {"hidden": [8], "l2": 0.005}
+
+
+def test_a_set_value_that_makes_grid_rows_alike_runs_them_once(write_space):
+    """`valley search clock-encodings --set encoding=class_class` trained 8 identical trials (the same seed) and
+    the tables called them 8 seeds with a spread of 0."""
+    from search.tune_space import with_overrides
+
+    space = load_space(write_space("family: mlp\nmetric: val_loss\nmode: min\ngrid:\n  - {hidden: [4]}\n"
+                                   "  - {hidden: [8]}\n  - {hidden: [8], l2: 0.01}\n  - {hidden: [16]}\n"
+                                   "  - {hidden: [16]}\n"))
+    changed, note = with_overrides(space, {"hidden": [4]})
+    assert [dict(row) for row in changed.grid] == [{"hidden": [4]}, {"hidden": [4], "l2": 0.01}]
+    assert note == "--set hidden replaces what 5 of the 5 grid rows set; 3 row(s) it made the same as another run once"
+    twins = load_space(write_space("family: mlp\nmetric: val_loss\nmode: min\ngrid:\n  - {hidden: [4], l2: 0.1}\n"
+                                   "  - {hidden: [4], l2: 0.1}\n", "twins.yaml"))  # alike as written: the user's
+    assert len(with_overrides(twins, {"l2": 0.2})[0].grid) == 2
 
 
 @pytest.mark.ray
