@@ -83,6 +83,8 @@ def blame(family: Any, space: Space, probe: dict[str, Any], row: dict[str, Any],
         return f"--set {', '.join(f'{k}={v}' for k, v in given.items())}"
     if not row or fails({**probe, **overrides}):
         return f"{space.source}: params"
+    if given and not fails({**probe, **row}):  # the row alone is sound: --set clashes with it
+        return f"--set {', '.join(f'{k}={v}' for k, v in given.items())} with {space.source}: grid row {row}"
     return f"{space.source}: grid row {row}"
 
 

@@ -195,6 +195,10 @@ def test_mistakes_are_blamed_where_they_are_and_each_end_of_a_range_is_tried(ref
     assert ": params: unknown key 'dropuot'" in refuse(gridded)  # not "grid row {'hidden': [4]}"
     clean = str(write_space(HEADER + "grid:\n  - {hidden: [4]}\nparams: {dropout: 0.1}\n", "clean.yaml"))
     assert refuse(clean, "--set", "lr=abc").startswith("valley: error: --set lr=abc: lr must be a number")
+    # a --set that clashes with a sound row names both (it blamed the row alone, of a built-in file the user
+    # cannot edit: `valley search mlp-rough --set layers=5`)
+    assert refuse(clean, "--set", "layers=5").startswith(
+        f"valley: error: --set layers=5 with {clean}: grid row {{'hidden': [4]}}: give hidden or layers, not both")
     assert "params.dropout: uniform can draw 1.4999" in refuse(space(write_space, "params: {dropout: {uniform: [0, 1.5]}}"))
     assert "device cuda needs a GPU for each trial, and --gpus-per-trial is 0" in refuse(
         space(write_space, ""), "--set", "device=cuda")
