@@ -13,6 +13,12 @@ def load_data(dataset: str, data_dir: str | None) -> Any:
 
     registered = DATASETS[dataset]
     folder = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    if data_dir and not (registered.files or registered.reads_dir):
+        readers = ", ".join(name for name, d in DATASETS.items() if d.files or d.reads_dir)
+        raise SearchError(f"data set {dataset!r} reads no --data-dir (it is made here; only {readers} read their "
+                          f"files from it): leave --data-dir out"
+                          + (", or give --dataset clocks to train on the clocks in it" if registered.task == "clock"
+                             else ""))
     if data_dir and not registered.files and not folder.is_dir():  # these never download into it
         raise SearchError(f"--data-dir {folder} is not a folder; give the folder that holds the data set's "
                           f"files, or leave --data-dir out (see `valley datasets`)")

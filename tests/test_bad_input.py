@@ -307,8 +307,14 @@ def fashion(folder: Path, n_train: int = 5100, size: int = 28, labels: int = 10,
 
 
 def test_data_folder_missing_or_malformed(refuse, write_space, tmp_path):
-    line = refuse(space(write_space, ""), "--data-dir", str(tmp_path / "nowhere"))
+    line = refuse("clock-encodings", "--data-dir", str(tmp_path / "nowhere"))
     assert f"--data-dir {tmp_path / 'nowhere'} is not a folder" in line
+    # a data set made here reads no folder: clocks-small trained on DIR's clocks under its own name
+    assert refuse(space(write_space, ""), "--data-dir", str(tmp_path)).endswith(
+        "data set 'synthetic' reads no --data-dir (it is made here; only fashion_mnist, cifar10, clocks read their "
+        "files from it): leave --data-dir out")
+    assert refuse("clock-encodings", "--dataset", "clocks-small", "--data-dir", str(tmp_path)).endswith(
+        "leave --data-dir out, or give --dataset clocks to train on the clocks in it")
     path = space(write_space, "", header=HEADER.replace("synthetic", "fashion_mnist"))
     (tmp_path / "empty").mkdir()
     for folder in (tmp_path / "nowhere", tmp_path / "empty"):  # offline: nothing downloads into them
