@@ -244,6 +244,8 @@ def index_page(server: DashboardServer) -> str:
 def _index_row(experiment: Experiment, href: str, name: str, nested: bool) -> str:
     e = html.escape
     counts = progress(experiment.trials)
+    if experiment.status != "running":  # its unfinished trials run no more: an interrupted search showed them running
+        counts["active"] = 0
     share = counts["done"] + counts["failed"]
     percent = 100 * share / counts["total"] if counts["total"] else 0
     metric, best = experiment.metric, "-"

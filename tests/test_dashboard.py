@@ -82,6 +82,24 @@ def test_index_refreshes_while_an_experiment_runs(site):
     assert 'http-equiv="refresh"' not in page
 
 
+def test_an_interrupted_search_shows_no_trial_running(tmp_path):
+    """Its unfinished trials were counted in the 'running' column ('done 0/2 | running 2') though nothing ran."""
+    import re
+
+    from analysis.dashboard import _index_row
+    from analysis.load import load
+
+    folder = shutil.copytree(DATA / "asha-digits", tmp_path / "asha-digits")
+    manifest = json.loads((folder / "valley.json").read_text())
+
+    def running_column(status: str) -> str:
+        (folder / "valley.json").write_text(json.dumps({**manifest, "status": status}))
+        return re.findall(r'<td class="num">(\d+)</td>', _index_row(load(folder), "/exp/a", "a", False))[0]
+
+    assert running_column("running") != "0"  # its trials with no final word, while its search runs
+    assert running_column("interrupted") == "0"
+
+
 def test_a_search_whose_driver_is_killed_stops_reading_running(site):
     """The cached load was kept until a file changed, and a driver killed outright changes none: the index and
     the report read 'running' and reloaded for ever."""
