@@ -60,6 +60,8 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
             left_epochs += max_epochs - epoch
         elif trial.status == "TERMINATED" and not epoch:  # ended before it trained (Ctrl-C, a budget): not stopped
             counts["pending"] += 1
+            if ended is not None:  # after Ctrl-C, `valley resume` trains it all (a budget's end trains it never)
+                left_epochs += max_epochs
         elif trial.status == "ERROR":
             counts["failed"] += 1
         elif ended is not None and trial.trial_id not in ended:  # `valley resume` continues it

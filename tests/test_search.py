@@ -518,6 +518,12 @@ def test_after_ctrl_c_the_board_counts_a_trial_it_stopped_as_interrupted_not_sto
     assert snap.counts == {"done": 1, "stopped": 1, "failed": 0, "running": 0, "interrupted": 1, "pending": 0}
     assert line(snap, "val_loss").startswith("valley: 2/3 finished (1 done, 1 stopped, 0 failed), 0 running, "
                                               "1 interrupted, 0 pending")
+    # time left after Ctrl-C: the interrupted trial's 2 epochs, and all 5 of one that never began (it read
+    # '~0m02s left' of 9 trials x 40 epochs still to train)
+    trials.append(SimpleNamespace(trial_id="never", status="TERMINATED", last_result={}))
+    started = __import__("time").monotonic() - 9.0  # 9 epochs in 9 s: an epoch a second
+    assert snapshot(trials, {}, "val_loss", "min", 5, started, ended={"done", "asha"}).left_s == pytest.approx(7, 0.05)
+    assert snapshot(trials, {}, "val_loss", "min", 5, started).left_s == 0  # a budget's end: nothing to train
 
 
 def test_the_board_of_a_budgeted_search_counts_its_trial_epochs_as_they_are_trained():
