@@ -521,6 +521,11 @@ def _load_plan(folder: Path) -> Experiment:
     stages: dict[str, Experiment] = {}
     trial_frames, epoch_frames = [], []
     folders = [p for p in _subfolders(folder) if is_experiment(p)]
+    left_out = [p.name for p in _subfolders(folder) if p not in folders and is_plan(p)]
+    if left_out:  # a folder of experiments holds plans too: they were left out without a word
+        shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        warnings.append(f"{len(left_out)} plan folder(s) here are not in these tables ({shown}): "
+                        "report or load each on its own")
     folders.sort(key=lambda p: (order.get(stage_of.get(p.name, p.name), len(order)), _stage_started(p), p.name))
     for sub in folders:
         experiment = load(sub)

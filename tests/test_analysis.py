@@ -136,6 +136,11 @@ def test_any_folder_of_experiments_is_a_plan(tmp_path):
     plan = load(tmp_path / "stages")
     assert plan.kind == "plan" and list(plan.stages) == ["b-first", "a-second"]  # by start time
     assert plan.trials["stage"].unique().tolist() == ["b-first", "a-second"]
+    assert not any("plan folder" in w for w in plan.warnings)
+    shutil.copytree(ASHA, tmp_path / "stages" / "nested-plan" / "rough")  # a plan among them: not silently left out
+    (tmp_path / "stages" / "nested-plan" / "plan.json").write_text("{}")
+    assert "1 plan folder(s) here are not in these tables (nested-plan): report or load each on its own" in load(
+        tmp_path / "stages").warnings
 
 
 def test_half_written_experiment_loads_what_is_there(tmp_path):
