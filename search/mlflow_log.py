@@ -33,8 +33,22 @@ class MLflow(MLflowLoggerCallback):
         self.logged: dict[str, int] = {}  # run id -> the last step logged
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
+        self.artifacts_beside_the_results()
         super().setup(*args, **kwargs)
         self.end_set_aside()
+
+    def artifacts_beside_the_results(self) -> None:
+        """A database store (``sqlite:///...``) keeps no files: MLflow put a new experiment's artifacts
+        under ``./mlruns`` of whatever folder the command ran in. They go into the experiment's own folder
+        (``mlflow-artifacts``), created so before Ray's callback finds the experiment."""
+        from mlflow.tracking import MlflowClient
+
+        uri = self.tracking_uri
+        if not uri or "://" not in uri or uri.split(":", 1)[0] in ("file", "http", "https", "databricks"):
+            return  # a file store keeps its artifacts itself; a server has its own artifact root
+        client, name = MlflowClient(uri), experiment_name(self.folder)
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name, artifact_location=(self.folder / "mlflow-artifacts").resolve().as_uri())
 
     def end_set_aside(self) -> None:
         """End, as KILLED, the runs of trials ``valley resume`` set aside (begun after the last snapshot a

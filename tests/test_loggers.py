@@ -159,6 +159,8 @@ def test_mlflow_records_every_trial(logged):
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["valley.json"]
     local = Path(client.get_run(runs[0].info.run_id).info.artifact_uri.removeprefix("file://"))
     assert json.loads((local / "valley.json").read_text())["status"] in ("running", "completed")
+    # beside the results, not in ./mlruns of the folder the command ran in
+    assert local.is_relative_to(folder / "mlflow-artifacts") and not (folder.parent.parent / "mlruns").exists()
 
 
 def test_mlflow_names_a_plans_stage_by_its_plan_and_ends_runs_resume_set_aside(tmp_path):
