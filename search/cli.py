@@ -63,7 +63,7 @@ def add_search_commands(commands: argparse._SubParsersAction) -> None:
 
     transfer = commands.add_parser("transfer", help="re-run the best configs of an experiment on another data set")
     transfer.add_argument("experiment", help="an experiment or plan folder")
-    transfer.add_argument("--top", type=int, default=3, help="how many of the best configurations")
+    transfer.add_argument("--top", type=int, default=3, help="how many of the best configurations (default 3)")
     add_search_options(transfer)
     transfer.set_defaults(run=run_command.cmd_transfer)
 
