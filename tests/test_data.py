@@ -80,6 +80,9 @@ def test_a_failed_download_is_said_on_one_line(tmp_path, monkeypatch):
 
     monkeypatch.delenv("VALLEY_OFFLINE")
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(DataError):
+        load_dataset("fashion_mnist", data_dir=tmp_path / "new")
+    assert not (tmp_path / "new").exists()  # it made the folders to download into, and left them empty
     with pytest.raises(DataError) as err:
         load_dataset("fashion_mnist", data_dir=tmp_path)
     message = str(err.value)

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import os
 import pickle
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -305,10 +306,13 @@ def _download(name: str, root: Path, folder: Path, files: tuple[str, ...], downl
         raise DataError(f"data set {name!r} is not in {folder} and downloading is off; {missing}")
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)
+    made = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)  # the first it makes
     try:
         root.mkdir(parents=True, exist_ok=True)
         fetch()
     except Exception as err:  # noqa: BLE001 - any download failure means the same thing to the user
+        if made is not None and made.is_dir() and not any(p.is_file() for p in made.rglob("*")):
+            shutil.rmtree(made, ignore_errors=True)  # a failed download leaves no empty folders behind
         reason = " ".join(str(err).split())  # torchvision's says each mirror it tried on a line of its own
         raise DataError(f"data set {name!r} is not in {folder} and could not be downloaded "
                         f"({type(err).__name__}: {reason[:200]}); {missing}") from None
