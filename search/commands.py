@@ -194,7 +194,8 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
     for name in builtin_spaces():
         space = load_space(name)
-        size = f"{space.grid_size()} grid points" if not space.is_sampled() else "sampled"
+        n = space.grid_size()
+        size = f"{n} grid point{'' if n == 1 else 's'}" if not space.is_sampled() else "sampled"
         print(f"{name:<18} {space.family:<6} {size:<16} {space.description}")
     from search.plans import builtin_plans, load_plan
 
