@@ -43,8 +43,11 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     clocks = run_search(load_space("clock-encodings"), dataclasses.replace(
         base, name="clock-encodings", dataset="clocks-small", max_epochs=args.clock_epochs,
         scheduler="fifo", overrides={"seed": 0, "width": 8}))
-    print("\n" + by_configuration(clocks))
     status = max(exit_status(folder / "mlp-rough"), exit_status(clocks))
+    if status == EXIT_INTERRUPTED:  # Ctrl-C in the clocks: their table would read as the answer
+        print(f"\nthe clock encodings were interrupted: `valley resume {clocks}` trains the rest; their reports:")
+    else:
+        print("\n" + by_configuration(clocks))
     print(f"clock report: {write_report(clocks)}")
     print(f"report: {write_report(folder / 'mlp-rough')}")  # the valley, last: what to open first
     return status

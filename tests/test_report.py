@@ -253,3 +253,27 @@ def test_a_plan_report_draws_the_valley_its_valley_stage_drew(tmp_path):
     (plan / "plan.json").write_text(json.dumps({"plan": "p", "status": "completed", "stages": {
         "rough": {"kind": "search", "status": "completed", "experiments": ["rough"]}, "valley": valley}}))
     assert "(3 SE) holds" in report._valley_section(load(plan)).note
+
+
+def test_a_quickstart_whose_clocks_were_interrupted_prints_no_answer_table(tmp_path, monkeypatch, capsys):
+    """After Ctrl-C in the clock encodings the quickstart printed 'test metrics by configuration' of two
+    one-epoch trials as if they were its answer. (valley's own run_search stands in for the two searches:
+    each returns a copy of a finished experiment, the second read 'interrupted'.)"""
+    import argparse
+
+    from search import commands, run
+
+    def search(space, opts):
+        folder = Path(opts.storage) / opts.name
+        shutil.copytree(DATA / ("asha-digits" if opts.name == "mlp-rough" else "seeds-digits"), folder)
+        if opts.name != "mlp-rough":
+            manifest = json.loads((folder / "valley.json").read_text())
+            (folder / "valley.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+        return folder
+
+    monkeypatch.setattr(run, "run_search", search)
+    args = argparse.Namespace(storage=str(tmp_path), num_cpus=2, clock_epochs=1)
+    assert commands.cmd_quickstart(args) == 130
+    out = capsys.readouterr().out
+    assert "the clock encodings were interrupted: `valley resume " in out and "test metrics by" not in out
+    assert out.rstrip().splitlines()[-1].startswith("report: ")
