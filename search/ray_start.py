@@ -42,6 +42,7 @@ def tune_environment() -> None:
     for key, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     no_restore_advice()
+    no_result_grid_warning()
     snapshot_every_second_or_5_percent()
     no_callback_census_without_usage_statistics()
 
@@ -252,6 +253,13 @@ def no_restore_advice() -> None:
     is not continued with: valley says `valley resume FOLDER` instead (``search.run.finish``). Tune's
     line before it (a second Ctrl-C skips the last snapshot) stays."""
     drop_messages("ray.tune.tune", "Experiment has been interrupted, but the most recent state was saved")
+
+
+def no_result_grid_warning() -> None:
+    """At the end of a fit Tune reads every trial's results into its ResultGrid, which valley does not use
+    (it reads the folder itself), and warns of each trial with none yet ("Failed to fetch metrics ...
+    FileNotFoundError"), a trial a resume had not begun again: it read as a failure where nothing failed."""
+    drop_messages("ray.tune.analysis.experiment_analysis", "Failed to fetch metrics for")
 
 
 def trials_on_prestarted_workers() -> None:

@@ -582,3 +582,20 @@ def test_bohb_with_a_seed_draws_the_same_trials_and_leaves_numpys_global_stream_
     outer = np.random.get_state()[1].copy()
     assert drawn(0) == drawn(0) != drawn(1)
     assert (np.random.get_state()[1] == outer).all()
+
+
+def test_tunes_result_grid_warning_of_a_trial_without_results_is_dropped_and_nothing_else():
+    """`valley plan FOLDER` on an interrupted stage printed Tune's 'Failed to fetch metrics for 1 trial(s):
+    ... FileNotFoundError', which read as a failure; valley reads the folder itself."""
+    import logging
+
+    from search.ray_start import tune_environment
+
+    tune_environment()
+    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+
+    def shown(message: str) -> bool:
+        return bool(logger.filter(logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)))
+
+    assert not shown("Failed to fetch metrics for 1 trial(s):\n- train_43c548ac: FileNotFoundError(...)")
+    assert shown("something else went wrong")
