@@ -330,7 +330,8 @@ DATASETS: dict[str, Dataset] = {
     "synthetic": Dataset("synthetic", "4 classes of noisy 8x8 blobs, for tests (offline)",
                          (1, 8, 8), (192, 64, 64), _synthetic),
     "clocks": Dataset("clocks", "analog clocks, 150x150: course files from --data-dir, else synthetic "
-                      "(offline)", (1, 150, 150), (10800, 3600, 3600), _clocks(150, 25, "default"), task="clock", reads_dir=True),
+                      "(offline)", (1, 150, 150), (10800, 3600, 3600), _clocks(150, 25, "default"), task="clock",
+                      reads_dir=True),
     "clocks-hard": Dataset("clocks-hard", "synthetic clocks, 150x150, hard preset (glare, perspective, "
                            "clutter)", (1, 150, 150), (10800, 3600, 3600), _clocks(150, 25, "hard"), task="clock"),
     "clocks-small": Dataset("clocks-small", "synthetic clocks, 64x64, 5 per minute, for CPUs (offline)",
