@@ -19,18 +19,18 @@ from trainables.family import TaskSpec
 
 def check_metric(space: Space, task: TaskSpec) -> None:
     """A space ranks trials on a validation metric its family reports."""
-    rankable = ", ".join(sorted(task.rankable()))
-    if space.metric in task.rankable():
+    allowed = task.rankable()
+    if space.metric in allowed:
         return
-    if space.metric.startswith("test_") and f"val_{space.metric.removeprefix('test_')}" in task.rankable():
-        why = (f"would choose models by the test split, which must judge the chosen one once; rank on "
-               f"val_{space.metric.removeprefix('test_')} (every trial's {space.metric} is read at its best "
-               "checkpoint all the same)")
+    twin = "val_" + space.metric.removeprefix("test_")
+    if space.metric.startswith("test_") and twin in allowed:
+        why = (f"would choose models by the test split, which must judge the chosen one once; rank on {twin} "
+               f"(every trial's {space.metric} is read at its best checkpoint all the same)")
     elif space.metric in task.reported():
         why = (f"is reported but not a validation metric: valley ranks trials on the validation split at each "
-               f"one's best checkpoint; rank on one of {rankable}")
+               f"one's best checkpoint; rank on one of {', '.join(sorted(allowed))}")
     else:
-        why = f"is not reported by family {space.family!r}; rank on one of {rankable}"
+        why = f"is not reported by family {space.family!r}; rank on one of {', '.join(sorted(allowed))}"
     raise SpaceError(f"{space.source}: metric: {space.metric!r} {why}")
 
 
@@ -79,12 +79,13 @@ def blame(family: Any, space: Space, probe: dict[str, Any], row: dict[str, Any],
         return False
 
     given = {k: v for k, v in overrides.items() if k not in ("dataset", "max_epochs")}  # what --set fixed
+    named = f"--set {', '.join(f'{k}={v}' for k, v in given.items())}"
     if given and fails({**given, **{k: overrides[k] for k in ("dataset", "max_epochs") if k in overrides}}):
-        return f"--set {', '.join(f'{k}={v}' for k, v in given.items())}"
+        return named
     if not row or fails({**probe, **overrides}):
         return f"{space.source}: params"
     if given and not fails({**probe, **row}):  # the row alone is sound: --set clashes with it
-        return f"--set {', '.join(f'{k}={v}' for k, v in given.items())} with {space.source}: grid row {row}"
+        return f"{named} with {space.source}: grid row {row}"
     return f"{space.source}: grid row {row}"
 
 

@@ -182,6 +182,12 @@ def reopen_plan(folder: Path, say: Callable[..., None] | None = None, quiet: boo
 STAGE_OPTIONS = ("max_epochs", "search", "scheduler", "samples", "grace_period", "reduction_factor")
 
 
+def stage_options(run: PlanRun, stage: Stage, **changes: Any) -> SearchOptions:
+    """The options a stage's searches run with: the plan's, what the stage sets itself, then ``changes``."""
+    options = {k: stage.get(k) for k in STAGE_OPTIONS if stage.get(k) is not None}
+    return dataclasses.replace(run.base, **{**options, **changes})
+
+
 def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **changes: Any) -> str:
     """Run (or resume) one experiment of a stage; returns its status."""
     from search.resume import resume
@@ -198,9 +204,8 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
         if status is not None:
             resume(folder)
             return fmt.read_manifest(folder).get("status", "interrupted")
-    options = {k: stage.get(k) for k in STAGE_OPTIONS if stage.get(k) is not None}
-    opts = dataclasses.replace(run.base, name=experiment, storage=str(run.folder), **{**options, **changes})
-    opts = dataclasses.replace(opts, label=run.label(stage))
+    opts = dataclasses.replace(stage_options(run, stage, **changes), name=experiment, storage=str(run.folder),
+                               label=run.label(stage))
     left = run.left_for(stage)
     if left is not None:
         if left < 1:

@@ -9,7 +9,7 @@ from analysis.format import metric_column
 from search.options import SearchError, total_trials
 from search.plans.budget import EPOCHS
 from search.plans.format import Stage
-from search.plans.state import PlanRun, train_stage, write_space
+from search.plans.state import PlanRun, stage_options, train_stage, write_space
 from spaces import Space, load_space
 
 
@@ -89,10 +89,10 @@ def epochs_each(run: PlanRun, stage: Stage, space: Space) -> tuple[dict[str, int
         return {}, None
     low, high, rounds = stage.get("low"), stage.get("high"), int(stage.get("rounds", 3))
     probes = min(high - low + 1, 3 + 2 * (rounds - 1))
-    opts = dataclasses.replace(run.base, **{k: stage.get(k) for k in ("samples", "search") if stage.get(k)})
+    opts = stage_options(run, stage)
     per_probe = total_trials(dataclasses.replace(space, params={k: v for k, v in space.params.items()
                                                                 if k != stage.get("axis")}), opts)  # rows x seeds
-    full = int(stage.get("max_epochs") or run.base.max_epochs or space.max_epochs or 10)
+    full = int(opts.max_epochs or space.max_epochs or 10)
     fits = int(run.state["budget"]["allowed"][stage.name] // (probes * per_probe))
     if fits >= full:
         return {}, per_probe * full
