@@ -73,6 +73,8 @@ def plan_file(write_space):
     ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: v, kind: valley, from: a}\n"
      "  - {name: f, space: mlp-fine, from: v, around: {dropout: 2}}", "around: dropout: .* mlp-fine gives dropout as "
                                                                       "uniform; give dropout as {loguniform"),
+    ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: v, kind: valley, from: a, order: best}",
+     r"stage 'v': order: must be size \(smallest first\) or metric \(best first\), got 'best'"),
 ])
 def test_plan_mistakes_are_one_line(write_space, body, message):
     with pytest.raises(SearchError, match=message):
@@ -274,6 +276,22 @@ def test_the_stage_after_a_valley_keeps_what_the_winning_grid_row_set(ray_sessio
     assert valley["architectures"] == [{"hidden": [16]}] and valley["with"] == [{"lr": 0.01}]
     assert yaml.safe_load((folder / "fine.space.yaml").read_text())["grid"] == [{"hidden": [16], "lr": 0.01}]
     assert pd.read_csv(folder / "fine" / "trials.csv")["config/lr"].tolist() == [0.01]
+
+
+def test_a_valley_carries_its_band_smallest_first_or_with_order_metric_best_first():
+    """The clock plan's valley kept its 2 smallest encodings of 5 in the band: periodic (4 outputs) and
+    class_reg (13) went on, class_periodic, the best a search over all of them found, did not; an encoding's
+    few output units say nothing of its complexity."""
+    from search.plans.stages.valley import band_architectures
+
+    band = pd.DataFrame({"config/encoding": ["periodic", "class_reg", "class_reg", "class_periodic"],
+                         "config/seed": [0, 0, 1, 0], "n_params": [552, 561, 561, 562],
+                         "best_val_csd": [91.0, 70.0, 96.0, 85.0]}).sort_values("n_params")
+    size = band_architectures(band, ["encoding"], "best_val_csd", "min", "size")
+    assert size == [{"encoding": "periodic"}, {"encoding": "class_reg"}, {"encoding": "class_periodic"}]
+    best = band_architectures(band, ["encoding"], "best_val_csd", "min", "metric")  # class_reg: 83 over 2 seeds
+    assert best == [{"encoding": "class_reg"}, {"encoding": "class_periodic"}, {"encoding": "periodic"}]
+    assert band_architectures(band, ["encoding"], "best_val_csd", "max", "metric")[0] == {"encoding": "periodic"}
 
 
 @pytest.mark.ray

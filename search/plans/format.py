@@ -30,7 +30,9 @@ STAGE_KEYS = {
     "around": "log-uniform ranges moved onto the valley's best trial, key: factor, e.g. {lr: 3} (search)",
     "warm_start": "seed Optuna with earlier trials inside the new space (default true)",
     "arch_keys": "config keys that make an architecture (valley)", "threshold": "standard errors (valley)",
-    "keep": "at most this many valley architectures, smallest first", "top": "configurations (confirm)",
+    "keep": "at most this many valley architectures, in `order`", "top": "configurations (confirm)",
+    "order": "size (smallest first, the one-standard-error rule) or metric (best first: an axis such as the "
+             "clock's label encodings, whose size says nothing of complexity) (valley)",
     "seeds": "seeds per configuration (confirm)", "axis": "the complexity key (bracket)",
     "dataset": "the data set to transfer to (transfer)", "low": "too simple (bracket)", "high": "too complex (bracket)", "rounds": "bisection rounds (bracket)",
 }
@@ -184,6 +186,7 @@ def value_rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
             "search": (lambda v: v in SEARCHERS, f"one of {', '.join(SEARCHERS)}"),
             "scheduler": (lambda v: v in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
             "warm_start": (lambda v: isinstance(v, bool), "true or false"),
+            "order": (lambda v: v in ("size", "metric"), "size (smallest first) or metric (best first)"),
             "arch_keys": (lambda v: isinstance(v, list) and all(isinstance(k, str) for k in v),
                           "a list of config keys, e.g. [hidden, layers]")}
 

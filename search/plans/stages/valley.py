@@ -1,9 +1,14 @@
-"""A valley stage: the architectures within ``threshold`` standard errors of the best, smallest first."""
+"""A valley stage: the architectures within ``threshold`` standard errors of the best, smallest first.
+
+``order: metric`` carries them best first instead: for an axis whose parameter count says nothing of
+complexity (the clock's label encodings differ by a few output units), "smallest" is an arbitrary pick.
+"""
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis.format import metric_column
@@ -35,12 +40,7 @@ def run(run: PlanRun, stage: Stage) -> str:
         note = (f"WARNING: stage {stage.source}: {note}; if it cut them short, give it more epochs (its max_epochs "
                 "or grace_period, a larger --budget or its share in budget_split)")
     band = trials[trials["trial_id"].isin(result.members)].sort_values("n_params")
-    archs: list[dict[str, Any]] = []
-    for _, row in band.iterrows():
-        config = config_of(row)
-        arch = {k: config[k] for k in arch_keys if k in config}
-        if arch and arch not in archs:
-            archs.append(arch)
+    archs = band_architectures(band, arch_keys, column, result.mode, stage.get("order", "size"))
     archs = archs[: int(stage.get("keep", 3))]
     extras = row_settings(band, archs, arch_keys, space, column, result.mode)
     by_id = trials.set_index("trial_id")
@@ -49,16 +49,36 @@ def run(run: PlanRun, stage: Stage) -> str:
         "from": stage.source, "kind": "valley", "rule": "one standard error", "threshold_se": threshold,
         "reason": result.reason, "band": list(result.members), "chosen": result.chosen, "chosen_config": chosen,
         "best": result.best, "best_config": config_of(by_id.loc[result.best].rename(None)),
-        "architectures": archs, "with": extras, "arch_keys": arch_keys, **({"note": note} if note else {}),
+        "architectures": archs, "with": extras, "arch_keys": arch_keys, "order": stage.get("order", "size"),
+        **({"note": note} if note else {}),
     }
     (run.folder / f"stage-{stage.name}.json").write_text(json.dumps(summary, indent=2, default=str))
     run.record(stage, **summary)
     run.say(f"valley: stage {stage.name}: {result.reason}")
     if note:
         run.say(f"valley: stage {stage.name}: {note}")
+    if stage.get("order") == "metric":
+        run.say(f"valley: stage {stage.name}: carrying on the band's {len(archs)} best by {column} (order: metric), "
+                "not its smallest")
     for arch, extra in zip(archs, extras):
         run.say(f"valley:   carried on: {arch}" + (f", as its best grid row had it: {extra}" if extra else ""))
     return "completed"
+
+
+def band_architectures(band: pd.DataFrame, arch_keys: list[str], column: str, mode: str, order: str
+                       ) -> list[dict[str, Any]]:
+    """The band's distinct architectures: smallest first (``band`` comes sorted by size), or with ``order:
+    metric`` best first by their mean ``column`` over the band's trials (their seeds)."""
+    rows = [({k: config[k] for k in arch_keys if k in config}, value)
+            for config, value in zip(map(config_of, (row for _, row in band.iterrows())), band[column])]
+    archs: list[dict[str, Any]] = []
+    for arch, _ in rows:
+        if arch and arch not in archs:
+            archs.append(arch)
+    if order == "metric":
+        sign = 1 if mode == "min" else -1
+        archs.sort(key=lambda arch: sign * float(np.mean([v for a, v in rows if a == arch])))
+    return archs
 
 
 def row_settings(band: pd.DataFrame, archs: list[dict[str, Any]], arch_keys: list[str], space: Space, column: str,
