@@ -298,6 +298,20 @@ def test_a_budgeted_plan_never_overspends_and_carries_its_incumbent(ray_session,
     assert trial_epochs(folder) == sum(spent.values())
 
 
+def test_a_confirm_stage_the_budget_pays_one_candidate_for_confirms_the_best_by_the_evidence(
+        ray_session, budget_plan, tmp_path):
+    """With room for one of two candidates, a confirm stage took the best of its `from` stage before the
+    rough stage's best whatever they had scored: here the fine stage cannot learn (lr 1e-7) and the rough
+    stage's best, far better on the same validation loss, was left out."""
+    run = start_plan(load_plan(budget_plan()), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
+                     say=lambda *a: None, budget=Budget(28, EPOCHS))  # confirm: 11.2 of 28 pays for 1 of 6
+    folder = run_plan(run)
+    confirm = json.loads((folder / "plan.json").read_text())["stages"]["confirm"]
+    assert confirm["derived_from"]["stages"] == ["rough"] and confirm["summary"]["winner_stage"] == "rough"
+    assert "the budget pays for 1 of the 2 candidates; chose them by best_val_loss in their own stages, " \
+           "leaving out trial " in confirm["note"] and confirm["note"].endswith(" of stage fine")
+
+
 def test_ctrl_c_mid_stage_then_resume_within_the_same_budget(budget_plan, tmp_path):
     """SIGINT during the fine stage: exit 130, 'interrupted'; a new --budget is refused; `valley resume FOLDER`
     (`valley plan FOLDER`) finishes the rest only, and the plan's total stays within its budget."""
