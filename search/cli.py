@@ -65,6 +65,9 @@ def add_search_commands(commands: argparse._SubParsersAction) -> None:
     transfer.add_argument("experiment", help="an experiment or plan folder")
     transfer.add_argument("--top", type=int, default=3, help="how many of the best configurations (default 3)")
     add_search_options(transfer)
+    for action in transfer._actions:  # still read, to be refused in one line; listed, they invited use
+        if set(action.option_strings) & set(run_command.TRANSFER_FIXED):
+            action.help = argparse.SUPPRESS
     transfer.set_defaults(run=run_command.cmd_transfer)
 
 

@@ -186,6 +186,11 @@ def test_what_a_command_would_not_honour_is_refused_not_ignored(refuse, write_sp
     assert refuse("transfer", str(folder), "--dataset", "synthetic", "--search", "optuna", "--samples", "5").endswith(
         "transfer re-trains each configuration once, as it was (random, one sample, fifo); leave out --samples, "
         "--search")
+    from search.cli import build_parser
+
+    transfer_help = build_parser()._subparsers._group_actions[0].choices["transfer"].format_help()
+    assert "--dataset" in transfer_help and not any(flag in transfer_help for flag in (  # offered only to be refused
+        "--search", "--samples", "--scheduler", "--grace-period", "--reduction-factor"))
     assert "--name must be letters" in refuse("plan", "plan-mlp-digits", "--name", "../x", "--storage", storage)
     assert not (tmp_path / "x").exists() and sorted(p.name for p in (tmp_path / "results").iterdir()) == ["p"]
 
