@@ -54,7 +54,8 @@ def space(write_space, body: str, header: str = HEADER) -> str:
     ("params:\n  lr: [0.1, 0.2\n", ["line", "not valid YAML", "fix the syntax"]),
     ("params:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  lr: 0.01", ["line", "'lr' is given twice in one mapping; keep one"]),
     ("paramz: {}", ["paramz: unknown key", "did you mean 'params'"]),
-    ("params: {dropuot: 0.1}", ["unknown key 'dropuot'", "did you mean 'dropout'"]),
+    ("params: {dropuot: 0.1}", ["unknown key 'dropuot'", "did you mean 'dropout'? valid keys: batch_size"]),
+    ("params: {zzz: 0.1}", ["unknown key 'zzz' for family 'mlp'; valid keys: batch_size"]),  # it ran on: "'mlp' valid"
     ("params: {batch_size: abc}", ["batch_size must be int", "'abc'"]),
     ("params: {batch_size: {uniform: [16, 64]}}", ["params.batch_size", "must be int", "use randint or qrandint"]),
     ("params: {optimizer: {choice: [adam, rmsprop]}}", ["params.optimizer", "'rmsprop'", "adam, adamw, sgd"]),

@@ -60,9 +60,9 @@ class TrainConfig:
         for key, value in config.items():
             if key not in fields:
                 close = difflib.get_close_matches(key, fields, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = f"; did you mean {close[0]!r}? " if close else "; "
                 raise ConfigError(
-                    f"unknown key {key!r} for family {cls.__module__.rsplit('.', 1)[-1]!r}{hint} "
+                    f"unknown key {key!r} for family {cls.__module__.rsplit('.', 1)[-1]!r}{hint}"
                     f"valid keys: {', '.join(sorted(fields))}"
                 )
             values[key] = _coerce(key, value, hints[key])
