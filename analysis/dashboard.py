@@ -246,6 +246,8 @@ def _index_row(experiment: Experiment, href: str, name: str, nested: bool) -> st
     counts = progress(experiment.trials)
     if experiment.status != "running":  # its unfinished trials run no more: an interrupted search showed them running
         counts["active"] = 0
+    elif experiment.manifest.get("trials_planned"):  # the folder holds the trials begun: 2/2 of a 14-trial grid
+        counts["total"] = max(counts["total"], int(experiment.manifest["trials_planned"]))
     share = counts["done"] + counts["failed"]
     percent = 100 * share / counts["total"] if counts["total"] else 0
     metric, best = experiment.metric, "-"

@@ -39,6 +39,7 @@ MANIFEST_FIELDS = {
     "task": "the family's task: kind, metrics, headline, mode, test_metric",
     "dataset": "the data set", "max_epochs": "epochs per trial", "grid": "the space's grid rows",
     "options": "the search options", "data_fingerprint": "blake2b of the arrays",
+    "trials_planned": "the trials the search will run (null under a budget, which may stop it sooner)",
     "data": "train / val / test sizes, how they were split (e.g. stratified by minute), notes on the files", "git_commit": "the code",
     "command": "argv", "environment": "torch, python, cuda", "status": "running | completed | interrupted",
     "started": "local time", "finished": "local time",

@@ -40,6 +40,7 @@ def git_commit() -> str:
 def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptions, dataset: str, epochs: int,
                    data: Splits, status: str) -> None:
     """The manifest and a copy of the space file."""
+    from search.options import total_trials
     from trainables.report import environment
 
     fmt.write_manifest(folder, {
@@ -47,6 +48,9 @@ def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptio
         "metric": space.metric, "mode": space.mode, "task": family.task.as_manifest(),
         "dataset": dataset, "max_epochs": epochs, "grid": [dict(row) for row in space.grid],
         "options": dataclasses.asdict(opts), "data_fingerprint": data.fingerprint,
+        # a running search's folder holds only the trials begun: the dashboard's denominator (none under a
+        # budget, which may stop it sooner)
+        "trials_planned": None if opts.budget_epochs or opts.budget_s else total_trials(space, opts),
         "data": {"sizes": list(data.sizes()), "split": data.split_rule, "notes": list(data.notes)}, "git_commit": git_commit(),
         "command": sys.argv, "environment": environment(), "status": status,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **({"driver": fmt.driver()} if status == fmt.RUNNING else {}),

@@ -100,6 +100,27 @@ def test_an_interrupted_search_shows_no_trial_running(tmp_path):
     assert running_column("interrupted") == "0"
 
 
+def test_a_running_search_counts_the_trials_it_will_run_not_those_begun(tmp_path):
+    """A running search's folder holds only the trials Tune has begun: its 'done' read 2/2 and a full bar two
+    trials into a 14-trial grid."""
+    import re
+
+    from analysis.dashboard import _index_row
+    from analysis.load import load
+
+    folder = shutil.copytree(DATA / "asha-digits", tmp_path / "asha-digits")
+    manifest = json.loads((folder / "valley.json").read_text())
+    begun = len(load(folder).trials)
+
+    def done_column(status: str, planned: int | None) -> str:
+        (folder / "valley.json").write_text(json.dumps({**manifest, "status": status, "trials_planned": planned}))
+        return re.findall(r'<td class="num">(\d+/\d+)</td>', _index_row(load(folder), "/exp/a", "a", False))[0]
+
+    assert done_column("running", begun + 10).endswith(f"/{begun + 10}")
+    assert done_column("running", None).endswith(f"/{begun}")  # under a budget: not known
+    assert done_column("completed", begun + 10).endswith(f"/{begun}")  # what ran, once it has ended
+
+
 def test_a_search_whose_driver_is_killed_stops_reading_running(site):
     """The cached load was kept until a file changed, and a driver killed outright changes none: the index and
     the report read 'running' and reloaded for ever."""

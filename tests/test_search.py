@@ -58,7 +58,7 @@ def test_asha_search_writes_one_row_per_trial(ray_session, write_space, tmp_path
     assert trials["config/seed"].value_counts().to_dict() == {0: 4, 1: 4}
     assert trials["test_acc"].between(0, 1).all() and trials["best_val_loss"].notna().all()
     manifest = json.loads((folder / "valley.json").read_text())
-    assert manifest["status"] == "completed" and manifest["data_fingerprint"]
+    assert manifest["status"] == "completed" and manifest["data_fingerprint"] and manifest["trials_planned"] == 8
     epochs = pd.read_parquet(folder / "epochs.parquet")
     assert len(epochs) == trials["epochs"].sum()
     from analysis.format import asha_stops  # each stop on record as decided, for a resume after a killed driver
