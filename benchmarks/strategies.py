@@ -21,13 +21,17 @@ a time):
   seeds is its confirmation: those trainings are not repeated).
 
 Every pick is confirmed the same way: seeds 0-4, each with its own fresh validation split
-(``split_seed``), E epochs; the test metric is read once, never used for choosing. Repetition r
+(``split_seed``), E epochs; the test metric is read once, never used for choosing. valley's confirm
+stage is that confirmation, and it also chooses among its candidates on those seeds' validation
+metric; so valley's pick is trained once more on seeds 5-9 outside its budget (``test_fresh``, the
+row "valley, seeds 5-9"), which no choice has seen. Repetition r
 seeds every strategy's searcher with r (paired by seed). Intervals are Student's t over the
 repetitions; "1 - p" is that of a one-sided exact sign-flip test of the paired differences. Writes ``strategies.csv`` (every run),
 ``strategies.md`` (a table per task) and ``strategies.html`` (anytime curves) beside this file.
 
     python benchmarks/strategies.py                 # 5 repetitions, about 70 minutes on 2 cores
     python benchmarks/strategies.py --quick --out DIR   # one tiny repetition of each (tests)
+    python benchmarks/strategies.py --fresh CSV     # a saved run's valley picks on seeds 5-9, then the tables
 """
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ from spaces import BUILTIN_DIR, Dist, load_space, read_yaml  # noqa: E402
 from trainables import get_family  # noqa: E402
 
 SEEDS = 5
+FRESH = range(SEEDS, 2 * SEEDS)  # valley's pick once more, on seeds its confirm stage did not choose on
 # Tune hands Optuna the MLP widths as a choice of lists, which Optuna warns it could not store in a database
 warnings.filterwarnings("ignore", message="Choices for a categorical distribution")
 STRATEGIES = ("random", "random+asha", "tpe+asha", "optuna", "bohb", "valley")
@@ -298,10 +303,11 @@ def run_valley(task: Task, root: Path, seed: int, quick_run: bool) -> dict[str, 
 
 # ----------------------------------------------------------------------------- confirmation
 
-def confirm(task: Task, pick: dict[str, Any], root: Path, name: str) -> tuple[list[float], Path]:
-    """The pick over seeds 0-4, each with its own validation split: the test metric of each seed."""
+def confirm(task: Task, pick: dict[str, Any], root: Path, name: str, seeds: range = range(SEEDS)
+            ) -> tuple[list[float], Path]:
+    """The pick over seeds 0-4 (or ``seeds``), each with its own validation split: the test metric of each."""
     family = get_family(load_space(task.fine).family)
-    grid = [{**task.fixed, **pick, "seed": s, "split_seed": s} for s in range(SEEDS)]
+    grid = [{**task.fixed, **pick, "seed": s, "split_seed": s} for s in seeds]
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"family": family.name, "dataset": task.dataset, "metric": "val_loss",
                                     "mode": "min", "max_epochs": task.epochs, "grid": grid}, sort_keys=False))
@@ -326,10 +332,15 @@ def repetition(task: Task, strategy: str, seed: int, root: Path, quick_run: bool
     space = combined_space(task, root)
     grace = 1 if quick_run else 2  # as valley's rough stages wait: at 1 ASHA cut the best MLP (benchmarks/grace.py)
     started = time.time()
+    fresh: list[float] = []
+    fresh_s = 0.0  # outside the budget, and the wall time
     if strategy == "valley":
         out = run_valley(task, root, seed, quick_run)
         seeds = winner_seeds(task, out["confirm_trials"], out["pick"])
         spent, rows = out["spent_plan"], results(out["folder"])
+        fresh_s = time.time()
+        fresh = confirm(task, out["pick"], root, "fresh", FRESH)[0]
+        fresh_s = time.time() - fresh_s
     elif strategy == "optuna":
         out = plain_optuna(task, space, seed, search_budget)
         rows = out["rows"].rename(columns={"val": metric})
@@ -348,10 +359,11 @@ def repetition(task: Task, strategy: str, seed: int, root: Path, quick_run: bool
         rows = results(out["folder"])
         seeds, confirmed = confirm(task, out["pick"], root, "confirm")
         spent = trial_epochs(out["folder"]) + trial_epochs(confirmed)
-    wall = time.time() - started
+    wall = time.time() - started - fresh_s
     curve = anytime(rows, metric, mode, started)
     return {"task": task.name, "strategy": strategy, "repetition": seed, "test": float(np.mean(seeds)),
-            "test_by_seed": json.dumps(seeds), "trial_epochs": int(spent), "budget": task.budget, "wall_s": wall,
+            "test_by_seed": json.dumps(seeds), "test_fresh": float(np.mean(fresh)) if fresh else np.nan,
+            "trial_epochs": int(spent), "budget": task.budget, "wall_s": wall,
             "pick": json.dumps(out["pick"]), "curve": curve.to_json(orient="split", index=False)}
 
 
@@ -383,7 +395,7 @@ def task_table(runs: pd.DataFrame, task: Task) -> tuple[str, dict[str, Any]]:
     the one-sided exact sign-flip test that valley is better."""
     family = get_family(load_space(task.fine).family)
     sign = 1 if family.task.mode == "max" else -1  # differences in "better is positive" units
-    mine = runs[runs["task"] == task.name]
+    mine = with_fresh(runs[runs["task"] == task.name])
     ours = mine[mine["strategy"] == "valley"].set_index("repetition")["test"]
     rows, verdict = [], {}
     for strategy, group in mine.groupby("strategy", sort=False):
@@ -402,6 +414,18 @@ def task_table(runs: pd.DataFrame, task: Task) -> tuple[str, dict[str, Any]]:
                 verdict[strategy] = {"diff": paired.mean(), "low": d_low, "p": 1 - p}
         rows.append(row)
     return table(rows), verdict
+
+
+def with_fresh(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` and, where valley's rows have ``test_fresh``, a row per repetition for its pick on seeds 5-9:
+    its "valley - it" is what choosing on the seeds whose test is reported adds (with the seeds' own noise)."""
+    if "test_fresh" not in runs:
+        return runs
+    fresh = runs[(runs["strategy"] == "valley") & runs["test_fresh"].notna()]
+    return pd.concat([runs, fresh.assign(strategy=FRESH_ROW, test=fresh["test_fresh"])], ignore_index=True)
+
+
+FRESH_ROW = "valley, seeds 5-9"
 
 
 def goal(runs: pd.DataFrame, task: Task, verdict: dict[str, Any]) -> str:
@@ -426,7 +450,21 @@ def goal(runs: pd.DataFrame, task: Task, verdict: dict[str, Any]) -> str:
         f"- no more trial-epochs than the peers: {'met' if spent['valley'] <= spent.drop('valley').min() else 'NOT met'}"
         f" (valley {spent['valley']:.0f}, peers {spent.drop('valley').min():.0f} to {spent.drop('valley').max():.0f})",
         f"- reaches {best}'s final validation metric within half its trial-epochs: {reach}",
+        *fresh_line(mine, best, family.task.mode),
     ])
+
+
+def fresh_line(runs: pd.DataFrame, best: str, mode: str) -> list[str]:
+    """valley's pick on seeds 5-9 against the best peer: the comparison no choice has seen."""
+    if "test_fresh" not in runs or runs.loc[runs["strategy"] == "valley", "test_fresh"].isna().all():
+        return []
+    ours = runs[runs["strategy"] == "valley"].set_index("repetition")["test_fresh"]
+    theirs = runs[runs["strategy"] == best].set_index("repetition")["test"]
+    paired = ((1 if mode == "max" else -1) * (ours - theirs)).dropna()
+    low, high = t_interval(paired.to_numpy())
+    return [f"- valley's pick on seeds 5-9, which its confirm stage did not choose on: mean {ours.mean():.4g} "
+            f"(on seeds 0-4 {runs[runs['strategy'] == 'valley']['test'].mean():.4g}); against {best}: "
+            f"{paired.mean():+.4g} [{low:.4g}, {high:.4g}], 1 - p = {1 - sign_flip_p(paired.to_numpy()):.3f}"]
 
 
 def half_budget_reach(runs: pd.DataFrame, peer: str, mode: str) -> str:
@@ -480,7 +518,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--quick", action="store_true", help="one tiny repetition of each strategy (tests)")
     parser.add_argument("--out", default=str(HERE), help="folder for strategies.csv, .md and .html")
     parser.add_argument("--tables-only", metavar="CSV", help="rebuild the tables and figure from a saved CSV")
+    parser.add_argument("--fresh", metavar="CSV", help="train a saved run's valley picks on seeds 5-9 (test_fresh, "
+                                                       "written into the CSV), then rebuild the tables")
     args = parser.parse_args(argv)
+    if args.fresh:
+        frame = add_fresh(Path(args.fresh))
+        args.tasks = [t for t in args.tasks if t in set(frame["task"])]
+        return write_outputs(frame, args, f"tables rebuilt from {args.fresh}, valley's picks on seeds 5-9 added at "
+                                          f"commit {git_commit()}", list(dict.fromkeys(frame["strategy"])))
     if args.tables_only:
         return write_outputs(pd.read_csv(args.tables_only), args, f"tables rebuilt from {args.tables_only}",
                              list(dict.fromkeys(pd.read_csv(args.tables_only)["strategy"])))
@@ -506,8 +551,25 @@ def main(argv: list[str] | None = None) -> Path:
     return write_outputs(pd.DataFrame(runs), args, header, strategies)
 
 
+def add_fresh(csv: Path) -> pd.DataFrame:
+    """A saved run's valley picks trained on seeds 5-9 (those without ``test_fresh``), the CSV rewritten."""
+    frame = pd.read_csv(csv)
+    if "test_fresh" not in frame:
+        frame["test_fresh"] = np.nan
+    start_ray(SearchOptions(num_cpus=2))
+    for i, row in frame[(frame["strategy"] == "valley") & frame["test_fresh"].isna()].iterrows():
+        with tempfile.TemporaryDirectory() as tmp:
+            seeds, _ = confirm(TASKS[row["task"]], json.loads(row["pick"]), Path(tmp), "fresh", FRESH)
+        frame.loc[i, "test_fresh"] = float(np.mean(seeds))
+        print(json.dumps({"task": row["task"], "repetition": int(row["repetition"]), "test": row["test"],
+                          "test_fresh": frame.loc[i, "test_fresh"]}), flush=True)
+        frame.to_csv(csv, index=False)  # nothing lost if stopped
+    return frame
+
+
 def write_outputs(frame: pd.DataFrame, args: argparse.Namespace, header: str, strategies: list[str]) -> Path:
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # --tables-only / --fresh into a new folder
     sections = [f"# Strategies on the same budget\n\n{header}\n"]
     if "bohb" in args.strategies and "bohb" not in strategies:
         sections.append("bohb: not run, `hpbandster` and `ConfigSpace` are not installed "

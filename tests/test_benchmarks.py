@@ -133,8 +133,12 @@ def test_strategies_bookkeeping_on_one_tiny_repetition(ray_session, tmp_path):
     assert (runs["repetition"] == 0).all()  # paired: the same seed for every strategy
     seeds = runs["test_by_seed"].map(lambda text: len(json.loads(text)))
     assert (seeds == strategies.SEEDS).all() and runs["test"].between(0, 1).all()
+    # valley's pick once more on seeds its confirm stage did not choose on; the peers' picks need not be
+    assert runs.set_index("strategy")["test_fresh"].notna().to_dict() == {"random": False, "optuna": False,
+                                                                          "valley": True}
     text = (out / "strategies.md").read_text()
     assert "## mlp-digits" in text and "1 - p (valley better)" in text and "best peer:" in text
+    assert "\n| valley, seeds 5-9 " in text and "- valley's pick on seeds 5-9, which its confirm stage" in text
     assert text.count("\n| random") == 1 and text.count("\n| optuna") == 1
     assert (out / "strategies.html").stat().st_size > 1000
 
