@@ -66,6 +66,7 @@ from trainables import get_family  # noqa: E402
 
 SEEDS = 5
 FRESH = range(SEEDS, 2 * SEEDS)  # valley's pick once more, on seeds its confirm stage did not choose on
+FRESH_ROW = "valley, seeds 5-9"  # its row in the tables
 # Tune hands Optuna the MLP widths as a choice of lists, which Optuna warns it could not store in a database
 warnings.filterwarnings("ignore", message="Choices for a categorical distribution")
 STRATEGIES = ("random", "random+asha", "tpe+asha", "optuna", "bohb", "valley")
@@ -423,9 +424,6 @@ def with_fresh(runs: pd.DataFrame) -> pd.DataFrame:
         return runs
     fresh = runs[(runs["strategy"] == "valley") & runs["test_fresh"].notna()]
     return pd.concat([runs, fresh.assign(strategy=FRESH_ROW, test=fresh["test_fresh"])], ignore_index=True)
-
-
-FRESH_ROW = "valley, seeds 5-9"
 
 
 def goal(runs: pd.DataFrame, task: Task, verdict: dict[str, Any]) -> str:
