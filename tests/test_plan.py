@@ -292,6 +292,12 @@ def test_a_valley_carries_its_band_smallest_first_or_with_order_metric_best_firs
     best = band_architectures(band, ["encoding"], "best_val_csd", "min", "metric")  # class_reg: 83 over 2 seeds
     assert best == [{"encoding": "class_reg"}, {"encoding": "class_periodic"}, {"encoding": "periodic"}]
     assert band_architectures(band, ["encoding"], "best_val_csd", "max", "metric")[0] == {"encoding": "periodic"}
+    # an architecture ranks by its best grid row, not by all its rows together (class_class with csd_weight
+    # 1.0 at 10 beside plain class_class at 16 averaged 13, and was dropped behind class_reg at 11)
+    rows = pd.DataFrame({"config/encoding": ["class_class", "class_class", "class_reg"],
+                         "config/csd_weight": [1.0, 0.0, 0.0], "n_params": [561, 561, 561],
+                         "best_val_csd": [10.0, 16.0, 11.0]})
+    assert band_architectures(rows, ["encoding"], "best_val_csd", "min", "metric")[0] == {"encoding": "class_class"}
 
 
 @pytest.mark.ray
@@ -675,6 +681,23 @@ def test_each_configuration_is_confirmed_once_though_two_stages_found_it():
     top = [("fine", a, "t1"), ("fine", b, "t2")]
     assert in_order(top, [("rough", c, "t3"), ("bracket", c, "t4"), ("other", b, "t5")]) == [
         ("fine", a, "t1"), ("rough", c, "t3"), ("fine", b, "t2")]
+
+
+def test_a_candidate_s_evidence_is_its_mean_as_top_configs_ranks_it():
+    """A config with two finished seeds at 0.30 and one ASHA stopped at 0.90 read 0.50 beside another's 0.35:
+    a budget that paid for one confirmed the second, though the stage ranked the first best."""
+    from search.plans import top_configs
+    from search.plans.stages.confirm import evidence
+
+    trials = pd.DataFrame({"trial_id": list("abcde"), "status": ["completed", "completed", "stopped", "completed",
+                                                                  "stalled"],
+                           "best_val_loss": [0.30, 0.30, 0.90, 0.35, 0.01], "config/lr": [0.1, 0.1, 0.1, 0.2, 0.3],
+                           "config/seed": [0, 1, 2, 0, 0]})
+    assert top_configs(trials, "val_loss", "min", 2)[0] == [{"lr": 0.1}, {"lr": 0.2}]
+    assert evidence(trials, {"lr": 0.1}, "best_val_loss") == pytest.approx(0.30)
+    assert evidence(trials, {"lr": 0.3}, "best_val_loss") is None  # stalled at chance: no evidence
+    only_stopped = trials.assign(status=["stopped"] * 5)
+    assert evidence(only_stopped, {"lr": 0.1}, "best_val_loss") == pytest.approx(1.5 / 3)
 
 
 def test_top_configs_fill_with_early_stopped_trials_only_when_asked():

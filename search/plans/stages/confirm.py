@@ -66,7 +66,7 @@ def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
     """The configurations to confirm, with the trial and stage each came from, and a note (or "").
 
     The best of ``from`` first, then the incumbent of each earlier stage, then the rest of the top
-    of ``from``; at most ``fits`` of them when a budget allows no more.
+    of ``from``; when a budget allows only ``fits`` of them, the best ``fits`` by :func:`by_evidence`.
     """
     source_space = source_space_of(run, stage.source)
     trials, _ = run.trials(stage.source)
@@ -117,14 +117,22 @@ def by_evidence(run: PlanRun, stage: Stage, rows: list[tuple[str, dict[str, Any]
         if (metric_column(space.metric), space.mode) != (column, source.mode):
             return rows, (f"stage {origin} ranks on {space.metric}, not {source.metric}, so they are confirmed "
                           "in order: the best of each stage first")
-        trials = run.trials(origin)[0]
-        mine = [value for row_config, value, status in zip(map(config_of, (r for _, r in trials.iterrows())),
-                                                            pd.to_numeric(trials[column], errors="coerce"),
-                                                            trials["status"])
-                if row_config == config and status in ("completed", "stopped") and np.isfinite(value)]
-        values.append(sign * float(np.mean(mine)) if mine else float("inf"))
+        value = evidence(run.trials(origin)[0], config, column)
+        values.append(float("inf") if value is None else sign * value)
     ranked = [row for _, row in sorted(zip(values, rows), key=lambda pair: pair[0])]
     return ranked, f"chose them by {column} in their own stages"
+
+
+def evidence(trials: pd.DataFrame, config: dict[str, Any], column: str) -> float | None:
+    """``config``'s mean ``column`` in a stage's trials, as top_configs ranks it: over its seeds that ran all
+    their epochs, over those ASHA stopped only when none did (a stopped seed's metric is from fewer epochs);
+    None when it has neither."""
+    mine = [(status, value) for row_config, value, status in zip(
+                map(config_of, (r for _, r in trials.iterrows())), pd.to_numeric(trials[column], errors="coerce"),
+                trials["status"]) if row_config == config and status in ("completed", "stopped") and np.isfinite(value)]
+    best_class = "completed" if any(status == "completed" for status, _ in mine) else "stopped"
+    kept = [value for status, value in mine if status == best_class]
+    return float(np.mean(kept)) if kept else None
 
 
 def seed_epochs(run: PlanRun, stage: Stage) -> int | None:

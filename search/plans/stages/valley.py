@@ -68,16 +68,24 @@ def run(run: PlanRun, stage: Stage) -> str:
 def band_architectures(band: pd.DataFrame, arch_keys: list[str], column: str, mode: str, order: str
                        ) -> list[dict[str, Any]]:
     """The band's distinct architectures: smallest first (``band`` comes sorted by size), or with ``order:
-    metric`` best first by their mean ``column`` over the band's trials (their seeds)."""
-    rows = [({k: config[k] for k in arch_keys if k in config}, value)
-            for config, value in zip(map(config_of, (row for _, row in band.iterrows())), band[column])]
+    metric`` best first, each by its best configuration's mean ``column`` over its seeds (an architecture
+    can have several grid rows: the clock's class_class with and without csd_weight; averaged together,
+    the row that made it best was outweighed by the other)."""
+    from analysis.valley import config_key
+
+    sign = 1 if mode == "min" else -1
+    mean = band[column].groupby(config_key(band)).transform("mean") * sign
+    scores: dict[str, float] = {}
     archs: list[dict[str, Any]] = []
-    for arch, _ in rows:
+    for (_, row), score in zip(band.iterrows(), mean):
+        config = config_of(row)
+        arch = {k: config[k] for k in arch_keys if k in config}
         if arch and arch not in archs:
             archs.append(arch)
+        key = json.dumps(arch, sort_keys=True, default=str)
+        scores[key] = min(scores.get(key, np.inf), float(score))
     if order == "metric":
-        sign = 1 if mode == "min" else -1
-        archs.sort(key=lambda arch: sign * float(np.mean([v for a, v in rows if a == arch])))
+        archs.sort(key=lambda arch: scores[json.dumps(arch, sort_keys=True, default=str)])
     return archs
 
 
