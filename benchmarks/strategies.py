@@ -459,6 +459,8 @@ def fresh_line(runs: pd.DataFrame, best: str, mode: str) -> list[str]:
     ours = runs[runs["strategy"] == "valley"].set_index("repetition")["test_fresh"]
     theirs = runs[runs["strategy"] == best].set_index("repetition")["test"]
     paired = ((1 if mode == "max" else -1) * (ours - theirs)).dropna()
+    if paired.empty:  # a partial CSV: no repetition has both
+        return []
     low, high = t_interval(paired.to_numpy())
     return [f"- valley's pick on seeds 5-9, which its confirm stage did not choose on: mean {ours.mean():.4g} "
             f"(on seeds 0-4 {runs[runs['strategy'] == 'valley']['test'].mean():.4g}); against {best}: "
@@ -517,10 +519,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", default=str(HERE), help="folder for strategies.csv, .md and .html")
     parser.add_argument("--tables-only", metavar="CSV", help="rebuild the tables and figure from a saved CSV")
     parser.add_argument("--fresh", metavar="CSV", help="train a saved run's valley picks on seeds 5-9 (test_fresh, "
-                                                       "written into the CSV), then rebuild the tables")
+                                                       "written into the CSV), then rebuild the tables (with "
+                                                       "--quick for a --quick run's CSV)")
     args = parser.parse_args(argv)
     if args.fresh:
-        frame = add_fresh(Path(args.fresh))
+        frame = add_fresh(Path(args.fresh), args.quick)
         args.tasks = [t for t in args.tasks if t in set(frame["task"])]
         return write_outputs(frame, args, f"tables rebuilt from {args.fresh}, valley's picks on seeds 5-9 added at "
                                           f"commit {git_commit()}", list(dict.fromkeys(frame["strategy"])))
@@ -549,7 +552,7 @@ def main(argv: list[str] | None = None) -> Path:
     return write_outputs(pd.DataFrame(runs), args, header, strategies)
 
 
-def add_fresh(csv: Path) -> pd.DataFrame:
+def add_fresh(csv: Path, quick_run: bool) -> pd.DataFrame:
     """A saved run's valley picks trained on seeds 5-9 (those without ``test_fresh``), the CSV rewritten."""
     frame = pd.read_csv(csv)
     if "test_fresh" not in frame:
@@ -557,7 +560,8 @@ def add_fresh(csv: Path) -> pd.DataFrame:
     start_ray(SearchOptions(num_cpus=2))
     for i, row in frame[(frame["strategy"] == "valley") & frame["test_fresh"].isna()].iterrows():
         with tempfile.TemporaryDirectory() as tmp:
-            seeds, _ = confirm(TASKS[row["task"]], json.loads(row["pick"]), Path(tmp), "fresh", FRESH)
+            task = quick(TASKS[row["task"]]) if quick_run else TASKS[row["task"]]  # the run's own epochs
+            seeds, _ = confirm(task, json.loads(row["pick"]), Path(tmp), "fresh", FRESH)
         frame.loc[i, "test_fresh"] = float(np.mean(seeds))
         print(json.dumps({"task": row["task"], "repetition": int(row["repetition"]), "test": row["test"],
                           "test_fresh": frame.loc[i, "test_fresh"]}), flush=True)
