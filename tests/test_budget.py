@@ -121,6 +121,24 @@ def test_a_confirm_stage_continued_chooses_as_many_candidates_as_its_allowance_p
         confirm_table(pd.DataFrame({"trial_id": []}), [{"lr": 0.1}], "best_val_loss", "min", get_family("mlp").task)
 
 
+def test_a_confirm_stage_continued_confirms_the_candidates_it_began_with(write_space, tmp_path):
+    """Continued, a confirm stage chose its candidates again: a plan begun before a change to how they are
+    ranked compared configurations its resumed grid never trained, and plan.json lost the ones it did."""
+    from search.plans import PlanRun
+    from search.plans.stages.confirm import begun_with
+
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("dataset: digits\nstages:\n  - {name: rough, space: rough.yaml}\n"
+                                 "  - {name: confirm, kind: confirm, from: rough, seeds: 2}\n", "p.yaml"))
+    began = {"kind": "confirm", "status": "interrupted", "experiments": ["confirm"], "configs": [{"lr": 0.5}],
+             "derived_from": {"stage": "rough", "trials": ["t1"], "stages": ["rough"]}}
+    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="digits"), {"stages": {"confirm": began}},
+                  lambda *a: None)
+    assert begun_with(run, plan.stages[1]) is None  # recorded, but its experiment never began: choose
+    (tmp_path / "p" / "confirm").mkdir(parents=True)
+    assert begun_with(run, plan.stages[1]) == ([{"lr": 0.5}], ["t1"], ["rough"], "")
+
+
 def test_under_a_time_budget_a_running_stage_has_spent_its_time_so_far(write_space, tmp_path):
     """Each round of a bracket stage is a search of its own: under --budget 20m every round was given the
     stage's whole allowance, as the stage's seconds were counted only once it ended."""

@@ -165,12 +165,24 @@ def paid_for(run: PlanRun, stage: Stage) -> int | None:
     return int(run.state["budget"]["allowed"][stage.name] // candidate_cost(run, stage))
 
 
+def begun_with(run: PlanRun, stage: Stage) -> tuple[list[dict[str, Any]], list[str], list[str], str] | None:
+    """The candidates a stage continued after an interruption began with (plan.json), or None when it has not
+    begun training: chosen again they could differ (a plan begun before a change to how candidates are ranked),
+    while the grid it resumes is the one it began with, and configurations it never trained were compared."""
+    state = run.stage_state(stage.name)
+    if not (state.get("configs") and (run.folder / stage.name).is_dir()):
+        return None
+    derived = state.get("derived_from") or {}
+    configs = list(state["configs"])
+    return configs, list(derived.get("trials", [])), list(derived.get("stages") or [stage.source] * len(configs)), ""
+
+
 def run(run: PlanRun, stage: Stage) -> str:
     """Re-train the best configurations over ``seeds`` seeds, each with a fresh validation split."""
     source_space = source_space_of(run, stage.source)
     seeds = int(stage.get("seeds", 5))
     fits = paid_for(run, stage)
-    configs, ids, origins, note = candidates(run, stage, int(stage.get("top", 3)), fits)
+    configs, ids, origins, note = begun_with(run, stage) or candidates(run, stage, int(stage.get("top", 3)), fits)
     if note:
         run.say(f"valley: stage {stage.name}: {note}")
         run.record(stage, note=note)
