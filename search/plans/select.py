@@ -22,17 +22,27 @@ def top_configs(trials: pd.DataFrame, metric: str, mode: str, top: int, stopped:
     else finished.
     """
     column = metric_column(metric)
-    if "status" not in trials or column not in trials:  # no trial has reported yet (a budget spent before one did)
+    ranked = config_means(trials, metric, stopped)
+    if ranked.empty:  # no trial has reported yet (a budget spent before one did)
         return [], []
+    ranked = ranked.sort_values(["_late", "_mean", column], ascending=[True, mode == "min", mode == "min"])
+    chosen = ranked.drop_duplicates("_key").head(top)
+    return [config_of(row) for _, row in chosen.iterrows()], chosen["trial_id"].tolist()
+
+
+def config_means(trials: pd.DataFrame, metric: str, stopped: bool = False) -> pd.DataFrame:
+    """The trials a config is ranked on, each with ``_key`` (:func:`config_text`), ``_late`` (0 completed,
+    1 stopped by ASHA, 2 stalled) and ``_mean``, the config's mean ``metric`` over them: its trials of its
+    best class only (a stopped seed's metric is from fewer epochs). Empty when no trial has reported."""
+    column = metric_column(metric)
+    if "status" not in trials or column not in trials:
+        return pd.DataFrame(columns=["trial_id", column, "_key", "_late", "_mean"])
     statuses = ["completed", "stopped", "stalled"] if stopped else ["completed", "stalled"]
     ranked = trials[trials["status"].isin(statuses)].dropna(subset=[column])
     ranked = ranked.assign(_late=ranked["status"].map({"completed": 0, "stopped": 1, "stalled": 2}),
                            _key=[config_text(row) for _, row in ranked.iterrows()])
     ranked = ranked[ranked["_late"] == ranked.groupby("_key")["_late"].transform("min")]  # a config's best class
-    ranked = ranked.assign(_mean=ranked.groupby("_key")[column].transform("mean"))
-    ranked = ranked.sort_values(["_late", "_mean", column], ascending=[True, mode == "min", mode == "min"])
-    chosen = ranked.drop_duplicates("_key").head(top)
-    return [config_of(row) for _, row in chosen.iterrows()], chosen["trial_id"].tolist()
+    return ranked.assign(_mean=ranked.groupby("_key")[column].transform("mean"))
 
 
 def config_text(row: pd.Series) -> str:

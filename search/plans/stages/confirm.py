@@ -13,7 +13,7 @@ from analysis.load import config_of
 from search.options import SearchError
 from search.plans.budget import EPOCHS
 from search.plans.format import Stage
-from search.plans.select import top_configs
+from search.plans.select import config_means, top_configs
 from search.plans.state import PlanRun, stage_epochs, train_stage, write_space
 from search.plans.state import source_space as source_space_of
 from trainables import get_family
@@ -111,28 +111,27 @@ def by_evidence(run: PlanRun, stage: Stage, rows: list[tuple[str, dict[str, Any]
     of ``from``, the incumbents, the rest of ``from``), and why."""
     source = source_space_of(run, stage.source)
     column, sign = metric_column(source.metric), 1 if source.mode == "min" else -1
-    values = []
+    values, loaded = [], {}
     for origin, config, _ in rows:
         space = source_space_of(run, origin)
         if (metric_column(space.metric), space.mode) != (column, source.mode):
             return rows, (f"stage {origin} ranks on {space.metric}, not {source.metric}, so they are confirmed "
                           "in order: the best of each stage first")
-        value = evidence(run.trials(origin)[0], config, column)
+        if origin not in loaded:  # the top of `from` are several candidates of one stage: read it once
+            loaded[origin] = run.trials(origin)[0]
+        value = evidence(loaded[origin], config, column)
         values.append(float("inf") if value is None else sign * value)
     ranked = [row for _, row in sorted(zip(values, rows), key=lambda pair: pair[0])]
     return ranked, f"chose them by {column} in their own stages"
 
 
 def evidence(trials: pd.DataFrame, config: dict[str, Any], column: str) -> float | None:
-    """``config``'s mean ``column`` in a stage's trials, as top_configs ranks it: over its seeds that ran all
-    their epochs, over those ASHA stopped only when none did (a stopped seed's metric is from fewer epochs);
-    None when it has neither."""
-    mine = [(status, value) for row_config, value, status in zip(
-                map(config_of, (r for _, r in trials.iterrows())), pd.to_numeric(trials[column], errors="coerce"),
-                trials["status"]) if row_config == config and status in ("completed", "stopped") and np.isfinite(value)]
-    best_class = "completed" if any(status == "completed" for status, _ in mine) else "stopped"
-    kept = [value for status, value in mine if status == best_class]
-    return float(np.mean(kept)) if kept else None
+    """``config``'s mean ``column`` in a stage's trials, as top_configs ranks it (:func:`config_means`: over
+    its seeds that ran all their epochs, over those ASHA stopped only when none did); None when it has
+    neither (it stalled at chance level, failed or never reported)."""
+    means = config_means(trials, column, stopped=True)
+    mine = means[(means["_key"] == json.dumps(config, sort_keys=True)) & (means["_late"] < 2)]
+    return float(mine["_mean"].iloc[0]) if len(mine) else None
 
 
 def seed_epochs(run: PlanRun, stage: Stage) -> int | None:
