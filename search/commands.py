@@ -86,7 +86,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from analysis.format import PLAN_STATE
     from search.plans import load_plan, run_plan, start_plan
     from search.plans.budget import Budget
-    from search.plans.state import STAGE_OPTIONS
+    from search.plans.format import STAGE_OPTIONS
 
     target = Path(args.plan).expanduser()
     if (target / PLAN_STATE).exists():

@@ -75,6 +75,19 @@ def plan_file(write_space):
                                                                       "uniform; give dropout as {loguniform"),
     ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: v, kind: valley, from: a, order: best}",
      r"stage 'v': order: must be size \(smallest first\) or metric \(best first\), got 'best'"),
+    # a key the stage's kind would ignore, and a `from:` it would not read
+    ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: c, kind: confirm, from: a, keep: 2}",
+     r"stage 'c': keep: a confirm stage does not read keep \(only valley stages do\); drop it"),
+    ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: v, kind: valley, from: a, max_epochs: 5}",
+     r"stage 'v': max_epochs: a valley stage does not read max_epochs \(only search, bracket, confirm, transfer "
+     r"stages do\)"),
+    ("stages:\n  - {name: a, space: mlp-rough, dataset: digits}", r"stage 'a': dataset: a search stage does not read"),
+    ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: f, space: mlp-fine, from: a}",
+     r"stage 'f': from: a search stage reads only a valley stage .* 'a' is a search stage; drop `from:`"),
+    ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: b, kind: bracket, from: a, space: mlp-rough, axis: layers, "
+     "low: 1, high: 5}", r"stage 'b': from: a bracket stage reads no earlier stage"),
+    ("stages:\n  - {name: a, space: mlp-rough, warm_start: false}",
+     r"stage 'a': warm_start: only a search stage `from:` a valley stage has earlier trials"),
 ])
 def test_plan_mistakes_are_one_line(write_space, body, message):
     with pytest.raises(SearchError, match=message):
@@ -136,6 +149,12 @@ def test_a_plan_that_cannot_run_is_refused_before_its_folder_is_made(write_space
                                   "moved.yaml"))
     with pytest.raises(SearchError, match=r"stage t: family 'mlp' classifies images, but data set 'clocks-tiny'"):
         start_plan(moved, SearchOptions(storage=str(tmp_path), name="p", dataset="digits"))
+    warm = load_plan(write_space("stages:\n  - {name: rough, space: rough.yaml}\n  - {name: v, kind: valley, from: "
+                                 "rough}\n  - {name: f, space: rough.yaml, from: v, warm_start: true}\n", "warm.yaml"))
+    with pytest.raises(SearchError, match=r"stage f: warm_start seeds Optuna, and the stage runs the random search; "
+                                          r"drop warm_start or set the stage's search: optuna"):
+        start_plan(warm, SearchOptions(storage=str(tmp_path), name="p", dataset="digits"))
+    assert start_plan(warm, SearchOptions(storage=str(tmp_path), name="ok", dataset="digits", search="optuna"))
     assert not (tmp_path / "p").exists()
 
 

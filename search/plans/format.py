@@ -36,6 +36,16 @@ STAGE_KEYS = {
     "seeds": "seeds per configuration (confirm)", "axis": "the complexity key (bracket)",
     "dataset": "the data set to transfer to (transfer)", "low": "too simple (bracket)", "high": "too complex (bracket)", "rounds": "bisection rounds (bracket)",
 }
+# The search options a stage may set for itself, over the plan's command line (search.plans.state.stage_options),
+# and what each kind of stage reads besides name, kind and from: any other key would be ignored, so it is refused.
+STAGE_OPTIONS = ("max_epochs", "search", "scheduler", "samples", "grace_period", "reduction_factor")
+KIND_KEYS = {
+    "search": ("space", *STAGE_OPTIONS, "around", "warm_start"),
+    "bracket": ("space", *STAGE_OPTIONS, "axis", "low", "high", "rounds"),
+    "valley": ("arch_keys", "threshold", "keep", "order"),
+    "confirm": ("top", "seeds", "max_epochs"),
+    "transfer": ("dataset", "top", "max_epochs"),
+}
 PLAN_KEYS = {"description": "one line", "dataset": "the default data set", "stages": "the list of stages",
              "budget_split": "each training stage's share of `valley plan --budget`, e.g. {rough: 0.3, ...}"}
 TRAINING_KINDS = ("search", "bracket", "confirm", "transfer")
@@ -214,6 +224,11 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
     kind = raw.get("kind", "search")
     if kind not in KINDS:
         raise fail(f"{where}: kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    unread = [key for key in raw if key not in ("name", "kind", "from", *KIND_KEYS[kind])]
+    if unread:
+        readers = [k for k, keys in KIND_KEYS.items() if unread[0] in keys]
+        raise fail(f"{where}: {unread[0]}", f"a {kind} stage does not read {unread[0]} (only {', '.join(readers)} "
+                                            f"stages do); drop it, it would be ignored")
     source_stage = raw.get("from")
     if source_stage is not None and source_stage not in {s.name for s in earlier}:
         raise fail(f"{where}: from", f"{source_stage!r} is not an earlier stage; earlier stages: "
@@ -249,10 +264,17 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
                                 for f in factors)):
             raise fail(f"{where}: around", f"a mapping of keys to factors above 1 (the range becomes the valley's "
                                            f"best value x/÷ factor), e.g. {{lr: 3}}; got {around!r}")
-        source_kind = next((s.kind for s in earlier if s.name == source_stage), None)
-        if kind != "search" or source_kind != "valley":
+        if read is None or read.kind != "valley":
             raise fail(f"{where}: around", "only a search stage `from:` a valley stage has a best trial to search "
                                            "around; drop around or set `from:` to the valley stage")
+    if kind == "search" and read is not None and read.kind != "valley":
+        raise fail(f"{where}: from", f"a search stage reads only a valley stage (the architectures it searches), and "
+                                     f"{read.name!r} is a {read.kind} stage; drop `from:` or name a valley stage")
+    if "warm_start" in raw and (read is None or read.kind != "valley"):
+        raise fail(f"{where}: warm_start", "only a search stage `from:` a valley stage has earlier trials to warm-start "
+                                           "Optuna with; drop warm_start or set `from:` to the valley stage")
+    if kind == "bracket" and read is not None:
+        raise fail(f"{where}: from", "a bracket stage reads no earlier stage (it brackets its own space); drop `from:`")
     settings = {k: v for k, v in raw.items() if k not in ("name", "kind", "from", "space")}
     space = raw.get("space")
     if space is not None:

@@ -21,7 +21,7 @@ import yaml
 from analysis import format as fmt
 from search.options import SearchError, SearchOptions, check_name, total_trials
 from search.plans.budget import SECONDS, Budget
-from search.plans.format import TRAINING_KINDS, Plan, Stage, parse_plan
+from search.plans.format import STAGE_OPTIONS, TRAINING_KINDS, Plan, Stage, parse_plan
 from search.run import check_task, sayer, silent, storage_root
 from spaces import Dist, Space, load_space, read_yaml
 
@@ -126,6 +126,10 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
                            else dataset)
             except SearchError as err:
                 raise SearchError(f"{plan.source}: stage {stage.name}: {err}") from None
+        searcher = stage.get("search") or base.search
+        if stage.get("warm_start") and searcher != "optuna":
+            raise SearchError(f"{plan.source}: stage {stage.name}: warm_start seeds Optuna, and the stage runs the "
+                              f"{searcher} search; drop warm_start or set the stage's search: optuna")
     if budget is not None and budget.unit != SECONDS:
         check_confirm_shares(PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), {"stages": {}}, silent),
                              budget)
@@ -176,10 +180,6 @@ def reopen_plan(folder: Path, say: Callable[..., None] | None = None, quiet: boo
     plan = parse_plan(read_yaml(folder / "plan.yaml"), str(folder / "plan.yaml"), state["plan"])
     base = dataclasses.replace(SearchOptions.from_dict(state["options"]), quiet=quiet)
     return PlanRun(plan, folder, dataclasses.replace(base, dataset=state["dataset"]), state, say or sayer(base))
-
-
-# The search options a stage may set for itself, over the plan's command line.
-STAGE_OPTIONS = ("max_epochs", "search", "scheduler", "samples", "grace_period", "reduction_factor")
 
 
 def stage_options(run: PlanRun, stage: Stage, **changes: Any) -> SearchOptions:

@@ -8,7 +8,7 @@ from analysis.format import metric_column
 from analysis.load import config_of
 from search.options import SearchError
 from search.plans.format import Stage, not_log_uniform
-from search.plans.state import PlanRun, train_stage, write_space
+from search.plans.state import PlanRun, stage_options, train_stage, write_space
 from spaces import Dist, Space, load_space
 from trainables import get_family
 
@@ -37,7 +37,7 @@ def run(run: PlanRun, stage: Stage) -> str:
                            f"stage {stage.name}: {space.name}" + (f" over the {len(grid)} architectures of "
                                                                   f"stage {stage.source}" if derived else ""))
     changes: dict[str, Any] = {}
-    if stage.get("search") == "optuna" and stage.get("warm_start", True) and source.get("kind") == "valley":
+    if stage_options(run, stage).search == "optuna" and stage.get("warm_start", True) and source.get("kind") == "valley":
         points, rewards, note = warm_start_points(run, source, narrowed)
         run.say(f"valley: stage {stage.name}: {note}")
         if points:
