@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from search.options import SearchError, SearchOptions
+from search.state_files import atomic_state_uploads
 
 # Tune's automatic CSV and TensorBoard loggers cost time per result and nothing reads them (the JSON
 # logger, result.json and params.json, is added back explicitly; TensorBoard's by search.loggers);
@@ -41,6 +42,7 @@ def tune_environment() -> None:
     """Set what Tune reads when a Tuner runs, unless the user set it."""
     for key, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    atomic_state_uploads()
     no_restore_advice()
     no_result_grid_warning()
     snapshot_every_second_or_5_percent()

@@ -40,12 +40,20 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
     from ray import tune
 
     from search.progress import UNRESTORED, set_aside_unrestored
+    from search.state_files import clear_parts, unreadable_state
     from search.tuner import trainable
     from trainables import get_family
 
     if not tune.Tuner.can_restore(str(folder)):
         raise SearchError(f"{folder} has no Tune state to resume (it stopped before the first trial); "
                           "start it again with `valley search`")
+    clear_parts(folder)
+    unreadable = unreadable_state(folder)
+    if unreadable:  # Tune would log the error, start afresh with nothing to run, and call that completed
+        raise SearchError(f"{folder}: Tune's saved state cannot be read ({', '.join(unreadable)}: empty or cut short, "
+                          "a driver killed while it copied them), so a resume would not know where the search "
+                          "stood; the finished trials stay in the folder (`valley report` reads them); run the "
+                          "rest as a new search with `valley search`")
     opts = SearchOptions.from_dict(manifest["options"])
     data = load_data(manifest["dataset"], opts.data_dir)
     if data.fingerprint != manifest["data_fingerprint"]:

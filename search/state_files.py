@@ -1,0 +1,116 @@
+"""Tune's saved state in an experiment folder: written whole or not at all, and checked before a resume.
+
+Tune saves its state (the experiment snapshot, the search algorithm's and the searcher's state, the
+callbacks') in a staging folder under /tmp/ray, then copies the whole staging folder into the
+experiment folder, about once a second, with pyarrow's ``copy_files``: each file is truncated and then
+written, the snapshots of every earlier session of the experiment with it. A driver killed during a
+copy left those files empty; ``Tuner.restore`` then logged "Failed to restore the run state" and
+started the experiment afresh with nothing to run, and the resume reported the search completed with
+49 of its 60 trials (``tests/test_chaos.py``, once in a few runs).
+
+So a local experiment folder receives each file under a temporary name and then renames it into place
+(``atomic_state_uploads``), the snapshot last; a file that has not changed since the last copy is not
+copied again. ``unreadable_state`` names what a resume would read and cannot, for a folder written
+before this or on storage where renaming is not atomic.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import pickletools
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+# Tune's state files at the top of an experiment folder; a resume reads the newest of each by name
+READ_AS = {"experiment_state-*.json": "json", "search_gen_state-*.json": "pickle", "basic-variant-state-*.json": "pickle",
+           "searcher-state-*.pkl": "pickle", "callback-states-*.pkl": "pickle", "tuner.pkl": "pickle"}
+PART = ".valley-part"  # a file being copied in, under its temporary name
+
+
+def whole(path: Path, name: str) -> bool:
+    """Whether ``path`` holds a complete file of the kind ``name`` is (a JSON document, a pickle that
+    reaches its STOP opcode; read, not loaded); any other file is taken as it is."""
+    kind = next((kind for pattern, kind in READ_AS.items() if fnmatch.fnmatch(name, pattern)), None)
+    try:
+        if kind == "json":
+            json.loads(path.read_bytes())
+        elif kind == "pickle":
+            with path.open("rb") as f:
+                return any(op.name == "STOP" for op, _, _ in pickletools.genops(f))
+    except (OSError, ValueError, EOFError):
+        return False
+    return True
+
+
+def unreadable_state(folder: Path) -> list[str]:
+    """The newest of each of Tune's state files in ``folder`` that is empty or cut short."""
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    newest = [max(fnmatch.filter(names, pattern)) for pattern in READ_AS if fnmatch.filter(names, pattern)]
+    return [name for name in newest if not whole(folder / name, name)]
+
+
+def upload_whole_files(local_path: str, fs_path: str, sent: dict[str, tuple[int, int]]) -> None:
+    """Copy the staging folder (or file) ``local_path`` to the local path ``fs_path`` as Tune's upload
+    does, each file under a temporary name first, then renamed into place together, the experiment
+    snapshot last. A file whose size and modification time are those of its last copy is skipped
+    (``sent``), and one that Tune was rewriting as it was read (the snapshot is written in place) is
+    left for the next copy rather than put in place cut short."""
+    source, target = Path(local_path), Path(fs_path)
+    if source.is_file():
+        pairs = [(source, target)]
+    else:
+        pairs = [(Path(root) / name, target / Path(root).relative_to(source) / name)
+                 for root, _, names in os.walk(source) for name in names if not name.endswith(PART)]
+    staged = []
+    try:
+        for src, dst in pairs:
+            try:
+                stat = src.stat()
+                key = (stat.st_size, stat.st_mtime_ns)
+                if sent.get(str(src)) == key and dst.exists():
+                    continue
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                part = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}{PART}")
+                shutil.copyfile(src, part)
+            except FileNotFoundError:  # replaced or removed by Tune as the folder was walked
+                continue
+            staged.append((part, dst, str(src), key))
+            if not whole(part, dst.name):
+                staged.pop()
+                part.unlink()
+        staged.sort(key=lambda entry: fnmatch.fnmatch(entry[1].name, "experiment_state-*.json"))
+        for part, dst, src, key in staged:
+            os.replace(part, dst)
+            sent[src] = key
+    finally:
+        for part, *_ in staged:
+            part.unlink(missing_ok=True)
+
+
+def atomic_state_uploads() -> None:
+    """Have Tune's uploads to a local experiment folder go through ``upload_whole_files``; uploads
+    to other storage (S3, GCS) stay Tune's own."""
+    import pyarrow.fs
+    from ray.train._internal.storage import _FilesystemSyncer as Syncer
+
+    if getattr(Syncer._sync_up_command, "_valley", False):
+        return
+    original = Syncer._sync_up_command
+
+    def _sync_up_command(self: Any, local_path: str, uri: str, exclude: list | None = None) -> tuple[Any, dict]:
+        if exclude or not isinstance(self.storage_filesystem, pyarrow.fs.LocalFileSystem):
+            return original(self, local_path, uri, exclude)
+        sent = self.__dict__.setdefault("_valley_sent", {})
+        return upload_whole_files, {"local_path": local_path, "fs_path": uri, "sent": sent}
+
+    _sync_up_command._valley = True  # type: ignore[attr-defined]
+    Syncer._sync_up_command = _sync_up_command
+
+
+def clear_parts(folder: Path) -> None:
+    """Remove the temporary files of copies a killed driver left unfinished."""
+    for part in [*folder.glob(f".*{PART}"), *folder.glob(f"*/.*{PART}")]:
+        part.unlink(missing_ok=True)
