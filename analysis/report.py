@@ -264,6 +264,8 @@ def render_report(experiment: Experiment | str | Path, plotlyjs: str = "inline",
 
 def write_report(folder: str | Path, out: str | Path | None = None, images: bool = True) -> Path:
     """Write ``folder/report.html`` (or ``out``): one file that opens offline; PNG/SVG beside it if possible."""
+    if out is not None and Path(out).suffix.lower() not in (".html", ".htm"):  # not valley.json, not trials.csv
+        raise ResultsError(f"--out {out}: a report is one HTML file; give a path ending in .html")
     experiment = load(folder)
     out = Path(out) if out is not None else experiment.path / "report.html"
     try:  # a folder that cannot be written is said before the figures are built, where it can be

@@ -100,6 +100,8 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     clocks.add_argument("--seed", type=int, default=0)
     clocks.add_argument("--preset", default="default", help="easy, default or hard")
     clocks.add_argument("--sheet", action="store_true", help="also write contact_sheet.png")
+    clocks.add_argument("--overwrite", action="store_true",
+                        help="replace images.npy and labels.npy if --out holds them (refused otherwise)")
     clocks.set_defaults(run=run_command.cmd_data_clocks)
 
     spaces = commands.add_parser("spaces", help="list the built-in search spaces and plans")

@@ -159,8 +159,8 @@ def cmd_data_clocks(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         folder = clockgen.write(Path(args.out), per_minute=args.per_minute, size=args.size, seed=args.seed,
-                                preset=args.preset)
-    except ValueError as err:  # clockgen states the rule and the value (an unknown preset, a size < 16)
+                                preset=args.preset, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as err:  # clockgen states the rule and the value (a size < 16, files there)
         raise UsageError(str(err)) from None
     except OSError as err:
         raise UsageError(f"cannot write the clocks to {args.out} ({err.strerror or err}); pass --out with a "

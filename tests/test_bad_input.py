@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -290,6 +291,19 @@ def test_reports_dashboards_and_clocks_refuse_what_they_cannot_do(refuse, tmp_pa
     assert "GiB of memory, more than the" in refuse("data", "clocks", "--out", str(tmp_path / "c"), "--size",
                                                     "100000", "--per-minute", "1")
     assert blocker.read_text() == "keep me" and not (tmp_path / "c").exists()
+    course = tmp_path / "course"  # a course's real clocks are not replaced by synthetic ones unasked
+    course.mkdir()
+    (course / "labels.npy").write_bytes(b"the course's labels")
+    assert f"{course} already holds labels.npy; choose another folder, or pass --overwrite" in refuse(
+        "data", "clocks", "--out", str(course), "--size", "16", "--per-minute", "1")
+    assert (course / "labels.npy").read_bytes() == b"the course's labels" and not (course / "images.npy").exists()
+    experiment_copy = tmp_path / "experiment"  # nor an experiment's own files by a report
+    shutil.copytree(experiment, experiment_copy)
+    manifest = (experiment_copy / "valley.json").read_bytes()
+    for name in ("valley.json", "trials.csv"):
+        assert "a report is one HTML file; give a path ending in .html" in refuse(
+            "report", str(experiment_copy), "--out", str(experiment_copy / name))
+    assert (experiment_copy / "valley.json").read_bytes() == manifest
 
 
 # --- data folders: missing, truncated, of another shape, labels out of range ---------------------

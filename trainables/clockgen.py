@@ -145,11 +145,16 @@ def generate(per_minute: int = 25, size: int = 150, seed: int = 0, preset: str =
 
 
 def write(out_dir: str | Path, per_minute: int = 25, size: int = 150, seed: int = 0,
-          preset: str = "default") -> Path:
-    """Generate and save ``images.npy`` and ``labels.npy`` into ``out_dir`` (created); return it."""
+          preset: str = "default", overwrite: bool = False) -> Path:
+    """Generate and save ``images.npy`` and ``labels.npy`` into ``out_dir`` (created); return it. A folder
+    that holds either already (a course's real clocks, say) is refused unless ``overwrite``."""
     out = Path(out_dir)
     _difficulty(preset, {})
     _check_counts(per_minute, size)  # before the folder is made
+    held = [name for name in ("images.npy", "labels.npy") if (out / name).exists()]
+    if held and not overwrite:
+        raise FileExistsError(f"{out} already holds {' and '.join(held)}; choose another folder, or pass --overwrite "
+                              "to replace them with synthetic clocks")
     out.mkdir(parents=True, exist_ok=True)
     images, labels = generate(per_minute=per_minute, size=size, seed=seed, preset=preset)
     np.save(out / "images.npy", images)

@@ -142,7 +142,7 @@ def _clocks(size: int, per_minute: int, preset: str) -> Callable[..., Splits]:
         cache = (default_data_dir() / "synthetic-clocks"
                  / f"{size}px-{per_minute}pm-{preset}-seed0-v{clockgen.VERSION}")
         if not all((cache / f).exists() for f in CLOCK_FILES):
-            clockgen.write(cache, per_minute=per_minute, size=size, seed=0, preset=preset)
+            clockgen.write(cache, per_minute=per_minute, size=size, seed=0, preset=preset, overwrite=True)  # ours
         images, labels, _ = read_clock_files(cache)
         return clock_splits(f"clocks-{size}px-{preset}", images, labels, split_seed)
     return load
