@@ -175,16 +175,22 @@ def test_a_plan_whose_stages_cannot_follow_each_other_is_refused_when_read(write
         "grace_period") == 1
 
 
-def test_a_confirm_stage_without_epochs_of_its_own_trains_as_many_as_its_source(write_space, tmp_path):
-    """It took its source's space file's max_epochs (3 here), not the source stage's own (1)."""
+@pytest.mark.ray
+def test_a_confirm_stage_without_epochs_of_its_own_trains_as_many_as_its_source(ray_session, write_space, tmp_path):
+    """It took its source's space file's max_epochs (3 here), not the source stage's own (1): in what its
+    budget reckoned with, and then in what it trained."""
     from search.plans import PlanRun
     from search.plans.stages.confirm import seed_epochs
 
     write_space(ROUGH + "max_epochs: 3\n", "rough.yaml")
     plan = load_plan(write_space("stages:\n  - {name: rough, space: rough.yaml, max_epochs: 1}\n"
-                                 "  - {name: c, kind: confirm, from: rough, seeds: 2}\n", "p.yaml"))
-    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="digits"), {"stages": {}}, lambda *a: None)
+                                 "  - {name: c, kind: confirm, from: rough, top: 1, seeds: 2}\n", "p.yaml"))
+    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="synthetic"), {"stages": {}}, lambda *a: None)
     assert seed_epochs(run, plan.stages[1]) == 1
+    folder = run_plan(start_plan(plan, SearchOptions(storage=str(tmp_path), name="ran", dataset="synthetic",
+                                                     quiet=True), say=lambda *a: None))
+    trained = pd.read_csv(folder / "c" / "trials.csv")
+    assert len(trained) >= 2 and (trained["epochs"] == 1).all()
 
 
 def test_stage_changes_from_the_command_line_are_what_runs_and_on_record(tmp_path, monkeypatch):

@@ -192,7 +192,9 @@ def run(run: PlanRun, stage: Stage) -> str:
                         f"x {seeds} seeds")
     run.record(stage, derived_from={"stage": stage.source, "trials": ids, "stages": origins},
                configs=configs, space=f"{stage.name}.space.yaml")
-    status = train_stage(run, stage, space, stage.name, search="random", scheduler="fifo", samples=1)
+    # its own max_epochs, --max-epochs, or as many as its source trained: not its source's space file's
+    status = train_stage(run, stage, space, stage.name, search="random", scheduler="fifo", samples=1,
+                         max_epochs=seed_epochs(run, stage))
     if status != "completed":
         return status
     table, summary = confirm_table(run.trials(stage.name)[0], configs, metric_column(source_space.metric),
