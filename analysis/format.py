@@ -110,10 +110,29 @@ def metric_column(metric: str) -> str:
 
 # ----------------------------------------------------------------------------- the manifest
 
+class UnreadableState(ValueError):
+    """A file valley writes whole (``valley.json``, ``plan.json``) that no longer reads as one."""
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; a file that is not one is an ``UnreadableState`` naming it."""
+    try:
+        state = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        state, reason = None, str(err)
+    else:
+        reason = f"it holds a {type(state).__name__}, not an object"
+    if not isinstance(state, dict):
+        raise UnreadableState(f"{path} is unreadable ({reason}); valley writes it whole, so it was changed or cut "
+                              "short since: restore it, or start again under a new --name (`valley report` still "
+                              "reads the trials)")
+    return state
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """``valley.json``, or an empty dict for a plain Ray Tune experiment."""
     path = Path(folder) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_state(path) if path.exists() else {}
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

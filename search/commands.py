@@ -117,11 +117,9 @@ def run_plan_of(folder: Path, quiet: bool = False) -> Path:
 
 
 def plan_status(folder: Path) -> int:
-    import json
+    from analysis.format import COMPLETED, PLAN_STATE, read_state
 
-    from analysis.format import COMPLETED, PLAN_STATE
-
-    return EXIT_INTERRUPTED if json.loads((folder / PLAN_STATE).read_text())["status"] != COMPLETED else 0
+    return EXIT_INTERRUPTED if read_state(folder / PLAN_STATE)["status"] != COMPLETED else 0
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:

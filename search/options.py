@@ -61,13 +61,14 @@ def _as_ctrl_c(signum: int, frame: Any) -> None:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """The exceptions that mean the user's input was wrong: each prints one line, exit status 2."""
+    from analysis.format import UnreadableState
     from analysis.load import ResultsError
     from search.cli_options import UsageError
     from spaces import SpaceError
     from trainables.config import ConfigError
     from trainables.data import DataError
 
-    return UsageError, SearchError, SpaceError, ConfigError, DataError, ResultsError
+    return UsageError, SearchError, SpaceError, ConfigError, DataError, ResultsError, UnreadableState
 
 
 class SearchError(ValueError):

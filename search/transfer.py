@@ -6,7 +6,6 @@ any class count), so nothing else changes; both results are recorded side by sid
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ def best_configs(folder: Path, top: int) -> tuple[list[dict[str, Any]], pd.DataF
 
     table, where = None, folder.name
     if (folder / fmt.PLAN_STATE).exists():
-        state = json.loads((folder / fmt.PLAN_STATE).read_text())
+        state = fmt.read_state(folder / fmt.PLAN_STATE)
         trained = [name for name, stage in state["stages"].items() if stage.get("experiments")]
         if not trained:
             raise SearchError(f"plan {folder} has no trained stage yet; run it first")

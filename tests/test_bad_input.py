@@ -397,3 +397,17 @@ def test_missing_pretrained_weights_stop_the_search_before_ray(refuse, write_spa
     line = refuse(space(write_space, "params: {backbone: resnet18, pretrained: true}", header=header))
     assert "pretrained ResNet18_Weights weights are not in torchvision's cache" in line
     assert "set `pretrained: false` to train the backbone from scratch" in line
+
+
+def test_a_manifest_or_plan_state_cut_short_is_one_line_not_a_bug(refuse, tmp_path):
+    """A truncated valley.json or plan.json gave a JSONDecodeError traceback calling itself a bug in valley."""
+    experiment = tmp_path / "experiment"
+    shutil.copytree(ROOT / "tests" / "data" / "asha-digits", experiment)
+    (experiment / "valley.json").write_text('{"status": ')
+    line = refuse("resume", str(experiment))
+    assert line.startswith(f"valley: error: {experiment / 'valley.json'} is unreadable (") and "restore it" in line
+    plan = tmp_path / "plan"
+    plan.mkdir()
+    (plan / "plan.json").write_text('{"plan": ')
+    for argv in (("plan", str(plan)), ("resume", str(plan)), ("transfer", str(plan), "--dataset", "synthetic")):
+        assert f"{plan / 'plan.json'} is unreadable (" in refuse(*argv), argv

@@ -175,7 +175,7 @@ def reopen_plan(folder: Path, say: Callable[..., None] | None = None, quiet: boo
     from search.resume import refuse_while_running
 
     folder = folder.expanduser().resolve()
-    state = json.loads((folder / fmt.PLAN_STATE).read_text())
+    state = fmt.read_state(folder / fmt.PLAN_STATE)
     refuse_while_running(folder, state, "valley plan")
     plan = parse_plan(read_yaml(folder / "plan.yaml"), str(folder / "plan.yaml"), state["plan"])
     base = dataclasses.replace(SearchOptions.from_dict(state["options"]), quiet=quiet)
