@@ -70,6 +70,7 @@ def space(write_space, body: str, header: str = HEADER) -> str:
     ("params: {lr: {uniform: [.nan, 1]}}", ["params.lr: bounds must be finite"]),
     ("params: {lr: {loguniform: [1.0e-4, .inf]}}", ["params.lr: bounds must be finite"]),
     ("params: {lr: .nan}", ["params.lr: must be finite"]),
+    ("params: {device: tpu}", ["device must be auto, cpu, cuda or cuda:N", "'tpu'"]),  # every trial failed in Ray
 ])
 def test_space_mistakes(refuse, write_space, body, expected):
     line = refuse(space(write_space, body))

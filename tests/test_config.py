@@ -35,6 +35,8 @@ def test_k_times_100_rule():
     ({"lr_patience": -2}, "lr_patience must be >= 0 epochs"),
     ({"momentum": 2}, r"momentum must lie in \[0, 1\)"),
     ({"min_lr": -1e-6}, "min_lr must be >= 0"),
+    ({"device": "tpu"}, r"device must be auto, cpu, cuda or cuda:N \(N the GPU's index\), got device='tpu'"),
+    ({"device": "cuda:x"}, "device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_range_rules(bad, message):
     with pytest.raises(ConfigError, match=message):
