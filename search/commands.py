@@ -129,7 +129,14 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     if ignored:
         raise UsageError(f"transfer re-trains each configuration once, as it was (random, one sample, fifo); "
                          f"leave out {', '.join(ignored)}")
-    return exit_status(transfer(Path(args.experiment), args.top, options_from(args)))
+    from trainables.config import TrainConfig
+
+    opts = options_from(args)
+    changed = [key for key in opts.overrides if key not in TrainConfig.RUN_KEYS]
+    if changed:
+        raise UsageError(f"transfer re-trains each configuration verbatim, and --set {changed[0]}=... would change it; "
+                         f"leave it out (--set takes only how a trial runs: {', '.join(TrainConfig.RUN_KEYS)})")
+    return exit_status(transfer(Path(args.experiment), args.top, opts))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -47,6 +47,9 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast for conv nets on CUDA, else fp32) | fp32 | bf16
     compile: bool = False  # torch.compile the model (minutes of compiling; pays off on long trainings)
 
+    # how a trial runs and what it keeps, not what it learns: all `valley transfer --set` may change
+    RUN_KEYS: ClassVar[tuple[str, ...]] = ("device", "compile", "checkpoint_every", "checkpoint_s", "keep_optimizer",
+                                           "stall_epochs")
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adam", "adamw", "sgd")
     SCHEDULES: ClassVar[tuple[str, ...]] = ("plateau", "onecycle", "cosine")
     PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
