@@ -30,6 +30,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from search.run import SearchOptions, run_search
     from spaces import load_space
 
+    if args.clock_epochs < 1:  # said before the MLP grid trains, not after it
+        raise UsageError(f"--clock-epochs must be at least 1, got {args.clock_epochs}")
     folder = Path(args.storage).resolve() / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     base = SearchOptions(storage=str(folder), scheduler="asha", num_cpus=args.num_cpus)
     print("valley quickstart 1/2: the reference MLP grid on digits; where is the valley?", flush=True)

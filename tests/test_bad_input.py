@@ -35,7 +35,7 @@ def refuse(monkeypatch, capsys, tmp_path):
 
     def run(*argv: str, storage: Path | str | None = None) -> str:
         storage = storage or tmp_path / "results"
-        args = [*argv] if argv[0] in ("resume", "report", "dashboard", "data", "plan", "transfer") else [
+        args = [*argv] if argv[0] in ("resume", "report", "dashboard", "data", "plan", "transfer", "quickstart") else [
             "search", *argv, "--storage", str(storage)]
         code = cli.main(args)
         captured = capsys.readouterr()
@@ -198,6 +198,8 @@ def test_what_a_command_would_not_honour_is_refused_not_ignored(refuse, write_sp
     assert "--dataset" in transfer_help and not any(flag in transfer_help for flag in (  # offered only to be refused
         "--search", "--samples", "--scheduler", "--grace-period", "--reduction-factor"))
     assert "--name must be letters" in refuse("plan", "plan-mlp-digits", "--name", "../x", "--storage", storage)
+    assert refuse("quickstart", "--clock-epochs", "0", "--storage", storage).endswith(  # before the MLP grid trains
+        "--clock-epochs must be at least 1, got 0")
     assert not (tmp_path / "x").exists() and sorted(p.name for p in (tmp_path / "results").iterdir()) == ["p"]
 
 
