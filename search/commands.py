@@ -18,7 +18,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     from search.run import run_search
 
-    folder = run_search(space, options_from(args))
+    opts = options_from(args)
+    for flag, readers in (("--grace-period", ("asha",)), ("--reduction-factor", ("asha", "hyperband"))):
+        if flag in args.given and opts.scheduler not in readers:  # any other scheduler would ignore it
+            raise UsageError(f"{flag} is read only by --scheduler {' or '.join(readers)}, and this search runs "
+                             f"{opts.scheduler}; add --scheduler {readers[0]} or leave out {flag}")
+    folder = run_search(space, opts)
     return exit_status(folder)
 
 

@@ -198,6 +198,11 @@ def test_what_a_command_would_not_honour_is_refused_not_ignored(refuse, write_sp
     assert "--dataset" in transfer_help and not any(flag in transfer_help for flag in (  # offered only to be refused
         "--search", "--samples", "--scheduler", "--grace-period", "--reduction-factor"))
     assert "--name must be letters" in refuse("plan", "plan-mlp-digits", "--name", "../x", "--storage", storage)
+    assert refuse(space(write_space, ""), "--grace-period", "2").endswith(  # FIFO ignored it without a word
+        "--grace-period is read only by --scheduler asha, and this search runs fifo; add --scheduler asha or leave "
+        "out --grace-period")
+    assert "--reduction-factor is read only by --scheduler asha or hyperband" in refuse(
+        space(write_space, ""), "--reduction-factor", "4")
     assert refuse("quickstart", "--clock-epochs", "0", "--storage", storage).endswith(  # before the MLP grid trains
         "--clock-epochs must be at least 1, got 0")
     assert not (tmp_path / "x").exists() and sorted(p.name for p in (tmp_path / "results").iterdir()) == ["p"]
