@@ -235,8 +235,10 @@ def asha_stops(folder: Path) -> dict[str, int]:
 
 def budget_amount(value: float, unit: str) -> str:
     """Part of a plan's budget (plan.json's ``budget``) as valley prints it: trial-epochs whole, rounded
-    down (a stage allowed 11.6 can train 11), or minutes."""
-    return f"{math.floor(value + 1e-9):,} trial-epochs" if unit == "trial-epochs" else f"{value / 60:,.1f} min"
+    down (a stage allowed 11.6 can train 11), or minutes (seconds below one)."""
+    if unit == "trial-epochs":
+        return f"{math.floor(value + 1e-9):,} trial-epochs"
+    return f"{value:.1f} s" if value < 60 else f"{value / 60:,.1f} min"
 
 
 # ----------------------------------------------------------------------------- the task

@@ -158,6 +158,35 @@ def test_under_a_time_budget_a_running_stage_has_spent_its_time_so_far(write_spa
     assert 140 < run.left_for(rough) <= 150
 
 
+def test_a_rough_stage_whose_time_ran_out_before_any_trial_ended_says_to_start_again(write_space, tmp_path):
+    """`valley plan plan-mlp-digits --budget 10s`: the rough stage's 2 s were spent starting Ray, and the valley
+    stage advised raising --budget and continuing the plan, which a plan's fixed budget refuses and which
+    failed again the same way."""
+    import shutil
+
+    from search.plans import PlanRun
+
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("dataset: digits\nbudget_split: {rough: 1.0}\nstages:\n  - {name: rough, space: "
+                                 "rough.yaml}\n  - {name: valley, kind: valley, from: rough}\n", "p.yaml"))
+    (tmp_path / "p" / "rough").mkdir(parents=True)  # an experiment that ended before its first trial did
+    shutil.copy(tmp_path / "rough.yaml", tmp_path / "p" / "rough" / "space.yaml")
+    state = {"status": "running", "stages": {"rough": {"status": "completed", "experiments": ["rough"]}},
+             "budget": {**Budget(10, SECONDS).as_state({"rough": 1.0}), "allowed": {"rough": 2.0},
+                        "spent": {"rough": 6.5}}}
+    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="digits"), state, lambda *a: None)
+    with pytest.raises(SearchError) as raised:
+        run_plan(run)
+    assert str(raised.value) == (
+        "stage valley: no trial of stage rough has a finite best_val_loss (no trials), so there is no valley to "
+        "find: its share of --budget (2.0 s of 10.0 s) was spent first, and a plan's budget is fixed when it "
+        "starts; start the plan again with a larger --budget [the plan stopped in stage valley]")
+    state["budget"]["spent"]["rough"] = 1.0  # time left: a rough stage that trained nothing for another reason
+    with pytest.raises(SearchError, match=r"\(no trials\), so there is no valley to find; see .*trials.csv \[the "
+                                          r"plan stopped in stage valley; `valley plan .*` continues it from there\]"):
+        run_plan(run)
+
+
 def test_under_a_time_budget_a_killed_driver_s_stage_time_is_counted(write_space, tmp_path):
     """Its seconds were counted when the stage ended (in a `finally`), which a SIGKILL never reaches: continued,
     the plan had spent 58 s of 60 by its books and about 74 by the clock. Now plan.json says when the stage

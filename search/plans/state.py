@@ -98,6 +98,11 @@ class PlanRun:
         return pd.concat(frames, ignore_index=True), pd.concat(curves, ignore_index=True)
 
 
+class PlanDeadEnd(SearchError):
+    """A stage that no continuation of its plan gets past (the rough stage's share of a fixed budget spent
+    before any trial finished): the plan must start again, and continuing it is not offered."""
+
+
 def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None = None,
                budget: Budget | None = None) -> PlanRun:
     from trainables.data import DATASETS, unknown_dataset

@@ -15,7 +15,7 @@ from analysis.format import metric_column
 from analysis.load import config_of
 from search.options import SearchError
 from search.plans.format import Stage
-from search.plans.state import PlanRun, source_space
+from search.plans.state import PlanDeadEnd, PlanRun, source_space
 from spaces import Space
 from trainables import get_family
 
@@ -31,9 +31,15 @@ def run(run: PlanRun, stage: Stage) -> str:
     usable = usable_trials(trials, column)
     if usable.empty:
         statuses = ", ".join(f"{n} {s}" for s, n in trials.get("status", pd.Series(dtype=str)).value_counts().items())
-        raise SearchError(f"stage {stage.name}: no trial of stage {stage.source} has a finite {column} "
-                          f"({statuses or 'no trials'}), so there is no valley to find; see "
-                          f"{run.folder / stage.source / 'trials.csv'}, or raise --budget if it ran out")
+        why = (f"stage {stage.name}: no trial of stage {stage.source} has a finite {column} "
+               f"({statuses or 'no trials'}), so there is no valley to find")
+        budget = run.budget
+        if budget is not None and run.left_for(next(s for s in run.plan.stages if s.name == stage.source)) == 0:
+            allowed = run.state["budget"]["allowed"][stage.source]
+            raise PlanDeadEnd(f"{why}: its share of --budget ({budget.describe(allowed)} of {budget.describe(budget.total)}) "
+                              "was spent first, and a plan's budget is fixed when it starts; start the plan again "
+                              "with a larger --budget")
+        raise SearchError(f"{why}; see {run.folder / stage.source / 'trials.csv'}")
     result = find_valley(trials, epochs, metric=column, threshold_se=threshold, mode=space.mode)
     note = not_learning(usable)
     if note:  # a rough grid cut to two epochs by a tight budget can leave most architectures at chance
