@@ -66,7 +66,7 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
         where = "--dataset" if opts.dataset else f"{space.source}: dataset"
         raise SearchError(f"{where}: {unknown_dataset(dataset)}")
     epochs = opts.epochs(space)
-    name = check_name(opts.name or experiment_name(space, dataset))
+    name = check_name(experiment_name(space, dataset) if opts.name is None else opts.name)  # --name "": refused
     folder = storage_root(opts.storage) / name
     if folder.exists():
         raise SearchError(f"experiment {folder} already exists; continue it with `valley resume {folder}` "

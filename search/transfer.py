@@ -72,7 +72,7 @@ def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"transfer-{source.name}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        name = opts.name or f"{source.name}-to-{opts.dataset}"
+        name = f"{source.name}-to-{opts.dataset}" if opts.name is None else opts.name
         folder = run_search(load_space(path), dataclasses.replace(opts, name=name, samples=1,
                                                                    search="random", scheduler="fifo"))
     from analysis.load import load_experiment

@@ -133,6 +133,20 @@ def seeded(params: dict[str, Any], rows: list[dict[str, Any]], opts: SearchOptio
     return {**params, "seed": opts.seed}, samples
 
 
+def distinct_configs(params: dict[str, Any]) -> int | None:
+    """How many configurations a Tune ``param_space`` of choices and constants holds; None where a key is
+    drawn from a range."""
+    from ray.tune.search.sample import Categorical, Domain
+
+    count = 1
+    for value in params.values():
+        if isinstance(value, Categorical):
+            count *= len(value.categories)
+        elif isinstance(value, Domain) or (isinstance(value, dict) and "grid_search" in value):
+            return None
+    return count
+
+
 def sets(space: Space, opts: SearchOptions, key: str) -> bool:
     """Whether the user chose ``key``: in the space's params, a grid row, or ``--set``."""
     return key in opts.overrides or key in space.params or any(key in row for row in space.grid)
@@ -154,6 +168,13 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
                      "checkpoint (checkpoint_s=0) for a paused trial to go on from")
     params, rows = param_space(space, overrides, opts.search)
     params, samples = seeded(params, rows, opts)
+    distinct = distinct_configs(params)
+    if opts.search != "random" and distinct is not None and samples > distinct:
+        from search.run import tell
+
+        tell(progress.say, f"valley: warning: the space holds {distinct} distinct configurations and {opts.search} is asked "
+             f"for {samples} trials, so it will repeat some, each repeat the same training (the same seed); "
+             f"give --samples {distinct} or fewer, or let the seed vary in the space")
     schedule = scheduler(opts, epochs)
     keepers = [schedule.keeper] if hasattr(schedule, "keeper") else []  # saves BOHB's brackets with the experiment
     at_once = concurrency(opts)

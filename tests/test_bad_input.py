@@ -115,6 +115,10 @@ def test_options_out_of_range(refuse, write_space):
     assert "--seed must be a whole number from 0 to 4294967295, got -1" in refuse(path, "--seed", "-1")
     assert "--max-epochs must be at least 1" in refuse(path, "--max-epochs", "0")
     assert "--name must be letters, digits" in refuse(path, "--name", "../../etc")
+    assert "--name must be letters, digits" in refuse(path, "--name", "")  # not the default name, unasked
+    assert "--name must be letters, digits" in refuse("plan", "plan-mlp-digits", "--name", "", "--storage",
+                                                      str(Path(path).parent / "results"))
+    assert "seed must be a whole number from 0 to 4294967295, got seed=-1" in refuse(path, "--set", "seed=-1")
     assert "--storage must be a folder" in refuse(path, storage="s3://bucket/results")
     assert "--set takes key=value" in refuse(path, "--set", "lr")
     assert "unknown key 'lrr'" in refuse(path, "--set", "lrr=0.1")

@@ -3,6 +3,7 @@ resuming: tests/test_budget.py)."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import pandas as pd
@@ -754,3 +755,13 @@ def test_top_configs_rank_a_config_by_its_mean_over_seeds_not_its_luckiest_seed(
                           "test_acc": [0.5, 0.4], "config/hidden": ["[1]", "[2]"]})
     side = side_by_side(before, after, "a", "b", "test_acc").set_index("config")
     assert side.loc['{"hidden": [1]}', "test_acc@a"] == pytest.approx(0.8) and side["seeds@a"].tolist() == [3, 3]
+
+
+def test_a_plan_folder_names_its_data_set_only_where_it_is_not_the_plan_s_own(tmp_path):
+    """plan-mlp-digits on digits was plan-mlp-digits-digits-<time>; the README says plan-mlp-digits-<time>."""
+    plan = load_plan("plan-mlp-digits")
+    own = start_plan(plan, SearchOptions(storage=str(tmp_path / "a")), say=lambda *a: None).folder.name
+    other = start_plan(plan, SearchOptions(storage=str(tmp_path / "b"), dataset="synthetic"),
+                       say=lambda *a: None).folder.name
+    assert re.fullmatch(r"plan-mlp-digits-\d{8}-\d{6}", own) and re.fullmatch(r"plan-mlp-digits-synthetic-\d{8}-\d{6}",
+                                                                                 other)

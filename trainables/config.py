@@ -75,6 +75,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check ranges; families extend this and call ``super().validate()``."""
+        _require(0 <= self.seed < 2**32, "seed", self.seed, f"must be a whole number from 0 to {2**32 - 1}")
+        _require(self.split_seed is None or 0 <= self.split_seed < 2**32, "split_seed", self.split_seed,
+                 f"must be a whole number from 0 to {2**32 - 1}")
         _require(self.max_epochs >= 1, "max_epochs", self.max_epochs, "must be at least 1")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
         _require(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be a positive number")

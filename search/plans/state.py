@@ -115,7 +115,8 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
     if budget is not None and plan.budget_split is None:
         raise SearchError(f"{plan.source} has no budget_split, so --budget cannot be divided among its stages; add "
                           f"e.g. `budget_split: {{{', '.join(f'{n}: ...' for n in plan.training_stages())}}}`")
-    name = check_name(base.name or f"{plan.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    named = plan.name if dataset == plan.dataset else f"{plan.name}-{dataset}"  # not plan-mlp-digits-digits
+    name = check_name(f"{named}-{time.strftime('%Y%m%d-%H%M%S')}" if base.name is None else base.name)
     folder = storage_root(base.storage) / name
     if folder.exists():
         raise SearchError(f"plan folder {folder} already exists; continue it with `valley plan {folder}` "
