@@ -271,8 +271,8 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
         raise fail(f"{where}: from", f"a search stage reads only a valley stage (the architectures it searches), and "
                                      f"{read.name!r} is a {read.kind} stage; drop `from:` or name a valley stage")
     if "warm_start" in raw and (read is None or read.kind != "valley"):
-        raise fail(f"{where}: warm_start", "only a search stage `from:` a valley stage has earlier trials to warm-start "
-                                           "Optuna with; drop warm_start or set `from:` to the valley stage")
+        raise fail(f"{where}: warm_start", "only a search stage `from:` a valley stage has earlier trials to "
+                                           "warm-start Optuna with; drop warm_start or set `from:` to the valley stage")
     if kind == "bracket" and read is not None:
         raise fail(f"{where}: from", "a bracket stage reads no earlier stage (it brackets its own space); drop `from:`")
     settings = {k: v for k, v in raw.items() if k not in ("name", "kind", "from", "space")}

@@ -37,7 +37,8 @@ def run(run: PlanRun, stage: Stage) -> str:
                            f"stage {stage.name}: {space.name}" + (f" over the {len(grid)} architectures of "
                                                                   f"stage {stage.source}" if derived else ""))
     changes: dict[str, Any] = {}
-    if stage_options(run, stage).search == "optuna" and stage.get("warm_start", True) and source.get("kind") == "valley":
+    optuna = stage_options(run, stage).search == "optuna"  # the stage's own, else the plan's --search
+    if optuna and stage.get("warm_start", True) and source.get("kind") == "valley":
         points, rewards, note = warm_start_points(run, source, narrowed)
         run.say(f"valley: stage {stage.name}: {note}")
         if points:

@@ -36,9 +36,9 @@ def run(run: PlanRun, stage: Stage) -> str:
         budget = run.budget
         if budget is not None and run.left_for(next(s for s in run.plan.stages if s.name == stage.source)) == 0:
             allowed = run.state["budget"]["allowed"][stage.source]
-            raise PlanDeadEnd(f"{why}: its share of --budget ({budget.describe(allowed)} of {budget.describe(budget.total)}) "
-                              "was spent first, and a plan's budget is fixed when it starts; start the plan again "
-                              "with a larger --budget")
+            share = f"{budget.describe(allowed)} of {budget.describe(budget.total)}"
+            raise PlanDeadEnd(f"{why}: its share of --budget ({share}) was spent first, and a plan's budget is fixed "
+                              "when it starts; start the plan again with a larger --budget")
         raise SearchError(f"{why}; see {run.folder / stage.source / 'trials.csv'}")
     result = find_valley(trials, epochs, metric=column, threshold_se=threshold, mode=space.mode)
     note = not_learning(usable)
