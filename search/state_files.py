@@ -19,6 +19,7 @@ import fnmatch
 import json
 import os
 import pickletools
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -28,6 +29,10 @@ from typing import Any
 READ_AS = {"experiment_state-*.json": "json", "search_gen_state-*.json": "pickle", "basic-variant-state-*.json": "pickle",
            "searcher-state-*.pkl": "pickle", "callback-states-*.pkl": "pickle", "tuner.pkl": "pickle"}
 PART = ".valley-part"  # a file being copied in, under its temporary name
+# The end of a whole experiment snapshot: "stats" is the last key Tune writes, and the trials before it are JSON
+# strings, in which its unescaped quotes cannot occur. Read from the file's last bytes, not by parsing it all
+# (90 MB at 3,000 trials: a second and 200 MB of the driver's memory on every copy).
+SNAPSHOT_END = re.compile(rb'"stats": \{"start_time": [-+0-9.eE]+\}\}\s*$')
 
 
 def whole(path: Path, name: str) -> bool:
@@ -36,7 +41,11 @@ def whole(path: Path, name: str) -> bool:
     kind = next((kind for pattern, kind in READ_AS.items() if fnmatch.fnmatch(name, pattern)), None)
     try:
         if kind == "json":
-            json.loads(path.read_bytes())
+            with path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 256))
+                if SNAPSHOT_END.search(f.read()):
+                    return True
+            json.loads(path.read_bytes())  # another writer's JSON, or one cut short
         elif kind == "pickle":
             with path.open("rb") as f:
                 return any(op.name == "STOP" for op, _, _ in pickletools.genops(f))
@@ -56,8 +65,8 @@ def upload_whole_files(local_path: str, fs_path: str, sent: dict[str, tuple[int,
     """Copy the staging folder (or file) ``local_path`` to the local path ``fs_path`` as Tune's upload
     does, each file under a temporary name first, then renamed into place together, the experiment
     snapshot last. A file whose size and modification time are those of its last copy is skipped
-    (``sent``), and one that Tune was rewriting as it was read (the snapshot is written in place) is
-    left for the next copy rather than put in place cut short."""
+    (``sent``), and one that Tune was rewriting as it was read (the snapshot is written in place: it
+    changed during the copy, or the copy is cut short) is left for the next copy."""
     source, target = Path(local_path), Path(fs_path)
     if source.is_file():
         pairs = [(source, target)]
@@ -67,20 +76,22 @@ def upload_whole_files(local_path: str, fs_path: str, sent: dict[str, tuple[int,
     staged = []
     try:
         for src, dst in pairs:
+            part = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}{PART}")
             try:
                 stat = src.stat()
                 key = (stat.st_size, stat.st_mtime_ns)
                 if sent.get(str(src)) == key and dst.exists():
                     continue
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                part = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}{PART}")
                 shutil.copyfile(src, part)
+                after = src.stat()
+                unchanged = (after.st_size, after.st_mtime_ns) == key
             except FileNotFoundError:  # replaced or removed by Tune as the folder was walked
-                continue
-            staged.append((part, dst, str(src), key))
-            if not whole(part, dst.name):
-                staged.pop()
-                part.unlink()
+                unchanged = False
+            if unchanged and whole(part, dst.name):
+                staged.append((part, dst, str(src), key))
+            else:
+                part.unlink(missing_ok=True)
         staged.sort(key=lambda entry: fnmatch.fnmatch(entry[1].name, "experiment_state-*.json"))
         for part, dst, src, key in staged:
             os.replace(part, dst)

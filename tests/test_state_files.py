@@ -69,6 +69,14 @@ def test_unreadable_state_names_the_newest_files_a_resume_would_read_and_cannot(
     assert sorted(unreadable_state(tmp_path)) == ["experiment_state-2026-01-01_00-00-02.json",
                                                   "searcher-state-2026-01-01_00-00-02.pkl", "tuner.pkl"]
     assert whole(tmp_path / "search_gen_state-2026-01-01_00-00-01.json", "search_gen_state-2026-01-01_00-00-01.json")
+    # Tune's snapshot is told whole by its last key, not parsed (90 MB at 3,000 trials); cut short it is not
+    snapshot = json.dumps({"trial_data": [[json.dumps({"stats": {"start_time": 1}}), "{}"]] * 3,
+                           "runner_data": {"_x": {"y": {}}}, "stats": {"start_time": 1796114322.3282166}})
+    name = "experiment_state-2026-01-01_00-00-03.json"
+    for text, expected in [(snapshot, True), (snapshot[:-1], False), (snapshot[:snapshot.index(', "stats"')], False),
+                           (snapshot[:snapshot.index(', "runner_data"') - 1], False)]:
+        (tmp_path / name).write_text(text)
+        assert whole(tmp_path / name, name) is expected, text[-40:]
 
 
 def kill_while_copying(tmp_path: Path, how: str, kills: int, seed: int = 0) -> list[str]:
