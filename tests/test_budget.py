@@ -69,6 +69,14 @@ def test_what_a_stage_leaves_goes_to_the_later_ones():
     assert allowance(state, "confirm", []) == 0
 
 
+def test_an_allowance_is_not_a_float_s_hair_below_the_whole_candidates_it_pays_for():
+    """plan-clock-small under --budget 60 allowed its confirm stage 12 x 0.35 / 0.35 = 11.999999999999998
+    trial-epochs, and confirmed 2 of its 3 candidates of 4 (floored), leaving 4 of the plan's 60 unspent."""
+    state = Budget(60, EPOCHS).as_state({"encodings": 0.3, "fine": 0.35, "confirm": 0.35})
+    state["spent"].update(encodings=18, fine=30)
+    assert allowance(state, "confirm", []) == 12 and 12 // 4 == 3
+
+
 def test_what_a_confirm_stage_cannot_use_goes_to_the_stages_before_it():
     """A confirm stage pays for whole configurations over its seeds (here 20 trial-epochs each): its share of
     120, 48, pays for two, so the 8 it could not use are shared by the stages before it, not left unspent."""

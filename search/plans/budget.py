@@ -78,7 +78,7 @@ def allowance(budget: dict[str, Any], stage: str, later: list[str], units: dict[
     reserved = {}
     for name, unit in (units or {}).items():
         if name in later and unit > 0:
-            share = left * shares[name] / total_share
+            share = round(left * shares[name] / total_share, 9)  # 0.4 x 30 is 11.999999999999998: 12
             reserved[name] = unit * min(share // unit, (most or {}).get(name, float("inf"))) or share
     rest = [name for name in [stage, *later] if name not in reserved]
-    return max(0.0, left - sum(reserved.values())) * shares[stage] / sum(shares[name] for name in rest)
+    return round(max(0.0, left - sum(reserved.values())) * shares[stage] / sum(shares[name] for name in rest), 9)
