@@ -156,6 +156,9 @@ def test_a_plan_that_cannot_run_is_refused_before_its_folder_is_made(write_space
                                           r"drop warm_start or set the stage's search: optuna"):
         start_plan(warm, SearchOptions(storage=str(tmp_path), name="p", dataset="digits"))
     assert start_plan(warm, SearchOptions(storage=str(tmp_path), name="ok", dataset="digits", search="optuna"))
+    with pytest.raises(SearchError, match=r"--set seed=0: stage c trains each configuration over seeds, which would "
+                                          r"all be seed 0; leave it out \(--seed seeds the plan's searches\)"):
+        start_plan(moved, SearchOptions(storage=str(tmp_path), name="p", dataset="digits", overrides={"seed": 0}))
     assert not (tmp_path / "p").exists()
 
 
