@@ -195,6 +195,8 @@ def test_a_confirm_stage_without_epochs_of_its_own_trains_as_many_as_its_source(
                                                      quiet=True), say=lambda *a: None))
     trained = pd.read_csv(folder / "c" / "trials.csv")
     assert len(trained) >= 2 and (trained["epochs"] == 1).all()
+    for stage in ("rough", "c"):  # each stage's space file says what it ran (both said rough.yaml's 3)
+        assert yaml.safe_load((folder / f"{stage}.space.yaml").read_text())["max_epochs"] == 1, stage
 
 
 def test_stage_changes_from_the_command_line_are_what_runs_and_on_record(tmp_path, monkeypatch):

@@ -226,6 +226,12 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
         if run.budget.unit != SECONDS:
             space = fewer_seeds(run, stage, space, int(left), opts, experiment)
         opts = with_budget(opts, run.budget, left, space)
+    epochs = opts.epochs(space)
+    if space.max_epochs != epochs and (run.folder / f"{experiment}.space.yaml").exists():
+        # the stage's file says what it ran: the epochs of its own max_epochs, --max-epochs or a budget,
+        # not those of the space it was derived from
+        space = write_space(run, experiment, dataclasses.replace(space, max_epochs=epochs), list(space.grid),
+                            dict(space.params), space.description, dataset=space.dataset)
     run_search(space, opts)
     return fmt.read_manifest(folder).get("status", "interrupted")
 
