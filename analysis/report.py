@@ -53,7 +53,10 @@ def lead(experiment: Experiment) -> tuple[str, str | None]:
     if len(sizes) and sizes.min() > 0 and sizes.max() / sizes.min() >= 2:
         return "valley", None
     varied = figures.varied_columns(trials)
-    categorical = [c for c in varied if not pd.api.types.is_numeric_dtype(trials[c]) or trials[c].nunique() <= 3]
+    # a number is a category where few values repeat (a 3-way batch size over 9 trials), not where two trials
+    # drew two learning rates
+    categorical = [c for c in varied if not pd.api.types.is_numeric_dtype(trials[c])
+                   or trials[c].nunique() < min(4, trials[c].count())]
     if categorical and len(categorical) == len(varied):  # beside a sampled lr, a 3-way batch size is one more knob
         return "compare", categorical[0]
     return "hyperparameters", None
@@ -63,7 +66,7 @@ def build_sections(experiment: Experiment) -> list[Section]:
     """The report's figures, the one that answers what the search asked first (see ``lead``)."""
     trials, epochs, metric, mode = experiment.trials, experiment.epochs, experiment.metric, experiment.mode
     task = experiment.task
-    asked, key = lead(experiment)
+    asked, _ = lead(experiment)
     sections = [_valley_section(experiment)]
     curve = metric.removeprefix("best_")
     if epochs.empty or curve not in epochs:
@@ -76,10 +79,12 @@ def build_sections(experiment: Experiment) -> list[Section]:
                                    "Each stage's trials against model size; a line joins each stage's best per size."))
     if asked == "compare" and task.test_metric in trials:
         seeds = figures.seed_frame(trials, task.test_metric)
-        name = key.removeprefix("config/")
-        sections.insert(0, Section("compare", f"{name} compared: {task.test_metric} over seeds",
+        names = [c.removeprefix("config/") for c in figures.varied_columns(trials)]
+        varied = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        title = varied if len(names) <= 2 else "configurations"  # a confirm stage's top configurations
+        sections.insert(0, Section("compare", f"{title} compared: {task.test_metric} over seeds",
                                    figures.confidence_intervals(seeds, task.test_metric, mode=task.mode),
-                                   f"The search varied {name}: each configuration's test metric per seed, its mean "
+                                   f"The search varied {varied}: each configuration's test metric per seed, its mean "
                                    "and a bootstrap 95% interval (the valley over model sizes is further down)."
                                    + _cut_short(trials)))
     hyper = [Section("parallel", "Hyperparameters", figures.parallel_coordinates(trials, metric, mode),

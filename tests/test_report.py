@@ -178,6 +178,19 @@ def test_the_report_leads_with_the_question_the_search_asked(tmp_path):
     # an Optuna search over lr with a three-way batch size: still the hyperparameters, not batch_size compared
     tuned.trials["config/batch_size"] = [32, 64, 128] * 3
     assert report.lead(tuned) == ("hyperparameters", None)
+    # two Optuna trials drew two values of each of lr, l2 and dropout: not a comparison of dropout ("The search
+    # varied dropout"); the top configurations of a confirm stage over seeds are one, each key named
+    pair = load(DATA / "seeds-digits")
+    pair.trials = pair.trials.drop(columns=["config/hidden", "config/layers"]).head(2).assign(
+        n_params=1000, **{"config/lr": [1e-3, 2e-3], "config/l2": [1e-4, 1e-5], "config/dropout": [0.1, 0.2]})
+    assert report.lead(pair) == ("hyperparameters", None)
+    confirmed = load(DATA / "seeds-digits")
+    confirmed.trials = confirmed.trials.drop(columns=["config/hidden", "config/layers"]).assign(
+        n_params=1000, **{"config/lr": [1e-3, 2e-3, 3e-3] * 3, "config/l2": [1e-4, 1e-5, 0.0] * 3,
+                          "config/batch_size": [32, 64, 128] * 3})
+    compared = report.build_sections(confirmed)[0]
+    assert compared.key == "compare" and compared.heading.startswith("configurations compared")
+    assert "The search varied batch_size, lr and l2:" in compared.note
     one_size = report._valley_section(tuned).note
     assert one_size == "Every trial has one model size (1,000 parameters): there is no valley over model sizes to read here."
 
