@@ -100,6 +100,12 @@ def build_sections(experiment: Experiment) -> list[Section]:
                             "Test metrics of each trial's best checkpoint (by validation loss)."))
     if task.kind == "clock":
         sections += clock_sections(experiment)
+    what = mixed(trials)
+    if what:  # a folder of experiments: no figure puts their metrics on one scale (the valley says why itself)
+        why = (f"Not drawn across experiments of different {_differ(what)}: their {metric} do not compare. Open "
+               "each experiment's own report for it.")
+        sections = [Section(s.key, s.heading, figures.message(s.heading, why), why)
+                    if s.key in ("stages", "parallel", "importance", "compare") else s for s in sections]
     for section in sections:
         section.figure.update_layout(title_text="", margin_t=50)  # the section heading names it
     return sections

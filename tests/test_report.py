@@ -242,6 +242,12 @@ def test_a_folder_of_experiments_on_different_data_sets_reads_no_valley_across_t
     # nor one top table, nor the dashboard one best: the folder's experiments came first in one ranking
     assert "<h2>Top trials</h2>" in report._top_trials(folder) and "No trials are ranked across" in \
         report._top_trials(folder)
+    # nor figures on one scale: the stages side by side, parallel coordinates and importance (encoding 0.82,
+    # dataset 0.06 in a folder of MLP digits and clocks) say why they are not drawn
+    drawn = {section.key: section.note for section in report.build_sections(folder)}
+    assert {key: drawn.get(key, "").startswith("Not drawn across experiments of different data sets") for key in
+            ("stages", "parallel", "importance")} == {"stages": True, "parallel": True, "importance": True}
+    assert not drawn["learning-curves"].startswith("Not drawn")  # each trial's own curve still is
     from analysis.dashboard import _index_row
 
     assert "<td>per experiment</td>" in _index_row(folder, "/exp/multi", "multi", False)
