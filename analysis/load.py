@@ -461,6 +461,9 @@ def _safe_manifest(path: Path) -> tuple[dict[str, Any], list[str]]:
     return {}, [f"{path.name} {problem}; loaded the trials without it"]
 
 
+NO_METRIC = "Ray Tune recorded no metric (TuneConfig(metric=...))"
+
+
 def _apply_ray_state(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame, warnings: list[str]) -> str | None:
     """Plain Ray Tune: trial statuses from the newest experiment_state file, and the metric's best value."""
     snapshot = newest_snapshot_file(folder)
@@ -486,6 +489,17 @@ def _apply_ray_state(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame, w
         trials["trial_id"] = trials["trial_id"].map(lambda t: short.get(t, t))
         if not epochs.empty:
             epochs["trial_id"] = epochs["trial_id"].map(lambda t: short.get(t, t))
+    if metric is None and not epochs.empty:  # no TuneConfig(metric=...): val_loss where reported, else nothing ranked
+        reported = [str(c) for c in epochs.columns if pd.api.types.is_numeric_dtype(epochs[c])
+                    and c not in ("epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
+                                  "pid", "iterations_since_restore", "time_since_restore")]
+        if "val_loss" in epochs:
+            metric = "val_loss"
+            warnings.append(f"{NO_METRIC}; ranked on val_loss, which the trials report")
+        else:
+            warnings.append(f"{NO_METRIC}, and the trials report no val_loss: no trial is ranked (they report "
+                            f"{', '.join(reported[:8]) or 'nothing numeric'})")
+            return None
     if metric is None or epochs.empty or metric not in epochs:
         return metric
     mode = guess_mode(metric)

@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 
 from analysis import figures
 from analysis.format import DONE, FAILED, budget_amount, confirm_verdict, metric_column, trained
-from analysis.load import Experiment, ResultsError, load, mixed, progress
+from analysis.load import NO_METRIC, Experiment, ResultsError, load, mixed, progress
 from analysis.valley import ValleyResult, find_valley, not_learning, usable_trials
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True,
@@ -326,7 +326,10 @@ def _summary(experiment: Experiment) -> str:
         pairs.append(("train / val / test", " / ".join(f"{n:,}" for n in data["sizes"]) + f", {data.get('split')}"))
     pairs += [("data note", note) for note in data.get("notes", [])]
     if experiment.kind == "ray":
-        pairs.append(("metric", f"{experiment.metric} ({experiment.mode}, from Ray Tune's state)"))
+        chosen = any(w.startswith(NO_METRIC) for w in experiment.warnings)  # val_loss, as Tune recorded none
+        source = "; Ray Tune recorded none, see the warnings" if chosen else ", from Ray Tune's state"
+        pairs.append(("metric", f"{experiment.metric} ({experiment.mode}{source})" if experiment.ray_metric
+                      else "none: Ray Tune recorded no metric (see the warnings)"))
     if not pairs:
         return ""
     cells = "".join(f"<div><dt>{e(str(k))}</dt><dd title=\"{e(str(v))}\">{e(str(v))}</dd></div>" for k, v in pairs)

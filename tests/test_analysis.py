@@ -112,6 +112,28 @@ def test_a_plain_ray_trial_is_read_at_its_best_iteration(tmp_path):
     assert any("Ray Tune records no mode: val_loss is taken as better lower" in w for w in plain.warnings)
 
 
+def test_a_plain_ray_experiment_without_a_metric_says_so_rather_than_rank_on_one_it_never_had(tmp_path):
+    """A Tuner without TuneConfig(metric=...) read as ranked on best_val_loss "from Ray Tune's state", top 0 of 3."""
+    from analysis.report import render_report
+
+    folder = shutil.copytree(PLAIN, tmp_path / "plain")
+    snapshot = next(folder.glob("experiment_state-*.json"))
+    snapshot.write_text(snapshot.read_text().replace('"_metric": "loss"', '"_metric": null'))
+    plain = load(folder)
+    assert plain.ray_metric is None
+    assert any(w.startswith("Ray Tune recorded no metric (TuneConfig(metric=...)), and the trials report no "
+                            "val_loss: no trial is ranked (they report loss") for w in plain.warnings), plain.warnings
+    page = render_report(plain)
+    assert "none: Ray Tune recorded no metric" in page and "from Ray Tune&#x27;s state" not in page
+    result = next(folder.glob("*_00000_*")) / "result.json"  # a val_loss reported: ranked on it, and said so
+    result.write_text("".join(json.dumps({**json.loads(line), "val_loss": 0.5}) + "\n"
+                              for line in result.read_text().splitlines()))
+    plain = load(folder)
+    assert plain.metric == "best_val_loss" and any("ranked on val_loss, which the trials report" in w
+                                                   for w in plain.warnings)
+    assert "best_val_loss (min; Ray Tune recorded none, see the warnings)" in render_report(plain)
+
+
 def test_a_plain_ray_metric_s_direction_is_guessed_from_common_names():
     from analysis.format import guess_mode
 
