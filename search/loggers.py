@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,9 @@ def check(opts: SearchOptions) -> None:
         raise SearchError(f"--log mlflow needs MLflow, which is not installed; install it with `{MLFLOW_INSTALL}`")
     from mlflow.tracking import MlflowClient
 
+    if opts.quiet:  # MLflow's INFO lines as it makes a database's tables (its loggers are set up on import)
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         MlflowClient(opts.mlflow_uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; each becomes one line

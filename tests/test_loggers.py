@@ -200,6 +200,19 @@ def test_mlflow_refusals_are_one_line(write_space, tmp_path, monkeypatch):
         prepare(space, SearchOptions(**{**base.__dict__, "log": ("mlflow",)}))
 
 
+def test_quiet_keeps_mlflows_database_lines_off_the_terminal(tmp_path):
+    """--quiet --log mlflow printed MLflow's INFO lines as it made a new database's tables."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from search.loggers import check; from search.options import SearchOptions; "
+            "check(SearchOptions(log=('mlflow',), mlflow_uri=sys.argv[1], quiet=sys.argv[2] == 'quiet'))")
+    said = {how: subprocess.run([sys.executable, "-c", code, f"sqlite:///{tmp_path / how}.db", how], text=True,
+                                capture_output=True, cwd=Path(__file__).parent.parent, check=True).stderr
+            for how in ("quiet", "loud")}
+    assert "INFO mlflow" not in said["quiet"] and "INFO mlflow" in said["loud"], said
+
+
 def test_a_restored_study_holds_each_trial_once(tmp_path):
     """A driver killed after Tune's last snapshot: the journal is ahead of the pickled searcher."""
     from ray import tune
