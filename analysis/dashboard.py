@@ -263,7 +263,8 @@ def _index_row(experiment: Experiment, href: str, name: str, nested: bool) -> st
     updated = _age(signature(experiment.path)[1])
     status = experiment.status
     cls = ' class="stage"' if nested else ""
-    return (f'<tr{cls}><td class="name"><a href="{e(href)}">{e(name)}</a></td><td>{e(experiment.kind)}</td>'
+    kind = "folder" if experiment.kind == "plan" and not experiment.manifest else experiment.kind  # no plan.json
+    return (f'<tr{cls}><td class="name"><a href="{e(href)}">{e(name)}</a></td><td>{e(kind)}</td>'
             f'<td><span class="status {e(status)}">{e(status)}</span></td>'
             f'<td><div class="bar" title="{share} of {counts["total"]} trials finished">'
             f'<span style="width:{percent:.0f}%"></span></div></td>'

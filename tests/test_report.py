@@ -251,6 +251,7 @@ def test_a_folder_of_experiments_on_different_data_sets_reads_no_valley_across_t
     from analysis.dashboard import _index_row
 
     assert "<td>per experiment</td>" in _index_row(folder, "/exp/multi", "multi", False)
+    assert "<td>folder</td>" in _index_row(folder, "/exp/multi", "multi", False)  # not "plan": it has no plan.json
     alike = load(tmp_path / "multi")  # one data set: ranked together
     assert "Top 10 of 23 trials" in report._top_trials(alike)
     assert "best_val_loss" in _index_row(alike, "/exp/multi", "multi", False)
