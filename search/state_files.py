@@ -16,19 +16,20 @@ before this or on storage where renaming is not atomic.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import pickletools
 import re
 import shutil
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
 # Tune's state files at the top of an experiment folder; a resume reads the newest of each by name
-READ_AS = {"experiment_state-*.json": "json", "search_gen_state-*.json": "pickle", "basic-variant-state-*.json": "pickle",
+READ_AS = {"experiment_state-*.json": "snapshot", "search_gen_state-*.json": "pickle", "basic-variant-state-*.json": "pickle",
            "searcher-state-*.pkl": "pickle", "callback-states-*.pkl": "pickle", "tuner.pkl": "pickle"}
 PART = ".valley-part"  # a file being copied in, under its temporary name
+SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Tune's syncer -> what upload_whole_files saw
 # The end of a whole experiment snapshot: "stats" is the last key Tune writes, and the trials before it are JSON
 # strings, in which its unescaped quotes cannot occur. Read from the file's last bytes, not by parsing it all
 # (90 MB at 3,000 trials: a second and 200 MB of the driver's memory on every copy).
@@ -36,17 +37,15 @@ SNAPSHOT_END = re.compile(rb'"stats": \{"start_time": [-+0-9.eE]+\}\}\s*$')
 
 
 def whole(path: Path, name: str) -> bool:
-    """Whether ``path`` holds a complete file of the kind ``name`` is (a JSON document, a pickle that
-    reaches its STOP opcode; read, not loaded); any other file is taken as it is."""
+    """Whether ``path`` holds a complete file of the kind ``name`` is (a snapshot that ends as Tune ends
+    one, a pickle that reaches its STOP opcode; read, not loaded); any other file is taken as it is."""
     kind = next((kind for pattern, kind in READ_AS.items() if fnmatch.fnmatch(name, pattern)), None)
     try:
-        if kind == "json":
+        if kind == "snapshot":
             with path.open("rb") as f:
                 f.seek(max(0, f.seek(0, os.SEEK_END) - 256))
-                if SNAPSHOT_END.search(f.read()):
-                    return True
-            json.loads(path.read_bytes())  # another writer's JSON, or one cut short
-        elif kind == "pickle":
+                return bool(SNAPSHOT_END.search(f.read()))
+        if kind == "pickle":
             with path.open("rb") as f:
                 return any(op.name == "STOP" for op, _, _ in pickletools.genops(f))
     except (OSError, ValueError, EOFError):
@@ -61,12 +60,14 @@ def unreadable_state(folder: Path) -> list[str]:
     return [name for name in newest if not whole(folder / name, name)]
 
 
-def upload_whole_files(local_path: str, fs_path: str, sent: dict[str, tuple[int, int]]) -> None:
+def upload_whole_files(local_path: str, fs_path: str, seen: dict[str, tuple[tuple[int, int], bool]]) -> None:
     """Copy the staging folder (or file) ``local_path`` to the local path ``fs_path`` as Tune's upload
     does, each file under a temporary name first, then renamed into place together, the experiment
-    snapshot last. A file whose size and modification time are those of its last copy is skipped
-    (``sent``), and one that Tune was rewriting as it was read (the snapshot is written in place: it
-    changed during the copy, or the copy is cut short) is left for the next copy."""
+    snapshot last. One that Tune was rewriting as it was read (the snapshot is written in place: it
+    changed during the copy, or the copy is cut short) is left for the next copy. ``seen`` holds each
+    file's size and modification time at its last copy, and whether that copy was put in place: a file
+    unchanged since is not copied again (nor one refused, such as an earlier session's snapshot cut
+    short by an older version, which no copy can mend)."""
     source, target = Path(local_path), Path(fs_path)
     if source.is_file():
         pairs = [(source, target)]
@@ -80,22 +81,29 @@ def upload_whole_files(local_path: str, fs_path: str, sent: dict[str, tuple[int,
             try:
                 stat = src.stat()
                 key = (stat.st_size, stat.st_mtime_ns)
-                if sent.get(str(src)) == key and dst.exists():
+                last, placed = seen.get(str(src), (None, False))
+                if last == key and (dst.exists() or not placed):
                     continue
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, part)
                 after = src.stat()
-                unchanged = (after.st_size, after.st_mtime_ns) == key
             except FileNotFoundError:  # replaced or removed by Tune as the folder was walked
-                unchanged = False
-            if unchanged and whole(part, dst.name):
+                part.unlink(missing_ok=True)
+                continue
+            except OSError:
+                part.unlink(missing_ok=True)
+                raise
+            if (after.st_size, after.st_mtime_ns) != key:  # rewritten as it was read: the next copy takes it
+                part.unlink()
+            elif whole(part, dst.name):
                 staged.append((part, dst, str(src), key))
             else:
-                part.unlink(missing_ok=True)
+                part.unlink()
+                seen[str(src)] = (key, False)
         staged.sort(key=lambda entry: fnmatch.fnmatch(entry[1].name, "experiment_state-*.json"))
         for part, dst, src, key in staged:
             os.replace(part, dst)
-            sent[src] = key
+            seen[src] = (key, True)
     finally:
         for part, *_ in staged:
             part.unlink(missing_ok=True)
@@ -114,8 +122,8 @@ def atomic_state_uploads() -> None:
     def _sync_up_command(self: Any, local_path: str, uri: str, exclude: list | None = None) -> tuple[Any, dict]:
         if exclude or not isinstance(self.storage_filesystem, pyarrow.fs.LocalFileSystem):
             return original(self, local_path, uri, exclude)
-        sent = self.__dict__.setdefault("_valley_sent", {})
-        return upload_whole_files, {"local_path": local_path, "fs_path": uri, "sent": sent}
+        # kept beside the syncer, not in it: Tune pickles the syncer into every trial's saved state
+        return upload_whole_files, {"local_path": local_path, "fs_path": uri, "seen": SEEN.setdefault(self, {})}
 
     _sync_up_command._valley = True  # type: ignore[attr-defined]
     Syncer._sync_up_command = _sync_up_command

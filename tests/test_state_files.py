@@ -20,17 +20,18 @@ COPIER = """\
 import json, os, pickle, sys
 from search.state_files import upload_whole_files
 staging, folder, how = sys.argv[1:]
-sent, n = {}, 0
+seen, n = {}, 0
 while True:
     n += 1
-    for name, data in (("experiment_state-1.json", json.dumps({"n": n, "trial_data": ["x" * 60] * 50000})),
+    snapshot = {"trial_data": ["x" * 60] * 50000, "runner_data": {"n": n}, "stats": {"start_time": n}}
+    for name, data in (("experiment_state-1.json", json.dumps(snapshot)),
                        ("search_gen_state-1.json", pickle.dumps({"counter": n, "pad": b"y" * 500000}))):
         mode = "wb" if isinstance(data, bytes) else "w"
         with open(os.path.join(staging, name + ".tmp"), mode) as f:
             f.write(data)
         os.replace(os.path.join(staging, name + ".tmp"), os.path.join(staging, name))
     if how == "whole":
-        upload_whole_files(staging, folder, sent)
+        upload_whole_files(staging, folder, seen)
     else:  # Tune's own upload, for comparison: python tests/test_state_files.py
         import pyarrow.fs
         pyarrow.fs.copy_files(staging, folder)
@@ -38,29 +39,35 @@ while True:
 """
 
 
+SNAPSHOT = json.dumps({"trial_data": [], "runner_data": {}, "stats": {"start_time": 1796114322.3282166}})
+
+
 def test_a_copy_puts_whole_files_in_place_and_skips_what_has_not_changed(tmp_path):
     staging, folder = tmp_path / "staging", tmp_path / "experiment"
     (staging / "trial_1").mkdir(parents=True)
-    (staging / "experiment_state-1.json").write_text(json.dumps({"trial_data": []}))
+    (staging / "experiment_state-1.json").write_text(SNAPSHOT)
     (staging / "trial_1" / "result.json").write_text('{"epoch": 1}\n')
-    sent: dict = {}
-    upload_whole_files(str(staging), str(folder), sent)
+    seen: dict = {}
+    upload_whole_files(str(staging), str(folder), seen)
     assert (folder / "trial_1" / "result.json").read_text() == '{"epoch": 1}\n'
-    assert json.loads((folder / "experiment_state-1.json").read_text()) == {"trial_data": []}
+    assert (folder / "experiment_state-1.json").read_text() == SNAPSHOT
     assert not list(folder.rglob(f"*{PART}"))
 
     (folder / "trial_1" / "result.json").write_text("changed here\n")  # not changed in staging: not copied again
-    (staging / "experiment_state-1.json").write_text('{"trial_data": [')  # Tune rewriting it as it is read
-    upload_whole_files(str(staging), str(folder), sent)
+    (staging / "experiment_state-1.json").write_text(SNAPSHOT[:-30])  # Tune rewriting it as it is read
+    upload_whole_files(str(staging), str(folder), seen)
     assert (folder / "trial_1" / "result.json").read_text() == "changed here\n"
-    assert json.loads((folder / "experiment_state-1.json").read_text()) == {"trial_data": []}  # the whole one stays
+    assert (folder / "experiment_state-1.json").read_text() == SNAPSHOT  # the whole one stays
     assert not list(folder.rglob(f"*{PART}"))
+    (folder / "trial_1" / "result.json").unlink()  # a file gone from the folder is copied again
+    upload_whole_files(str(staging), str(folder), seen)
+    assert (folder / "trial_1" / "result.json").read_text() == '{"epoch": 1}\n'
 
 
 def test_unreadable_state_names_the_newest_files_a_resume_would_read_and_cannot(tmp_path):
     import pickle
 
-    (tmp_path / "experiment_state-2026-01-01_00-00-01.json").write_text("{}")
+    (tmp_path / "experiment_state-2026-01-01_00-00-01.json").write_text(SNAPSHOT)
     (tmp_path / "experiment_state-2026-01-01_00-00-02.json").write_text('{"trial_data": [')
     (tmp_path / "search_gen_state-2026-01-01_00-00-01.json").write_bytes(pickle.dumps({"counter": 3}))
     (tmp_path / "searcher-state-2026-01-01_00-00-02.pkl").write_bytes(b"")
@@ -92,6 +99,7 @@ def kill_while_copying(tmp_path: Path, how: str, kills: int, seed: int = 0) -> l
         time.sleep(rng.uniform(0, 0.3))
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
+        assert {"experiment_state-1.json", "search_gen_state-1.json"} <= {p.name for p in folder.iterdir()}
         broken += unreadable_state(folder)
     return broken
 
