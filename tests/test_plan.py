@@ -156,9 +156,6 @@ def test_a_plan_that_cannot_run_is_refused_before_its_folder_is_made(write_space
                                           r"drop warm_start or set the stage's search: optuna"):
         start_plan(warm, SearchOptions(storage=str(tmp_path), name="p", dataset="digits"))
     assert start_plan(warm, SearchOptions(storage=str(tmp_path), name="ok", dataset="digits", search="optuna"))
-    with pytest.raises(SearchError, match=r"--set seed=0: stage c trains each configuration over seeds, which would "
-                                          r"all be seed 0; leave it out \(--seed seeds the plan's searches\)"):
-        start_plan(moved, SearchOptions(storage=str(tmp_path), name="p", dataset="digits", overrides={"seed": 0}))
     assert not (tmp_path / "p").exists()
 
 
@@ -191,10 +188,15 @@ def test_a_confirm_stage_without_epochs_of_its_own_trains_as_many_as_its_source(
                                  "  - {name: c, kind: confirm, from: rough, top: 1, seeds: 2}\n", "p.yaml"))
     run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="synthetic"), {"stages": {}}, lambda *a: None)
     assert seed_epochs(run, plan.stages[1]) == 1
+    said = []
     folder = run_plan(start_plan(plan, SearchOptions(storage=str(tmp_path), name="ran", dataset="synthetic",
-                                                     quiet=True), say=lambda *a: None))
+                                                     quiet=True, overrides={"seed": 0}), say=said.append))
     trained = pd.read_csv(folder / "c" / "trials.csv")
-    assert len(trained) >= 2 and (trained["epochs"] == 1).all()
+    assert len(trained) == 2 and (trained["epochs"] == 1).all()
+    # --set seed=0 made every confirmation seed 0 (one seed in stage-c.csv, two in trials.csv): it keeps its own
+    assert set(trained["config/seed"]) == {0, 1} and (pd.read_csv(folder / "stage-c.csv")["seeds"] == 2).all()
+    assert "valley: stage c: trains each configuration over its own 2 seeds; --set seed applies to the other " \
+           "stages" in said
     for stage in ("rough", "c"):  # each stage's space file says what it ran (both said rough.yaml's 3)
         assert yaml.safe_load((folder / f"{stage}.space.yaml").read_text())["max_epochs"] == 1, stage
 

@@ -115,12 +115,6 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
     if budget is not None and plan.budget_split is None:
         raise SearchError(f"{plan.source} has no budget_split, so --budget cannot be divided among its stages; add "
                           f"e.g. `budget_split: {{{', '.join(f'{n}: ...' for n in plan.training_stages())}}}`")
-    confirming = [stage.name for stage in plan.stages if stage.kind == "confirm"]
-    fixed = [key for key in ("seed", "split_seed") if key in base.overrides]
-    if confirming and fixed:  # its seeds would all be one: a spread of zero, or replicates counted as one
-        raise SearchError(f"--set {fixed[0]}={base.overrides[fixed[0]]}: stage {confirming[0]} trains each "
-                          f"configuration over seeds, which would all be {fixed[0]} {base.overrides[fixed[0]]}; leave "
-                          "it out (--seed seeds the plan's searches)")
     named = plan.name if dataset == plan.dataset else f"{plan.name}-{dataset}"  # not plan-mlp-digits-digits
     name = check_name(f"{named}-{time.strftime('%Y%m%d-%H%M%S')}" if base.name is None else base.name)
     folder = storage_root(base.storage) / name

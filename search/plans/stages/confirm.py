@@ -192,9 +192,15 @@ def run(run: PlanRun, stage: Stage) -> str:
                         f"x {seeds} seeds")
     run.record(stage, derived_from={"stage": stage.source, "trials": ids, "stages": origins},
                configs=configs, space=f"{stage.name}.space.yaml")
+    # its own seeds, whatever --set seed gave the other stages (they would all be one, counted as one seed
+    # here and as several in trials.csv)
+    kept = {k: v for k, v in run.base.overrides.items() if k not in ("seed", "split_seed")}
+    if kept != run.base.overrides:
+        run.say(f"valley: stage {stage.name}: trains each configuration over its own {seeds} seeds; --set "
+                f"{', '.join(sorted(set(run.base.overrides) - set(kept)))} applies to the other stages")
     # its own max_epochs, --max-epochs, or as many as its source trained: not its source's space file's
     status = train_stage(run, stage, space, stage.name, search="random", scheduler="fifo", samples=1,
-                         max_epochs=seed_epochs(run, stage))
+                         max_epochs=seed_epochs(run, stage), overrides=kept)
     if status != "completed":
         return status
     table, summary = confirm_table(run.trials(stage.name)[0], configs, metric_column(source_space.metric),
