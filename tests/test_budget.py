@@ -314,6 +314,19 @@ def test_a_budget_whose_confirm_share_cannot_pay_for_one_configuration_is_refuse
                budget=Budget(15, EPOCHS))
 
 
+def test_the_least_budget_a_refusal_names_is_enough(write_space, tmp_path):
+    """--budget 180 for a confirm share of 0.35 paying 3 seeds x 21 epochs: 180 x 0.35 is 62.99999999999999,
+    and the budget was refused with advice to give 180."""
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("dataset: digits\nbudget_split: {rough: 0.65, c: 0.35}\nstages:\n"
+                                 "  - {name: rough, space: rough.yaml, max_epochs: 2}\n"
+                                 "  - {name: c, kind: confirm, from: rough, seeds: 3, max_epochs: 21}\n", "p.yaml"))
+    with pytest.raises(SearchError, match="give --budget 180 or more"):
+        start_plan(plan, SearchOptions(storage=str(tmp_path), name="p"), budget=Budget(179, EPOCHS))
+    assert start_plan(plan, SearchOptions(storage=str(tmp_path), name="p"), say=lambda *a: None,
+                      budget=Budget(180, EPOCHS))
+
+
 def trial_epochs(folder) -> int:
     return int(sum(pd.read_csv(p)["epochs"].sum() for p in folder.rglob("trials.csv")))
 

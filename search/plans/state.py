@@ -166,7 +166,7 @@ def check_confirm_shares(run: PlanRun, budget: Budget) -> None:
     for stage in run.plan.stages:
         cost = candidate_cost(run, stage) if stage.kind == "confirm" else None
         share = (run.plan.budget_split or {}).get(stage.name, 0.0)
-        if cost and share and budget.total * share < cost:
+        if cost and share and round(budget.total * share, 9) < cost:  # 180 x 0.35 is 62.99999999999999
             least = math.ceil(cost / share - 1e-9)
             raise SearchError(
                 f"--budget {budget.total:g}: stage {stage.name}'s share ({share:g}, "

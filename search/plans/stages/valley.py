@@ -14,6 +14,7 @@ import pandas as pd
 from analysis.format import metric_column
 from analysis.load import config_of
 from search.options import SearchError
+from search.plans.budget import SECONDS
 from search.plans.format import Stage
 from search.plans.state import PlanDeadEnd, PlanRun, source_space
 from spaces import Space
@@ -34,7 +35,8 @@ def run(run: PlanRun, stage: Stage) -> str:
         why = (f"stage {stage.name}: no trial of stage {stage.source} has a finite {column} "
                f"({statuses or 'no trials'}), so there is no valley to find")
         budget = run.budget
-        if budget is not None and run.left_for(next(s for s in run.plan.stages if s.name == stage.source)) == 0:
+        source = next(s for s in run.plan.stages if s.name == stage.source)
+        if budget is not None and budget.unit == SECONDS and not len(trials) and run.left_for(source) == 0:
             allowed = run.state["budget"]["allowed"][stage.source]
             share = f"{budget.describe(allowed)} of {budget.describe(budget.total)}"
             raise PlanDeadEnd(f"{why}: its share of --budget ({share}) was spent first, and a plan's budget is fixed "
