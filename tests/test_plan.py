@@ -764,6 +764,23 @@ def test_top_configs_rank_a_config_by_its_mean_over_seeds_not_its_luckiest_seed(
     assert side.loc['{"hidden": [1]}', "test_acc@a"] == pytest.approx(0.8) and side["seeds@a"].tolist() == [3, 3]
 
 
+def test_a_plan_begun_before_a_key_its_stage_ignores_was_refused_goes_on(write_space, tmp_path):
+    """A plan folder whose plan.yaml has a key its stage never read (keep: on a confirm stage) could not be
+    continued once such keys were refused; it goes on as it began, the key ignored as it was."""
+    from search.plans import reopen_plan
+
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("stages:\n  - {name: rough, space: rough.yaml}\n  - {name: c, kind: confirm, "
+                                 "from: rough}\n", "p.yaml"))
+    folder = start_plan(plan, SearchOptions(storage=str(tmp_path), name="old", dataset="digits"),
+                        say=lambda *a: None).folder
+    written = folder / "plan.yaml"
+    written.write_text(written.read_text().replace("kind: confirm", "kind: confirm\n  keep: 2"))
+    with pytest.raises(SearchError, match="a confirm stage does not read keep"):
+        load_plan(written)  # as a new plan: refused
+    assert reopen_plan(folder).plan.stages[1].get("keep") == 2
+
+
 def test_a_plan_folder_names_its_data_set_only_where_it_is_not_the_plan_s_own(tmp_path):
     """plan-mlp-digits on digits was plan-mlp-digits-digits-<time>; the README says plan-mlp-digits-<time>."""
     plan = load_plan("plan-mlp-digits")

@@ -157,7 +157,9 @@ def with_stage_changes(doc: Any, changes: tuple[str, ...], source: str) -> Any:
     return {**doc, "stages": stages}
 
 
-def parse_plan(doc: Any, source: str, name: str) -> Plan:
+def parse_plan(doc: Any, source: str, name: str, begun: bool = False) -> Plan:
+    """Read and check a plan document. A plan ``begun`` before keys its stages do not read were refused (its
+    folder's plan.yaml) goes on as it began, those keys ignored as they were then."""
     def fail(where: str, message: str) -> SearchError:
         return SearchError(f"{source}: {where}: {message}")
 
@@ -168,7 +170,7 @@ def parse_plan(doc: Any, source: str, name: str) -> Plan:
             raise fail(str(key), f"unknown key; valid keys: {', '.join(PLAN_KEYS)}")
     stages: list[Stage] = []
     for i, raw in enumerate(doc["stages"]):
-        stages.append(parse_stage(raw, i, stages, source, fail))
+        stages.append(parse_stage(raw, i, stages, source, fail, begun))
     plan = Plan(name, source, tuple(stages), doc.get("description", ""), doc.get("dataset"))
     if "budget_split" in doc:
         from search.plans.budget import check_split
@@ -202,7 +204,7 @@ def value_rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
 
 
 def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
-                fail: Callable[[str, str], SearchError]) -> Stage:
+                fail: Callable[[str, str], SearchError], begun: bool = False) -> Stage:
     """Stage ``i`` of a plan file, checked against the stages before it."""
     where = f"stages[{i}]"
     if not isinstance(raw, dict) or "name" not in raw:
@@ -225,7 +227,7 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
     if kind not in KINDS:
         raise fail(f"{where}: kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
     unread = [key for key in raw if key not in ("name", "kind", "from", *KIND_KEYS[kind])]
-    if unread:
+    if unread and not begun:
         readers = [k for k, keys in KIND_KEYS.items() if unread[0] in keys]
         raise fail(f"{where}: {unread[0]}", f"a {kind} stage does not read {unread[0]} (only {', '.join(readers)} "
                                             f"stages do); drop it, it would be ignored")
@@ -267,13 +269,13 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
         if read is None or read.kind != "valley":
             raise fail(f"{where}: around", "only a search stage `from:` a valley stage has a best trial to search "
                                            "around; drop around or set `from:` to the valley stage")
-    if kind == "search" and read is not None and read.kind != "valley":
+    if kind == "search" and read is not None and read.kind != "valley" and not begun:
         raise fail(f"{where}: from", f"a search stage reads only a valley stage (the architectures it searches), and "
                                      f"{read.name!r} is a {read.kind} stage; drop `from:` or name a valley stage")
-    if "warm_start" in raw and (read is None or read.kind != "valley"):
+    if "warm_start" in raw and (read is None or read.kind != "valley") and not begun:
         raise fail(f"{where}: warm_start", "only a search stage `from:` a valley stage has earlier trials to "
                                            "warm-start Optuna with; drop warm_start or set `from:` to the valley stage")
-    if kind == "bracket" and read is not None:
+    if kind == "bracket" and read is not None and not begun:
         raise fail(f"{where}: from", "a bracket stage reads no earlier stage (it brackets its own space); drop `from:`")
     settings = {k: v for k, v in raw.items() if k not in ("name", "kind", "from", "space")}
     space = raw.get("space")

@@ -183,7 +183,7 @@ def reopen_plan(folder: Path, say: Callable[..., None] | None = None, quiet: boo
     folder = folder.expanduser().resolve()
     state = fmt.read_state(folder / fmt.PLAN_STATE)
     refuse_while_running(folder, state, "valley plan")
-    plan = parse_plan(read_yaml(folder / "plan.yaml"), str(folder / "plan.yaml"), state["plan"])
+    plan = parse_plan(read_yaml(folder / "plan.yaml"), str(folder / "plan.yaml"), state["plan"], begun=True)
     base = dataclasses.replace(SearchOptions.from_dict(state["options"]), quiet=quiet)
     return PlanRun(plan, folder, dataclasses.replace(base, dataset=state["dataset"]), state, say or sayer(base))
 
