@@ -467,11 +467,11 @@ NO_METRIC = "Ray Tune recorded no metric (TuneConfig(metric=...))"
 def _apply_ray_state(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame, warnings: list[str]) -> str | None:
     """Plain Ray Tune: trial statuses from the newest experiment_state file, and the metric's best value."""
     snapshot = newest_snapshot_file(folder)
-    metric, status_of, id_of = None, {}, {}
+    metric, status_of, id_of, read = None, {}, {}, False
     if snapshot is not None:
         try:
             state = json.loads(snapshot.read_text())
-            metric = (state.get("runner_data") or {}).get("_metric")
+            metric, read = (state.get("runner_data") or {}).get("_metric"), True
             for trial_json, *_ in state.get("trial_data", []):
                 trial = json.loads(trial_json)
                 status_of[trial.get("relative_logdir")] = STATE_STATUS.get(trial.get("status"), "unfinished")
@@ -489,7 +489,7 @@ def _apply_ray_state(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame, w
         trials["trial_id"] = trials["trial_id"].map(lambda t: short.get(t, t))
         if not epochs.empty:
             epochs["trial_id"] = epochs["trial_id"].map(lambda t: short.get(t, t))
-    if metric is None and not epochs.empty:  # no TuneConfig(metric=...): val_loss where reported, else nothing ranked
+    if read and metric is None and not epochs.empty:  # no TuneConfig(metric=...): val_loss if reported, else none
         reported = [str(c) for c in epochs.columns if pd.api.types.is_numeric_dtype(epochs[c])
                     and c not in ("epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
                                   "pid", "iterations_since_restore", "time_since_restore")]

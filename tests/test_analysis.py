@@ -132,6 +132,8 @@ def test_a_plain_ray_experiment_without_a_metric_says_so_rather_than_rank_on_one
     assert plain.metric == "best_val_loss" and any("ranked on val_loss, which the trials report" in w
                                                    for w in plain.warnings)
     assert "best_val_loss (min; Ray Tune recorded none, see the warnings)" in render_report(plain)
+    snapshot.unlink()  # no snapshot: what Tune recorded is unknown, not "none"
+    assert not any("recorded no metric" in w for w in load(folder).warnings)
 
 
 def test_a_plain_ray_metric_s_direction_is_guessed_from_common_names():
