@@ -25,9 +25,13 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-# Tune's state files at the top of an experiment folder; a resume reads the newest of each by name
-READ_AS = {"experiment_state-*.json": "snapshot", "search_gen_state-*.json": "pickle", "basic-variant-state-*.json": "pickle",
-           "searcher-state-*.pkl": "pickle", "callback-states-*.pkl": "pickle", "tuner.pkl": "pickle"}
+# Tune's state files at the top of an experiment folder; a resume reads the newest of each by name. Only the
+# snapshot is written in place (the others are written under a temporary name and renamed, ray.tune.utils.util's
+# _atomic_save), so only a copy of it can be cut short by Tune itself.
+SNAPSHOT = "experiment_state-*.json"
+READ_AS = {SNAPSHOT: "snapshot", "search_gen_state-*.json": "pickle",
+           "basic-variant-state-*.json": "pickle", "searcher-state-*.pkl": "pickle", "callback-states-*.pkl": "pickle",
+           "tuner.pkl": "pickle"}
 PART = ".valley-part"  # a file being copied in, under its temporary name
 SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Tune's syncer -> what upload_whole_files saw
 # The end of a whole experiment snapshot: "stats" is the last key Tune writes, and the trials before it are JSON
@@ -72,8 +76,8 @@ def upload_whole_files(local_path: str, fs_path: str, seen: dict[str, tuple[tupl
     if source.is_file():
         pairs = [(source, target)]
     else:
-        pairs = [(Path(root) / name, target / Path(root).relative_to(source) / name)
-                 for root, _, names in os.walk(source) for name in names if not name.endswith(PART)]
+        pairs = [(Path(root) / name, target / Path(root).relative_to(source) / name)  # not Tune's ".<uuid>-tmp-"
+                 for root, _, names in os.walk(source) for name in names if not name.startswith(".")]
     staged = []
     try:
         for src, dst in pairs:
@@ -95,12 +99,12 @@ def upload_whole_files(local_path: str, fs_path: str, seen: dict[str, tuple[tupl
                 raise
             if (after.st_size, after.st_mtime_ns) != key:  # rewritten as it was read: the next copy takes it
                 part.unlink()
-            elif whole(part, dst.name):
+            elif not fnmatch.fnmatch(dst.name, SNAPSHOT) or whole(part, dst.name):  # the rest is written atomically
                 staged.append((part, dst, str(src), key))
             else:
                 part.unlink()
                 seen[str(src)] = (key, False)
-        staged.sort(key=lambda entry: fnmatch.fnmatch(entry[1].name, "experiment_state-*.json"))
+        staged.sort(key=lambda entry: fnmatch.fnmatch(entry[1].name, SNAPSHOT))
         for part, dst, src, key in staged:
             os.replace(part, dst)
             seen[src] = (key, True)
