@@ -172,9 +172,9 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
     if opts.search != "random" and distinct is not None and samples > distinct:
         from search.run import tell
 
-        tell(progress.say, f"valley: warning: the space holds {distinct} distinct configurations and {opts.search} is asked "
-             f"for {samples} trials, so it will repeat some, each repeat the same training (the same seed); "
-             f"give --samples {distinct} or fewer, or let the seed vary in the space")
+        tell(progress.say, f"valley: warning: the space holds {distinct} distinct configurations and {opts.search} "
+             f"is asked for {samples} trials, so it will repeat some, each repeat the same training (the same "
+             f"seed); give --samples {distinct} or fewer, or let the seed vary in the space")
     schedule = scheduler(opts, epochs)
     keepers = [schedule.keeper] if hasattr(schedule, "keeper") else []  # saves BOHB's brackets with the experiment
     at_once = concurrency(opts)

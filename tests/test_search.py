@@ -149,8 +149,9 @@ def test_optuna_asked_for_more_trials_than_a_discrete_space_holds_says_it_will_r
     """--search optuna --samples 50 on mlp-rough (14 grid rows, one seed) trained 36 exact repeats unremarked."""
     space = TINY.replace("lr: {loguniform: [1.0e-3, 1.0e-2]}", "lr: {choice: [1.0e-3, 1.0e-2]}")
     folder = search(write_space(space), tmp_path, search="optuna", samples=9, max_epochs=1, name="repeats")
+    said = capsys.readouterr().err
     assert ("valley: warning: the space holds 8 distinct configurations and optuna is asked for 9 trials, so it will "
-            "repeat some, each repeat the same training (the same seed); give --samples 8 or fewer") in capsys.readouterr().err
+            "repeat some, each repeat the same training (the same seed); give --samples 8 or fewer") in said
     assert len(pd.read_csv(folder / "trials.csv")) == 9
 
 

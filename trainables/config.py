@@ -91,8 +91,9 @@ class TrainConfig:
         _require(self.stall_epochs >= 0, "stall_epochs", self.stall_epochs, "must be >= 0 (0: never stalled)")
         _require(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be at least 1")
         _require(self.checkpoint_s >= 0, "checkpoint_s", self.checkpoint_s, "must be >= 0 seconds")
-        _require(self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
-                 "device", self.device, "must be auto, cpu, cuda or cuda:N (N the GPU's index)")
+        gpu = self.device.startswith("cuda:") and self.device[5:].isdigit()
+        _require(self.device in ("auto", "cpu", "cuda") or gpu, "device", self.device,
+                 "must be auto, cpu, cuda or cuda:N (N the GPU's index)")
         _require(self.precision in self.PRECISIONS, "precision", self.precision,
                  f"must be one of {', '.join(self.PRECISIONS)}")
         _require(self.optimizer in self.OPTIMIZERS, "optimizer", self.optimizer,
