@@ -778,7 +778,11 @@ def test_a_plan_begun_before_a_key_its_stage_ignores_was_refused_goes_on(write_s
     written.write_text(written.read_text().replace("kind: confirm", "kind: confirm\n  keep: 2"))
     with pytest.raises(SearchError, match="a confirm stage does not read keep"):
         load_plan(written)  # as a new plan: refused
-    assert reopen_plan(folder).plan.stages[1].get("keep") == 2
+    said = []
+    assert reopen_plan(folder, say=said.append).plan.stages[1].get("keep") == 2
+    assert said == [f"valley: note: {written}: stage 'c': keep: a confirm stage does not read keep (only valley "
+                    "stages do); drop it, it would be ignored; the plan began before that was refused, and goes on "
+                    "as it began"]
 
 
 def test_a_plan_folder_names_its_data_set_only_where_it_is_not_the_plan_s_own(tmp_path):

@@ -183,9 +183,15 @@ def reopen_plan(folder: Path, say: Callable[..., None] | None = None, quiet: boo
     folder = folder.expanduser().resolve()
     state = fmt.read_state(folder / fmt.PLAN_STATE)
     refuse_while_running(folder, state, "valley plan")
-    plan = parse_plan(read_yaml(folder / "plan.yaml"), str(folder / "plan.yaml"), state["plan"], begun=True)
+    doc, source = read_yaml(folder / "plan.yaml"), str(folder / "plan.yaml")
     base = dataclasses.replace(SearchOptions.from_dict(state["options"]), quiet=quiet)
-    return PlanRun(plan, folder, dataclasses.replace(base, dataset=state["dataset"]), state, say or sayer(base))
+    say = say or sayer(base)
+    try:
+        plan = parse_plan(doc, source, state["plan"])
+    except SearchError as err:  # begun before a key it holds was refused: it goes on as it began, and says so
+        plan = parse_plan(doc, source, state["plan"], begun=True)
+        say(f"valley: note: {err}; the plan began before that was refused, and goes on as it began")
+    return PlanRun(plan, folder, dataclasses.replace(base, dataset=state["dataset"]), state, say)
 
 
 def stage_options(run: PlanRun, stage: Stage, **changes: Any) -> SearchOptions:
