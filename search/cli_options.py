@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 EXIT_BUG = 1
@@ -88,6 +89,8 @@ def options_from(args: argparse.Namespace) -> Any:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchOptions)
               if getattr(args, f.name, None) is not None}
+    if values.get("data_dir"):  # as valley.json keeps it for `valley resume` from anywhere: ~ expanded, absolute
+        values["data_dir"] = str(Path(values["data_dir"]).expanduser().absolute())
     return SearchOptions(**{**values, "log": tuple(dict.fromkeys(args.log)), "overrides": parse_set(args.set)})
 
 

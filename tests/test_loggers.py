@@ -253,6 +253,12 @@ def test_command_line_flags_reach_the_search_options():
     assert opts.quiet and not opts.tensorboard and opts.log == ("mlflow",) and opts.mlflow_uri == "sqlite:///m.db"
     defaults = options_from(build_parser().parse_args(["search", "mlp-rough"]))
     assert not defaults.quiet and defaults.tensorboard and defaults.log == () and defaults.mlflow_uri is None
+    # a relative or ~ --data-dir is kept absolute: valley.json held "w/clocks", which `valley resume` from another
+    # folder could not find, and the loader did not expand "~"
+    relative = options_from(build_parser().parse_args(["search", "mlp-rough", "--data-dir", "w/clocks"]))
+    assert relative.data_dir == str(Path.cwd() / "w" / "clocks")
+    home = options_from(build_parser().parse_args(["search", "mlp-rough", "--data-dir", "~/clocks"]))
+    assert home.data_dir == str(Path.home() / "clocks")
 
 
 def test_load_study_takes_a_path_as_text_and_refuses_a_folder_without_a_study(tmp_path):
