@@ -287,6 +287,9 @@ def join_cluster(address: str) -> None:
 
     advice = ("start one (`ray up cluster.yaml`, or `ray start --head` on this machine), or leave out --address "
               "for a local Ray")
+    if address.startswith(("http://", "https://")):  # the dashboard's address, Ray's job API: Ray raised ValueError
+        raise SearchError(f"--address {address} is a web address (Ray's dashboard); give the cluster's GCS "
+                          "address, host:6379 (`ray status` on the head prints it), or ray://host:10001")
     host, _, port = address.rpartition(":")
     if host and port.isdigit() and "://" not in address:  # Ray would retry a closed port for a minute or more
         try:

@@ -242,6 +242,9 @@ def test_an_address_where_no_cluster_answers_is_said_at_once():
     with pytest.raises(SearchError, match=r"^--address 127.0.0.1:1: no Ray cluster answers there \(.*\); start one "
                                           r"\(`ray up cluster.yaml`"):
         join_cluster("127.0.0.1:1")
+    with pytest.raises(SearchError, match=r"^--address http://127.0.0.1:8265 is a web address \(Ray's dashboard\); "
+                                          r"give the cluster's GCS address, host:6379"):
+        join_cluster("http://127.0.0.1:8265")  # a ValueError from inside Ray, called a bug in valley
 
 
 @pytest.mark.parametrize("argv, expected", [
