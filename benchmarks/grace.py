@@ -10,6 +10,7 @@ x 0.25) and the clock encodings on 32x32 clocks. Usage (about 6 minutes on 2 CPU
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -55,6 +56,7 @@ def verdicts(task: str, epochs: pd.DataFrame, reduction: int = 3) -> list[dict]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     start_ray(SearchOptions())
     rows = []
     started = time.time()
