@@ -196,6 +196,10 @@ def test_missing_pretrained_weights_name_the_way_out(monkeypatch, tmp_path):
     ({"encoding": "clock12"}, "unknown encoding 'clock12'; valid:"),
     ({"augment": "sometimes"}, "unknown augment 'sometimes'"),
     ({"zoom_low": 1.2, "zoom_high": 1.1}, "0 < zoom_low <= zoom_high must hold"),
+    # trainable_convs=20 on vgg16 left 7 of 13 trainable (a negative slice); on resnet18 it was ignored
+    ({"backbone": "vgg16", "trainable_convs": 20}, r"trainable_convs must lie in \[0, 13\] \(VGG16 has 13"),
+    ({"backbone": "resnet18", "trainable_convs": 0}, "trainable_convs freezes a VGG16's convolutions, and backbone "
+                                                     "resnet18 trains every layer; drop it or use vgg16"),
 ])
 def test_config_rules(bad, message):
     with pytest.raises(ConfigError, match=message):

@@ -66,11 +66,17 @@ class Config(TrainConfig):
             (self.csd_weight >= 0, "csd_weight", "must be >= 0"),
             (self.resize is None or self.resize >= 16, "resize", "must be at least 16 pixels"),
             (self.width >= 1, "width", "must be at least 1"),
-            (self.trainable_convs is None or self.trainable_convs >= 0, "trainable_convs", "must be >= 0"),
+            (self.trainable_convs is None or 0 <= self.trainable_convs <= VGG_CONVS, "trainable_convs",
+             f"must lie in [0, {VGG_CONVS}] (VGG16 has {VGG_CONVS} convolutions)"),
+            (self.trainable_convs is None or self.backbone.startswith("vgg16"), "trainable_convs",
+             f"freezes a VGG16's convolutions, and backbone {self.backbone} trains every layer; drop it or use vgg16"),
         ]
         for ok, key, rule in checks:
             if not ok:
                 raise ConfigError(f"{key} {rule}, got {key}={getattr(self, key)!r}")
+
+
+VGG_CONVS = 13
 
 
 def _one_of(key: str, value: str, valid: dict) -> None:
