@@ -203,10 +203,16 @@ def finish(folder: Path, status: str, say: Callable[..., None]) -> Path:
     from analysis.load import top_table, write_tables
 
     trials = write_tables(folder)
-    say(top_table(trials, folder))
+    table, ended = top_table(trials, folder), f"valley: {status}: {len(trials)} trials in {folder / 'trials.csv'}"
+    every_failed = len(trials) and trials["status"].isin(fmt.FAILED).all()
+    if status != fmt.INTERRUPTED and every_failed:  # the last line names the first error, not "completed"
+        say(ended)
+        say(table)
+        return folder
+    say(table)
     if status == fmt.INTERRUPTED and not (folder.parent / fmt.PLAN_STATE).exists():  # a plan says how it goes on
         tell(say, f"valley: interrupted; continue with `valley resume {folder}`")
-    say(f"valley: {status}: {len(trials)} trials in {folder / 'trials.csv'}")
+    say(ended)
     return folder
 
 

@@ -58,6 +58,7 @@ def test_a_search_whose_every_trial_diverged_exits_3_naming_the_first_error(ray_
     assert code == EXIT_ALL_FAILED == 3, out
     assert "no trial of 2 has a best_val_loss: 2 failed or diverged; the first: " in out
     assert "train loss is nan" in out and str(tmp_path / "nan" / "trials.csv") in out
+    assert out.strip().splitlines()[-1].startswith("no trial of 2 has a best_val_loss")  # the README: its last line
 
 
 def trial_of(folder: Path, **config) -> Path:
