@@ -111,7 +111,13 @@ def metric_column(metric: str) -> str:
 # ----------------------------------------------------------------------------- the manifest
 
 class UnreadableState(ValueError):
-    """A file valley writes whole (``valley.json``, ``plan.json``) that no longer reads as one."""
+    """A file valley writes whole (``valley.json``, ``plan.json``) that no longer reads as one; ``problem``
+    says how ("is unreadable (...)", "holds a list, not an object")."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"{path} {problem}; valley writes it whole, so it was changed or cut short since: restore "
+                         "it, or start again under a new --name (`valley report` still reads the trials)")
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -119,13 +125,9 @@ def read_state(path: Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        state, reason = None, str(err)
-    else:
-        reason = f"it holds a {type(state).__name__}, not an object"
+        raise UnreadableState(path, f"is unreadable ({err})") from None
     if not isinstance(state, dict):
-        raise UnreadableState(f"{path} is unreadable ({reason}); valley writes it whole, so it was changed or cut "
-                              "short since: restore it, or start again under a new --name (`valley report` still "
-                              "reads the trials)")
+        raise UnreadableState(path, f"holds a {type(state).__name__}, not an object")
     return state
 
 

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.format import (ACTIVE, DONE, FAILED, INTERRUPTED, MANIFEST, PLAN_STATE, Task, asha_stops, driver_gone,
-                             ended_itself, guess_mode, metric_column, read_manifest, task_of, trained, trial_status)
+from analysis.format import (ACTIVE, DONE, FAILED, INTERRUPTED, MANIFEST, PLAN_STATE, Task, UnreadableState, asha_stops,
+                             driver_gone, ended_itself, guess_mode, metric_column, read_manifest, read_state, task_of,
+                             trained, trial_status)
 
 
 class ResultsError(ValueError):
@@ -452,12 +453,11 @@ def _safe_manifest(path: Path) -> tuple[dict[str, Any], list[str]]:
     if not path.is_file():
         return {}, []
     try:
-        manifest = json.loads(path.read_text())
-        if isinstance(manifest, dict):
-            return manifest, []
-        problem = f"holds a {type(manifest).__name__}, not an object"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return read_state(path), []
+    except OSError as err:
         problem = f"is unreadable ({err})"
+    except UnreadableState as err:
+        problem = err.problem
     return {}, [f"{path.name} {problem}; loaded the trials without it"]
 
 
