@@ -88,6 +88,10 @@ class Plan:
     def training_stages(self) -> list[str]:
         return [stage.name for stage in self.stages if stage.kind in TRAINING_KINDS]
 
+    def stage(self, name: str) -> Stage:
+        """The stage of that name (a stage's ``from`` names one, checked when the plan was read)."""
+        return next(stage for stage in self.stages if stage.name == name)
+
 
 def builtin_plans() -> dict[str, Path]:
     return {p.stem: p for p in sorted(BUILTIN_DIR.glob("plan-*.yaml"))}

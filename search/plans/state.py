@@ -317,7 +317,7 @@ def stage_epochs(run: PlanRun, stage_name: str) -> int | None:
     if experiments:
         recorded = fmt.read_manifest(run.folder / experiments[0]).get("max_epochs")
         return int(recorded) if recorded else source_space(run, stage_name).max_epochs
-    stage = next(s for s in run.plan.stages if s.name == stage_name)
+    stage = run.plan.stage(stage_name)
     epochs = stage.get("max_epochs") or run.base.max_epochs
     if not epochs and stage.space:
         epochs = load_space(stage.space).max_epochs

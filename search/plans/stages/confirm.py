@@ -141,7 +141,7 @@ def seed_epochs(run: PlanRun, stage: Stage) -> int | None:
     """
     epochs = stage.get("max_epochs") or run.base.max_epochs
     if not epochs:
-        source = next(s for s in run.plan.stages if s.name == stage.source)
+        source = run.plan.stage(stage.source)
         if not (run.stage_state(source.name).get("experiments") or source.space):
             return None
         epochs = stage_epochs(run, source.name)

@@ -15,7 +15,7 @@ def run(run: PlanRun, stage: Stage) -> str:
     source_space = source_space_of(run, stage.source)
     top = int(stage.get("top", 3))
     ranked = run.folder / f"stage-{stage.source}.csv"  # a confirm stage's order: the mean over seeds
-    source_kind = next(s.kind for s in run.plan.stages if s.name == stage.source)
+    source_kind = run.plan.stage(stage.source).kind
     if source_kind == "confirm" and ranked.exists():
         configs, ids = confirmed_order(ranked, trials, top)
     else:

@@ -35,7 +35,7 @@ def run(run: PlanRun, stage: Stage) -> str:
         why = (f"stage {stage.name}: no trial of stage {stage.source} has a finite {column} "
                f"({statuses or 'no trials'}), so there is no valley to find")
         budget = run.budget
-        source = next(s for s in run.plan.stages if s.name == stage.source)
+        source = run.plan.stage(stage.source)
         if budget is not None and budget.unit == SECONDS and not len(trials) and run.left_for(source) == 0:
             allowed = run.state["budget"]["allowed"][stage.source]
             share = f"{budget.describe(allowed)} of {budget.describe(budget.total)}"
