@@ -118,7 +118,7 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
     """Run ``space``; returns the experiment folder, which holds trials.csv when it finishes."""
     from search.board import Board
     from search.progress import Progress
-    from search.tune_space import with_overrides
+    from search.tune_space import check_shape, with_overrides
     from search.tuner import build_tuner
     from trainables import get_family
 
@@ -126,6 +126,7 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
     space, replaced = with_overrides(space, opts.overrides)
     family = get_family(space.family)
     data = load_data(dataset, opts.data_dir)
+    check_shape(space, opts.overrides, data.input_shape, dataset)
     say = sayer(opts)
     say(f"valley: {space.name} on {dataset} ({len(data.x_train)} train / {len(data.x_val)} val / "
         f"{len(data.x_test)} test, {data.split_rule}), {epochs} epoch{'s' * (epochs != 1)} per trial -> {folder}")

@@ -67,13 +67,43 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
                                  f"{err}{hint}") from None
 
 
+def check_shape(space: Space, overrides: dict[str, Any], shape: tuple[int, int, int], dataset: str) -> None:
+    """Fail before Ray starts on a config whose model cannot take the data set's images (``shape``: C, H, W),
+    as check_space does on what needs no data: every grid row, then every value a distribution can draw."""
+    family = get_family(space.family)
+
+    def check(cfg: Any) -> None:
+        family.fits_shape(cfg, shape)
+
+    probe = {k: _probe_value(v) for k, v in space.params.items()}
+    for row in space.grid_points():
+        try:
+            check(family.make_config({**probe, **row, **overrides, "family": space.family}))
+        except ConfigError as err:
+            raise SpaceError(f"{blame(family, space, probe, row, overrides, err, check)}: on data set {dataset!r}, "
+                             f"{err}") from None
+    row = {**space.grid_points()[0], **overrides}
+    for key, value in space.params.items():
+        if key in row or not isinstance(value, Dist):
+            continue
+        for candidate in _probe_values(value):
+            try:
+                check(family.make_config({**probe, **row, key: candidate, "family": space.family}))
+            except ConfigError as err:
+                raise SpaceError(f"{space.source}: params.{key}: {value.kind} can draw {candidate!r}: on data set "
+                                 f"{dataset!r}, {err}") from None
+
+
 def blame(family: Any, space: Space, probe: dict[str, Any], row: dict[str, Any], overrides: dict[str, Any],
-          err: ConfigError) -> str:
+          err: ConfigError, check: Any = None) -> str:
     """Where a config's mistake lies: --set, the space's params, or its grid row (the first alone that fails
-    as the whole did; each is checked over the config's defaults)."""
+    as the whole did; each is checked over the config's defaults by ``check``, the family's preflight unless
+    given)."""
+    check = check or family.preflight
+
     def fails(config: dict[str, Any]) -> bool:
         try:
-            family.preflight(family.make_config({**config, "family": space.family}))
+            check(family.make_config({**config, "family": space.family}))
         except ConfigError as again:
             return str(again) == str(err)
         return False

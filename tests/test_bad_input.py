@@ -6,6 +6,7 @@ cases also run as a real ``python -m search.cli`` to hold the whole refusal unde
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from search import cli
+from trainables.config import ConfigError
 from trainables.data import FASHION_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -415,6 +417,42 @@ def test_missing_pretrained_weights_stop_the_search_before_ray(refuse, write_spa
     line = refuse(space(write_space, "params: {backbone: resnet18, pretrained: true}", header=header))
     assert "pretrained ResNet18_Weights weights are not in torchvision's cache" in line
     assert "set `pretrained: false` to train the backbone from scratch" in line
+
+
+def test_a_model_too_deep_for_the_images_is_refused_with_the_data_set_in_hand(refuse, write_space, tmp_path):
+    """A VGG16 on clocks under 32 pixels failed every trial inside Ray, in torch's words ("Given input size:
+    (512x1x1). Calculated output size: (512x0x0)"); the check needs the data set, so it runs once it is loaded."""
+    from trainables import clockgen
+
+    clockgen.write(tmp_path / "c16", per_minute=1, size=16)
+    header = ("family: clock\ndataset: clocks\nmetric: val_csd\nmode: min\nmax_epochs: 1\n")
+    data = ("--data-dir", str(tmp_path / "c16"))
+    line = refuse(space(write_space, "params: {backbone: vgg16}", header=header), *data)
+    assert line.endswith("params: on data set 'clocks', backbone vgg16 needs images of at least 32 pixels a side, "
+                         "got images of 16x16 pixels; set resize to 32 or more (e.g. --set resize=64), or use "
+                         "backbone small_cnn or resnet18")
+    rows = space(write_space, "grid:\n  - {backbone: small_cnn}\n  - {backbone: vgg16_bn}", header=header)
+    assert "grid row {'backbone': 'vgg16_bn'}: on data set 'clocks'" in refuse(rows, *data)
+    drawn = space(write_space, "params: {backbone: vgg16, resize: {choice: [64, 16]}}", header=header)
+    assert "params.resize: choice can draw 16: on data set 'clocks', backbone vgg16 needs" in refuse(drawn, *data)
+    assert "--set backbone=vgg16: on data set" in refuse("clock-fine", "--set", "backbone=vgg16", *data)
+    assert "got resize=16" in refuse("clock-fine", "--set", "backbone=vgg16", "--set", "resize=16", "--samples", "1",
+                                      "--dataset", "clocks-tiny")
+
+
+def test_a_vgg_resized_to_32_pixels_builds_on_16_pixel_clocks():
+    import torch
+
+    from trainables import get_family
+    from trainables.data import load_dataset
+
+    family = get_family("clock")
+    data = load_dataset("clocks-tiny")
+    small = dataclasses.replace(data, x_train=data.x_train[:, :, :16, :16])
+    model = family.build_model(family.make_config({"backbone": "vgg16", "resize": 32}), small)
+    assert model(torch.zeros(2, 1, 16, 16)).shape[0] == 2
+    with pytest.raises(ConfigError, match="backbone vgg16 needs images of at least 32 pixels"):
+        family.build_model(family.make_config({"backbone": "vgg16"}), small)
 
 
 def test_a_manifest_or_plan_state_cut_short_is_one_line_not_a_bug(refuse, tmp_path):

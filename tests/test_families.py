@@ -34,7 +34,9 @@ def test_record_declares_the_whole_contract(name):
     assert family.task.test_metric == f"test_{family.task.headline}"
     assert family.passes(cfg) >= 1
     family.preflight(cfg)  # the defaults need nothing from outside (no download)
-    assert isinstance(family.tiny_data(), Splits)
+    tiny = family.tiny_data()
+    assert isinstance(tiny, Splits)
+    family.fits_shape(cfg, tiny.input_shape)  # the defaults take the family's own tiny data
     with pytest.raises(ConfigError, match="unknown key 'no_such_key'"):
         family.make_config({"no_such_key": 1})
     with pytest.raises(ConfigError, match="lr must be a number"):

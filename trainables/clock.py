@@ -199,9 +199,24 @@ def preflight(cfg: Config) -> None:
         _weights(name[cfg.backbone])
 
 
+def fits_shape(cfg: Config, shape: tuple[int, int, int]) -> None:
+    """A VGG16 halves its map five times, so it needs at least 32 pixels a side (torch fails deep inside
+    the fifth pooling otherwise); the other backbones pool adaptively and take any size."""
+    side = cfg.resize or min(shape[1:])
+    if cfg.backbone.startswith("vgg16") and side < VGG_SIDE:
+        given = f"resize={cfg.resize}" if cfg.resize else f"images of {shape[1]}x{shape[2]} pixels"
+        raise ConfigError(f"backbone {cfg.backbone} needs images of at least {VGG_SIDE} pixels a side, got {given}; "
+                          f"set resize to {VGG_SIDE} or more (e.g. --set resize=64), or use backbone small_cnn or "
+                          "resnet18")
+
+
+VGG_SIDE = 32
+
+
 class ClockNet(nn.Module):
     def __init__(self, cfg: Config, data: Splits) -> None:
         super().__init__()
+        fits_shape(cfg, data.input_shape)
         channels, height, width = data.input_shape
         self.size = cfg.resize
         self.backbone = BACKBONES[cfg.backbone](cfg, channels)
@@ -272,7 +287,8 @@ def tiny_data() -> Splits:
 
 FAMILY = Family(
     name="clock", config=Config, build_model=build_model, arch_keys=("backbone", "encoding"),
-    tiny_data=tiny_data, make_task=make_task, preflight=preflight, augment=augment, passes=passes,
+    tiny_data=tiny_data, make_task=make_task, preflight=preflight, fits_shape=fits_shape, augment=augment,
+    passes=passes,
     # CSD in minutes, lower is better; the accuracies are of the exact time, the hour and the minute
     # a reader that guesses uniformly is 180 minutes off on average; one that makes no mistake, 0
     task=TaskSpec(kind="clock", metrics=CSD_METRICS, headline="csd", mode="min", perfect=0.0, chance=180.0),

@@ -125,6 +125,10 @@ def no_preflight(cfg: TrainConfig) -> None:
     return None
 
 
+def any_shape(cfg: TrainConfig, shape: tuple[int, int, int]) -> None:
+    return None
+
+
 Augment = Callable[[Any, "torch.Tensor", "torch.Tensor", "torch.Generator", int], "torch.Tensor"]
 
 
@@ -140,6 +144,9 @@ class Family:
     task: TaskSpec = CLASSIFICATION
     make_task: Callable[[Any], Task] = classification  # cfg -> loss, prediction, metrics
     preflight: Callable[[Any], None] = no_preflight  # cfg -> None or ConfigError, run before Ray starts
+    # (cfg, a data set's (C, H, W)) -> None or ConfigError: inputs the model cannot take, refused before Ray
+    # starts once the data set is loaded (a VGG16 on images under 32 pixels)
+    fits_shape: Callable[[Any, tuple[int, int, int]], None] = any_shape
     augment: Augment | None = None  # (cfg, x (B, C, H, W) standardised, idx, generator, pass) -> x
     passes: Callable[[Any], int] = one_pass  # passes over the training set per epoch
     # a full config dict -> the same with every None ("the architecture's own") replaced by the value it
