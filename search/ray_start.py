@@ -279,6 +279,27 @@ def trials_on_prestarted_workers() -> None:
     class_cache.DEFAULT_ENV_VARS.clear()
 
 
+def not_grpc(conn: Any, timeout: float = 5.0) -> str:
+    """What a listener that is not a gRPC server (Ray's GCS is one) said to HTTP/2's opening, or "" if it
+    answered as one does: with a SETTINGS frame (a 9-byte header whose fourth byte, the type, is 4)."""
+    conn.settimeout(timeout)
+    conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    reply = b""
+    try:
+        while len(reply) < 9:
+            more = conn.recv(9 - len(reply))
+            if not more:
+                break
+            reply += more
+    except OSError:
+        pass
+    if len(reply) == 9 and reply[3] == 4:
+        return ""
+    if not reply:
+        return f"it said nothing in {timeout:g} s to a gRPC client"
+    return f"it answered {reply.decode('latin-1').splitlines()[0][:40]!r}"
+
+
 def join_cluster(address: str) -> None:
     """``ray.init`` on a running cluster, or one line that says none answered there and what to do instead."""
     import socket
@@ -293,10 +314,15 @@ def join_cluster(address: str) -> None:
     host, _, port = address.rpartition(":")
     if host and port.isdigit() and "://" not in address:  # Ray would retry a closed port for a minute or more
         try:
-            socket.create_connection((host, int(port)), timeout=10).close()
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                reply = "" if os.environ.get("RAY_USE_TLS", "0") not in ("0", "") else not_grpc(conn)
         except OSError as err:
             raise SearchError(f"--address {address}: no Ray cluster answers there ({err.strerror or err}); "
                               f"{advice}") from None
+        if reply:  # Ray would wait on it for minutes, logging 'Timed out while waiting for GCS'
+            raise SearchError(f"--address {address}: something listens there but it is not a Ray cluster "
+                              f"({reply}); give the cluster's GCS address, host:6379 (`ray status` on the head "
+                              "prints it), or ray://host:10001")
     try:
         ray.init(address=address, log_to_driver=False)
     except ConnectionError as err:

@@ -7,11 +7,13 @@ cases also run as a real ``python -m search.cli`` to hold the whole refusal unde
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +249,35 @@ def test_an_address_where_no_cluster_answers_is_said_at_once():
     with pytest.raises(SearchError, match=r"^--address http://127.0.0.1:8265 is a web address \(Ray's dashboard\); "
                                           r"give the cluster's GCS address, host:6379"):
         join_cluster("http://127.0.0.1:8265")  # a ValueError from inside Ray, called a bug in valley
+
+
+def test_an_address_where_something_else_listens_is_said_at_once(monkeypatch):
+    """A web server or a silent listener at --address: Ray's init waited on it for minutes (over 200 s here),
+    logging 'Timed out while waiting for GCS to become available'. Ray's own GCS passes: tests/test_cluster_sim.py."""
+    import http.server
+    import socket
+
+    from search import ray_start
+    from search.options import SearchError
+
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_):
+            pass
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel's backlog) and never speaks
+    monkeypatch.setattr(ray_start, "not_grpc", functools.partial(ray_start.not_grpc, timeout=0.5))
+    try:
+        with pytest.raises(SearchError, match=rf"^--address 127.0.0.1:{web.server_port}: something listens there but "
+                                              r"it is not a Ray cluster \(it answered '<!DOCTYPE'\); give the cluster's"):
+            ray_start.join_cluster(f"127.0.0.1:{web.server_port}")
+        with pytest.raises(SearchError, match=r"not a Ray cluster \(it said nothing in 0.5 s to a gRPC client\)"):
+            ray_start.join_cluster(f"127.0.0.1:{silent.getsockname()[1]}")
+    finally:
+        web.shutdown()
+        silent.close()
 
 
 @pytest.mark.parametrize("argv, expected", [
