@@ -223,13 +223,27 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from trainables.data import DATASETS, default_data_dir, is_available
+    """Every data set: shape, split sizes, whether it loads offline. Given --data-dir, a data set that reads
+    its files from there (the course's clocks, Fashion-MNIST's and CIFAR-10's files) is described as a search
+    would read and split them, or said to be unusable and why."""
+    from search.data_check import load_data
+    from search.options import SearchError
+    from trainables.data import DATASETS, DataError, default_data_dir, is_available
 
-    folder = Path(args.data_dir) if args.data_dir else default_data_dir()
+    folder = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     print(f"data folder: {folder}")
     for name, dataset in DATASETS.items():
-        shape = "x".join(map(str, dataset.shape))
-        sizes = "/".join(f"{n:,}" for n in dataset.sizes)
+        shape, sizes, description = dataset.shape, dataset.sizes, dataset.description
         where = "offline" if is_available(name, folder) else "needs download"
-        print(f"{name:<14} {shape:<9} {sizes:<22} {where:<15} {dataset.description}")
+        if args.data_dir and (dataset.reads_dir or dataset.files) and where == "offline":
+            try:
+                splits = load_data(name, str(folder))  # as a search reads and checks it; never downloads here
+            except (DataError, SearchError) as err:
+                where, description = "unusable", str(err)
+            else:
+                shape, sizes = splits.input_shape, splits.sizes()
+                description = (f"{sum(sizes):,} {'clocks' if dataset.task == 'clock' else 'images'} from "
+                               f"{folder / dataset.subdir}, {splits.split_rule}")
+        sizes_text = "/".join(f"{n:,}" for n in sizes)
+        print(f"{name:<14} {'x'.join(map(str, shape)):<9} {sizes_text:<22} {where:<15} {description}")
     return 0

@@ -396,6 +396,11 @@ def test_data_folder_missing_or_malformed(refuse, write_space, tmp_path):
     line = refuse(path, "--data-dir", str(tmp_path / "small"))
     assert "images must be 1x28x28, got 1x8x8" in line
 
+    fashion(tmp_path / "few", n_train=1000)  # it said "train split: 0 images but 0 labels"
+    assert refuse(path, "--data-dir", str(tmp_path / "few")).endswith(
+        "data set 'fashion_mnist' has 1,000 training images and sets 5,000 of them aside for validation, so it "
+        "needs more than 5,000; its files are cut short or a subset: replace them with the originals")
+
     fashion(tmp_path / "labels", labels=12)
     assert "labels must lie in [0, 10), got 0..11" in refuse(path, "--data-dir", str(tmp_path / "labels"))
 
@@ -412,6 +417,30 @@ def test_data_folder_missing_or_malformed(refuse, write_space, tmp_path):
     raw = fashion(tmp_path / "floats")
     (raw / FASHION_FILES[0]).write_bytes(bytes([0, 0, 0x0D, 3]) + b"\0" * 12)
     assert "is not an unsigned-byte IDX file" in refuse(path, "--data-dir", str(tmp_path / "floats"))
+
+
+def test_datasets_describes_the_files_in_data_dir_as_a_search_would_read_them(capsys, tmp_path):
+    """`valley datasets --data-dir DIR` listed the built-in sizes whatever DIR held (150x150 clocks for a
+    folder of 16-pixel ones, 55,000 Fashion-MNIST images for a subset a search refuses)."""
+    from trainables import clockgen
+
+    clockgen.write(tmp_path / "clocks", per_minute=1, size=16)
+    fashion(tmp_path / "clocks")
+    raw = fashion(tmp_path / "few", n_train=1000)
+
+    def listing(folder: Path) -> dict[str, str]:
+        assert cli.main(["datasets", "--data-dir", str(folder)]) == 0
+        return {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+
+    lines = listing(tmp_path / "clocks")
+    assert lines["clocks"].split()[1:4] == ["1x16x16", "432/144/144", "offline"]
+    assert lines["clocks"].endswith(f"720 clocks from {tmp_path / 'clocks'}, stratified by hour")
+    assert lines["fashion_mnist"].split()[1:4] == ["1x28x28", "100/5,000/50", "offline"]
+    assert "cifar10        3x32x32   45,000/5,000/10,000    needs download" in lines["cifar10"]
+    assert lines["digits"].split()[1:3] == ["1x8x8", "1,077/360/360"]  # made here, whatever the folder
+    lines = listing(tmp_path / "few")
+    assert "unusable" in lines["fashion_mnist"] and "has 1,000 training images" in lines["fashion_mnist"]
+    assert f"unusable        {raw.parent.parent} lacks images.npy, labels.npy" in lines["clocks"]
 
 
 # --- the same refusals as a user sees them: a fresh process, one line, before Ray starts ----------

@@ -85,6 +85,10 @@ def default_data_dir() -> Path:
 def make_splits(name: str, x_trainval: np.ndarray, y_trainval: np.ndarray, x_test: np.ndarray,
                 y_test: np.ndarray, n_val: int, n_classes: int, split_seed: int = 0) -> Splits:
     """Carve ``n_val`` validation samples from the training set with a fixed seed."""
+    if len(x_trainval) <= n_val:  # else "train split: 0 images but 0 labels", after numpy's warning on the mean
+        raise DataError(f"data set {name!r} has {len(x_trainval):,} training images and sets {n_val:,} of them "
+                        f"aside for validation, so it needs more than {n_val:,}; its files are cut short or a "
+                        "subset: replace them with the originals")
     order = np.random.default_rng(split_seed).permutation(len(x_trainval))
     val, train = order[:n_val], order[n_val:]
     x_train = x_trainval[train]
