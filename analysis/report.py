@@ -39,34 +39,34 @@ class Section:
     note: str = ""  # plain text shown under the heading
 
 
-def lead(experiment: Experiment) -> tuple[str, str | None]:
-    """The question the search asked, which the report answers first: (kind, the key compared).
+def lead(experiment: Experiment) -> str:
+    """The question the search asked, which the report answers first.
 
     ``stages`` for a plan of several stages; ``valley`` when the architecture varies (model size
     spans at least a factor of 2); ``compare`` when only categorical keys vary (an encoding, a
-    backbone, an optimizer: the first is returned); otherwise ``hyperparameters``.
+    backbone, an optimizer); otherwise ``hyperparameters``.
     """
     trials = experiment.trials
     if "stage" in trials and trials["stage"].nunique() > 1:
-        return "stages", None
+        return "stages"
     sizes = pd.to_numeric(trials.get("n_params", pd.Series(dtype=float)), errors="coerce").dropna()
     if len(sizes) and sizes.min() > 0 and sizes.max() / sizes.min() >= 2:
-        return "valley", None
+        return "valley"
     varied = figures.varied_columns(trials)
     # a number is a category where few values repeat (a 3-way batch size over 9 trials), not where two trials
     # drew two learning rates
     categorical = [c for c in varied if not pd.api.types.is_numeric_dtype(trials[c])
                    or trials[c].nunique() < min(4, trials[c].count())]
     if categorical and len(categorical) == len(varied):  # beside a sampled lr, a 3-way batch size is one more knob
-        return "compare", categorical[0]
-    return "hyperparameters", None
+        return "compare"
+    return "hyperparameters"
 
 
 def build_sections(experiment: Experiment) -> list[Section]:
     """The report's figures, the one that answers what the search asked first (see ``lead``)."""
     trials, epochs, metric, mode = experiment.trials, experiment.epochs, experiment.metric, experiment.mode
     task = experiment.task
-    asked, _ = lead(experiment)
+    asked = lead(experiment)
     sections = [_valley_section(experiment)]
     curve = metric.removeprefix("best_")
     if epochs.empty or curve not in epochs:

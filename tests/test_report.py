@@ -159,7 +159,7 @@ def test_the_report_leads_with_the_question_the_search_asked(tmp_path):
     from analysis.load import load
 
     sized = load(DATA / "seeds-digits")  # 760 to 28,000 parameters
-    assert report.lead(sized) == ("valley", None) and sections_of(sized)[0] == "valley"
+    assert report.lead(sized) == "valley" and sections_of(sized)[0] == "valley"
 
     encodings = load(DATA / "seeds-digits")  # the same trials, as if each row were an encoding of one model
     trials = encodings.trials
@@ -167,23 +167,23 @@ def test_the_report_leads_with_the_question_the_search_asked(tmp_path):
     key = trials["config/hidden"].fillna(trials["config/layers"].astype(str)).astype(str).str.replace(".0", "", regex=False)
     encodings.trials = trials.drop(columns=["config/hidden", "config/layers"]).assign(
         **{"config/encoding": key.map(kind), "n_params": 550_000 + trials["n_params"]})
-    assert report.lead(encodings) == ("compare", "config/encoding")
+    assert report.lead(encodings) == "compare"
     keys = sections_of(encodings)
     assert keys[0] == "compare" and keys.index("valley") > 0 and "seeds" not in keys
 
     tuned = load(DATA / "seeds-digits")
     tuned.trials = tuned.trials.drop(columns=["config/hidden", "config/layers"]).assign(
         n_params=1000, **{"config/lr": [1e-3 * (1 + i) for i in range(len(tuned.trials))]})
-    assert report.lead(tuned) == ("hyperparameters", None) and sections_of(tuned)[:2] == ["parallel", "importance"]
+    assert report.lead(tuned) == "hyperparameters" and sections_of(tuned)[:2] == ["parallel", "importance"]
     # an Optuna search over lr with a three-way batch size: still the hyperparameters, not batch_size compared
     tuned.trials["config/batch_size"] = [32, 64, 128] * 3
-    assert report.lead(tuned) == ("hyperparameters", None)
+    assert report.lead(tuned) == "hyperparameters"
     # two Optuna trials drew two values of each of lr, l2 and dropout: not a comparison of dropout ("The search
     # varied dropout"); the top configurations of a confirm stage over seeds are one, each key named
     pair = load(DATA / "seeds-digits")
     pair.trials = pair.trials.drop(columns=["config/hidden", "config/layers"]).head(2).assign(
         n_params=1000, **{"config/lr": [1e-3, 2e-3], "config/l2": [1e-4, 1e-5], "config/dropout": [0.1, 0.2]})
-    assert report.lead(pair) == ("hyperparameters", None)
+    assert report.lead(pair) == "hyperparameters"
     confirmed = load(DATA / "seeds-digits")
     confirmed.trials = confirmed.trials.drop(columns=["config/hidden", "config/layers"]).assign(
         n_params=1000, **{"config/lr": [1e-3, 2e-3, 3e-3] * 3, "config/l2": [1e-4, 1e-5, 0.0] * 3,
