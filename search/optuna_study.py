@@ -15,6 +15,7 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from analysis.format import OPTUNA_JOURNAL
@@ -131,12 +132,23 @@ class ValleyOptunaSearch(OptunaSearch):
                   "trials.csv", flush=True)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._note_best(trial_id, result)
+        if trial_id not in self._told:
+            super().on_trial_result(trial_id, result)
+
+    def _note_best(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, str) and result.get("epoch") == result.get("best_epoch") and self.metric in result:
             if self._at_best is None:  # an instance's own dict, not the class's
                 self._at_best = {}
             self._at_best[trial_id] = result[self.metric]
-        if trial_id not in self._told:
-            super().on_trial_result(trial_id, result)
+
+    def _report_last(self, trial_id: str, result: dict) -> None:
+        """The last result as the trial's intermediate value at its epoch, as every other epoch is."""
+        trial, step = self._ot_trials.get(trial_id), result.get(TRAINING_ITERATION)
+        if trial is not None and isinstance(step, int) and isinstance(self.metric, str) and self.metric in result:
+            with warnings.catch_warnings():  # a step on_trial_result reported already: Optuna keeps that one
+                warnings.simplefilter("ignore")
+                trial.report(result[self.metric], step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._told:
@@ -145,6 +157,9 @@ class ValleyOptunaSearch(OptunaSearch):
         value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
         if not error and isinstance(value, (int, float)) and not math.isfinite(value):
             result, error = None, True
+        if result and not error:  # Tune hands a trial's last result (its max_epochs, an ASHA stop) to this alone
+            self._note_best(trial_id, result)
+            self._report_last(trial_id, result)
         best = None
         if isinstance(self.metric, str):
             best = (result or {}).get(f"best_{self.metric}", (self._at_best or {}).get(trial_id))

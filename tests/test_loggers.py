@@ -139,6 +139,30 @@ def test_optuna_is_told_a_metric_other_than_val_loss_at_the_best_checkpoint(ray_
     assert any(last[tid] != told[tid] for tid in told)  # some trial ended past its best: the test can tell them apart
 
 
+def test_optuna_is_told_the_last_epoch_when_it_is_the_best(ray_session, write_space, tmp_path):
+    """Under ASHA, Tune hands a trial's last result (ASHA's stop, at a rung or at max_t) to on_trial_complete
+    alone: a trial still improving at its last epoch was told its previous best (100.4 for a best_val_csd of 72.6,
+    found by a review), so Optuna's best trial was not valley's, and that epoch was missing from its intermediate
+    values."""
+    from search.optuna_study import TRIAL_ID, load_study
+
+    space = write_space("family: mlp\ndataset: digits\nmetric: val_acc\nmode: max\nmax_epochs: 3\n"
+                        "params:\n  hidden: [16]\n  lr: {loguniform: [1.0e-3, 3.0e-3]}\n  batch_size: 64\n",
+                        "last.yaml")
+    folder = run_search(load_space(space), SearchOptions(storage=str(tmp_path / "results"), name="last", quiet=True,
+                                                         search="optuna", samples=3, tensorboard=False,
+                                                         scheduler="asha"))
+    trials = pd.read_csv(folder / "trials.csv").set_index("trial_id")
+    study = {t.user_attrs[TRIAL_ID]: t for t in load_study(folder).trials}
+    assert {tid: t.value for tid, t in study.items()} == pytest.approx(trials["best_val_acc"].to_dict())
+    for tid, trial in study.items():
+        rows = [json.loads(line) for line in (folder / tid / "result.json").read_text().splitlines()]
+        assert trial.intermediate_values == pytest.approx({r["training_iteration"]: r["val_acc"] for r in rows})
+    improving = [tid for tid in study if trials.loc[tid, "best_epoch"] == 3 and
+                 json.loads((folder / tid / "result.json").read_text().splitlines()[1])["best_epoch"] == 2]
+    assert improving  # a trial whose best moved from epoch 2 to 3: the case this test is about
+
+
 @pytest.mark.ray
 def test_mlflow_records_every_trial(logged):
     from mlflow.tracking import MlflowClient
