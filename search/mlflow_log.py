@@ -38,12 +38,13 @@ class MLflow(MLflowLoggerCallback):
         self.end_set_aside()
 
     def artifacts_beside_the_results(self) -> None:
-        """A database store (``sqlite:///...``) keeps no files: MLflow put a new experiment's artifacts
-        under ``./mlruns`` of whatever folder the command ran in. They go into the experiment's own folder
+        """A database store (``sqlite:///...``, from --mlflow-uri, MLFLOW_TRACKING_URI or MLflow's default) keeps
+        no files: MLflow put a new experiment's artifacts under ``./mlruns`` of whatever folder the command ran in. They go into the experiment's own folder
         (``mlflow-artifacts``), created so before Ray's callback finds the experiment."""
+        import mlflow
         from mlflow.tracking import MlflowClient
 
-        uri = self.tracking_uri
+        uri = self.tracking_uri or mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, else MLflow's own mlflow.db
         if not uri or "://" not in uri or uri.split(":", 1)[0] in ("file", "http", "https", "databricks"):
             return  # a file store keeps its artifacts itself; a server has its own artifact root
         client, name = MlflowClient(uri), experiment_name(self.folder)

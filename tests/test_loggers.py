@@ -51,9 +51,13 @@ def logged(ray_session, tmp_path_factory):
     (root / "space.yaml").write_text(SPACE)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     opts = SearchOptions(storage=str(root / "results"), name="logged", quiet=True, search="optuna",
-                         samples=5, scheduler="asha", log=("mlflow",), mlflow_uri=uri)
-    with cwd(root):
-        folder = run_search(load_space(root / "space.yaml"), opts)
+                         samples=5, scheduler="asha", log=("mlflow",))  # --mlflow-uri: tests/test_faults.py
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # its artifacts went to ./mlruns, as MLflow's (found by a review)
+    try:
+        with cwd(root):
+            folder = run_search(load_space(root / "space.yaml"), opts)
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
     return folder, pd.read_csv(folder / "trials.csv"), uri
 
 
