@@ -595,8 +595,11 @@ def compare_experiments(experiments: Mapping[str, pd.DataFrame], metric: str = "
 # --- clock reading (per-image predictions; minutes on the 720-minute dial) --------------------------
 
 def minutes_of(labels: Any) -> np.ndarray:
-    """Minutes 0-719 from minutes (N,) or [hour 0-11, minute 0-59] pairs (N, 2)."""
+    """Minutes 0-719 from minutes (N,) or [hour 0-11, minute 0-59] pairs (N, 2). Unsigned integers are read as
+    int64: uint8 pairs overflowed at hour * 60, and uint16 differences wrapped (0 against 719: 1439 minutes)."""
     array = np.asarray(labels)
+    if array.dtype.kind in "ub":
+        array = array.astype(np.int64)
     if array.ndim == 2 and array.shape[1] == 2:
         array = array[:, 0] * 60 + array[:, 1]
     if array.ndim != 1:

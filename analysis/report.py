@@ -170,6 +170,11 @@ def clock_sections(experiment: Experiment) -> list[Section]:
     done = trials[trials["status"].isin(DONE)].dropna(subset=[metric])
     if done.empty:
         return []
+    what = mixed(trials)
+    if what:  # "the best" of clocks-tiny and clocks-small trials is one of no ranking
+        why = (f"No one best clock model is read across experiments of different {_differ(what)}: their {metric} "
+               "do not compare. Open each experiment's own report for its reads.")
+        return [Section("clock-reads", "Clock reads", figures.message("Clock reads", why), why)]
     best = done.sort_values(metric, ascending=mode == "min").iloc[0]
     saved = experiment.predictions(best["trial_id"])
     label = f"trial {best['trial_id']} ({figures.pretty(metric)} {figures.fmt(best[metric])})"

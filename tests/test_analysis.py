@@ -500,6 +500,11 @@ def test_clock_sense_distance():
     with pytest.raises(ValueError, match="same length"):
         figures.csd([1, 2], [1])
     assert figures.clock_time(5) == "12:05" and figures.clock_time(719) == "11:59"
+    # unsigned labels, as --data-dir files may hold them: uint16 differences wrapped, uint8 pairs overflowed
+    assert list(figures.csd(np.array([719], np.uint16), np.array([0], np.uint16))) == [1]
+    pairs = np.array([[11, 59], [3, 0]], np.uint8)
+    assert list(figures.csd(pairs, pairs[::-1])) == [181, 181]  # 11:59 and 3:00
+    assert figures.csd_histogram(pairs, pairs).data[0].type == "histogram"
 
 
 def test_clock_figures():

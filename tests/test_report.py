@@ -248,6 +248,10 @@ def test_a_folder_of_experiments_on_different_data_sets_reads_no_valley_across_t
     assert {key: drawn.get(key, "").startswith("Not drawn across experiments of different data sets") for key in
             ("stages", "parallel", "importance")} == {"stages": True, "parallel": True, "importance": True}
     assert not drawn["learning-curves"].startswith("Not drawn")  # each trial's own curve still is
+    # nor a clock folder's reads of "the best" trial of two data sets (clocks-tiny's beside clocks-small's)
+    assert [(s.key, s.note.split(":")[0]) for s in report.clock_sections(folder)] == [
+        ("clock-reads", "No one best clock model is read across experiments of different data sets (dataset digits, "
+                        "synthetic)")]
     from analysis.dashboard import _index_row
 
     assert "<td>per experiment</td>" in _index_row(folder, "/exp/multi", "multi", False)
