@@ -47,7 +47,8 @@ def tensorboardx_without_torch() -> None:
 
 class TensorBoard(TBXLoggerCallback):
     """Ray's TensorBoard logger: a curve per reported number and trial (``ray/tune/val_loss``), and
-    in the HParams tab each trial's whole configuration against its final metrics.
+    in the HParams tab each trial's whole configuration against its final metrics, with each validation
+    metric also at the best checkpoint (``best_val_acc``), as trials.csv ranks it.
 
     A trial's writer opens at its first result, with TensorBoard's ``purge_step`` set to that
     result's step: epochs a resumed trial reports again (those after its last checkpoint, or after
@@ -59,7 +60,11 @@ class TensorBoard(TBXLoggerCallback):
         tensorboardx_without_torch()
         super().__init__()
         self.rows = rows
-        self.metrics = {f"ray/tune/{m}" for m in metrics}
+        # the validation metrics at the best checkpoint (best_val_acc, best_val_csd: what trials.csv ranks on),
+        # beside their last epoch's; the trainable reports only best_val_loss itself
+        self.at_best = sorted(m for m in metrics if m.startswith("val_") and f"best_{m}" not in metrics)
+        self.metrics = {f"ray/tune/{m}" for m in (*metrics, *(f"best_{m}" for m in self.at_best))}
+        self._best: dict[Any, dict[str, float]] = {}
 
     def log_trial_start(self, trial: Any) -> None:
         if trial in self._trial_writer:
@@ -74,7 +79,19 @@ class TensorBoard(TBXLoggerCallback):
             self._trial_writer[trial] = self._summary_writer_cls(
                 trial.path, flush_secs=30, purge_step=step, filename_suffix=f".{step:06d}")
             self._trial_result[trial] = {}
-        super().log_trial_result(iteration, trial, result)
+            self._best[trial] = self.best_on_disk(Path(trial.path))  # a resumed trial's best may be older
+        if result.get("epoch") == result.get("best_epoch"):
+            self._best[trial] = {f"best_{m}": result[m] for m in self.at_best if m in result}
+        super().log_trial_result(iteration, trial, {**result, **self._best[trial]})
+
+    def best_on_disk(self, trial_dir: Path) -> dict[str, float]:
+        """The ``best_val_*`` of a trial's results so far in ``result.json`` (none for a new trial)."""
+        from analysis.load import read_results
+
+        rows = read_results(trial_dir)
+        best = next((r for r in rows if rows[-1].get("best_epoch") not in (None, -1)
+                     and r.get("epoch") == rows[-1]["best_epoch"]), {})
+        return {f"best_{m}": best[m] for m in self.at_best if m in best}
 
     def _try_log_hparams(self, trial: Any, result: dict[str, Any]) -> None:
         from tensorboardX.summary import hparams

@@ -80,7 +80,10 @@ def test_tensorboard_shows_every_trials_curves_and_hparams(logged, events):
         grid = row["config/hidden"]  # the grid row's keys, not its index
         assert ("hidden" in params) == isinstance(grid, str) and "variant" not in params
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-        assert {"ray/tune/val_loss", "ray/tune/test_acc"} <= {m.name.tag for m in experiment.metric_infos}
+        assert {"ray/tune/val_loss", "ray/tune/test_acc", "ray/tune/best_val_acc"} <= {
+            m.name.tag for m in experiment.metric_infos}
+        # the HParams table sorts on what valley ranks: val_acc at the best checkpoint, not the last epoch's
+        assert found.Scalars("ray/tune/best_val_acc")[-1].value == pytest.approx(row["best_val_acc"], rel=1e-6)
         # every trial's summary names every grid row's keys: the tab takes its columns from the first it reads
         assert {"hidden", "layers", "lr", "batch_size"} <= {h.name for h in experiment.hparam_infos}
 
@@ -102,6 +105,30 @@ def test_a_trial_paused_and_resumed_within_a_second_keeps_its_whole_curve(tmp_pa
         board.log_trial_result(step, trial, {"training_iteration": step, "val_loss": 1 / step})
     board.log_trial_end(trial)
     assert [e.step for e in events(trial.path).Scalars("ray/tune/val_loss")] == [1, 2, 3]
+
+
+def test_a_resumed_trial_keeps_its_best_checkpoints_metric_from_before(tmp_path, events):
+    """A trial resumed by a new driver goes on past a best epoch the driver never saw: its best_val_acc is
+    read from result.json, not left out until the trial beats it."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from search.loggers import TensorBoard
+
+    trial = Trial("train", config={"lr": 0.1}, trial_id="t_00000", stub=True,
+                  storage=StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp"))
+    trial.storage.trial_dir_name = trial.trial_id
+    before = [{"training_iteration": e, "epoch": e, "val_acc": acc, "best_epoch": 2} for e, acc in ((1, 0.5), (2, 0.7))]
+    Path(trial.path).mkdir(parents=True)
+    (Path(trial.path) / "result.json").write_text("".join(json.dumps(r) + "\n" for r in before))
+    board = TensorBoard([], {"val_loss", "val_acc"})
+    board.log_trial_start(trial)
+    for epoch, acc, best in ((3, 0.6, 2), (4, 0.8, 4)):
+        board.log_trial_result(epoch, trial, {"training_iteration": epoch, "epoch": epoch, "val_acc": acc,
+                                              "best_epoch": best})
+    board.log_trial_end(trial)
+    scalars = events(trial.path).Scalars("ray/tune/best_val_acc")
+    assert [e.step for e in scalars] == [3, 4] and [e.value for e in scalars] == pytest.approx([0.7, 0.8])
 
 
 @pytest.mark.ray
