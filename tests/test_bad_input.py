@@ -341,6 +341,8 @@ def test_reports_dashboards_and_clocks_refuse_what_they_cannot_do(refuse, tmp_pa
                                                   "--per-minute", "1")
     assert "GiB of memory, more than the" in refuse("data", "clocks", "--out", str(tmp_path / "c"), "--size",
                                                     "100000", "--per-minute", "1")
+    assert f"{blocker} is a file; --out is the folder to write images.npy and labels.npy into" in refuse(
+        "data", "clocks", "--out", str(blocker), "--size", "16", "--per-minute", "1")
     assert blocker.read_text() == "keep me" and not (tmp_path / "c").exists()
     course = tmp_path / "course"  # a course's real clocks are not replaced by synthetic ones unasked
     course.mkdir()

@@ -151,6 +151,8 @@ def write(out_dir: str | Path, per_minute: int = 25, size: int = 150, seed: int 
     out = Path(out_dir)
     _difficulty(preset, {})
     _check_counts(per_minute, size)  # before the folder is made
+    if out.exists() and not out.is_dir():  # mkdir said only "[Errno 17] File exists"
+        raise FileExistsError(f"{out} is a file; --out is the folder to write images.npy and labels.npy into")
     held = [name for name in ("images.npy", "labels.npy") if (out / name).exists()]
     if held and not overwrite:
         raise FileExistsError(f"{out} already holds {' and '.join(held)}; choose another folder, or pass --overwrite "
