@@ -39,8 +39,9 @@ class MLflow(MLflowLoggerCallback):
 
     def artifacts_beside_the_results(self) -> None:
         """A database store (``sqlite:///...``, from --mlflow-uri, MLFLOW_TRACKING_URI or MLflow's default) keeps
-        no files: MLflow put a new experiment's artifacts under ``./mlruns`` of whatever folder the command ran in. They go into the experiment's own folder
-        (``mlflow-artifacts``), created so before Ray's callback finds the experiment."""
+        no files: MLflow put a new experiment's artifacts under ``./mlruns`` of whatever folder the command ran
+        in. They go into the experiment's own folder (``mlflow-artifacts``), created so before Ray's callback
+        finds the experiment."""
         import mlflow
         from mlflow.tracking import MlflowClient
 

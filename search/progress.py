@@ -38,6 +38,25 @@ class Progress(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if getattr(self, "board", None) is not None:
             self.board.result(trial.trial_id, result)
+        if result.get("epoch") is not None and result.get("epoch") == result.get("best_epoch"):
+            if getattr(self, "at_best", None) is None:  # an experiment saved before at_best existed
+                self.at_best = {}
+            self.at_best[trial.trial_id] = result
+
+    def best_result(self, trial: Any) -> dict[str, Any]:
+        """The result at the trial's best checkpoint, which trials.csv ranks it by: seen as it came, else
+        (a trial resumed past a best epoch this driver never saw) read from result.json; else the last."""
+        last = trial.last_result or {}
+        best_epoch = last.get("best_epoch")
+        seen = (getattr(self, "at_best", None) or {}).get(trial.trial_id)
+        if seen is not None and seen.get("epoch") == best_epoch:
+            return seen
+        from analysis.load import read_results
+
+        try:
+            return next((r for r in read_results(Path(trial.path)) if r.get("epoch") == best_epoch), last)
+        except OSError:
+            return last
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if getattr(self, "board", None) is not None:
@@ -80,18 +99,20 @@ class Progress(Callback):
             pass
         self.look_after = now + max(1.0, 19 * (time.monotonic() - now))
 
-    def _line(self, trial: Any, outcome: str) -> None:
+    def _line(self, trial: Any, outcome: str, failed: bool = False) -> None:
         self.done += 1
         result = trial.last_result or {}
+        best = result if failed or not result.get("best_epoch") else self.best_result(trial)
         parts = [f"[{self.done:>3}/{self.total}] {trial.trial_id} {outcome:<9}"]
         # an experiment saved before task_metric existed is resumed with what it has
         for key in dict.fromkeys((self.metric, "val_loss", getattr(self, "task_metric", self.metric))):
-            if isinstance(result.get(key), float):
-                parts.append(f"{key} {result[key]:.4f}")
+            if isinstance(best.get(key), float):
+                parts.append(f"{key} {best[key]:.4f}")
+        if "epoch" in result:
+            parts.append(f"epochs {result['epoch']}" if best.get("epoch") in (None, result["epoch"])
+                         else f"best at epoch {best['epoch']} of {result['epoch']}")
         if "n_params" in result:
             parts.append(f"n_params {result['n_params']:,}")
-        if "epoch" in result:
-            parts.append(f"epochs {result['epoch']}")
         if "time_total_s" in result:
             parts.append(f"{result['time_total_s']:.1f} s")
         self.say("  ".join(parts))
@@ -106,7 +127,7 @@ class Progress(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = first_error_line(trial.error_file) if trial.error_file else ""
-        self._line(trial, failure_kind(error))
+        self._line(trial, failure_kind(error), failed=True)
         if error:
             self.say(f"      error: {error}")
 
