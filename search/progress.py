@@ -41,14 +41,18 @@ class Progress(Callback):
         if result.get("epoch") is not None and result.get("epoch") == result.get("best_epoch"):
             if getattr(self, "at_best", None) is None:  # an experiment saved before at_best existed
                 self.at_best = {}
-            self.at_best[trial.trial_id] = result
+            self.at_best[trial.trial_id] = {k: result[k] for k in (*self.shown(), "epoch") if k in result}
 
-    def best_result(self, trial: Any) -> dict[str, Any]:
-        """The result at the trial's best checkpoint, which trials.csv ranks it by: seen as it came, else
+    def shown(self) -> tuple[str, ...]:
+        """The metrics a trial's line gives: what the search ranks on, val_loss, the family's headline."""
+        # an experiment saved before task_metric existed is resumed with what it has
+        return tuple(dict.fromkeys((self.metric, "val_loss", getattr(self, "task_metric", self.metric))))
+
+    def best_result(self, trial: Any, seen: dict[str, Any] | None) -> dict[str, Any]:
+        """The result at the trial's best checkpoint, which trials.csv ranks it by: ``seen`` as it came, else
         (a trial resumed past a best epoch this driver never saw) read from result.json; else the last."""
         last = trial.last_result or {}
         best_epoch = last.get("best_epoch")
-        seen = (getattr(self, "at_best", None) or {}).get(trial.trial_id)
         if seen is not None and seen.get("epoch") == best_epoch:
             return seen
         from analysis.load import read_results
@@ -102,10 +106,10 @@ class Progress(Callback):
     def _line(self, trial: Any, outcome: str, failed: bool = False) -> None:
         self.done += 1
         result = trial.last_result or {}
-        best = result if failed or not result.get("best_epoch") else self.best_result(trial)
+        seen = (getattr(self, "at_best", None) or {}).pop(trial.trial_id, None)
+        best = result if failed or not result.get("best_epoch") else self.best_result(trial, seen)
         parts = [f"[{self.done:>3}/{self.total}] {trial.trial_id} {outcome:<9}"]
-        # an experiment saved before task_metric existed is resumed with what it has
-        for key in dict.fromkeys((self.metric, "val_loss", getattr(self, "task_metric", self.metric))):
+        for key in self.shown():
             if isinstance(best.get(key), float):
                 parts.append(f"{key} {best[key]:.4f}")
         if "epoch" in result:
