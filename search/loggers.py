@@ -84,6 +84,10 @@ class TensorBoard(TBXLoggerCallback):
             self._best[trial] = {f"best_{m}": result[m] for m in self.at_best if m in result}
         super().log_trial_result(iteration, trial, {**result, **self._best[trial]})
 
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        super().log_trial_end(trial, failed)
+        self._best.pop(trial, None)
+
     def best_on_disk(self, trial_dir: Path) -> dict[str, float]:
         """The ``best_val_*`` of a trial's results so far in ``result.json`` (none for a new trial)."""
         from analysis.load import read_results

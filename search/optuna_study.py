@@ -91,7 +91,7 @@ class ValleyOptunaSearch(OptunaSearch):
     quiet = False
     _told: frozenset[str] = frozenset()  # Tune trial ids the journal finished after the restored snapshot
     _lost: frozenset[int] = frozenset()  # study trial ids whose Tune trials a crash lost (said once)
-    _at_best: dict[str, Any] | None = None  # Tune trial id -> its metric at its best checkpoint so far
+    _at_best: dict[str, Any] | None = None  # unfinished Tune trial id -> its metric at its best checkpoint so far
 
     def _setup_study(self, mode: Any) -> None:
         points, rewards = self._points_to_evaluate, self._evaluated_rewards
@@ -162,7 +162,7 @@ class ValleyOptunaSearch(OptunaSearch):
             self._report_last(trial_id, result)
         best = None
         if isinstance(self.metric, str):
-            best = (result or {}).get(f"best_{self.metric}", (self._at_best or {}).get(trial_id))
+            best = (result or {}).get(f"best_{self.metric}", (self._at_best or {}).pop(trial_id, None))
         if not error and isinstance(best, (int, float)) and math.isfinite(best):
             result = {**result, self.metric: best}  # the best checkpoint's, as trials.csv and warm starts rank it
         return super().on_trial_complete(trial_id, result=result, error=error)
