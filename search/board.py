@@ -47,8 +47,10 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
         trained += epoch
         value = result.get(metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            best_value = result.get(f"best_{metric}")  # reported for val_loss only; else the latest value
-            best_value = best_value if isinstance(best_value, (int, float)) else value
+            # best_val_loss is reported; another metric at the best checkpoint is kept by Board.result (as trials.csv
+            # ranks it), else (a trial restored with Tune's last result) the latest value
+            best_value = next((v for v in (result.get(f"best_{metric}"), result.get("at_best"))
+                               if isinstance(v, (int, float))), value)
             if best is None or (best_value < best[1] if mode == "min" else best_value > best[1]):
                 best = (trial.trial_id, float(best_value))
         if trial.status == "RUNNING":
@@ -148,8 +150,10 @@ class Board:
         return {**self.__dict__, "_live": None}  # a resumed search draws anew
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
-        self.latest[trial_id] = {k: result.get(k) for k in ("training_iteration", self.metric, "early_stopped",
-                                                            f"best_{self.metric}")}
+        at_best = (result.get(self.metric) if result.get("epoch") == result.get("best_epoch")
+                   else self.latest.get(trial_id, {}).get("at_best"))  # the metric at the best checkpoint
+        self.latest[trial_id] = {**{k: result.get(k) for k in ("training_iteration", self.metric, "early_stopped",
+                                                               f"best_{self.metric}")}, "at_best": at_best}
 
     def trial_ended(self, trial_id: str) -> None:
         self.ended = (self.ended or set()) | {trial_id}

@@ -502,6 +502,11 @@ def test_the_board_counts_a_metric_without_its_best_column():
     board.result("b", {"training_iteration": 2, "val_csd": 90.0})
     snap = snapshot(trials, board.latest, "val_csd", "min", 5, 0.0)
     assert snap.best == ("a", 40.0) and snap.counts["done"] == 1 and snap.counts["running"] == 1
+    # at the best checkpoint, as trials.csv ranks it: b's 30.0 at epoch 3, not its latest 95.0 (the board's best
+    # was the last epoch's: 0.9667 beside a top table of 0.9722, found by a review)
+    board.result("b", {"training_iteration": 3, "epoch": 3, "best_epoch": 3, "val_csd": 30.0})
+    board.result("b", {"training_iteration": 4, "epoch": 4, "best_epoch": 3, "val_csd": 95.0})
+    assert snapshot(trials, board.latest, "val_csd", "min", 5, 0.0).best == ("b", 30.0)
 
 
 def test_the_board_counts_a_resumed_trial_by_tunes_result_and_one_that_never_trained_as_pending():
