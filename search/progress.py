@@ -131,9 +131,11 @@ class Progress(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = first_error_line(trial.error_file) if trial.error_file else ""
-        self._line(trial, failure_kind(error), failed=True)
-        if error:
-            self.say(f"      error: {error}")
+        kind = failure_kind(error)
+        self._line(trial, kind, failed=True)
+        if error:  # Tune's traceback on the terminal is off (TUNE_PRINT_ALL_TRIAL_ERRORS): it is in the file
+            where = f" (traceback: {Path(trial.path) / 'error.txt'})" if kind == "failed" else ""
+            self.say(f"      error: {error}{where}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A crashed trial (exception, killed process, lost node) restarts from its last checkpoint."""

@@ -27,9 +27,12 @@ from search.state_files import atomic_state_uploads
 # logger, result.json and params.json, is added back explicitly; TensorBoard's by search.loggers);
 # the old progress output stays off the terminal; the experiment snapshot, what a killed driver can
 # resume and readers of a running search see, is timed by Tune's "auto" rule with valley's floor;
-# Ray's usage statistics (on unless switched off, sent hourly to usage-stats.ray.io) are off.
+# Ray's usage statistics (on unless switched off, sent hourly to usage-stats.ray.io) are off; a failed
+# trial's traceback goes to its error.txt, not the terminal (40 lines a trial, under --quiet too: valley
+# says its first line, search.progress).
 TUNE_ENVIRONMENT = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
-                    "TUNE_GLOBAL_CHECKPOINT_S": "auto", "RAY_USAGE_STATS_ENABLED": "0"}
+                    "TUNE_GLOBAL_CHECKPOINT_S": "auto", "RAY_USAGE_STATS_ENABLED": "0",
+                    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
 SNAPSHOT_FLOOR_S = 1.0
 # What a local Ray's workers import before they take work (Ray's ``preload_python_modules``). Ray
 # starts one idle worker per CPU as soon as its raylet is up (``enable_worker_prestart``; by default
@@ -46,6 +49,7 @@ def tune_environment() -> None:
     atomic_state_uploads()
     no_restore_advice()
     no_result_grid_warning()
+    drop_messages("ray.tune.tune", "Trials did not complete")  # "[train_1c402_00001]": the trial lines say it
     snapshot_every_second_or_5_percent()
     no_callback_census_without_usage_statistics()
 

@@ -73,7 +73,7 @@ def trial_of(folder: Path, **config) -> Path:
 def test_crash_is_retried_then_failed_and_divergence_is_not_retried(ray_session, write_space, tmp_path,
                                                                      capsys):
     folder = search(write_space(FAULTY), tmp_path, name="faulty", max_failures=2, quiet=False)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     trials = pd.read_csv(folder / "trials.csv")
     assert json.loads((folder / "valley.json").read_text())["status"] == "completed"
     assert len(trials) == 4
@@ -86,6 +86,10 @@ def test_crash_is_retried_then_failed_and_divergence_is_not_retried(ray_session,
     errors = (trial_of(folder, variant=1) / "error.txt").read_text()
     assert errors.count("Failure #") == 3  # the first attempt and --max-failures 2 retries
     assert out.count("crashed (") == 2 and "retry 2 of 2 from its last checkpoint" in out
+    # the error's first line, and where its traceback is: Tune printed 40 lines a failure, under --quiet too
+    said = next(line for line in out.splitlines() if line.startswith("      error: RuntimeError"))
+    assert "can't allocate memory" in said and said.endswith(f"(traceback: {trial_of(folder, variant=1) / 'error.txt'})")
+    assert "Traceback" not in out + err and "Trials did not complete" not in out + err
 
     nan = by_row[2]
     assert nan["status"] == "diverged" and "train loss is nan" in nan["error"]
