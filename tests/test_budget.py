@@ -187,12 +187,41 @@ def test_a_rough_stage_whose_time_ran_out_before_any_trial_ended_says_to_start_a
         run_plan(run)
     assert str(raised.value) == (
         "stage valley: no trial of stage rough has a finite best_val_loss (no trials), so there is no valley to "
-        "find: its share of --budget (2.0 s of 10.0 s) was spent first, and a plan's budget is fixed when it "
-        "starts; start the plan again with a larger --budget [the plan stopped in stage valley]")
+        "find: its share of --budget (2.0 s of 10.0 s) was spent first [the plan stopped in stage valley; its "
+        "--budget is fixed when it starts, so continuing it would stop here again: start the plan again with a "
+        "larger --budget]")
     state["budget"]["spent"]["rough"] = 1.0  # time left: a rough stage that trained nothing for another reason
     with pytest.raises(SearchError, match=r"\(no trials\), so there is no valley to find; see .*trials.csv \[the "
                                           r"plan stopped in stage valley; `valley plan .*` continues it from there\]"):
         run_plan(run)
+
+
+def test_a_stage_whose_budget_was_spent_before_it_began_is_a_dead_end_not_a_missing_file(write_space, tmp_path):
+    """`valley plan plan-mlp-digits --budget 10s` (a review): a stage begun with its share spent recorded an
+    experiment it never made, so the confirm stage after it failed on "space file .../fine/space.yaml does not
+    exist", and, like a confirm stage whose seeds none finished, offered a continuation that stopped there again."""
+    from search.plans import PlanRun
+    from search.plans.state import train_stage
+    from spaces import load_space
+
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("dataset: digits\nbudget_split: {rough: 0.5, confirm: 0.5}\nstages:\n"
+                                 "  - {name: rough, space: rough.yaml}\n  - {name: confirm, kind: confirm, from: rough}\n",
+                                 "p.yaml"))
+    state = {"status": "running", "stages": {},
+             "budget": {**Budget(10, SECONDS).as_state({"rough": 0.5, "confirm": 0.5}),
+                        "allowed": {"rough": 5.0, "confirm": 5.0}, "spent": {"rough": 5.0}}}
+    run = PlanRun(plan, tmp_path / "p", SearchOptions(dataset="digits"), state, lambda *a: None)
+    (tmp_path / "p").mkdir()
+    assert train_stage(run, plan.stages[0], load_space(tmp_path / "rough.yaml"), "rough") == "completed"
+    assert "experiments" not in run.stage_state("rough") and not (tmp_path / "p" / "rough").exists()
+    run.record(plan.stages[0], status="completed")
+    with pytest.raises(SearchError) as raised:
+        run_plan(run)
+    assert str(raised.value) == (
+        "stage rough did not run: its share of --budget was spent before it began [the plan stopped in stage "
+        "confirm; its --budget is fixed when it starts, so continuing it would stop here again: start the plan "
+        "again with a larger --budget]")
 
 
 def test_under_a_time_budget_a_killed_driver_s_stage_time_is_counted(write_space, tmp_path):

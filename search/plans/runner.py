@@ -10,7 +10,7 @@ from analysis import format as fmt
 from search.options import OUTPUT_GONE, SearchError, user_errors
 from search.plans.budget import SECONDS, allowance
 from search.plans.format import TRAINING_KINDS, Stage
-from search.plans.state import PlanDeadEnd, PlanRun
+from search.plans.state import BudgetRanOut, PlanRun
 from search.plans.stages import bracket, confirm, search, transfer, valley
 from search.run import tell
 
@@ -87,8 +87,10 @@ def stopped_by(run: PlanRun, stage: Stage, err: BaseException) -> NoReturn:
     run.state.update(status="interrupted", error=f"stage {stage.name}: {err or type(err).__name__}")
     run.record(stage, status="interrupted", error=str(err or type(err).__name__))  # saves plan.json, once
     how = f"the plan stopped in stage {stage.name}; `valley plan {run.folder}` continues it from there"
-    if isinstance(err, PlanDeadEnd):
-        raise SearchError(f"{err} [the plan stopped in stage {stage.name}]") from err
+    if isinstance(err, BudgetRanOut) and run.budget is not None:  # continuing it stopped here again, for ever
+        raise SearchError(f"{err} [the plan stopped in stage {stage.name}; its --budget is fixed when it starts, "
+                          "so continuing it would stop here again: start the plan again with a larger --budget]"
+                          ) from err
     if isinstance(err, user_errors()):
         raise SearchError(f"{err} [{how}]") from err
     if isinstance(err, Exception):

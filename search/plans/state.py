@@ -84,6 +84,13 @@ class PlanRun:
             return None
         return max(0.0, self.state["budget"]["allowed"][stage.name] - self.spent(stage.name))
 
+    def not_run(self, stage_name: str) -> SearchError:
+        """The error for a training stage with no experiment: its budget was spent before it began, or (without
+        one) it has not run."""
+        if self.budget is not None and self.left_for(self.plan.stage(stage_name)) == 0:
+            return BudgetRanOut(f"stage {stage_name} did not run: its share of --budget was spent before it began")
+        return SearchError(f"stage {stage_name!r} has not run; continue the plan (`valley plan {self.folder}`)")
+
     def trials(self, stage_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Every trial and epoch of a training stage (all rounds of a bracket)."""
         from analysis.load import load_experiment
@@ -98,9 +105,10 @@ class PlanRun:
         return pd.concat(frames, ignore_index=True), pd.concat(curves, ignore_index=True)
 
 
-class PlanDeadEnd(SearchError):
-    """A stage that no continuation of its plan gets past (the rough stage's share of a fixed budget spent
-    before any trial finished): the plan must start again, and continuing it is not offered."""
+class BudgetRanOut(SearchError):
+    """A stage without what it needs because a share of the plan's budget ran out first (a valley whose rough
+    stage finished no trial, a confirm stage whose seeds none finished or whose source never ran): a plan's
+    --budget is fixed when it starts, so no continuation gets past it, and continuing is not offered."""
 
 
 def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None = None,
@@ -207,6 +215,10 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
 
     folder = run.folder / experiment
     experiments = run.stage_state(stage.name).get("experiments", [])
+    left = run.left_for(stage)
+    if left is not None and left < 1 and not folder.exists():  # recorded, a later stage looked for its folder
+        run.say(f"valley: stage {stage.name}: its budget is spent; {experiment} is not run")
+        return "completed"
     if experiment not in experiments:
         run.record(stage, experiments=[*experiments, experiment])
     if folder.exists():
@@ -218,11 +230,7 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
             return fmt.read_manifest(folder).get("status", "interrupted")
     opts = dataclasses.replace(stage_options(run, stage, **changes), name=experiment, storage=str(run.folder),
                                label=run.label(stage))
-    left = run.left_for(stage)
     if left is not None:
-        if left < 1:
-            run.say(f"valley: stage {stage.name}: its budget is spent; {experiment} is not run")
-            return "completed"
         if run.budget.unit != SECONDS:
             space = fewer_seeds(run, stage, space, int(left), opts, experiment)
         opts = with_budget(opts, run.budget, left, space)
@@ -307,7 +315,10 @@ def _params_doc(params: dict[str, Any]) -> dict[str, Any]:
 
 def source_space(run: PlanRun, stage_name: str) -> Space:
     """The space a training stage ran (its first experiment's copy)."""
-    return load_space(run.folder / run.stage_state(stage_name)["experiments"][0] / fmt.SPACE_COPY)
+    experiments = run.stage_state(stage_name).get("experiments")
+    if not experiments:
+        raise run.not_run(stage_name)
+    return load_space(run.folder / experiments[0] / fmt.SPACE_COPY)
 
 
 def stage_epochs(run: PlanRun, stage_name: str) -> int | None:

@@ -6,10 +6,10 @@ import math
 from collections.abc import Callable
 
 from analysis.format import metric_column
-from search.options import SearchError, total_trials
+from search.options import total_trials
 from search.plans.budget import EPOCHS
 from search.plans.format import Stage
-from search.plans.state import PlanRun, stage_options, train_stage, write_space
+from search.plans.state import BudgetRanOut, PlanRun, stage_options, train_stage, write_space
 from spaces import Space, load_space
 
 
@@ -144,9 +144,9 @@ def run(run: PlanRun, stage: Stage) -> str:
         return status
     if not done:
         left = run.budget.describe(run.left_for(stage) or 0)
-        raise SearchError(f"stage {stage.name}: its allowance of {left} cannot train the first round's {low}, "
-                          f"{(low + high) // 2} and {high} for one epoch each; give a larger --budget or the stage "
-                          "a larger share in budget_split")
+        raise BudgetRanOut(f"stage {stage.name}: its allowance of {left} cannot train the first round's {low}, "
+                           f"{(low + high) // 2} and {high} for one epoch each; give a larger --budget or the stage "
+                           "a larger share in budget_split")
     result = verdict(done, space.mode, axis, low, high)
     if spent_after is not None:
         result["message"] += f" (the budget was spent after {spent_after} of {stage.get('rounds', 3)} rounds)"

@@ -14,7 +14,7 @@ from search.options import SearchError
 from search.plans.budget import EPOCHS
 from search.plans.format import Stage
 from search.plans.select import config_means, top_configs
-from search.plans.state import PlanRun, stage_epochs, train_stage, write_space
+from search.plans.state import BudgetRanOut, PlanRun, stage_epochs, train_stage, write_space
 from search.plans.state import source_space as source_space_of
 from trainables import get_family
 from trainables.family import TaskSpec
@@ -72,8 +72,10 @@ def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
     trials, _ = run.trials(stage.source)
     configs, ids = top_configs(trials, source_space.metric, source_space.mode, top, stopped=True)
     if not configs:
-        raise SearchError(f"stage {stage.name}: stage {stage.source} has no completed trial to confirm; see "
-                          f"{run.folder / stage.source / 'trials.csv'}, or raise --budget if it ran out")
+        why = f"stage {stage.name}: stage {stage.source} has no completed trial to confirm"
+        if run.budget is not None and run.left_for(run.plan.stage(stage.source)) == 0:
+            raise BudgetRanOut(f"{why}: its share of --budget ran out first")
+        raise SearchError(f"{why}; see {run.folder / stage.source / 'trials.csv'}")
     rows = in_order(list(zip([stage.source] * len(configs), configs, ids)), incumbents(run, stage))
     notes = []
     early = trials[trials["trial_id"].isin(ids) & (trials["status"] == "stopped")]["trial_id"].tolist()
@@ -91,8 +93,8 @@ def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
                      "rate and its data")
     if fits is not None and fits < len(rows):
         if fits < 1:
-            raise SearchError(f"stage {stage.name}: its budget cannot pay for one configuration over its seeds; "
-                              "raise --budget or this stage's share in budget_split")
+            raise BudgetRanOut(f"stage {stage.name}: its budget cannot pay for one configuration over its seeds; "
+                               "raise --budget or this stage's share in budget_split")
         rows, why = by_evidence(run, stage, rows)
         left = [f"trial {trial_id} of stage {origin}" for origin, _, trial_id in rows[fits:]]
         notes.append(f"the budget pays for {fits} of the {len(rows)} candidates; {why}, leaving out "
@@ -222,6 +224,10 @@ def run(run: PlanRun, stage: Stage) -> str:
     return "completed"
 
 
+NO_SEED_FINISHED = ("no configuration finished a seed: the budget ran out before one trial trained all its epochs; "
+                    "raise --budget or this stage's share in budget_split")
+
+
 def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: str, select_mode: str,
                   task: TaskSpec, n_boot: int = 2000) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Mean, standard deviation and bootstrap 95% interval of the test metric per configuration.
@@ -242,8 +248,7 @@ def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: s
     """
     column, mode = task.test_metric, task.mode
     if column not in trials:  # no trial reported an epoch (a time budget spent before the stage began)
-        raise SearchError("no configuration finished a seed: the budget ran out before one trial trained all its "
-                          "epochs; raise --budget or this stage's share in budget_split")
+        raise BudgetRanOut(NO_SEED_FINISHED)
     usable = trained(trials) if "status" in trials else pd.Series(True, index=trials.index)
     broken = trials["status"].isin(FAILED) if "status" in trials else ~usable
     labels = [config_of(row) for _, row in trials.iterrows()]
@@ -252,10 +257,10 @@ def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: s
     failed = [set(trials[rows & broken]["config/seed"]) - seeds for rows, seeds in zip(mine, ok)]
     kept = [i for i, seeds in enumerate(ok) if seeds]
     if not kept:
-        raise SearchError("no configuration finished a seed: "
-                          + ("every seed that ended failed or diverged; see the stage's trials.csv"
-                             if any(failed) else "the budget ran out before one trial trained all its epochs; raise "
-                             "--budget or this stage's share in budget_split"))
+        if any(failed):
+            raise SearchError("no configuration finished a seed: every seed that ended failed or diverged; see the "
+                              "stage's trials.csv")
+        raise BudgetRanOut(NO_SEED_FINISHED)
     ended = [ok[i] | failed[i] for i in kept]
     shared = set.intersection(*ended)
     notes = []

@@ -16,7 +16,7 @@ from analysis.load import config_of
 from search.options import SearchError
 from search.plans.budget import SECONDS
 from search.plans.format import Stage
-from search.plans.state import PlanDeadEnd, PlanRun, source_space
+from search.plans.state import BudgetRanOut, PlanRun, source_space
 from spaces import Space
 from trainables import get_family
 
@@ -39,8 +39,7 @@ def run(run: PlanRun, stage: Stage) -> str:
         if budget is not None and budget.unit == SECONDS and not len(trials) and run.left_for(source) == 0:
             allowed = run.state["budget"]["allowed"][stage.source]
             share = f"{budget.describe(allowed)} of {budget.describe(budget.total)}"
-            raise PlanDeadEnd(f"{why}: its share of --budget ({share}) was spent first, and a plan's budget is fixed "
-                              "when it starts; start the plan again with a larger --budget")
+            raise BudgetRanOut(f"{why}: its share of --budget ({share}) was spent first")
         raise SearchError(f"{why}; see {run.folder / stage.source / 'trials.csv'}")
     result = find_valley(trials, epochs, metric=column, threshold_se=threshold, mode=space.mode)
     note = not_learning(usable)
