@@ -168,6 +168,8 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
             trials = grid._experiment_analysis.trials
             if not INTERRUPTED.is_set() and all(t.status in ("TERMINATED", "ERROR") for t in trials):
                 status = fmt.COMPLETED
+        except KeyboardInterrupt:  # a second Ctrl-C, which Tune's warning invites ("to skip" its last snapshot):
+            pass  # the tables and how to resume, as after one (the folder had no trials.csv, the user no command)
         finally:
             SEARCHING.clear()
             fmt.update_status(folder, status)

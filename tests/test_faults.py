@@ -324,6 +324,10 @@ def interrupt_after_progress(driver: subprocess.Popen, folder: Path, since: floa
     assert driver.poll() is None, f"the search ended before it was stopped: {driver.communicate()[0]}"
     if how == "ctrl-c":
         os.kill(driver.pid, signal.SIGINT)
+    elif how == "ctrl-c twice":  # Tune's warning after the first: "Press CTRL+C ... to skip" its last snapshot
+        os.kill(driver.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.kill(driver.pid, signal.SIGINT)
     elif how == "sigterm-group":  # `timeout`, a shell or a batch system ending the job: the driver's whole group
         os.killpg(driver.pid, signal.SIGTERM)
     else:
@@ -332,6 +336,24 @@ def interrupt_after_progress(driver: subprocess.Popen, folder: Path, since: floa
         return ""
     out, _ = driver.communicate(timeout=90)
     return out
+
+
+@pytest.mark.ray
+def test_ctrl_c_twice_still_writes_the_tables_and_says_how_to_resume(write_space, tmp_path):
+    """A second Ctrl-C raised out of Tune's fit: the search ended on "valley: interrupted" alone, without
+    trials.csv or the resume command (found by a review)."""
+    storage = tmp_path / "results"
+    driver = valley("search", str(write_space(RESUMABLE)), "--name", "twice", "--storage", str(storage),
+                    "--samples", "2", "--num-cpus", "2", cwd=tmp_path)
+    try:
+        out = interrupt_after_progress(driver, storage / "twice", time.time() - 1, how="ctrl-c twice")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out
+    assert f"valley: interrupted; continue with `valley resume {storage / 'twice'}`" in out
+    assert len(pd.read_csv(storage / "twice" / "trials.csv")) >= 1
+    assert not wait_gone(driver.pid), "Ray processes outlived the interrupted driver"
 
 
 @pytest.mark.ray
