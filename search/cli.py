@@ -68,6 +68,10 @@ def add_search_commands(commands: argparse._SubParsersAction) -> None:
     for action in transfer._actions:  # still read, to be refused in one line; listed, they invited use
         if set(action.option_strings) & set(run_command.TRANSFER_FIXED):
             action.help = argparse.SUPPRESS
+        elif "--dataset" in action.option_strings:  # not a space's: it said "default: the space's"
+            action.help = "the data set to re-run the configurations on (required); see `valley datasets`"
+        elif "--max-epochs" in action.option_strings:
+            action.help = "epochs per trial (default: as many as the source's trials had)"
     transfer.set_defaults(run=run_command.cmd_transfer)
 
 

@@ -745,6 +745,18 @@ def test_top_configs_fill_with_early_stopped_trials_only_when_asked():
     assert configs[1] == {"hidden": [1]}
 
 
+def test_transfer_help_says_what_transfer_does_with_a_data_set_and_epochs(capsys):
+    """It said --dataset defaults to "the space's" (transfer refuses to run without one) and --max-epochs to
+    "the space's, else 10" (it trains as many as the source's trials had)."""
+    from search import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["transfer", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the data set to re-run the configurations on (required)" in text
+    assert "epochs per trial (default: as many as the source's trials had)" in text and "else 10" not in text
+
+
 def test_top_configs_rank_a_config_by_its_mean_over_seeds_not_its_luckiest_seed():
     from search.plans import top_configs
     from search.plans.select import seeds_of, side_by_side
@@ -757,11 +769,12 @@ def test_top_configs_rank_a_config_by_its_mean_over_seeds_not_its_luckiest_seed(
     assert configs == [{"hidden": [2]}, {"hidden": [1]}] and ids == ["d", "a"]
     assert top_configs(trials, "val_loss", "min", 1, stopped=True)[1] == ["d"]  # a's stopped seed does not count
     before = seeds_of(trials, ids)
-    assert sorted(before["trial_id"]) == list("abcdef")
+    assert before["trial_id"].tolist() == list("defabc")  # best config first (transfer listed them as trained)
     after = pd.DataFrame({"trial_id": ["x", "y"], "status": ["completed"] * 2, "best_val_loss": [1.0, 2.0],
                           "test_acc": [0.5, 0.4], "config/hidden": ["[1]", "[2]"]})
     side = side_by_side(before, after, "a", "b", "test_acc").set_index("config")
     assert side.loc['{"hidden": [1]}', "test_acc@a"] == pytest.approx(0.8) and side["seeds@a"].tolist() == [3, 3]
+    assert side.index.tolist() == ['{"hidden": [2]}', '{"hidden": [1]}'] and side["rank"].tolist() == [1, 2]
 
 
 def test_a_plan_begun_before_a_key_its_stage_ignores_was_refused_goes_on(write_space, tmp_path):

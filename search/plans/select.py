@@ -51,11 +51,16 @@ def config_text(row: pd.Series) -> str:
 
 
 def seeds_of(trials: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
-    """The rows that stand for the configs of ``ids`` (as ``top_configs`` returns them): each config's seeds
-    of the chosen trial's status, the chosen trial alone when it is the config's only one."""
-    chosen = trials[trials["trial_id"].isin(ids)]
-    wanted = {(config_text(row), row["status"]) for _, row in chosen.iterrows()}
-    return trials[[(config_text(row), row["status"]) in wanted for _, row in trials.iterrows()]]
+    """The rows that stand for the configs of ``ids`` (as ``top_configs`` returns them, best first), in that
+    order: each config's seeds of the chosen trial's status, the chosen trial alone when it is the config's
+    only one."""
+    keys = [(config_text(row), row["status"]) for _, row in trials.iterrows()]
+    at = dict(zip(trials["trial_id"], keys))
+    rank: dict[tuple[str, str], int] = {}
+    for trial_id in ids:
+        if trial_id in at:
+            rank.setdefault(at[trial_id], len(rank))
+    return trials.iloc[sorted((n for n, key in enumerate(keys) if key in rank), key=lambda n: rank[keys[n]])]
 
 
 def confirmed_order(table: Path, trials: pd.DataFrame, top: int) -> tuple[list[dict[str, Any]], list[str]]:
@@ -75,8 +80,9 @@ def confirmed_order(table: Path, trials: pd.DataFrame, top: int) -> tuple[list[d
 
 def side_by_side(before: pd.DataFrame, after: pd.DataFrame, from_name: str, to_name: str,
                  test_metric: str) -> pd.DataFrame:
-    """One row per configuration: its metrics on the source and on the target data set, each the mean over
-    the seeds the frames hold of it (``seeds_of``), with how many that is."""
+    """One row per configuration, in ``before``'s order (``seeds_of``: best first) and numbered so: its metrics
+    on the source and on the target data set, each the mean over the seeds the frames hold of it, with how
+    many that is."""
     metrics = [c for c in ("n_params", "best_val_loss", test_metric, "test_loss") if c in before]
 
     def per_config(frame: pd.DataFrame) -> pd.DataFrame:
@@ -85,4 +91,5 @@ def side_by_side(before: pd.DataFrame, after: pd.DataFrame, from_name: str, to_n
         return means.assign(seeds=frame.groupby("_key", sort=False).size()).reset_index()
 
     merged = per_config(before).merge(per_config(after), on="_key", suffixes=(f"@{from_name}", f"@{to_name}"))
+    merged.insert(0, "rank", range(1, len(merged) + 1))
     return merged.rename(columns={"_key": "config"})
