@@ -361,6 +361,21 @@ def trial_epochs(folder) -> int:
 
 
 @pytest.mark.ray
+def test_a_grid_the_budget_cuts_short_says_so(ray_session, write_space, tmp_path):
+    """`--stage rough.max_epochs=3 --budget 150` trained the rough grid 2 epochs each, without ASHA, and
+    nothing said so (found by a review): the stage's line and plan.json's note (the report's stage table) do."""
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("dataset: synthetic\nbudget_split: {rough: 1.0}\nstages:\n"
+                                 "  - {name: rough, space: rough.yaml, max_epochs: 3, scheduler: asha}\n", "p.yaml"))
+    said: list[str] = []
+    folder = run_plan(start_plan(plan, SearchOptions(storage=str(tmp_path), name="short", quiet=True),
+                                 say=said.append, budget=Budget(8, EPOCHS)))
+    note = "the budget pays for 2 of 3 epochs for each of its 4 grid points: each trains 2, without ASHA"
+    assert f"valley: stage rough: {note}" in said
+    assert json.loads((folder / "plan.json").read_text())["stages"]["rough"]["note"] == note
+    assert pd.read_csv(folder / "rough" / "trials.csv")["epochs"].tolist() == [2] * 4
+
+
 def test_a_budgeted_plan_never_overspends_and_carries_its_incumbent(ray_session, budget_plan, tmp_path):
     run = start_plan(load_plan(budget_plan()), SearchOptions(storage=str(tmp_path), name="p", quiet=True,
                                                              overrides={"stall_epochs": 2}),

@@ -233,7 +233,14 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
     if left is not None:
         if run.budget.unit != SECONDS:
             space = fewer_seeds(run, stage, space, int(left), opts, experiment)
+        asked = opts
         opts = with_budget(opts, run.budget, left, space)
+        if opts.epochs(space) < asked.epochs(space):  # a --stage rough.max_epochs=3 trained 2, without a word
+            note = (f"the budget pays for {opts.epochs(space)} of {asked.epochs(space)} epochs for each of its "
+                    f"{total_trials(space, opts)} grid points: each trains {opts.epochs(space)}"
+                    + (", without ASHA" if asked.scheduler == "asha" and opts.scheduler != "asha" else ""))
+            run.say(f"valley: stage {stage.name}: {note}")
+            run.record(stage, note=note)
     epochs = opts.epochs(space)
     if space.max_epochs != epochs and (run.folder / f"{experiment}.space.yaml").exists():
         # the stage's file says what it ran: the epochs of its own max_epochs, --max-epochs or a budget,
