@@ -167,6 +167,8 @@ def resolve(name_or_path: str | Path) -> Path:
             raise SpaceError(f"space file {path} {what}; give a YAML file or a built-in space "
                              f"({', '.join(builtins)})")
         return path
+    if (BUILTIN_DIR / f"{text}.yaml").is_file():  # a built-in plan (plan-*.yaml beside the spaces)
+        raise SpaceError(f"{text!r} is a built-in plan, not a search space; run it with `valley plan {text}`")
     close = difflib.get_close_matches(text, builtins, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise SpaceError(f"unknown space {text!r}; {hint}built-in spaces: {', '.join(builtins)} "
@@ -192,6 +194,8 @@ def parse_space(doc: Any, source: str = "<space>", name: str = "space") -> Space
 
     if not isinstance(doc, dict):
         raise fail("top level", f"a space is a mapping of {', '.join(TOP_KEYS)}, got {type(doc).__name__}")
+    if "stages" in doc and not any(key in doc for key in ("params", "grid")):  # it said "budget_split: unknown key"
+        raise fail("stages", f"this is a plan, not a search space; run it with `valley plan {source}`")
     for key in doc:
         if key not in TOP_KEYS:
             close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
@@ -266,7 +270,7 @@ def _parse_value(key: str, value: Any, fail: Any) -> Any:
     if kind.startswith("log") or kind == "qloguniform":
         if low <= 0:
             raise fail(key, f"a log range must be > 0 at both ends, got low={low}, high={high}; "
-                            "use uniform for a range that touches 0")
+                            f"use {'randint' if 'int' in kind else 'uniform'} for a range that touches 0")
     if kind in ("randint", "lograndint"):
         if not low < high:
             raise fail(key, f"low < high must hold (high is exclusive), got low={low}, high={high}; "

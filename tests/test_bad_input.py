@@ -180,6 +180,26 @@ def test_a_stage_change_names_what_it_cannot_change(refuse, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_plan_given_to_search_and_a_space_given_to_plan_say_which_command_runs_them(refuse, write_space, tmp_path):
+    """`valley search myplan.yaml` said "budget_split: unknown key" (found by a review); the other way round,
+    "a plan is a mapping with a non-empty `stages:` list"; a built-in name, "unknown space"."""
+    plan = write_space("dataset: digits\nbudget_split: {rough: 1.0}\nstages:\n  - {name: rough, space: mlp-rough}\n",
+                       "myplan.yaml")
+    assert refuse(str(plan)).endswith(f"{plan}: stages: this is a plan, not a search space; run it with "
+                                      f"`valley plan {plan}`")
+    assert refuse("plan-mlp-digits").endswith("'plan-mlp-digits' is a built-in plan, not a search space; run it "
+                                              "with `valley plan plan-mlp-digits`")
+    space_file = write_space(HEADER + "params: {lr: 0.01}\n", "s.yaml")
+    storage = ("--storage", str(tmp_path / "results"))
+    assert refuse("plan", str(space_file), *storage).endswith(
+        f"{space_file}: stages: this is a search space, not a plan; run it with `valley search {space_file}`")
+    assert refuse("plan", "mlp-rough", *storage).endswith(
+        "'mlp-rough' is a built-in search space, not a plan; run it with `valley search mlp-rough`")
+    # an integer log range from 0: randint, not uniform (which draws fractions, refused for an int key)
+    assert refuse(space(write_space, "params: {layers: {lograndint: [0, 5]}}")).endswith(
+        "use randint for a range that touches 0")
+
+
 def test_what_a_command_would_not_honour_is_refused_not_ignored(refuse, write_space, tmp_path):
     """A plan's stages overruled --scheduler and --max-epochs without a word; a plan folder continued with
     the options it started with, whatever was given; transfer ran random, one sample, fifo regardless."""

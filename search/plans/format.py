@@ -104,6 +104,10 @@ def load_plan(name_or_path: str | Path, changes: tuple[str, ...] = ()) -> Plan:
     text = str(name_or_path)
     path = plans.get(text) or Path(text).expanduser()
     if not path.is_file():
+        from spaces import builtin_spaces
+
+        if text in builtin_spaces():
+            raise SearchError(f"{text!r} is a built-in search space, not a plan; run it with `valley search {text}`")
         close = difflib.get_close_matches(text, plans, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise SearchError(f"no plan {text!r}; {hint}built-in plans: {', '.join(plans)} (or a YAML file)")
@@ -167,6 +171,8 @@ def parse_plan(doc: Any, source: str, name: str, begun: bool = False) -> Plan:
     def fail(where: str, message: str) -> SearchError:
         return SearchError(f"{source}: {where}: {message}")
 
+    if isinstance(doc, dict) and "stages" not in doc and any(key in doc for key in ("params", "grid")):
+        raise fail("stages", f"this is a search space, not a plan; run it with `valley search {source}`")
     if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
         raise fail("stages", "a plan is a mapping with a non-empty `stages:` list")
     for key in doc:
