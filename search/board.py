@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import sys
 import time
 from typing import Any
@@ -30,14 +31,18 @@ class Snapshot:
 
 def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, mode: str, max_epochs: int,
              started: float, epochs_at_start: int = 0, ended: set[str] | None = None) -> Snapshot:
-    """Trials by state and the estimate of the time left (the epochs the unfinished trials may still train,
-    at the rate epochs have finished so far; an upper bound under ASHA, which stops some early).
+    """Trials by state and the estimate of the time left: the epochs the unfinished trials may still train,
+    each at its own seconds an epoch (one that has not reported, at the median trial's), shared among the
+    running trials' slots, and no less than the slowest one's alone; without reported times, at the rate
+    epochs have finished so far. An upper bound under ASHA, which stops some early.
 
     With ``ended`` (after Ctrl-C: the trials whose end Tune reported, or that had ended before this run), a
     trial Tune calls terminated but that is not among them was stopped by the Ctrl-C: interrupted, not stopped.
     """
     counts = dict.fromkeys(STATES, 0)
     running, best, trained, left_epochs = [], None, 0, 0
+    per_epoch: dict[str, float] = {}  # each trial's seconds an epoch, where it has reported them
+    owed: dict[str, int] = {}  # each unfinished trial's epochs still to train
     for trial in trials:
         result = latest.get(trial.trial_id, {})
         last = getattr(trial, "last_result", None) or {}  # Tune's own, restored with the trial on a resume
@@ -45,6 +50,10 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
             result = last
         epoch = int(result.get("training_iteration") or 0)
         trained += epoch
+        seconds = result.get("time_total_s")
+        if epoch and isinstance(seconds, (int, float)) and seconds > 0:
+            per_epoch[trial.trial_id] = seconds / epoch
+        before = left_epochs
         value = result.get(metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             # best_val_loss is reported; another metric at the best checkpoint is kept by Board.result (as trials.csv
@@ -72,9 +81,16 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
         else:
             finished = result.get("early_stopped") or epoch >= max_epochs
             counts["done" if finished else "stopped"] += 1
+        if left_epochs > before:
+            owed[trial.trial_id] = left_epochs - before
     elapsed = time.monotonic() - started
-    rate = (trained - epochs_at_start) / elapsed if elapsed > 0 else 0.0
-    left = left_epochs / rate if rate > 0 else None
+    if per_epoch:  # each trial at its own pace (a grid's 15-layer MLP beside its 2-neuron one: 40 s, not 1 s)
+        typical = statistics.median(per_epoch.values())  # for a trial that has not reported yet
+        each = [n * per_epoch.get(t, typical) for t, n in owed.items()]
+        left = max([sum(each) / max(1, counts["running"]), *each]) if each else 0.0
+    else:  # no times reported: the rate epochs have finished at
+        rate = (trained - epochs_at_start) / elapsed if elapsed > 0 else 0.0
+        left = left_epochs / rate if rate > 0 else None
     return Snapshot(counts, running, best, elapsed, left, trained)
 
 
@@ -153,7 +169,8 @@ class Board:
         at_best = (result.get(self.metric) if result.get("epoch") == result.get("best_epoch")
                    else self.latest.get(trial_id, {}).get("at_best"))  # the metric at the best checkpoint
         self.latest[trial_id] = {**{k: result.get(k) for k in ("training_iteration", self.metric, "early_stopped",
-                                                               f"best_{self.metric}")}, "at_best": at_best}
+                                                               f"best_{self.metric}", "time_total_s")},
+                                 "at_best": at_best}
 
     def trial_ended(self, trial_id: str) -> None:
         self.ended = (self.ended or set()) | {trial_id}

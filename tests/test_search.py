@@ -545,6 +545,26 @@ def test_a_resumed_boards_time_left_counts_only_the_epochs_trained_since(capsys)
     assert 90 <= 60 * int(minutes) + int(seconds) <= 120, last  # 180 epochs at 2 a second (a little less if slow)
 
 
+def test_the_boards_time_left_takes_each_trial_at_its_own_pace():
+    """mlp-rough at 30 epochs: twelve small MLPs done in a second each, the 12- and 15-layer ones at epochs 5
+    and 2 at a second and more an epoch; the board said '~0m01s left' of what took 40 s (found by a review)."""
+    from types import SimpleNamespace
+
+    from search.board import snapshot
+
+    trials = [SimpleNamespace(trial_id=f"s{i}", status="TERMINATED") for i in range(12)]
+    trials += [SimpleNamespace(trial_id="big", status="RUNNING"), SimpleNamespace(trial_id="bigger", status="RUNNING")]
+    latest = {f"s{i}": {"training_iteration": 30, "val_loss": 0.3, "time_total_s": 0.6} for i in range(12)}
+    latest["big"] = {"training_iteration": 5, "val_loss": 0.4, "time_total_s": 6.5}  # 1.3 s an epoch: 25 to go
+    latest["bigger"] = {"training_iteration": 2, "val_loss": 0.5, "time_total_s": 3.0}  # 1.5 s: 28 to go
+    snap = snapshot(trials, latest, "val_loss", "min", 30, time.monotonic() - 12.0)
+    assert snap.left_s == pytest.approx(28 * 1.5)  # the slower alone, beside the other on its own slot
+    # 200 more pending, not begun: at the median trial's pace (0.02 s an epoch), shared with the others' slots
+    trials += [SimpleNamespace(trial_id=f"p{i}", status="PENDING") for i in range(200)]
+    snap = snapshot(trials, latest, "val_loss", "min", 30, time.monotonic() - 12.0)
+    assert snap.left_s == pytest.approx((25 * 1.3 + 28 * 1.5 + 200 * 30 * 0.02) / 2)
+
+
 def test_after_ctrl_c_the_board_counts_a_trial_it_stopped_as_interrupted_not_stopped():
     """Tune calls a trial Ctrl-C stopped mid-way terminated, as it calls one ASHA stopped: the board's last
     line read '4/14 finished (2 done, 2 stopped)' while trials.csv called two of them unfinished."""
