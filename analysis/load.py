@@ -138,7 +138,8 @@ def _load_folder(folder: Path, manifest: dict[str, Any] | None = None,
         trials_frame.insert(1, "experiment", folder.name)
     if no_results:
         shown = ", ".join(no_results[:10]) + (f" and {len(no_results) - 10} more" if len(no_results) > 10 else "")
-        warnings.append(f"{len(no_results)} trial(s) have no results yet: {shown}")
+        warnings.append(f"{len(no_results)} trial(s) stopped before their first epoch (a budget spent): {shown}"
+                        if finished else f"{len(no_results)} trial(s) have no results yet: {shown}")
     return trials_frame, _numeric(pd.DataFrame(epochs)), warnings
 
 

@@ -25,8 +25,9 @@ INTERRUPTED = threading.Event()
 
 class Progress(Callback):
     def __init__(self, total: int, metric: str, task_metric: str, say: Callable[..., None],
-                 board: Board | None = None, rows: list[dict[str, Any]] | None = None) -> None:
+                 board: Board | None = None, rows: list[dict[str, Any]] | None = None, at_most: bool = False) -> None:
         self.total = total
+        self.at_most = at_most  # a budget may end the search before ``total`` trials: its lines say [ 34/<=90]
         self.rows = rows or []  # the grid rows: a trial's own max_epochs may be in its row
         self.metric = metric  # what the search ranks on
         self.task_metric = task_metric  # the family's validation headline, e.g. val_acc
@@ -108,7 +109,8 @@ class Progress(Callback):
         result = trial.last_result or {}
         seen = (getattr(self, "at_best", None) or {}).pop(trial.trial_id, None)
         best = result if failed or not result.get("best_epoch") else self.best_result(trial, seen)
-        parts = [f"[{self.done:>3}/{self.total}] {trial.trial_id} {outcome:<9}"]
+        total = f"{'<=' * getattr(self, 'at_most', False)}{self.total}"  # an experiment saved before at_most: none
+        parts = [f"[{self.done:>3}/{total}] {trial.trial_id} {outcome:<9}"]
         for key in self.shown():
             if isinstance(best.get(key), float):
                 parts.append(f"{key} {best[key]:.4f}")

@@ -139,7 +139,8 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
     board = None if opts.quiet else Board(space.metric, space.mode, epochs, opts.progress_s, opts.label,
                                           budget_epochs=opts.budget_epochs)
     rows = [dict(row) for row in space.grid]  # what the trials merge into their configs
-    progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say, board, rows)
+    progress = Progress(total_trials(space, opts), space.metric, family.task.val_metric, say, board, rows,
+                        at_most=bool(opts.budget_epochs or opts.budget_s))
     tuner = build_tuner(space, family, opts, folder, dataset, epochs, data, progress)
     write_manifest(folder, space, family, opts, dataset, epochs, data, status=fmt.RUNNING)
     return fit_and_finish(tuner, folder, say, rows)

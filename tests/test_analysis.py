@@ -191,6 +191,11 @@ def test_half_written_experiment_loads_what_is_there(tmp_path):
     assert "2 trial(s) have no results yet: 9f306_00007, abcde_00099" in text
     # while the search runs, a trial ASHA stopped cannot be told from one still training: 4 + 1 + 2 pending
     assert progress(half.trials)["active"] == 7
+    # once the search has ended, a trial without results never had one: a budget stopped it before its first epoch
+    manifest = json.loads((folder / "valley.json").read_text())
+    (folder / "valley.json").write_text(json.dumps({**manifest, "status": "completed"}))
+    assert "2 trial(s) stopped before their first epoch (a budget spent): 9f306_00007, abcde_00099" in \
+        "\n".join(load(folder).warnings)
 
 
 @pytest.mark.parametrize("tune_status, expected", [("TERMINATED", "stopped"), ("ERROR", "failed"), (None, "failed")])

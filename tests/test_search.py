@@ -306,10 +306,15 @@ def test_bohb_keeps_its_density_models_quiet(caplog):
 
 
 @pytest.mark.ray
-def test_an_epoch_budget_stops_the_search_before_it_is_spent(ray_session, write_space, tmp_path):
-    folder = search(write_space(TINY), tmp_path, scheduler="asha", samples=50, budget_epochs=20, name="budget")
+def test_an_epoch_budget_stops_the_search_before_it_is_spent(ray_session, write_space, tmp_path, capsys):
+    folder = run_search(load_space(write_space(TINY)), SearchOptions(
+        storage=str(tmp_path / "results"), scheduler="asha", samples=50, budget_epochs=20, name="budget",
+        progress_s=1e9))
     trials = pd.read_csv(folder / "trials.csv")
     assert trials["epochs"].sum() == 20  # Tune drops the epochs in flight: a margin for them left budget unspent
+    # 50 samples of 4 grid rows are the most the budget lets run: "[ 34/90]" read as 34 of 90 where 36 ran (a review)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert lines and all(line.startswith(f"[{n + 1:>3}/<=200] ") for n, line in enumerate(lines)), lines
     assert json.loads((folder / "valley.json").read_text())["status"] == "completed"
     assert not trials["status"].isin(["failed", "unfinished"]).any()  # stopped by the budget, not failed
 
