@@ -281,12 +281,13 @@ def seeds_table(trials: pd.DataFrame, task: Task) -> str:
 
 
 def whole_numbers(frame: pd.DataFrame) -> pd.DataFrame:
-    """Columns of whole numbers with gaps as integers (pandas makes them floats: ``layers`` read 5.0)."""
+    """Columns of whole numbers with gaps as integers (pandas makes them floats: ``layers`` read 5.0), for
+    printing: a gap as "-", as ``to_string(na_rep="-")`` prints the others' (an Int64 column printed <NA>)."""
     columns = {}
     for column in frame.columns[frame.dtypes == float]:
         values = frame[column].dropna()
         if len(values) and (values == values.round()).all() and values.abs().max() < 2**53:
-            columns[column] = frame[column].astype("Int64")
+            columns[column] = frame[column].map(lambda v: "-" if pd.isna(v) else str(int(v)))
     return frame.assign(**columns)
 
 

@@ -378,6 +378,15 @@ def test_loss_vs_params_colours_stages_and_survives_thin_data(tmp_path):
     assert not empty.data and "no trial" in empty.layout.annotations[0].text
 
 
+def test_the_top_table_prints_a_gap_in_whole_numbers_as_a_dash(asha):
+    """A grid with rows of `hidden` and rows of `layers` printed `layers` as <NA> beside `-` for the rest."""
+    trials = asha.trials.copy()
+    trials["best_val_loss"] -= trials["config/layers"].isna() * 10.0  # the hidden rows first
+    text = top_table(trials, ASHA)
+    assert "<NA>" not in text and "5.0" not in text
+    assert any(line.split()[2] == "-" for line in text.splitlines()[2:]), text  # layers of a hidden row
+
+
 def test_learning_curves_mark_scheduler_stops(asha):
     fig = figures.learning_curves(asha.trials, asha.epochs)
     lines = [t for t in fig.data if t.mode == "lines"]
