@@ -63,7 +63,7 @@ def test_load_experiment_and_tables_keep_their_behaviour(tmp_path):
     assert len(written) == 14 and (folder / "trials.csv").exists() and (folder / "epochs.parquet").exists()
     table = top_table(written, folder)
     assert table.startswith("top 5 of 14 by best_val_loss")
-    assert "9f306_00009      -       5    -        -    412910       6 completed" in table  # not layers 5.0
+    assert "9f306_00009      -      5    -        -    412910       6 completed" in table  # not layers 5.0
 
 
 def test_a_trial_asha_stopped_is_stopped_before_the_search_ends(tmp_path):
