@@ -63,7 +63,7 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
             except ConfigError as err:
                 hint = (f"; {value.kind} draws fractions, use randint or qrandint for a whole number"
                         if value.kind in ("uniform", "loguniform") and "must be int" in str(err) else "")
-                raise SpaceError(f"{space.source}: params.{key}: {value.kind} can draw {candidate!r}: "
+                raise SpaceError(f"{space.source}: params.{key}: {value.kind} can draw {drawn(value, candidate)}: "
                                  f"{err}{hint}") from None
 
 
@@ -90,8 +90,8 @@ def check_shape(space: Space, overrides: dict[str, Any], shape: tuple[int, int, 
             try:
                 check(family.make_config({**probe, **row, key: candidate, "family": space.family}))
             except ConfigError as err:
-                raise SpaceError(f"{space.source}: params.{key}: {value.kind} can draw {candidate!r}: on data set "
-                                 f"{dataset!r}, {err}") from None
+                raise SpaceError(f"{space.source}: params.{key}: {value.kind} can draw {drawn(value, candidate)}: "
+                                 f"on data set {dataset!r}, {err}") from None
 
 
 def blame(family: Any, space: Space, probe: dict[str, Any], row: dict[str, Any], overrides: dict[str, Any],
@@ -117,6 +117,14 @@ def blame(family: Any, space: Space, probe: dict[str, Any], row: dict[str, Any],
     if given and not fails({**probe, **row}):  # the row alone is sound: --set clashes with it
         return f"{named} with {space.source}: grid row {row}"
     return f"{space.source}: grid row {row}"
+
+
+def drawn(dist: Dist, value: Any) -> str:
+    """A probe value as the user wrote the range: "values just below 1.5", not 1.4999999999999998."""
+    if dist.kind in ("uniform", "loguniform") and isinstance(value, float) and value == math.nextafter(
+            float(dist.args[1]), dist.args[0]):
+        return f"values just below {dist.args[1]!r}"
+    return repr(value)
 
 
 def _probe_value(value: Any) -> Any:

@@ -201,9 +201,9 @@ def parse_space(doc: Any, source: str = "<space>", name: str = "space") -> Space
             close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise fail(str(key), f"unknown key; {hint}valid keys: {', '.join(TOP_KEYS)}")
-    for key in REQUIRED:
-        if key not in doc:
-            raise fail(key, f"missing; add `{key}:` ({TOP_KEYS[key]})")
+    missing = [key for key in REQUIRED if key not in doc]  # all at once: one run to learn each was one too many
+    if missing:
+        raise fail(", ".join(missing), f"missing; add {'; '.join(f'`{key}:` ({TOP_KEYS[key]})' for key in missing)}")
     for key in ("family", "metric", "description", "dataset"):
         if key in doc and not isinstance(doc[key], str):
             raise fail(key, f"must be a string, got {doc[key]!r}")

@@ -245,7 +245,8 @@ def test_mistakes_are_blamed_where_they_are_and_each_end_of_a_range_is_tried(ref
     # cannot edit: `valley search mlp-rough --set layers=5`)
     assert refuse(clean, "--set", "layers=5").startswith(
         f"valley: error: --set layers=5 with {clean}: grid row {{'hidden': [4]}}: give hidden or layers, not both")
-    assert "params.dropout: uniform can draw 1.4999" in refuse(space(write_space, "params: {dropout: {uniform: [0, 1.5]}}"))
+    assert "params.dropout: uniform can draw values just below 1.5: dropout must lie in [0, 1)" in refuse(
+        space(write_space, "params: {dropout: {uniform: [0, 1.5]}}"))  # not "1.4999999999999998"
     assert "device cuda needs a GPU for each trial, and --gpus-per-trial is 0" in refuse(
         space(write_space, ""), "--set", "device=cuda")
     assert "--storage is empty" in refuse(space(write_space, ""), storage=" ")

@@ -58,6 +58,9 @@ def test_mode_and_missing_keys(write_space):
         load_space(write_space("family: mlp\nmetric: val_loss\nmode: lowest\n"))
     with pytest.raises(SpaceError, match="metric: missing"):
         load_space(write_space("family: mlp\nmode: min\n"))
+    with pytest.raises(SpaceError, match=r"metric, mode: missing; add `metric:` \(the validation metric .*\); "
+                                         r"`mode:` \(min or max\)"):  # both at once, not one run each
+        load_space(write_space("family: mlp\nparams: {lr: 0.1}\n"))
 
 
 def test_python_tags_are_refused(write_space):
