@@ -106,7 +106,9 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
         point = as_point(config, space, clip=True, fixed=run.base.overrides)
         if point is not None and point.get("variant") not in [m.get("variant") for m in moved]:
             moved.append(point)
-    return moved, [], (f"none of the {len(configs)} trials of stage {rough_name} falls inside the new space; "
+    others = len(trials) - len(configs)  # stalled, failed or unfinished: never warm-start points
+    counted = f"{len(configs)} finished trials" + (f" (of {len(trials)})" if others else "")
+    return moved, [], (f"none of the {counted} of stage {rough_name} falls inside the new space; "
                        + ("evaluating first the best of them, moved into it" if len(moved) == 1 else
                           f"evaluating first the best of each of {len(moved)} architectures, moved into it")
                        + " (values clipped to the ranges)")
