@@ -339,43 +339,27 @@ def interrupt_after_progress(driver: subprocess.Popen, folder: Path, since: floa
 
 
 @pytest.mark.ray
-def test_ctrl_c_twice_still_writes_the_tables_and_says_how_to_resume(write_space, tmp_path):
-    """A second Ctrl-C raised out of Tune's fit: the search ended on "valley: interrupted" alone, without
-    trials.csv or the resume command (found by a review)."""
-    storage = tmp_path / "results"
-    driver = valley("search", str(write_space(RESUMABLE)), "--name", "twice", "--storage", str(storage),
-                    "--samples", "2", "--num-cpus", "2", cwd=tmp_path)
-    try:
-        out = interrupt_after_progress(driver, storage / "twice", time.time() - 1, how="ctrl-c twice")
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 130, out
-    assert f"valley: interrupted; continue with `valley resume {storage / 'twice'}`" in out
-    assert len(pd.read_csv(storage / "twice" / "trials.csv")) >= 1
-    assert not wait_gone(driver.pid), "Ray processes outlived the interrupted driver"
-
-
-@pytest.mark.ray
-def test_sigterm_ends_a_search_as_ctrl_c_does(write_space, tmp_path):
+@pytest.mark.parametrize("how", ["sigterm-group", "ctrl-c twice"])
+def test_sigterm_or_ctrl_c_twice_ends_a_search_as_ctrl_c_does(write_space, tmp_path, how):
     """`kill`, `timeout` or a batch system's time limit: Ray's core worker answered SIGTERM with a stack dump
     and an abort (exit 134), and the experiment had no trials.csv. Now it ends as Ctrl-C ends it. Sent to
     the driver's whole process group (`timeout`), it reached Ray's GCS and raylet as well, and the driver
     waited a minute on the dead GCS, then aborted: Ray's processes are now in groups of their own. (The group
-    holds the driver: this is the driver's SIGTERM as well.)"""
+    holds the driver: this is the driver's SIGTERM as well.) A second Ctrl-C raised out of Tune's fit ended
+    the search on "valley: interrupted" alone, without trials.csv or the resume command (seen by a review)."""
     storage = tmp_path / "results"
-    driver = valley("search", str(write_space(RESUMABLE)), "--name", "term", "--storage", str(storage),
+    driver = valley("search", str(write_space(RESUMABLE)), "--name", "stop", "--storage", str(storage),
                     "--samples", "2", "--num-cpus", "2", cwd=tmp_path)
     try:
-        out = interrupt_after_progress(driver, storage / "term", time.time() - 1, how="sigterm-group")
+        out = interrupt_after_progress(driver, storage / "stop", time.time() - 1, how=how)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, out
-    assert f"valley: interrupted; continue with `valley resume {storage / 'term'}`" in out
-    assert json.loads((storage / "term" / "valley.json").read_text())["status"] == "interrupted"
-    assert len(pd.read_csv(storage / "term" / "trials.csv")) >= 1  # what had started, kept
-    assert not wait_gone(driver.pid), "Ray processes outlived the terminated driver"
+    assert f"valley: interrupted; continue with `valley resume {storage / 'stop'}`" in out
+    assert json.loads((storage / "stop" / "valley.json").read_text())["status"] == "interrupted"
+    assert len(pd.read_csv(storage / "stop" / "trials.csv")) >= 1  # what had started, kept
+    assert not wait_gone(driver.pid), "Ray processes outlived the stopped driver"
 
 
 @pytest.mark.ray
