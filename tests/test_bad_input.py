@@ -79,6 +79,9 @@ def space(write_space, body: str, header: str = HEADER) -> str:
 def test_space_mistakes(refuse, write_space, body, expected):
     line = refuse(space(write_space, body))
     assert all(part in line for part in expected), line
+    # the keys a search sets at a space's top level are no valid keys of params (they are refused there)
+    assert "for family" not in line or not any(f" {key}," in line or line.endswith(f" {key}")
+                                               for key in ("dataset", "family", "max_epochs")), line
 
 
 def test_a_space_file_that_is_not_text_a_folder_or_ranks_backwards(refuse, write_space, tmp_path):

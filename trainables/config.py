@@ -64,9 +64,9 @@ class TrainConfig:
             if key not in fields:
                 close = difflib.get_close_matches(key, fields, n=1)
                 hint = f"; did you mean {close[0]!r}? " if close else "; "
-                raise ConfigError(
+                raise ConfigError(  # not the keys a search sets (a space's top level, --dataset): refused there
                     f"unknown key {key!r} for family {cls.__module__.rsplit('.', 1)[-1]!r}{hint}"
-                    f"valid keys: {', '.join(sorted(fields))}"
+                    f"valid keys: {', '.join(sorted(set(fields) - {'family', 'dataset', 'max_epochs'}))}"
                 )
             values[key] = _coerce(key, value, hints[key])
         cfg = cls(**values)
