@@ -140,7 +140,7 @@ def _valley_section(experiment: Experiment) -> Section:
     try:
         valley = find_valley(scope_trials, scope_epochs, metric=metric, threshold_se=threshold, mode=mode)
         note = f"{scope}: {valley.reason}."
-        untrained = not_learning(usable)
+        untrained = not_learning(usable, valley.chosen)
         if untrained:
             note += f" Warning: {untrained}; train them longer before reading a valley from them."
     except ValueError as err:

@@ -76,19 +76,24 @@ def never_left_chance(trials: pd.DataFrame) -> pd.Series:
     return (epochs > 0) & (chance >= epochs)
 
 
-def not_learning(usable: pd.DataFrame) -> str:
+def not_learning(usable: pd.DataFrame, chosen: str | None = None) -> str:
     """A sentence when most of the trials a valley is found among never left chance level, else "".
 
     A trial shorter than ``stall_epochs`` is never marked ``stalled``; when most never learned,
-    the valley rests on the few that learned first and says little about the rest.
+    the valley rests on the few that learned first and says little about the rest; where the valley's
+    choice (``chosen``, a trial id) is one of those that never learned, the sentence says so.
     """
     flat = usable[never_left_chance(usable)]
     if len(flat) * 2 <= len(usable):
         return ""
     epochs = sorted({int(e) for e in flat["epochs"]})
     trained = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]} to {epochs[-1]}"
-    rest = (f"the valley rests on the {len(usable) - len(flat)} that did" if len(flat) < len(usable)
-            else "the valley is chosen among models that learned nothing")
+    if len(flat) == len(usable):
+        rest = "the valley is chosen among models that learned nothing"
+    elif chosen is not None and chosen in set(flat["trial_id"]):  # it said "rests on the 3 that did" of such a pick
+        rest = f"only {len(usable) - len(flat)} learned, and the valley's choice, trial {chosen}, is not one of them"
+    else:
+        rest = f"the valley rests on the {len(usable) - len(flat)} that did"
     return (f"{len(flat)} of the {len(usable)} trials never left chance level in the {trained} "
             f"epoch{'' if epochs == [1] else 's'} they trained, so {rest}")
 

@@ -335,6 +335,11 @@ def test_a_valley_among_trials_that_never_left_chance_says_so():
     assert list(never_left_chance(trials)) == [True, True, False, True]
     assert not_learning(trials) == ("3 of the 4 trials never left chance level in the 2 epochs they trained, "
                                     "so the valley rests on the 1 that did")
+    # a choice among those that never learned is named, not "rests on the 1 that did" (a cnn-rough at one epoch)
+    chosen = trials["trial_id"].iloc[0]
+    assert not_learning(trials, chosen) == (f"3 of the 4 trials never left chance level in the 2 epochs they trained, "
+                                            f"so only 1 learned, and the valley's choice, trial {chosen}, is not one "
+                                            "of them")
     assert not_learning(trials.assign(chance_epochs=[2, 1, 0, 2])) == ""  # one fell back to chance: it had left it
     assert not_learning(trials.assign(epochs=[1, 1, 2, 2], chance_epochs=[1, 1, 2, 2])) == (
         "4 of the 4 trials never left chance level in the 1 to 2 epochs they trained, so the valley is chosen "

@@ -36,13 +36,13 @@ def run(run: PlanRun, stage: Stage) -> str:
                f"({statuses or 'no trials'}), so there is no valley to find")
         budget = run.budget
         source = run.plan.stage(stage.source)
-        if budget is not None and budget.unit == SECONDS and not len(trials) and run.left_for(source) == 0:
+        if budget is not None and budget.unit == SECONDS and not len(trials) and run.spent_out(source):
             allowed = run.state["budget"]["allowed"][stage.source]
             share = f"{budget.describe(allowed)} of {budget.describe(budget.total)}"
             raise BudgetRanOut(f"{why}: its share of --budget ({share}) was spent first")
         raise SearchError(f"{why}; see {run.folder / stage.source / 'trials.csv'}")
     result = find_valley(trials, epochs, metric=column, threshold_se=threshold, mode=space.mode)
-    note = not_learning(usable)
+    note = not_learning(usable, result.chosen)
     if note:  # a rough grid cut to two epochs by a tight budget can leave most architectures at chance
         note = (f"WARNING: stage {stage.source}: {note}; if it cut them short, give it more epochs (its max_epochs "
                 "or grace_period, a larger --budget or its share in budget_split)")
