@@ -222,6 +222,17 @@ def test_a_stage_whose_budget_was_spent_before_it_began_is_a_dead_end_not_a_miss
         "stage rough did not run: its share of --budget was spent before it began [the plan stopped in stage "
         "confirm; its --budget is fixed when it starts, so continuing it would stop here again: start the plan "
         "again with a larger --budget]")
+    # `plan-cnn-digits --budget 1s`: rough's 0.25 s is less than a second, spent before it begins, and the
+    # valley stage after it said "stage 'rough' has no results", offering a continuation that stopped again
+    plan = load_plan(write_space("dataset: digits\nbudget_split: {rough: 1.0}\nstages:\n  - {name: rough, space: "
+                                 "rough.yaml}\n  - {name: valley, kind: valley, from: rough}\n", "v.yaml"))
+    state = {"status": "running", "stages": {},
+             "budget": {**Budget(1, SECONDS).as_state({"rough": 1.0}), "allowed": {"rough": 0.25}, "spent": {}}}
+    (tmp_path / "v").mkdir()
+    run = PlanRun(plan, tmp_path / "v", SearchOptions(dataset="digits"), state, lambda *a: None)
+    with pytest.raises(SearchError, match=r"^stage rough did not run: its share of --budget was spent before it "
+                                          r"began \[the plan stopped in stage valley; its --budget is fixed"):
+        run_plan(run)
 
 
 def test_under_a_time_budget_a_killed_driver_s_stage_time_is_counted(write_space, tmp_path):

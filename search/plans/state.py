@@ -61,9 +61,11 @@ class PlanRun:
         if budget is None or budget.unit == SECONDS:
             now = time.monotonic() - self.running[1] if self.running and self.running[0] == stage_name else 0.0
             return float(self.state.get("budget", {}).get("spent", {}).get(stage_name, 0.0)) + now
+        if not self.stage_state(stage_name).get("experiments"):  # none yet (or none, its share spent first)
+            return 0.0
         try:
             trials, _ = self.trials(stage_name)
-        except SearchError:  # no experiment yet
+        except SearchError:
             return 0.0
         return float(trials["epochs"].sum()) if "epochs" in trials else 0.0
 
@@ -84,10 +86,16 @@ class PlanRun:
             return None
         return max(0.0, self.state["budget"]["allowed"][stage.name] - self.spent(stage.name))
 
+    def spent_out(self, stage: Stage) -> bool:
+        """Whether a training stage's share of the plan's budget is spent: less than a trial-epoch, or a
+        second, is left (under a budget; never without one)."""
+        left = self.left_for(stage)
+        return left is not None and left < 1
+
     def not_run(self, stage_name: str) -> SearchError:
         """The error for a training stage with no experiment: its budget was spent before it began, or (without
         one) it has not run."""
-        if self.budget is not None and self.left_for(self.plan.stage(stage_name)) == 0:
+        if self.spent_out(self.plan.stage(stage_name)):
             return BudgetRanOut(f"stage {stage_name} did not run: its share of --budget was spent before it began")
         return SearchError(f"stage {stage_name!r} has not run; continue the plan (`valley plan {self.folder}`)")
 
@@ -101,7 +109,7 @@ class PlanRun:
             frames.append(trials.assign(stage=stage_name))
             curves.append(epochs)
         if not frames:
-            raise SearchError(f"stage {stage_name!r} has no results in {self.folder}")
+            raise self.not_run(stage_name)
         return pd.concat(frames, ignore_index=True), pd.concat(curves, ignore_index=True)
 
 
@@ -216,7 +224,7 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
     folder = run.folder / experiment
     experiments = run.stage_state(stage.name).get("experiments", [])
     left = run.left_for(stage)
-    if left is not None and left < 1 and not folder.exists():  # recorded, a later stage looked for its folder
+    if run.spent_out(stage) and not folder.exists():  # recorded, a later stage looked for its folder
         run.say(f"valley: stage {stage.name}: its budget is spent; {experiment} is not run")
         return "completed"
     if experiment not in experiments:

@@ -73,7 +73,7 @@ def candidates(run: PlanRun, stage: Stage, top: int, fits: int | None
     configs, ids = top_configs(trials, source_space.metric, source_space.mode, top, stopped=True)
     if not configs:
         why = f"stage {stage.name}: stage {stage.source} has no completed trial to confirm"
-        if run.budget is not None and run.left_for(run.plan.stage(stage.source)) == 0:
+        if run.spent_out(run.plan.stage(stage.source)):
             raise BudgetRanOut(f"{why}: its share of --budget ran out first")
         raise SearchError(f"{why}; see {run.folder / stage.source / 'trials.csv'}")
     rows = in_order(list(zip([stage.source] * len(configs), configs, ids)), incumbents(run, stage))
