@@ -299,6 +299,9 @@ def confirm_verdict(summary: dict[str, Any], winner: str | None = None) -> str:
         text += f"; it failed or diverged on {summary['winner_failed']} of {seeds} seeds"
     if summary.get("runner_up_failed", 0) > summary.get("winner_failed", 0):
         return text + f"; the runner-up failed or diverged on {summary['runner_up_failed']} of {seeds} seeds"
+    if "runner_up" not in summary and p is None and summary.get("winner") is not None:  # it ended on its test metric
+        return text + "; the only configuration confirmed" + (" (on one seed)" if seeds == 1 else "") + \
+            ": no runner-up to compare it with, no P"
     if seeds == 1:
         return text + "; on one seed: no interval, no P"
     if p is None:

@@ -634,6 +634,10 @@ def test_confirm_chooses_the_winner_on_validation_not_on_test():
     assert confirm_verdict(summary, "config 1") == (
         "winner config 1 by mean best_val_loss (min): test_acc 0.905, the runner-up's 0.95; P(winner beats "
         "runner-up) = 0, so on test_acc the runner-up does better: validation did not tell them apart")
+    # one configuration confirmed (a budget that paid for one): it ended on its test metric, as if cut off
+    _, alone = confirm_table(pd.DataFrame(rows), [{"hidden": [8]}], "best_val_loss", "min", get_family("mlp").task)
+    assert confirm_verdict(alone, "config 1") == ("winner config 1 by mean best_val_loss (min): test_acc 0.95; the "
+                                                  "only configuration confirmed: no runner-up to compare it with, no P")
 
 
 def test_confirm_counts_only_seeds_that_trained_all_their_epochs_and_compares_on_shared_ones():
