@@ -295,7 +295,8 @@ def test_an_address_where_something_else_listens_is_said_at_once(monkeypatch):
     monkeypatch.setattr(ray_start, "not_grpc", functools.partial(ray_start.not_grpc, timeout=0.5))
     try:
         with pytest.raises(SearchError, match=rf"^--address 127.0.0.1:{web.server_port}: something listens there but "
-                                              r"it is not a Ray cluster \(it answered '<!DOCTYPE'\); give the cluster's"):
+                                              r"it is not a Ray cluster \(it answered '<!DOCTYPE'\); give the "
+                                              r"cluster's"):
             ray_start.join_cluster(f"127.0.0.1:{web.server_port}")
         with pytest.raises(SearchError, match=r"not a Ray cluster \(it said nothing in 0.5 s to a gRPC client\)"):
             ray_start.join_cluster(f"127.0.0.1:{silent.getsockname()[1]}")

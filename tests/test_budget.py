@@ -206,8 +206,8 @@ def test_a_stage_whose_budget_was_spent_before_it_began_is_a_dead_end_not_a_miss
 
     write_space(ROUGH, "rough.yaml")
     plan = load_plan(write_space("dataset: digits\nbudget_split: {rough: 0.5, confirm: 0.5}\nstages:\n"
-                                 "  - {name: rough, space: rough.yaml}\n  - {name: confirm, kind: confirm, from: rough}\n",
-                                 "p.yaml"))
+                                 "  - {name: rough, space: rough.yaml}\n"
+                                 "  - {name: confirm, kind: confirm, from: rough}\n", "p.yaml"))
     state = {"status": "running", "stages": {},
              "budget": {**Budget(10, SECONDS).as_state({"rough": 0.5, "confirm": 0.5}),
                         "allowed": {"rough": 5.0, "confirm": 5.0}, "spent": {"rough": 5.0}}}

@@ -88,7 +88,8 @@ def test_crash_is_retried_then_failed_and_divergence_is_not_retried(ray_session,
     assert out.count("crashed (") == 2 and "retry 2 of 2 from its last checkpoint" in out
     # the error's first line, and where its traceback is: Tune printed 40 lines a failure, under --quiet too
     said = next(line for line in out.splitlines() if line.startswith("      error: RuntimeError"))
-    assert "can't allocate memory" in said and said.endswith(f"(traceback: {trial_of(folder, variant=1) / 'error.txt'})")
+    assert "can't allocate memory" in said
+    assert said.endswith(f"(traceback: {trial_of(folder, variant=1) / 'error.txt'})")
     assert "Traceback" not in out + err and "Trials did not complete" not in out + err
 
     nan = by_row[2]
