@@ -75,6 +75,17 @@ def failure_kind(error: str) -> str:
     return "diverged" if DIVERGED_MARK in error else "failed"
 
 
+def at_best_checkpoint(result: dict[str, Any]) -> bool:
+    """Whether a reported epoch is its trial's best checkpoint so far (its ``epoch`` is its ``best_epoch``): its
+    validation metrics are those trials.csv ranks the trial by, until a better epoch comes."""
+    return result.get("epoch") is not None and result.get("epoch") == result.get("best_epoch")
+
+
+def row_at_epoch(rows: list[dict[str, Any]], epoch: Any) -> dict[str, Any] | None:
+    """The reported row of ``epoch`` (a trial's ``best_epoch``), or None: no such row, or no epoch."""
+    return next((row for row in rows if epoch is not None and row.get("epoch") == epoch), None)
+
+
 def ended_itself(last: dict[str, Any], max_epochs: int | None) -> bool:
     """Whether a trial's last report is its last epoch or its own early stop (not a scheduler's or a budget's)."""
     return bool(last.get("early_stopped") or (max_epochs is not None and last.get("epoch") == max_epochs))

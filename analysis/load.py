@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis.format import (ACTIVE, DONE, FAILED, INTERRUPTED, MANIFEST, PLAN_STATE, Task, UnreadableState, asha_stops,
                              driver_gone, ended_itself, guess_mode, metric_column, read_manifest, read_state, task_of,
-                             trained, trial_status)
+                             row_at_epoch, trained, trial_status)
 
 
 class ResultsError(ValueError):
@@ -166,7 +166,7 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
     if status == "completed":
         error = ""
     # plain Ray Tune reports no best epoch: its best row is found by its metric (_apply_ray_state)
-    best = next((r for r in rows if last.get("best_epoch") is not None and r.get("epoch") == last["best_epoch"]), last)
+    best = row_at_epoch(rows, last.get("best_epoch")) or last
     row: dict[str, Any] = {
         "trial_id": trial_id,
         "status": status,

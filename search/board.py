@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+from analysis.format import at_best_checkpoint
+
 STATES = ("done", "stopped", "failed", "running", "interrupted", "pending")
 
 
@@ -166,7 +168,7 @@ class Board:
         return {**self.__dict__, "_live": None}  # a resumed search draws anew
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
-        at_best = (result.get(self.metric) if result.get("epoch") == result.get("best_epoch")
+        at_best = (result.get(self.metric) if at_best_checkpoint(result)
                    else self.latest.get(trial_id, {}).get("at_best"))  # the metric at the best checkpoint
         self.latest[trial_id] = {**{k: result.get(k) for k in ("training_iteration", self.metric, "early_stopped",
                                                                f"best_{self.metric}", "time_total_s")},

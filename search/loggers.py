@@ -20,6 +20,7 @@ from ray.air.constants import EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE, EXPR_RESU
 from ray.tune.utils.util import SafeFallbackEncoder
 from ray.tune.logger.tensorboardx import TBXLoggerCallback
 
+from analysis.format import at_best_checkpoint, row_at_epoch
 from search.options import MLFLOW_INSTALL, SearchError, SearchOptions
 
 
@@ -80,7 +81,7 @@ class TensorBoard(TBXLoggerCallback):
                 trial.path, flush_secs=30, purge_step=step, filename_suffix=f".{step:06d}")
             self._trial_result[trial] = {}
             self._best[trial] = self.best_on_disk(Path(trial.path))  # a resumed trial's best may be older
-        if result.get("epoch") == result.get("best_epoch"):
+        if at_best_checkpoint(result):
             self._best[trial] = {f"best_{m}": result[m] for m in self.at_best if m in result}
         super().log_trial_result(iteration, trial, {**result, **self._best[trial]})
 
@@ -93,8 +94,7 @@ class TensorBoard(TBXLoggerCallback):
         from analysis.load import read_results
 
         rows = read_results(trial_dir)
-        best = next((r for r in rows if rows[-1].get("best_epoch") not in (None, -1)
-                     and r.get("epoch") == rows[-1]["best_epoch"]), {})
+        best = row_at_epoch(rows, rows[-1].get("best_epoch") if rows else None) or {}
         return {f"best_{m}": best[m] for m in self.at_best if m in best}
 
     def _try_log_hparams(self, trial: Any, result: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from analysis.format import OPTUNA_JOURNAL
+from analysis.format import OPTUNA_JOURNAL, at_best_checkpoint
 from search.ray_start import drop_messages
 
 TRIAL_ID = "ray_trial_id"  # a study trial's user attribute: the Tune trial it is
@@ -137,7 +137,7 @@ class ValleyOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
     def _note_best(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, str) and result.get("epoch") == result.get("best_epoch") and self.metric in result:
+        if isinstance(self.metric, str) and at_best_checkpoint(result) and self.metric in result:
             if self._at_best is None:  # an instance's own dict, not the class's
                 self._at_best = {}
             self._at_best[trial_id] = result[self.metric]

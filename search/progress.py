@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from analysis.format import ended_itself, failure_kind
+from analysis.format import at_best_checkpoint, ended_itself, failure_kind, row_at_epoch
 from search.board import Board
 from trainables.config import resolve_variant
 
@@ -39,7 +39,7 @@ class Progress(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if getattr(self, "board", None) is not None:
             self.board.result(trial.trial_id, result)
-        if result.get("epoch") is not None and result.get("epoch") == result.get("best_epoch"):
+        if at_best_checkpoint(result):
             if getattr(self, "at_best", None) is None:  # an experiment saved before at_best existed
                 self.at_best = {}
             self.at_best[trial.trial_id] = {k: result[k] for k in (*self.shown(), "epoch") if k in result}
@@ -59,7 +59,7 @@ class Progress(Callback):
         from analysis.load import read_results
 
         try:
-            return next((r for r in read_results(Path(trial.path)) if r.get("epoch") == best_epoch), last)
+            return row_at_epoch(read_results(Path(trial.path)), best_epoch) or last
         except OSError:
             return last
 
