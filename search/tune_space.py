@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from spaces import Dist, Space, SpaceError
@@ -46,61 +47,47 @@ def check_space(space: Space, overrides: dict[str, Any]) -> None:
     if natural is not None and space.mode != natural:
         raise SpaceError(f"{space.source}: mode: {space.metric} is better {'lower' if natural == 'min' else 'higher'}, "
                          f"so mode: {space.mode} would rank the worst trials first; set mode: {natural}")
-    probe = {k: _probe_value(v) for k, v in space.params.items()}
-    for row in space.grid_points():
-        config = {**probe, **row, **overrides, "family": space.family}
-        try:
-            family.preflight(family.make_config(config))
-        except ConfigError as err:
-            raise SpaceError(f"{blame(family, space, probe, row, overrides, err)}: {err}") from None
-    row = {**(space.grid_points() or [{}])[0], **overrides}
-    for key, value in space.params.items():
-        if key in row or not isinstance(value, Dist):
-            continue
-        for candidate in _probe_values(value):
-            try:
-                family.make_config({**probe, **row, key: candidate, "family": space.family})
-            except ConfigError as err:
-                hint = (f"; {value.kind} draws fractions, use randint or qrandint for a whole number"
-                        if value.kind in ("uniform", "loguniform") and "must be int" in str(err) else "")
-                raise SpaceError(f"{space.source}: params.{key}: {value.kind} can draw {drawn(value, candidate)}: "
-                                 f"{err}{hint}") from None
+    # the values a distribution draws are typed only: the family's preflight runs on the grid rows
+    check_configs(space, overrides, family, family.preflight, drawn_check=lambda cfg: None)
 
 
 def check_shape(space: Space, overrides: dict[str, Any], shape: tuple[int, int, int], dataset: str) -> None:
     """Fail before Ray starts on a config whose model cannot take the data set's images (``shape``: C, H, W),
     as check_space does on what needs no data: every grid row, then every value a distribution can draw."""
     family = get_family(space.family)
+    check_configs(space, overrides, family, lambda cfg: family.fits_shape(cfg, shape),
+                  context=f"on data set {dataset!r}, ")
 
-    def check(cfg: Any) -> None:
-        family.fits_shape(cfg, shape)
 
+def check_configs(space: Space, overrides: dict[str, Any], family: Any, check: Callable[[Any], None],
+                  drawn_check: Callable[[Any], None] | None = None, context: str = "") -> None:
+    """Build every config a space can give with the family's typed config, and ``check`` it: each grid row over
+    the params' first values and ``overrides``, then, over the first row, each value a distribution can draw
+    (``drawn_check`` those, ``check`` unless given). A mistake is one SpaceError naming where it lies."""
     probe = {k: _probe_value(v) for k, v in space.params.items()}
     for row in space.grid_points():
         try:
             check(family.make_config({**probe, **row, **overrides, "family": space.family}))
         except ConfigError as err:
-            raise SpaceError(f"{blame(family, space, probe, row, overrides, err, check)}: on data set {dataset!r}, "
-                             f"{err}") from None
+            raise SpaceError(f"{blame(family, space, probe, row, overrides, err, check)}: {context}{err}") from None
     row = {**space.grid_points()[0], **overrides}
     for key, value in space.params.items():
         if key in row or not isinstance(value, Dist):
             continue
         for candidate in _probe_values(value):
             try:
-                check(family.make_config({**probe, **row, key: candidate, "family": space.family}))
+                (drawn_check or check)(family.make_config({**probe, **row, key: candidate, "family": space.family}))
             except ConfigError as err:
+                hint = (f"; {value.kind} draws fractions, use randint or qrandint for a whole number"
+                        if value.kind in ("uniform", "loguniform") and "must be int" in str(err) else "")
                 raise SpaceError(f"{space.source}: params.{key}: {value.kind} can draw {drawn(value, candidate)}: "
-                                 f"on data set {dataset!r}, {err}") from None
+                                 f"{context}{err}{hint}") from None
 
 
 def blame(family: Any, space: Space, probe: dict[str, Any], row: dict[str, Any], overrides: dict[str, Any],
-          err: ConfigError, check: Any = None) -> str:
+          err: ConfigError, check: Callable[[Any], None]) -> str:
     """Where a config's mistake lies: --set, the space's params, or its grid row (the first alone that fails
-    as the whole did; each is checked over the config's defaults by ``check``, the family's preflight unless
-    given)."""
-    check = check or family.preflight
-
+    as the whole did; each is checked over the config's defaults by ``check``)."""
     def fails(config: dict[str, Any]) -> bool:
         try:
             check(family.make_config({**config, "family": space.family}))
