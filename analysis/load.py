@@ -181,7 +181,8 @@ def _trial_row(trial_id: str, trial_dir: Path, config: dict[str, Any], rows: lis
     row.update({f"best_{k}": v for k, v in best.items() if k.startswith("val_") and k != "val_loss"})
     row.update({k: v for k, v in last.items() if k.startswith("test_")})
     row.update({"final_val_loss": last.get("val_loss"), "chance_epochs": last.get("chance_epochs"),
-                "wall_s": last.get("time_total_s"), "device": last.get("device")})
+                "wall_s": last.get("time_total_s"), "device": last.get("device"),
+                "has_weights": any(trial_dir.glob("checkpoint_*/state.pt"))})
     row.update({f"config/{k}": v for k, v in config.items()})
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
@@ -291,18 +292,24 @@ def whole_numbers(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**columns)
 
 
+def ranking(trials: pd.DataFrame, manifest: dict[str, Any]) -> tuple[str, pd.DataFrame]:
+    """(the column ranked by, the trials that have it, best first): the search's metric at each trial's best
+    checkpoint; failed and diverged trials are left out, as their metric says nothing of the model."""
+    metric = metric_column(manifest.get("metric", "val_loss"))
+    if metric not in trials or "status" not in trials:  # no trial reported an epoch: none has the column
+        return metric, trials.iloc[:0]
+    ranked = trials.dropna(subset=[metric]).sort_values(metric, ascending=manifest.get("mode", "min") == "min",
+                                                        kind="stable")
+    return metric, ranked[~ranked["status"].isin(FAILED)]
+
+
 def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
     """The best ``n`` trials as text: what varied, size, epochs and metrics."""
     if trials.empty:
         return "no trial reported a result"
     manifest = read_manifest(Path(folder))
     task = task_of(manifest, trials.columns)
-    metric = metric_column(manifest.get("metric", "val_loss"))
-    if metric not in trials or "status" not in trials:  # no trial reported an epoch: none has the column
-        ranked = trials.iloc[:0]
-    else:
-        ranked = trials.dropna(subset=[metric]).sort_values(metric, ascending=manifest.get("mode", "min") == "min")
-        ranked = ranked[~ranked["status"].isin(FAILED)]
+    metric, ranked = ranking(trials, manifest)
     if ranked.empty:
         failed = trials[trials["status"].isin(FAILED)] if "status" in trials else trials.iloc[:0]
         first = f"; the first: {failed['error'].iloc[0]}" if len(failed) and "error" in failed else ""
@@ -486,6 +493,7 @@ def _apply_ray_state(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame, w
         return metric
     trials["status"] = [s if s in FAILED else status_of.get(t, s) for t, s in zip(trials["trial_id"], trials["status"])]
     trials["stopped_by_scheduler"] = False
+    del trials["has_weights"]  # valley's state.pt: a plain Tune trainable saves its own files
     short = {d: i for d, i in id_of.items() if d and i}  # Tune's folder name -> its short trial id
     if short and len(set(short.values())) == len(short):
         trials["trial_id"] = trials["trial_id"].map(lambda t: short.get(t, t))

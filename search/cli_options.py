@@ -37,6 +37,19 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def weights_kept(text: str) -> int | str:
+    """``--keep-weights``: a whole number >= 0, or ``all``."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise UsageError(f"--keep-weights takes a whole number >= 0 or all, got {text!r}; e.g. --keep-weights 10")
+    return count
+
+
 def add_search_options(parser: argparse.ArgumentParser) -> None:
     """The flags of ``SearchOptions``; their defaults are read from it, never repeated here."""
     from search.options import DEFAULTS, LOGS, MLFLOW_INSTALL, SCHEDULERS, SEARCHERS
@@ -79,6 +92,10 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help=f"also record every trial in MLflow (install with {MLFLOW_INSTALL!r})")
     parser.add_argument("--mlflow-uri", help="--log mlflow: the tracking URI, e.g. sqlite:///mlflow.db or "
                                              "http://host:5000 (default: MLFLOW_TRACKING_URI, else MLflow's own)")
+    parser.add_argument("--keep-weights", metavar="N|all",
+                        help=f"finished trials that keep their best weights once the search completes: the best N "
+                             f"by the space's metric, or all (default {d.keep_weights}); the others keep their "
+                             f"metrics, learning curves and test predictions")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fix a config key for every trial, e.g. --set layers=5")
 
@@ -89,6 +106,8 @@ def options_from(args: argparse.Namespace) -> Any:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchOptions)
               if getattr(args, f.name, None) is not None}
+    if values.get("keep_weights") is not None:
+        values["keep_weights"] = weights_kept(values["keep_weights"])
     if values.get("data_dir"):  # as valley.json keeps it for `valley resume` from anywhere: ~ expanded, absolute
         values["data_dir"] = str(Path(values["data_dir"]).expanduser().absolute())
     return SearchOptions(**{**values, "log": tuple(dict.fromkeys(args.log)), "overrides": parse_set(args.set)})

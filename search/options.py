@@ -105,6 +105,7 @@ class SearchOptions:
     tensorboard: bool = True  # event files in every trial folder: `tensorboard --logdir results/EXP`
     log: tuple[str, ...] = ()  # more places to record every trial (LOGS)
     mlflow_uri: str | None = None  # --log mlflow: the tracking URI (None: MLflow's own default)
+    keep_weights: int | str = 5  # finished trials that keep their best weights: the best this many, or "all"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SearchOptions:
@@ -138,6 +139,8 @@ class SearchOptions:
              f"a budget must be at least 1 trial-epoch, got {self.budget_epochs}"),
             (self.budget_s is None or self.budget_s > 0, f"a time budget must be > 0 seconds, got {self.budget_s}"),
             (set(self.log) <= set(LOGS), f"--log must be {' or '.join(LOGS)}, got {', '.join(self.log)}"),
+            (self.keep_weights == "all" or (type(self.keep_weights) is int and self.keep_weights >= 0),
+             f"--keep-weights must be a whole number >= 0 or all, got {self.keep_weights!r}"),
             (self.progress_s > 0, f"--progress-every must be > 0 seconds, got {self.progress_s:g}"),
             # NumPy's and Tune's random states take seeds from 0 to 2**32 - 1
             (0 <= self.seed < 2**32, f"--seed must be a whole number from 0 to {2**32 - 1}, got {self.seed}"),

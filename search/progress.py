@@ -184,6 +184,34 @@ def slim_finished(trials: list, rows: list[dict[str, Any]]) -> None:
             continue
 
 
+def drop_weights(folder: Path, trials: list, rows: list[dict[str, Any]], keep: int | str) -> str:
+    """Once a search has completed: finished trials outside the best ``keep`` by the search's metric (as the
+    top table ranks them) lose their best weights, their checkpoint's ``state.pt``; their metrics, learning
+    curves and test predictions stay. Failed trials and ``keep_optimizer`` keep all; ``keep`` "all" drops
+    none. Unlinking needs no torch, so run before ``slim_finished``: a trial whose weights go is not
+    rewritten first. Returns what the search says of it ("" when nothing was dropped)."""
+    if keep == "all":
+        return ""
+    from analysis.format import read_manifest
+    from analysis.load import load_experiment, ranking
+
+    metric, ranked = ranking(load_experiment(folder)[0], read_manifest(folder))
+    best = set(ranked["trial_id"].head(int(keep)))
+    dropped = 0
+    for trial in trials:
+        path = Path(trial.path)
+        if trial.status != "TERMINATED" or path.name in best or trial_config(trial, rows).get("keep_optimizer"):
+            continue
+        saved = list(path.glob("checkpoint_*/state.pt"))
+        for state in saved:
+            state.unlink(missing_ok=True)
+        dropped += bool(saved)
+    if not dropped:
+        return ""
+    return (f"the top {len(best)} trials by {metric} keep their best weights; {dropped} other finished trials' "
+            f"were deleted, their metrics, curves and predictions kept (`--keep-weights all` keeps every trial's)")
+
+
 def first_error_line(path: str) -> str:
     """The exception line of a trial's traceback (its last non-empty line)."""
     try:

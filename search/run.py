@@ -143,14 +143,16 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
                         at_most=bool(opts.budget_epochs or opts.budget_s))
     tuner = build_tuner(space, family, opts, folder, dataset, epochs, data, progress)
     write_manifest(folder, space, family, opts, dataset, epochs, data, status=fmt.RUNNING)
-    return fit_and_finish(tuner, folder, say, rows)
+    return fit_and_finish(tuner, folder, say, rows, opts.keep_weights)
 
 
-def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: list[dict[str, Any]]) -> Path:
+def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: list[dict[str, Any]],
+                   keep_weights: int | str) -> Path:
     """Run the tuner; the experiment reads 'completed' only if no Ctrl-C came and every trial ended.
-    ``rows`` are the grid rows the trials merge into their configs."""
+    ``rows`` are the grid rows the trials merge into their configs; ``keep_weights`` how many finished
+    trials keep their best weights once it has completed (``drop_weights``)."""
     from search.options import SEARCHING
-    from search.progress import INTERRUPTED, prune_checkpoints, slim_finished
+    from search.progress import INTERRUPTED, drop_weights, prune_checkpoints, slim_finished
     from search.tuner import (fail_diverged_trials_at_once, keep_workers_already_starting,
                               retry_trials_killed_while_starting)
 
@@ -176,13 +178,15 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
             fmt.update_status(folder, status)
         with ctrl_c_after_tables():
             prune_checkpoints(folder)  # Tune's last snapshot is on disk now
+            kept = ""
             if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume
+                kept = drop_weights(folder, trials, rows, keep_weights)
                 slim_finished(trials, rows)
                 if (folder / fmt.OPTUNA_JOURNAL).exists():
                     from search.optuna_study import close_unfinished
 
                     close_unfinished(folder)
-            return finish(folder, status, say)
+            return finish(folder, status, say, kept)
 
 
 @contextlib.contextmanager
@@ -202,8 +206,9 @@ def ctrl_c_after_tables() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def finish(folder: Path, status: str, say: Callable[..., None]) -> Path:
-    """Write trials.csv and trials.parquet from what is on disk and print the best five."""
+def finish(folder: Path, status: str, say: Callable[..., None], kept: str = "") -> Path:
+    """Write trials.csv and trials.parquet from what is on disk and print the best five, then ``kept``
+    (what became of the finished trials' weights)."""
     from analysis.load import top_table, write_tables
 
     trials = write_tables(folder)
@@ -214,6 +219,8 @@ def finish(folder: Path, status: str, say: Callable[..., None]) -> Path:
         say(table)
         return folder
     say(table)
+    if kept:
+        say(f"valley: {kept}")
     if status == fmt.INTERRUPTED and not (folder.parent / fmt.PLAN_STATE).exists():  # a plan says how it goes on
         tell(say, f"valley: interrupted; continue with `valley resume {folder}`")
     say(ended)

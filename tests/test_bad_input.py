@@ -121,6 +121,8 @@ def test_options_out_of_range(refuse, write_space):
     assert "--max-failures must be >= 0" in refuse(path, "--max-failures", "-2")
     assert "--seed must be a whole number from 0 to 4294967295, got -1" in refuse(path, "--seed", "-1")
     assert "--max-epochs must be at least 1" in refuse(path, "--max-epochs", "0")
+    for bad in ("-1", "best", "2.5"):
+        assert f"--keep-weights takes a whole number >= 0 or all, got '{bad}'" in refuse(path, "--keep-weights", bad)
     assert "--name must be letters, digits" in refuse(path, "--name", "../../etc")
     assert "--name must be letters, digits" in refuse(path, "--name", "")  # not the default name, unasked
     assert "--name must be letters, digits" in refuse("plan", "plan-mlp-digits", "--name", "", "--storage",

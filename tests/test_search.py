@@ -403,6 +403,27 @@ BOARD_SPACE = "family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax
               "grid:\n  - {hidden: [8]}\n  - {hidden: [16]}\n  - {hidden: [32]}\nparams: {lr: 0.01, batch_size: 16}\n"
 
 
+@pytest.mark.ray
+def test_only_the_best_trials_keep_their_weights_and_trials_csv_says_which(ray_session, write_space, tmp_path,
+                                                                           capsys):
+    """Once a search completes, finished trials outside the best --keep-weights by its metric lose their best
+    weights (state.pt), not their metrics, curves or test predictions; the search says so, and has_weights."""
+    from analysis.load import load
+
+    folder = run_search(load_space(write_space(TINY)), SearchOptions(
+        storage=str(tmp_path / "results"), max_epochs=2, keep_weights=2, name="kept", progress_s=1e9))
+    out = capsys.readouterr().out
+    trials = pd.read_csv(folder / "trials.csv").sort_values("best_val_loss")
+    assert len(trials) == 4 and (trials["status"] == "completed").all()
+    assert trials["has_weights"].tolist() == [True, True, False, False]
+    for trial, kept in zip(trials["trial_id"], trials["has_weights"]):
+        assert len(list((folder / trial).glob("checkpoint_*/state.pt"))) == kept, trial
+        assert load(folder).predictions(trial) is not None, trial
+    assert ("valley: the top 2 trials by best_val_loss keep their best weights; 2 other finished trials' were "
+            "deleted") in out
+    assert load(folder).epochs.groupby("trial_id").size().tolist() == [2] * 4
+
+
 def test_the_board_is_a_line_every_so_often_in_a_pipe_and_the_driver_never_imports_torch(write_space, tmp_path):
     """In a pipe the board is a line every --progress-every seconds. Only the trials need torch: the driver
     of an MLP search (its own Ray, in a fresh process) runs it with TensorBoard on, writes its manifest,
