@@ -109,9 +109,10 @@ class SearchOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SearchOptions:
-        """Options as a manifest or plan.json stored them (JSON lists back to tuples; unknown keys dropped)."""
+        """Options as a manifest or plan.json stored them (JSON lists back to tuples; unknown keys dropped).
+        One stored before ``keep_weights`` existed began under the promise that every trial keeps its weights."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        kept = {k: v for k, v in values.items() if k in fields}
+        kept = {"keep_weights": "all", **{k: v for k, v in values.items() if k in fields}}
         for key in ("warm_points", "warm_rewards", "log"):
             kept[key] = tuple(kept.get(key) or ())
         return cls(**kept)

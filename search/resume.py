@@ -72,6 +72,4 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
     restored = trainable(get_family(manifest["family"]), data, manifest["grid"], opts)
     tuner = tune.Tuner.restore(str(folder), restored, resume_unfinished=True, resume_errored=retry_failed)
     fmt.update_status(folder, fmt.RUNNING)
-    # an experiment begun before valley dropped weights began under the promise that all stay
-    keep = opts.keep_weights if "keep_weights" in manifest["options"] else "all"
-    return fit_and_finish(tuner, folder, say, manifest["grid"], keep)
+    return fit_and_finish(tuner, folder, say, manifest["grid"], opts.keep_weights)

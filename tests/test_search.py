@@ -424,6 +424,15 @@ def test_only_the_best_trials_keep_their_weights_and_trials_csv_says_which(ray_s
     assert load(folder).epochs.groupby("trial_id").size().tolist() == [2] * 4
 
 
+def test_a_search_stored_before_keep_weights_existed_resumes_keeping_every_trials_weights():
+    import dataclasses
+
+    stored = dataclasses.asdict(SearchOptions(seed=3))  # valley.json's options, plan.json's
+    assert SearchOptions.from_dict(stored).keep_weights == 5
+    del stored["keep_weights"]
+    assert SearchOptions.from_dict(stored) == SearchOptions(seed=3, keep_weights="all")
+
+
 def test_the_board_is_a_line_every_so_often_in_a_pipe_and_the_driver_never_imports_torch(write_space, tmp_path):
     """In a pipe the board is a line every --progress-every seconds. Only the trials need torch: the driver
     of an MLP search (its own Ray, in a fresh process) runs it with TensorBoard on, writes its manifest,
