@@ -130,7 +130,7 @@ def _probe_values(dist: Dist) -> list[Any]:
         return [float(low), low + (high - low) * 0.371, math.nextafter(float(high), low)]
     if dist.kind == "loguniform":
         return [float(low), low * (high / low) ** 0.371, math.nextafter(float(high), low)]
-    return [low, high]  # quantised: q-rounded, both bounds can be drawn
+    return [low, high]  # quantised: both bounds are multiples of q (spaces._check_steps), both drawn
 
 
 def __getattr__(name: str) -> Any:
@@ -187,6 +187,8 @@ def param_space(space: Space, overrides: dict[str, Any], searcher: str) -> tuple
             result[key] = tune.grid_search(args) if searcher == "random" else tune.choice(args)
         elif value.kind == "choice":
             result[key] = tune.choice([list(a) if isinstance(a, tuple) else a for a in value.args])
+        elif value.kind == "qrandint" and value.args[2] == 1:  # Ray's excludes high for q=1 alone; valley's never
+            result[key] = tune.randint(value.args[0], value.args[1] + 1)
         else:
             # every other kind a space allows is Ray Tune's sampler of the same name (Ray is imported
             # only here, so that a space's mistakes are reported without paying for Ray's import)

@@ -279,4 +279,29 @@ def _parse_value(key: str, value: Any, fail: Any) -> Any:
         raise fail(key, f"low <= high must hold, got low={low}, high={high}; swap the bounds")
     if arity == 3 and args[2] <= 0:
         raise fail(key, f"the step q must be > 0, got q={args[2]}")
+    if arity == 3:
+        _check_steps(key, kind, low, high, args[2], fail)
     return Dist(kind, tuple(args))
+
+
+def _quantised_ends(low: float, high: float, q: float) -> tuple[float, float]:
+    """The smallest and largest multiples of ``q`` from ``low`` to ``high`` (the first above the second
+    when there is none), as a person writes them: whole numbers for whole ones, 0.4 not 0.4000000000000001."""
+    first, last = math.ceil(low / q - 1e-9) * q, math.floor(high / q + 1e-9) * q
+    if all(isinstance(v, int) for v in (low, high, q)):
+        return int(first), int(last)
+    return float(f"{first:.12g}"), float(f"{last:.12g}")
+
+
+def _check_steps(key: str, kind: str, low: float, high: float, q: float, fail: Any) -> None:
+    """A quantised range draws multiples of q: there must be one, and its bounds must be multiples too. Ray
+    Tune's quniform and qloguniform refuse others inside the search (a traceback); for qrandint, Tune draws
+    multiples of q where Optuna and BOHB draw low + k q, the same values only when low is a multiple."""
+    first, last = _quantised_ends(low, high, q)
+    if first > last or (kind == "qloguniform" and last <= 0):
+        raise fail(key, f"no multiple of q={q} lies from {low} to {high}, so {kind} has nothing to draw; "
+                        f"use a smaller q or a wider range")
+    if not all(math.isclose(end / q, round(end / q)) for end in (low, high)):  # Ray's own test
+        first = first if first > 0 or kind != "qloguniform" else q
+        raise fail(key, f"{kind} draws multiples of q, and its low and high must be multiples of q={q} too, "
+                        f"got low={low}, high={high}; e.g. [{first!r}, {last!r}, {q!r}]")

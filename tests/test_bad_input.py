@@ -71,6 +71,13 @@ def space(write_space, body: str, header: str = HEADER) -> str:
     ("params: {lr: {grid: []}}", ["params.lr: grid is empty"]),
     ("grid: []", ["grid: is empty"]),
     ("params: {layers: {randint: [5, 5]}}", ["low < high must hold (high is exclusive)", "layers: 5"]),
+    # Ray's own checks of these failed inside the search, a traceback called a bug in valley
+    ("params: {dropout: {quniform: [0.0, 0.5, 0.2]}}", ["params.dropout: quniform draws multiples of q", "q=0.2",
+                                                          "e.g. [0.0, 0.4, 0.2]"]),
+    ("params: {lr: {qloguniform: [0.0001, 0.001, 0.01]}}", ["params.lr: no multiple of q=0.01 lies from 0.0001 to "
+                                                             "0.001", "use a smaller q"]),
+    ("params: {early_stop: {qrandint: [2, 5, 10]}}", ["params.early_stop: no multiple of q=10 lies from 2 to 5"]),
+    ("params: {early_stop: {qrandint: [1, 10, 3]}}", ["multiples of q=3 too, got low=1, high=10; e.g. [3, 9, 3]"]),
     ("params: {lr: {uniform: [.nan, 1]}}", ["params.lr: bounds must be finite"]),
     ("params: {lr: {loguniform: [1.0e-4, .inf]}}", ["params.lr: bounds must be finite"]),
     ("params: {lr: .nan}", ["params.lr: must be finite"]),

@@ -92,6 +92,20 @@ def test_draws_stay_inside_bounds_and_reproduce():
     assert set(params["batch_size"].sample(size=100, random_state=0)) == {64, 128}
 
 
+def test_qrandint_draws_its_high_whatever_its_step():
+    """Ray's qrandint leaves out its high for q=1 alone, and failed for [2, 2, 1] inside the search;
+    valley's is inclusive as written, for every searcher."""
+    from search.tune_space import param_space
+
+    space = parse_space({"family": "mlp", "metric": "val_loss", "mode": "min",
+                         "params": {"early_stop": {"qrandint": [2, 3, 1]}, "layers": {"qrandint": [2, 2, 1]},
+                                    "batch_size": {"qrandint": [16, 48, 16]}}})
+    params, _ = param_space(space, {}, "random")
+    assert set(params["early_stop"].sample(size=200, random_state=0)) == {2, 3}
+    assert set(params["layers"].sample(size=20, random_state=0)) == {2}
+    assert set(params["batch_size"].sample(size=200, random_state=0)) == {16, 32, 48}
+
+
 def test_family_checks_happen_before_ray(write_space):
     from search.tune_space import check_space
 
