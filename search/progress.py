@@ -185,31 +185,44 @@ def slim_finished(trials: list, rows: list[dict[str, Any]]) -> None:
 
 
 def drop_weights(folder: Path, trials: list, rows: list[dict[str, Any]], keep: int | str) -> str:
-    """Once a search has completed: finished trials outside the best ``keep`` by the search's metric (as the
-    top table ranks them) lose their best weights, their checkpoint's ``state.pt``; their metrics, learning
-    curves and test predictions stay. Failed trials and ``keep_optimizer`` keep all; ``keep`` "all" drops
-    none. Unlinking needs no torch, so run before ``slim_finished``: a trial whose weights go is not
-    rewritten first. Returns what the search says of it ("" when nothing was dropped)."""
+    """Once a search has completed: of its finished trials that hold weights (a trial a scheduler stopped
+    before its first checkpoint holds none), the best ``keep`` by the search's metric, as the top table ranks
+    them, keep them; the others lose their checkpoint's ``state.pt``, not their metrics, learning curves or
+    test predictions. Failed trials and ``keep_optimizer`` keep all; ``keep`` "all" drops none. Unlinking
+    needs no torch, so run before ``slim_finished``: a trial whose weights go is not rewritten first.
+    Returns what the search says of it ("" when there is nothing to say)."""
     if keep == "all":
         return ""
     from analysis.format import read_manifest
     from analysis.load import load_experiment, ranking
 
     metric, ranked = ranking(load_experiment(folder)[0], read_manifest(folder))
-    best = set(ranked["trial_id"].head(int(keep)))
-    dropped = 0
+    rank = {trial_id: place for place, trial_id in enumerate(ranked["trial_id"])}
+    held, spared = [], 0
     for trial in trials:
-        path = Path(trial.path)
-        if trial.status != "TERMINATED" or path.name in best or trial_config(trial, rows).get("keep_optimizer"):
+        saved = list(Path(trial.path).glob("checkpoint_*/state.pt"))
+        if trial.status != "TERMINATED" or not saved:
             continue
-        saved = list(path.glob("checkpoint_*/state.pt"))
+        if trial_config(trial, rows).get("keep_optimizer"):
+            spared += 1
+            continue
+        held.append((rank.get(Path(trial.path).name, len(rank)), saved))
+    held.sort(key=lambda pair: pair[0])
+    for _, saved in held[int(keep):]:
         for state in saved:
             state.unlink(missing_ok=True)
-        dropped += bool(saved)
-    if not dropped:
-        return ""
-    return (f"the top {len(best)} trials by {metric} keep their best weights; {dropped} other finished trials' "
-            f"were deleted, their metrics, curves and predictions kept (`--keep-weights all` keeps every trial's)")
+    dropped = max(0, len(held) - int(keep))
+    kept, said = len(held) - dropped, []
+    if dropped:
+        best = (f"the best {kept} finished trial{'s' * (kept != 1)} by {metric} keep{'s' * (kept == 1)} "
+                f"{'their' if kept != 1 else 'its'} best weights, the weights of {dropped} other{'s' * (dropped != 1)}"
+                if kept else f"the weights of all {dropped} finished trials")
+        said.append(f"{best} were deleted (metrics, curves and predictions stay; --keep-weights all keeps every "
+                    f"trial's)")
+    if spared:
+        said.append(f"{spared} trial{'s' * (spared != 1)} with keep_optimizer keep{'s' * (spared == 1)} everything, "
+                    f"whatever --keep-weights says")
+    return "; ".join(said)
 
 
 def first_error_line(path: str) -> str:

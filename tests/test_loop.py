@@ -176,6 +176,13 @@ def test_a_finished_trial_keeps_its_best_weights_and_says_how_to_go_on(data, tmp
     assert set(saved) == {"best_model", "state"} and (tmp_path / "slim" / "predictions.npz").exists()
     with pytest.raises(FinishedCheckpoint, match="set keep_optimizer: true"):
         train({**MLP, "max_epochs": 3}, data=data, reporter=LocalReporter(tmp_path / "slim"))
+    # its search deleted its weights (--keep-weights): it trained from scratch, over its kept predictions
+    (tmp_path / "slim" / "state.pt").unlink()
+    predictions = (tmp_path / "slim" / "predictions.npz").read_bytes()
+    with pytest.raises(FinishedCheckpoint, match="weights were deleted when its search completed"):
+        train({**MLP, "max_epochs": 3}, data=data, reporter=LocalReporter(tmp_path / "slim"))
+    assert (tmp_path / "slim" / "predictions.npz").read_bytes() == predictions
+    assert not (tmp_path / "slim" / "state.pt").exists()
     train({**MLP, "max_epochs": 2, "keep_optimizer": True}, data=data, reporter=LocalReporter(tmp_path / "full"))
     more = LocalReporter(tmp_path / "full")
     train({**MLP, "max_epochs": 3, "keep_optimizer": True}, data=data, reporter=more)  # a finished trial, extended

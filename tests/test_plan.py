@@ -338,7 +338,7 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, write_sp
     plan_file()
     path = write_space(PLAN.replace("EPOCHS", "2") + "  - {name: moved, kind: transfer, from: confirm, "
                                                      "dataset: digits, top: 2}\n", "plan.yaml")
-    run = start_plan(load_plan(path), SearchOptions(storage=str(tmp_path), name="p", quiet=True),
+    run = start_plan(load_plan(path), SearchOptions(storage=str(tmp_path), name="p", quiet=True, keep_weights=1),
                      say=lambda *a: None)
     folder = run_plan(run)
     state = json.loads((folder / "plan.json").read_text())
@@ -362,6 +362,8 @@ def test_four_stages_end_to_end_with_provenance(ray_session, plan_file, write_sp
     assert summary["p_winner_beats_runner_up"] is None or 0 <= summary["p_winner_beats_runner_up"] <= 1
     confirm_trials = pd.read_csv(folder / "confirm" / "trials.csv")
     assert sorted(confirm_trials["config/split_seed"].unique()) == [0, 1]
+    # the plan's answer is chosen by its seeds' mean: every seed keeps its weights, whatever --keep-weights says
+    assert confirm_trials["has_weights"].all() and pd.read_csv(folder / "fine" / "trials.csv")["has_weights"].sum() == 1
     assert "incomplete" not in summary  # every configuration finished both seeds
     grid = yaml.safe_load((folder / "confirm.space.yaml").read_text())["grid"]
     assert [row["seed"] for row in grid] == sorted(row["seed"] for row in grid)  # seed by seed: a budget that

@@ -407,21 +407,42 @@ BOARD_SPACE = "family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax
 def test_only_the_best_trials_keep_their_weights_and_trials_csv_says_which(ray_session, write_space, tmp_path,
                                                                            capsys):
     """Once a search completes, finished trials outside the best --keep-weights by its metric lose their best
-    weights (state.pt), not their metrics, curves or test predictions; the search says so, and has_weights."""
+    weights (state.pt), not their metrics, curves or test predictions; the search says so, and has_weights.
+    A trial with keep_optimizer keeps everything and takes no place among them."""
     from analysis.load import load
 
-    folder = run_search(load_space(write_space(TINY)), SearchOptions(
+    spared = TINY.replace("  - {layers: 1, dropout: 0.2}", "  - {layers: 1, dropout: 0.2, keep_optimizer: true}")
+    folder = run_search(load_space(write_space(spared)), SearchOptions(
         storage=str(tmp_path / "results"), max_epochs=2, keep_weights=2, name="kept", progress_s=1e9))
     out = capsys.readouterr().out
     trials = pd.read_csv(folder / "trials.csv").sort_values("best_val_loss")
     assert len(trials) == 4 and (trials["status"] == "completed").all()
-    assert trials["has_weights"].tolist() == [True, True, False, False]
+    spared_rows = trials["config/keep_optimizer"].fillna(False).astype(bool)
+    best_two = trials[~spared_rows]["trial_id"].head(2)  # the 2 best of the other 3
+    assert (trials["has_weights"] == (spared_rows | trials["trial_id"].isin(best_two))).all(), trials
     for trial, kept in zip(trials["trial_id"], trials["has_weights"]):
         assert len(list((folder / trial).glob("checkpoint_*/state.pt"))) == kept, trial
         assert load(folder).predictions(trial) is not None, trial
-    assert ("valley: the top 2 trials by best_val_loss keep their best weights; 2 other finished trials' were "
-            "deleted") in out
+    assert ("valley: the best 2 finished trials by best_val_loss keep their best weights, the weights of 1 other "
+            "were deleted (metrics, curves and predictions stay; --keep-weights all keeps every trial's); 1 trial "
+            "with keep_optimizer keeps everything") in out
     assert load(folder).epochs.groupby("trial_id").size().tolist() == [2] * 4
+
+
+@pytest.mark.ray
+def test_a_trial_stopped_before_its_first_checkpoint_takes_no_place_among_those_keeping_weights(
+        ray_session, write_space, tmp_path):
+    """ASHA stops trials that never saved (a checkpoint at most every checkpoint_s): they hold no weights to keep,
+    and the best --keep-weights are counted among those that do."""
+    folder = run_search(load_space(write_space(TINY)), SearchOptions(
+        storage=str(tmp_path / "results"), scheduler="asha", grace_period=4, max_epochs=8, max_concurrent=1,
+        keep_weights=3, name="asha", quiet=True, overrides={"checkpoint_s": 1e9}))
+    trials = pd.read_csv(folder / "trials.csv").sort_values("best_val_loss")
+    assert "stopped" in set(trials["status"]), trials["status"]  # one at a time: ASHA stops the later, worse ones
+    completed = trials[trials["status"] == "completed"]
+    assert 1 <= len(completed) <= 3 and len(trials) == 4
+    # the stopped trial ranks third here: it took the place of the worst completed one, which lost its weights
+    assert trials.loc[trials["has_weights"], "trial_id"].tolist() == completed["trial_id"].tolist()
 
 
 def test_a_search_stored_before_keep_weights_existed_resumes_keeping_every_trials_weights():

@@ -203,6 +203,10 @@ def fit(cfg: TrainConfig, family: Family, data: Splits, reporter: Reporter) -> d
     best_model = copy.deepcopy(model.state_dict())
     test_pred: torch.Tensor | None = None  # the best model's test predictions
     with reporter.restore() as resume_dir:
+        if resume_dir is not None and not (Path(resume_dir) / "state.pt").exists():
+            raise FinishedCheckpoint("this checkpoint is a finished trial's whose weights were deleted when its "
+                                     "search completed (only the best --keep-weights keep theirs); train the "
+                                     "configuration again in a new folder, or search with --keep-weights all")
         saved = None if resume_dir is None else torch.load(Path(resume_dir) / "state.pt", map_location=device,
                                                            weights_only=True)
     if saved is not None:

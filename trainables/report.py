@@ -104,7 +104,9 @@ class LocalReporter:
         return self.checkpoint_dir is not None
 
     def restore(self) -> ContextManager[Path | None]:
-        found = self.checkpoint_dir and (self.checkpoint_dir / "state.pt").exists()
+        # predictions without state.pt: a finished trial whose weights its search deleted (the loop refuses it)
+        found = self.checkpoint_dir and any((self.checkpoint_dir / name).exists() for name in ("state.pt",
+                                                                                             "predictions.npz"))
         return contextlib.nullcontext(self.checkpoint_dir if found else None)
 
 

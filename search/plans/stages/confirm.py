@@ -200,9 +200,10 @@ def run(run: PlanRun, stage: Stage) -> str:
     if kept != run.base.overrides:
         run.say(f"valley: stage {stage.name}: trains each configuration over its own {seeds} seeds; --set "
                 f"{', '.join(sorted(set(run.base.overrides) - set(kept)))} applies to the other stages")
-    # its own max_epochs, --max-epochs, or as many as its source trained: not its source's space file's
+    # its own max_epochs, --max-epochs, or as many as its source trained: not its source's space file's;
+    # every seed keeps its weights: the winner is chosen by its seeds' mean, not by the best single seeds
     status = train_stage(run, stage, space, stage.name, search="random", scheduler="fifo", samples=1,
-                         max_epochs=seed_epochs(run, stage), overrides=kept)
+                         max_epochs=seed_epochs(run, stage), overrides=kept, keep_weights="all")
     if status != "completed":
         return status
     table, summary = confirm_table(run.trials(stage.name)[0], configs, metric_column(source_space.metric),
