@@ -318,6 +318,8 @@ def confirm_verdict(summary: dict[str, Any], winner: str | None = None) -> str:
     if p is None:
         return text
     text += f"; P(winner beats runner-up) = {p:.3g}"
+    if summary.get("winner_mean") == summary.get("runner_up_mean") and p == 0.5:
+        return text + f": they tie on {metric} over these seeds"
     if p < 0.5:
         return text + f", so on {metric} the runner-up does better: validation did not tell them apart"
     return text + (": not a clear win over these seeds" if p < 0.9 else "")

@@ -640,6 +640,13 @@ def test_confirm_chooses_the_winner_on_validation_not_on_test():
     _, alone = confirm_table(pd.DataFrame(rows), [{"hidden": [8]}], "best_val_loss", "min", get_family("mlp").task)
     assert confirm_verdict(alone, "config 1") == ("winner config 1 by mean best_val_loss (min): test_acc 0.95; the "
                                                   "only configuration confirmed: no runner-up to compare it with, no P")
+    # seeds that read the same on test (a small test set, both at 1.0): a tie, not a loss (P was 0)
+    tied = [{**row, "test_acc": 1.0} for row in rows]
+    _, even = confirm_table(pd.DataFrame(tied), [{"hidden": [8]}, {"hidden": [16]}], "best_val_loss", "min",
+                            get_family("mlp").task)
+    assert even["p_winner_beats_runner_up"] == 0.5
+    assert confirm_verdict(even, "config 1").endswith("P(winner beats runner-up) = 0.5: they tie on test_acc over "
+                                                      "these seeds")
 
 
 def test_confirm_counts_only_seeds_that_trained_all_their_epochs_and_compares_on_shared_ones():

@@ -303,8 +303,8 @@ def confirm_table(trials: pd.DataFrame, configs: list[dict[str, Any]], select: s
         winner, runner = boot[order[0]], boot[order[1]]
         both = np.isfinite(winner) & np.isfinite(runner)
         if both.any():
-            beats = winner[both] > runner[both] if mode == "max" else winner[both] < runner[both]
-            p = float(np.mean(beats))
+            ahead = winner[both] - runner[both] if mode == "max" else runner[both] - winner[both]
+            p = float(np.mean((ahead > 0) + 0.5 * (ahead == 0)))  # a tie is half a win: seeds of equal metrics read 0.5
     means = [float(m) for m in table[f"mean_{column}"].head(2)]
     return table, {"metric": column, "mode": mode, "chosen_by": f"mean {select} ({select_mode})",
                    "winner": table.loc[0, "label"], "winner_mean": means[0],
