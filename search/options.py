@@ -65,10 +65,11 @@ def user_errors() -> tuple[type[Exception], ...]:
     from analysis.load import ResultsError
     from search.cli_options import UsageError
     from spaces import SpaceError
+    from trainables import FamilyError
     from trainables.config import ConfigError
     from trainables.data import DataError
 
-    return UsageError, SearchError, SpaceError, ConfigError, DataError, ResultsError, UnreadableState
+    return UsageError, SearchError, SpaceError, ConfigError, DataError, FamilyError, ResultsError, UnreadableState
 
 
 class SearchError(ValueError):

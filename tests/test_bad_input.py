@@ -563,3 +563,21 @@ def test_a_manifest_or_plan_state_cut_short_is_one_line_not_a_bug(refuse, tmp_pa
     (plan / "plan.json").write_text('{"plan": ')
     for argv in (("plan", str(plan)), ("resume", str(plan)), ("transfer", str(plan), "--dataset", "synthetic")):
         assert f"{plan / 'plan.json'} is unreadable (" in refuse(*argv), argv
+
+
+def test_a_family_file_with_a_mistake_is_one_line_naming_it(refuse, write_space, monkeypatch, tmp_path):
+    """A user's own family module that is missing, raises on import (its record's own checks do), has no
+    FAMILY or names it otherwise: one line naming the module, where each was a traceback called a bug in valley."""
+    from trainables import FAMILIES
+
+    (tmp_path / "fam_none.py").write_text("X = 1\n")
+    (tmp_path / "fam_raises.py").write_text("raise ValueError(\"family 'wide': arch_keys ['widht'] are not fields\")\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cases = {"no_such_family_module": "importing no_such_family_module failed: ModuleNotFoundError",
+             "fam_none": "fam_none has no FAMILY; end it with FAMILY = Family(...)",
+             "fam_raises": "importing fam_raises failed: ValueError: family 'wide': arch_keys ['widht']",
+             "tests.toy_family": "tests.toy_family.FAMILY is named 'toy'; register it under that name"}
+    for module, said in cases.items():
+        monkeypatch.setitem(FAMILIES, "mine", module)
+        line = refuse(space(write_space, "", header=HEADER.replace("family: mlp", "family: mine")))
+        assert line.startswith("valley: error: ") and f"family 'mine': {said}" in line, line

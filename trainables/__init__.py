@@ -34,13 +34,26 @@ def unknown_family(name: str) -> str:
     return f"unknown family {name!r}; valid families: {', '.join(sorted(FAMILIES))}"
 
 
+class FamilyError(ValueError):
+    """A family's module or its record is wrong (a user's own family, most often): one line naming the module."""
+
+
 def get_family(name: str) -> Family:
-    """The family record registered as ``name``; an unknown name lists the valid ones."""
+    """The family record registered as ``name``; an unknown name lists the valid ones, and a module that
+    cannot be imported, has no ``FAMILY`` or declares it wrongly is a ``FamilyError`` naming the module."""
     if name not in FAMILIES:
         raise KeyError(unknown_family(name))
-    record = importlib.import_module(FAMILIES[name]).FAMILY
+    module = FAMILIES[name]
+    try:
+        record = getattr(importlib.import_module(module), "FAMILY", None)
+    except Exception as err:  # noqa: BLE001 - whatever a family file raises on import (its record's checks too)
+        raise FamilyError(f"family {name!r}: importing {module} failed: {type(err).__name__}: {err}") from err
+    if record is None:
+        raise FamilyError(f"family {name!r}: {module} has no FAMILY; end it with FAMILY = Family(...) "
+                          "(trainables/family.py)")
     if record.name != name:
-        raise ValueError(f"{FAMILIES[name]}.FAMILY is named {record.name!r}, registered as {name!r}")
+        raise FamilyError(f"family {name!r}: {module}.FAMILY is named {record.name!r}; register it under that "
+                          "name or rename the record")
     return record
 
 
