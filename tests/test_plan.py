@@ -597,6 +597,22 @@ def test_a_warm_start_point_is_one_optuna_can_draw():
     assert high["dropout"] == pytest.approx(0.5) and high["batch_size"] == 128
 
 
+def test_a_config_that_cannot_be_moved_into_the_fine_space_says_which_key_keeps_it_out():
+    """The fine stage's note read 'evaluating first the best of each of 0 architectures, moved into it'."""
+    from search.plans.stages.search import placed
+    from spaces import parse_space
+
+    space = parse_space({"family": "mlp", "metric": "val_loss", "mode": "min", "grid": [{"layers": 2}],
+                         "params": {"batch_size": {"choice": [32, 64]}, "lr": {"loguniform": [1e-4, 1e-2]}}})
+    rough = {"layers": 2, "batch_size": 128, "lr": 0.5}
+    assert placed(rough, space, clip=True) == (None, "its batch_size 128 is none of the space's choice [32, 64]")
+    assert placed({**rough, "layers": 3}, space, clip=True) == (None, "it matches none of the space's grid rows")
+    assert placed(rough, space) == (None, "its batch_size 128 is none of the space's choice [32, 64]")
+    assert placed({**rough, "batch_size": 64}, space) == (None, "its lr 0.5 is outside the space's loguniform "
+                                                                "[0.0001, 0.01]")
+    assert placed({**rough, "batch_size": 64}, space, clip=True) == ({"variant": 0, "batch_size": 64, "lr": 0.01}, "")
+
+
 def test_a_config_outside_the_fine_space_is_moved_in_only_when_asked():
     from search.plans.stages.search import as_point
     from spaces import parse_space

@@ -102,12 +102,17 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
         return points, rewards, (f"warm-started Optuna with {len(points)} trials of stage {rough_name} "
                                  f"({len(configs) - len(points)} fall outside the new space)")
     moved: list[dict[str, Any]] = []
+    why = ""
     for config in configs:  # best first: one per architecture of the valley
-        point = as_point(config, space, clip=True, fixed=run.base.overrides)
+        point, outside = placed(config, space, clip=True, fixed=run.base.overrides)
+        why = why or outside  # the best's reason
         if point is not None and point.get("variant") not in [m.get("variant") for m in moved]:
             moved.append(point)
     others = len(trials) - len(configs)  # stalled, failed or unfinished: never warm-start points
     counted = f"{len(configs)} finished trials" + (f" (of {len(trials)})" if others else "")
+    if not moved:
+        return [], [], (f"none of the {counted} of stage {rough_name} falls inside the new space, nor can one be "
+                        f"moved into it (the best: {why or 'no finished trial'}); Optuna starts from nothing")
     return moved, [], (f"none of the {counted} of stage {rough_name} falls inside the new space; "
                        + ("evaluating first the best of them, moved into it" if len(moved) == 1 else
                           f"evaluating first the best of each of {len(moved)} architectures, moved into it")
@@ -122,37 +127,45 @@ def as_point(config: dict[str, Any], space: Space, clip: bool = False, fixed: di
     not offer still puts the config outside). Keys ``fixed`` by ``--set`` are no part of the point (Optuna
     does not sample them: a point with one made Ray refuse the warm start); they hold in the grid rows too.
     """
+    return placed(config, space, clip, fixed)[0]
+
+
+def placed(config: dict[str, Any], space: Space, clip: bool = False, fixed: dict[str, Any] | None = None
+           ) -> tuple[dict[str, Any] | None, str]:
+    """``as_point``, and why a config is outside (the first key that puts it there; "" when inside)."""
     fixed = fixed or {}
     point: dict[str, Any] = {}
     if space.grid:
         rows = [{**row, **{k: fixed[k] for k in row if k in fixed}} for row in space.grid]
         matches = [i for i, row in enumerate(rows) if all(config.get(k) == v for k, v in row.items())]
         if not matches:
-            return None
+            return None, "it matches none of the space's grid rows"
         point["variant"] = matches[0]
     for key, value in space.params.items():
         if key in fixed:
             if config.get(key) != fixed[key] and not clip:
-                return None
+                return None, f"its {key} {config.get(key)!r} is not --set {key}={fixed[key]!r}"
             continue
         if not isinstance(value, Dist):
             if config.get(key, value) != value and not clip:
-                return None
+                return None, f"its {key} {config.get(key)!r} is not the space's {value!r}"
             continue
         got = config.get(key)
         if isinstance(got, tuple):
             got = list(got)
         if got is None:
-            return None
+            return None, f"it has no {key}"
         if value.kind in ("grid", "choice"):
-            if got not in [list(a) if isinstance(a, tuple) else a for a in value.args]:
-                return None
+            offered = [list(a) if isinstance(a, tuple) else a for a in value.args]
+            if got not in offered:
+                return None, f"its {key} {got!r} is none of the space's {value.kind} {offered}"
         else:
-            got = in_range(value, got, clip)
-            if got is None:
-                return None
+            drawn = in_range(value, got, clip)
+            if drawn is None:
+                return None, f"its {key} {got!r} is outside the space's {value.kind} {list(value.args)}"
+            got = drawn
         point[key] = got
-    return point
+    return point, ""
 
 
 def in_range(dist: Dist, got: Any, clip: bool) -> Any:
