@@ -105,7 +105,7 @@ def test_unknown_names(refuse, write_space):
     assert "unknown space 'mlp-ruogh'; did you mean 'mlp-rough'?" in refuse("mlp-ruogh")
     assert "does not exist" in refuse("no/such/space.yaml")
     line = refuse(space(write_space, "", header=HEADER.replace("family: mlp", "family: mpl")))
-    assert "unknown family 'mpl'; valid families: " in line and "mlp" in line
+    assert "unknown family 'mpl'; did you mean 'mlp'? valid families: " in line and "mlp" in line
     assert "--dataset: unknown data set 'mnist'; valid data sets: " in refuse("mlp-rough", "--dataset", "mnist")
     written = space(write_space, "", header=HEADER.replace("dataset: synthetic", "dataset: mnist"))
     assert f"{written}: dataset: unknown data set 'mnist'" in refuse(written)  # the file and its key named

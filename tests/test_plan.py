@@ -61,6 +61,7 @@ def plan_file(write_space):
     ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: b, kind: confirm, from: c}",
      "'c' is not an earlier stage; earlier stages: a"),
     ("stages:\n  - {name: a, space: mlp-rough, epochs: 3}", "unknown key; did you mean 'max_epochs'"),
+    ("descripton: x\nstages:\n  - {name: a, space: mlp-rough}", "descripton: unknown key; did you mean 'description'"),
     ("stages:\n  - {name: a, kind: sweep, space: mlp-rough}", "kind: must be one of search, bracket"),
     ("stages:\n  - {name: a, space: nope}", "unknown space 'nope'"),
     ("stages:\n  - {name: a, space: mlp-rough}\n  - {name: t, kind: transfer, from: a, dataset: cifar-10}",
@@ -136,11 +137,14 @@ def test_a_plan_that_cannot_run_is_refused_before_its_folder_is_made(write_space
     one line each before anything trains, and the same --name can be given again."""
     write_space(ROUGH.replace("family: mlp", "family: mpl"), "typo.yaml")
     with pytest.raises(SearchError, match=r"stage 'rough': space: .*typo.yaml: family: unknown family 'mpl'; "
-                                          r"valid families: clock, cnn, mlp"):
+                                          r"did you mean 'mlp'\? valid families: clock, cnn, mlp"):
         load_plan(write_space("stages:\n  - {name: rough, space: typo.yaml}\n", "typo-plan.yaml"))
     plan = load_plan(write_space("stages:\n  - {name: rough, space: clock-encodings}\n", "clock-plan.yaml"))
-    with pytest.raises(SearchError, match=r"unknown data set 'clock-tiny' \(did you mean 'clocks-tiny'\?\)"):
+    with pytest.raises(SearchError, match=r"^--dataset: unknown data set 'clock-tiny' \(did you mean 'clocks-tiny'\?\)"):
         start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", dataset="clock-tiny"))
+    typo = load_plan(write_space("dataset: synthetc\nstages:\n  - {name: rough, space: clock-encodings}\n", "d.yaml"))
+    with pytest.raises(SearchError, match=r"d.yaml: dataset: unknown data set 'synthetc' \(did you mean 'synthetic'"):
+        start_plan(typo, SearchOptions(storage=str(tmp_path), name="p"))  # the plan file named, as for all else
     with pytest.raises(SearchError, match=r"stage rough: family 'clock' reads clocks, but data set 'digits' has "
                                           r"class labels; give it one of clocks"):
         start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", dataset="digits"))

@@ -7,6 +7,7 @@ torchvision backbones. The shared suite (``tests/test_families.py``) checks ever
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,10 @@ def register_family(name: str, module: str) -> None:
 
 
 def unknown_family(name: str) -> str:
-    """The words that refuse a family name, listing the valid ones."""
-    return f"unknown family {name!r}; valid families: {', '.join(sorted(FAMILIES))}"
+    """The words that refuse a family name, with the nearest and the valid ones."""
+    close = difflib.get_close_matches(str(name), FAMILIES, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown family {name!r}; {hint}valid families: {', '.join(sorted(FAMILIES))}"
 
 
 class FamilyError(ValueError):

@@ -177,7 +177,9 @@ def parse_plan(doc: Any, source: str, name: str, begun: bool = False) -> Plan:
         raise fail("stages", "a plan is a mapping with a non-empty `stages:` list")
     for key in doc:
         if key not in PLAN_KEYS:
-            raise fail(str(key), f"unknown key; valid keys: {', '.join(PLAN_KEYS)}")
+            close = difflib.get_close_matches(str(key), PLAN_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise fail(str(key), f"unknown key; {hint}valid keys: {', '.join(PLAN_KEYS)}")
     stages: list[Stage] = []
     for i, raw in enumerate(doc["stages"]):
         stages.append(parse_stage(raw, i, stages, source, fail, begun))

@@ -126,8 +126,8 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
     dataset = base.dataset or plan.dataset
     if dataset is None:
         raise SearchError(f"{plan.source} names no dataset; pass --dataset")
-    if dataset not in DATASETS:
-        raise SearchError(unknown_dataset(dataset))
+    if dataset not in DATASETS:  # whose: --dataset's, or the plan file's
+        raise SearchError(f"{'--dataset' if base.dataset else f'{plan.source}: dataset'}: {unknown_dataset(dataset)}")
     if budget is not None and plan.budget_split is None:
         raise SearchError(f"{plan.source} has no budget_split, so --budget cannot be divided among its stages; add "
                           f"e.g. `budget_split: {{{', '.join(f'{n}: ...' for n in plan.training_stages())}}}`")
