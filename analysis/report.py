@@ -196,16 +196,21 @@ def clock_sections(experiment: Experiment) -> list[Section]:
 
 def _valley_source(experiment: Experiment) -> tuple[str | None, float]:
     """The stage that a plan's valley stage read (plan.json), when its trials are loaded, and the band's
-    width in standard errors that stage used (the one-standard-error rule where nothing says otherwise)."""
+    width in standard errors that stage used (the one-standard-error rule where nothing says otherwise).
+    A plan without one (a priori: fine-tune a known architecture, then confirm) reads its first training
+    stage's: across stages, one seed's lucky run stood beside the confirm stage's means of several."""
     stages = experiment.manifest.get("stages") if experiment.kind == "plan" else None
     if not isinstance(stages, dict) or "stage" not in experiment.trials:
         return None, 1.0
+    loaded = set(experiment.trials["stage"])
     for state in stages.values():
         if isinstance(state, dict) and state.get("kind") == "valley":
             source = state.get("from") or (state.get("derived_from") or {}).get("stage")
-            if source in set(experiment.trials["stage"]):
+            if source in loaded:
                 return str(source), float(state.get("threshold_se", 1.0))
-    return None, 1.0
+    first = [name for name, state in stages.items()
+             if isinstance(state, dict) and state.get("kind") in ("search", "bracket") and name in loaded]
+    return (first[0] if first else None), 1.0
 
 
 def kaleido_installed() -> bool:

@@ -301,3 +301,21 @@ def test_a_quickstart_whose_clocks_were_interrupted_prints_no_answer_table(tmp_p
     out = capsys.readouterr().out
     assert "the clock encodings were interrupted: `valley resume " in out and "test metrics by" not in out
     assert out.rstrip().splitlines()[-1].startswith("report: ")
+
+
+def test_a_plan_without_a_valley_stage_reads_its_valley_from_its_first_training_stage(tmp_path):
+    """An a priori plan (fine-tune, then confirm) read its valley across both stages: one seed's lucky run
+    beside the confirm stage's means over several seeds."""
+    from analysis.load import load
+
+    plan = tmp_path / "plan"
+    shutil.copytree(DATA / "asha-digits", plan / "fine")
+    shutil.copytree(DATA / "seeds-digits", plan / "confirm")
+    (plan / "plan.json").write_text(json.dumps({"plan": "p", "status": "completed", "stages": {
+        "fine": {"kind": "search", "status": "completed", "experiments": ["fine"]},
+        "confirm": {"kind": "confirm", "status": "completed", "experiments": ["confirm"]}}}))
+    experiment = load(plan)
+    note = report._valley_section(experiment).note
+    fine = experiment.trials[experiment.trials["stage"] == "fine"]
+    assert note.startswith("Valley of stage fine: "), note
+    assert note.split("chose trial ")[1].split(",")[0] in set(fine["trial_id"])
