@@ -125,5 +125,5 @@ def test_family_checks_happen_before_ray(write_space):
     with pytest.raises(SpaceError, match=r"'test_acc' would choose models by the test split.*rank on val_acc"):
         check_space(space, {})
     space = load_space(write_space("family: rnn\nmetric: val_loss\nmode: min\n"))
-    with pytest.raises(SpaceError, match=r"unknown family 'rnn'; valid families"):
+    with pytest.raises(SpaceError, match=r"unknown family 'rnn'; did you mean 'cnn'\? valid families"):
         check_space(space, {})
