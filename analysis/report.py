@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 from analysis import figures
 from analysis.format import DONE, FAILED, budget_amount, confirm_verdict, metric_column, trained
 from analysis.load import NO_METRIC, Experiment, ResultsError, load, mixed, progress
-from analysis.valley import ValleyResult, find_valley, not_learning, usable_trials
+from analysis.valley import ValleyResult, chance_warning, find_valley, not_learning, usable_trials
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True,
                "toImageButtonOptions": {"format": "png", "scale": 2}}  # the camera button saves a PNG offline
@@ -260,7 +260,7 @@ def render_report(experiment: Experiment | str | Path, plotlyjs: str = "inline",
             f'<span class="status {e(experiment.status)}">{e(experiment.status)}</span>',
             f'<span class="kind">{e(kind_name(experiment))}</span>',
             f"<p class=\"counts\">{counts['total']} trials: {counts['done']} done{early}, "
-            f"{counts['active']} running or unfinished, {counts['failed']} failed</p></header>",
+            f"{counts['active']} running or unfinished, {counts['failed']} failed</p>{_chance(experiment)}</header>",
             _summary(experiment)]
     figure_html = []
     for section in sections:
@@ -437,6 +437,15 @@ def _top_trials(experiment: Experiment, n: int = 10) -> str:
             f"{_html_table(table)}</section>")
 
 
+def _chance(experiment: Experiment) -> str:
+    """The header's warning of trials that never left chance level (a plan's: each stage's), else ""."""
+    parts = [experiment.trials] if "stage" not in experiment.trials else [
+        part for _, part in experiment.trials.groupby("stage", sort=False)]
+    said = [(str(part["stage"].iloc[0]) if "stage" in part else "", chance_warning(part)) for part in parts]
+    lines = [f"{f'stage {stage}: ' if stage else ''}{text}" for stage, text in said if text]
+    return "".join(f'<p class="warning">Warning: {html.escape(line)}</p>' for line in lines)
+
+
 def _failures(trials: pd.DataFrame) -> str:
     if trials.empty or "status" not in trials:
         return ""
@@ -490,6 +499,7 @@ header { display: flex; flex-wrap: wrap; align-items: baseline; gap: 10px 14px; 
 h1 { margin: 0; font-size: 26px; word-break: break-all; }
 h2 { margin: 0 0 6px; font-size: 19px; }
 .counts { flex-basis: 100%; margin: 0; color: var(--muted); }
+header .warning { flex-basis: 100%; margin: 0; color: #8a5a00; }
 .status, .kind { padding: 2px 10px; border-radius: 12px; font-size: 13px; font-weight: 600; }
 .kind { background: #e4e7eb; color: var(--muted); font-weight: 500; }
 .status { background: #e4e7eb; }

@@ -76,6 +76,28 @@ def never_left_chance(trials: pd.DataFrame) -> pd.Series:
     return (epochs > 0) & (chance >= epochs)
 
 
+def chance_warning(trials: pd.DataFrame) -> str:
+    """A sentence when trials that trained never left chance level (stalled or not), else "": how many, the
+    learning rates of those and of the rest, and what to try. A search of such trials ends 'completed'; its best
+    is then no model at all, and nothing else said so."""
+    trained = trials[~trials["status"].isin(FAILED)] if "status" in trials else trials
+    flat = never_left_chance(trained)
+    if not flat.any():
+        return ""
+    lrs = ""
+    if "config/lr" in trained:
+        def span(values: pd.Series) -> str:
+            values = pd.to_numeric(values, errors="coerce").dropna()
+            low, high = (f"{values.min():.3g}", f"{values.max():.3g}") if len(values) else ("?", "?")
+            return low if low == high else f"{low} to {high}"
+        lrs = f" (lr {span(trained.loc[flat, 'config/lr'])}" + (
+            f"; of those that learned, {span(trained.loc[~flat, 'config/lr'])})" if (~flat).any() else ")")
+    every = "none of them learned, so the best is no model at all; " if flat.all() else ""
+    return (f"{int(flat.sum())} of {len(trained)} trials never left chance level in the epochs they trained{lrs}: "
+            f"{every}a learning rate too low or too high learns nothing, a trial too short may not have begun to; "
+            f"change the lr range or train longer")
+
+
 def not_learning(usable: pd.DataFrame, chosen: str | None = None) -> str:
     """A sentence when most of the trials a valley is found among never left chance level, else "".
 

@@ -210,17 +210,20 @@ def finish(folder: Path, status: str, say: Callable[..., None], kept: str = "") 
     """Write trials.csv and trials.parquet from what is on disk and print the best five, then ``kept``
     (what became of the finished trials' weights)."""
     from analysis.load import top_table, write_tables
+    from analysis.valley import chance_warning
 
     trials = write_tables(folder)
     table, ended = top_table(trials, folder), f"valley: {status}: {len(trials)} trials in {folder / 'trials.csv'}"
     every_failed = len(trials) and trials["status"].isin(fmt.FAILED).all()
     if status != fmt.INTERRUPTED and every_failed:  # the last line names the first error, not "completed"
-        say(ended)
-        say(table)
+        tell(say, ended)  # under --quiet too: the exit status alone said it
+        tell(say, table)
         return folder
     say(table)
     if kept:
         say(f"valley: {kept}")
+    if status != fmt.INTERRUPTED and (warning := chance_warning(trials)):
+        tell(say, f"valley: warning: {warning}")
     if status == fmt.INTERRUPTED and not (folder.parent / fmt.PLAN_STATE).exists():  # a plan says how it goes on
         tell(say, f"valley: interrupted; continue with `valley resume {folder}`")
     say(ended)

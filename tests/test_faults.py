@@ -59,6 +59,10 @@ def test_a_search_whose_every_trial_diverged_exits_3_naming_the_first_error(ray_
     assert "no trial of 2 has a best_val_loss: 2 failed or diverged; the first: " in out
     assert "train loss is nan" in out and str(tmp_path / "nan" / "trials.csv") in out
     assert out.strip().splitlines()[-1].startswith("no trial of 2 has a best_val_loss")  # the README: its last line
+    # --quiet said nothing at all: the exit status alone told of it
+    code = cli.main(["search", str(path), "--storage", str(tmp_path), "--name", "quiet", "--num-cpus", "2", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 3 and not out and "no trial of 2 has a best_val_loss: 2 failed or diverged; the first: " in err
 
 
 def trial_of(folder: Path, **config) -> Path:

@@ -445,6 +445,22 @@ def test_a_trial_stopped_before_its_first_checkpoint_takes_no_place_among_those_
     assert trials.loc[trials["has_weights"], "trial_id"].tolist() == completed["trial_id"].tolist()
 
 
+@pytest.mark.ray
+def test_trials_that_never_left_chance_are_said_at_the_end_of_the_search(ray_session, write_space, tmp_path, capsys):
+    """They ended 'completed', exit 0, with nothing said in the terminal or the report's header."""
+    from analysis.report import write_report
+
+    space = write_space("family: mlp\ndataset: digits\nmetric: val_loss\nmode: min\nmax_epochs: 2\n"
+                        "params:\n  lr: {grid: [1.0e-9, 1.0e-2]}\n")
+    folder = run_search(load_space(space), SearchOptions(storage=str(tmp_path), name="flat", progress_s=1e9))
+    out = capsys.readouterr().out
+    said = ("valley: warning: 1 of 2 trials never left chance level in the epochs they trained (lr 1e-09; of those "
+            "that learned, 0.01): a learning rate too low or too high")
+    assert said in out
+    page = write_report(folder, images=False).read_text()
+    assert 'class="warning">Warning: 1 of 2 trials never left chance level' in page
+
+
 def test_a_search_stored_before_keep_weights_existed_resumes_keeping_every_trials_weights():
     import dataclasses
 
