@@ -131,9 +131,15 @@ def _valley_section(experiment: Experiment) -> Section:
     if what:  # a folder of experiments: one loss scale per data set and family, no valley across them
         none = (f"No valley is read across experiments of different {_differ(what)}: their losses do not "
                 "compare. Open each experiment's own report for its valley.")
+    elif usable.empty:  # find_valley's own words asked to wait for an epoch
+        none = (f"No trial has a finite {metric}: each of the {len(scope_trials)} failed, diverged or reported no "
+                "epoch (the failed-and-stalled table says why), so there is no valley to read.")
     elif len(sizes) == 1:
-        none = (f"Every trial has one model size ({int(sizes[0]):,} parameters): there is no valley over model "
-                "sizes to read here.")
+        without = len(scope_trials) - len(usable)  # diverged at their first epoch: no size, no metric
+        those = f"Every trial with a {metric}" if without else "Every trial"
+        none = (f"{those} has one model size ({int(sizes[0]):,} parameters)"
+                + (f"; {without} more failed or diverged without one" if without else "")
+                + ": there is no valley over model sizes to read here.")
     if none:
         return Section("valley", "Loss against model size", figures.loss_vs_params(trials, epochs, metric, mode=mode),
                        none)

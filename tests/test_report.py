@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import plotly.graph_objects as go
+import numpy as np
 import pytest
 from plotly.offline import get_plotlyjs
 
@@ -193,6 +194,16 @@ def test_the_report_leads_with_the_question_the_search_asked(tmp_path):
     assert "The search varied batch_size, lr and l2:" in compared.note
     one_size = report._valley_section(tuned).note
     assert one_size == "Every trial has one model size (1,000 parameters): there is no valley over model sizes to read here."
+    # trials that diverged at their first epoch have no size: "every trial" was false of a grid of three sizes
+    diverged = load(DATA / "seeds-digits")
+    diverged.trials = tuned.trials.assign(**{"status": ["diverged", "diverged"] + ["completed"] * 7})
+    diverged.trials.loc[diverged.trials["status"] == "diverged", ["n_params", "best_val_loss"]] = np.nan
+    assert report._valley_section(diverged).note == (
+        "Every trial with a best_val_loss has one model size (1,000 parameters); 2 more failed or diverged without "
+        "one: there is no valley over model sizes to read here.")
+    diverged.trials["status"] = "diverged"
+    assert report._valley_section(diverged).note.startswith("No trial has a finite best_val_loss: each of the 9 "
+                                                            "failed, diverged or reported no epoch")
 
 
 def test_a_plan_report_leads_with_its_stages(plan_report):
