@@ -617,6 +617,24 @@ def test_a_config_that_cannot_be_moved_into_the_fine_space_says_which_key_keeps_
     assert placed({**rough, "batch_size": 64}, space, clip=True) == ({"variant": 0, "batch_size": 64, "lr": 0.01}, "")
 
 
+def test_a_fine_stage_whose_source_trials_all_stalled_says_so():
+    """It said 'none of the 0 finished trials (of 3) ... (the best: no finished trial)' of trials that had trained
+    every epoch (at chance level)."""
+    import types
+
+    from search.plans.stages.search import warm_start_points
+    from spaces import parse_space
+
+    space = parse_space({"family": "mlp", "metric": "val_loss", "mode": "min",
+                         "params": {"lr": {"loguniform": [1e-4, 1e-2]}}})
+    rough = pd.DataFrame({"trial_id": ["a", "b", "c"], "status": ["stalled", "stalled", "failed"],
+                          "best_val_loss": [2.3, 2.31, None], "config/lr": [1e-9, 1e-9, 1e9]})
+    run = types.SimpleNamespace(trials=lambda name: (rough, None), base=SearchOptions())
+    assert warm_start_points(run, {"from": "rough"}, space) == (
+        [], [], "none of the 3 trials of stage rough can warm-start it: each stalled at chance level, failed or did "
+                "not finish; Optuna starts from nothing")
+
+
 def test_a_config_outside_the_fine_space_is_moved_in_only_when_asked():
     from search.plans.stages.search import as_point
     from spaces import parse_space
