@@ -104,11 +104,12 @@ class Progress(Callback):
             pass
         self.look_after = now + max(1.0, 19 * (time.monotonic() - now))
 
-    def _line(self, trial: Any, outcome: str, failed: bool = False) -> None:
+    def _line(self, trial: Any, outcome: str) -> None:
         self.done += 1
         result = trial.last_result or {}
         seen = (getattr(self, "at_best", None) or {}).pop(trial.trial_id, None)
-        best = result if failed or not result.get("best_epoch") else self.best_result(trial, seen)
+        # a diverged trial's too: trials.csv keeps its best checkpoint, not the epoch before its NaN
+        best = result if not result.get("best_epoch") else self.best_result(trial, seen)
         total = f"{'<=' * getattr(self, 'at_most', False)}{self.total}"  # an experiment saved before at_most: none
         parts = [f"[{self.done:>3}/{total}] {trial.trial_id} {outcome:<9}"]
         for key in self.shown():
@@ -134,7 +135,7 @@ class Progress(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = first_error_line(trial.error_file) if trial.error_file else ""
         kind = failure_kind(error)
-        self._line(trial, kind, failed=True)
+        self._line(trial, kind)
         if error:  # Tune's traceback on the terminal is off (TUNE_PRINT_ALL_TRIAL_ERRORS): it is in the file
             where = f" (traceback: {Path(trial.path) / 'error.txt'})" if kind == "failed" else ""
             self.say(f"      error: {error}{where}")

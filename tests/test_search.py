@@ -378,9 +378,11 @@ def test_a_trial_that_learns_nothing_reads_stalled_not_completed(ray_session, wr
 def test_a_finished_trials_line_gives_its_best_checkpoints_metrics_as_the_top_table_does(
         ray_session, write_space, tmp_path, capsys):
     """The line gave the last epoch's val_loss (and val_csd) while the top table ranks the best checkpoint's:
-    one trial read 174.2 minutes on its line and 187.8 in the table (found by a review)."""
+    one trial read 174.2 minutes on its line and 187.8 in the table (found by a review); a diverged trial's
+    line, the epoch before its loss became NaN (3.4e16 read 6.4e29)."""
     space = write_space("family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 8\n"
                         "grid:\n  - {seed: 0}\n  - {seed: 1}\n  - {seed: 2}\n"
+                        "  - {lr: 10, optimizer: sgd, early_stop: 0}\n"  # NaN at epoch 3, its best at 1
                         "params: {hidden: [16], lr: 0.5, batch_size: 16, early_stop: 1}\n")
     folder = run_search(load_space(space), SearchOptions(storage=str(tmp_path / "results"), name="best",
                                                          progress_s=1e9))
@@ -397,6 +399,7 @@ def test_a_finished_trials_line_gives_its_best_checkpoints_metrics_as_the_top_ta
         else:
             assert f"epochs {row['epochs']}" in lines[trial]
     assert past  # early_stop: 1 ends a trial an epoch past its best: the case this test is about
+    assert (trials["status"] == "diverged").sum() == 1
 
 
 BOARD_SPACE = "family: mlp\ndataset: synthetic\nmetric: val_loss\nmode: min\nmax_epochs: 12\n" \
