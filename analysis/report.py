@@ -260,7 +260,10 @@ def render_report(experiment: Experiment | str | Path, plotlyjs: str = "inline",
         script = f'<script src="{e(plotlyjs)}"></script>'
     refresh = f'<meta http-equiv="refresh" content="{int(refresh_s)}">' if refresh_s else ""
     counts = progress(experiment.trials)
-    early = f" ({cut} stopped early)" if (cut := stopped_early(experiment.trials)) else ""
+    stalled = int((experiment.trials["status"] == "stalled").sum()) if "status" in experiment.trials else 0
+    early = ", ".join([*([f"{stalled} stalled at chance level"] if stalled else []),
+                       *([f"{cut} stopped early"] if (cut := stopped_early(experiment.trials)) else [])])
+    early = f" ({early})" if early else ""
     nav = f'<nav><a href="{e(index_url)}">&larr; all experiments</a></nav>' if index_url else ""
     body = [nav, f"<header><h1>{e(experiment.name)}</h1>",
             f'<span class="status {e(experiment.status)}">{e(experiment.status)}</span>',

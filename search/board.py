@@ -16,7 +16,7 @@ from typing import Any
 
 from analysis.format import at_best_checkpoint
 
-STATES = ("done", "stopped", "failed", "running", "interrupted", "pending")
+STATES = ("done", "stalled", "stopped", "failed", "running", "interrupted", "pending")
 
 
 @dataclasses.dataclass
@@ -80,6 +80,8 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
         elif ended is not None and trial.trial_id not in ended:  # `valley resume` continues it
             counts["interrupted"] += 1
             left_epochs += max(0, max_epochs - epoch)
+        elif result.get("stalled"):  # at chance level, as its line says: no "done"
+            counts["stalled"] += 1
         else:
             finished = result.get("early_stopped") or epoch >= max_epochs
             counts["done" if finished else "stopped"] += 1
@@ -113,15 +115,19 @@ def interrupted(snap: Snapshot) -> str:
     return f"{snap.counts['interrupted']} interrupted, " if snap.counts["interrupted"] else ""
 
 
+def stalled(snap: Snapshot) -> str:
+    return f"{snap.counts['stalled']} stalled, " if snap.counts["stalled"] else ""
+
+
 def line(snap: Snapshot, metric: str, label: str = "", budget_epochs: int | None = None) -> str:
     """The board as one line (for a pipe or a log file)."""
     c = snap.counts
-    finished = c["done"] + c["stopped"] + c["failed"]
+    finished = c["done"] + c["stalled"] + c["stopped"] + c["failed"]
     total = finished + c["running"] + c["interrupted"] + c["pending"]
     best = f"; best {metric} {snap.best[1]:.4g} ({snap.best[0]})" if snap.best else ""
     running = ", ".join(f"{t} epoch {e}" for t, e, _ in snap.running[:4])
-    return (f"valley: {label + ': ' if label else ''}{finished}/{total} finished ({c['done']} done, {c['stopped']} "
-            f"stopped, {c['failed']} failed), {c['running']} running{f' [{running}]' if running else ''}, "
+    return (f"valley: {label + ': ' if label else ''}{finished}/{total} finished ({c['done']} done, {stalled(snap)}"
+            f"{c['stopped']} stopped, {c['failed']} failed), {c['running']} running{f' [{running}]' if running else ''}, "
             f"{interrupted(snap)}{c['pending']} pending{best}; {spent(snap, budget_epochs)}"
             f"{duration(snap.elapsed_s)} elapsed, ~{duration(snap.left_s)} left")
 
@@ -131,7 +137,8 @@ def table(snap: Snapshot, metric: str, max_epochs: int, label: str = "", budget_
     from rich.table import Table
 
     c = snap.counts
-    title = (f"{label + ' - ' if label else ''}{c['done']} done, {c['stopped']} stopped, {c['failed']} failed, "
+    title = (f"{label + ' - ' if label else ''}{c['done']} done, {stalled(snap)}{c['stopped']} stopped, "
+             f"{c['failed']} failed, "
              f"{c['running']} running, {interrupted(snap)}{c['pending']} pending - {spent(snap, budget_epochs)}"
              f"{duration(snap.elapsed_s)} elapsed, ~{duration(snap.left_s)} left")
     grid = Table(title=title, title_justify="left", caption=(f"best {metric} {snap.best[1]:.4g} ({snap.best[0]})"
@@ -171,7 +178,7 @@ class Board:
         at_best = (result.get(self.metric) if at_best_checkpoint(result)
                    else self.latest.get(trial_id, {}).get("at_best"))  # the metric at the best checkpoint
         self.latest[trial_id] = {**{k: result.get(k) for k in ("training_iteration", self.metric, "early_stopped",
-                                                               f"best_{self.metric}", "time_total_s")},
+                                                               "stalled", f"best_{self.metric}", "time_total_s")},
                                  "at_best": at_best}
 
     def trial_ended(self, trial_id: str) -> None:

@@ -450,18 +450,22 @@ def test_a_trial_stopped_before_its_first_checkpoint_takes_no_place_among_those_
 
 @pytest.mark.ray
 def test_trials_that_never_left_chance_are_said_at_the_end_of_the_search(ray_session, write_space, tmp_path, capsys):
-    """They ended 'completed', exit 0, with nothing said in the terminal or the report's header."""
+    """They ended 'completed', exit 0, with nothing said in the terminal or the report's header; the board and the
+    report's header counted stalled trials as done."""
     from analysis.report import write_report
 
     space = write_space("family: mlp\ndataset: digits\nmetric: val_loss\nmode: min\nmax_epochs: 2\n"
                         "params:\n  lr: {grid: [1.0e-9, 1.0e-2]}\n")
-    folder = run_search(load_space(space), SearchOptions(storage=str(tmp_path), name="flat", progress_s=1e9))
+    folder = run_search(load_space(space), SearchOptions(storage=str(tmp_path), name="flat", progress_s=1e9,
+                                                         overrides={"stall_epochs": 2}))
     out = capsys.readouterr().out
+    assert "1 done, 1 stalled, 0 stopped, 0 failed" in out  # the board: it said "2 done"
     said = ("valley: warning: 1 of 2 trials never left chance level in the epochs they trained (lr 1e-09; of those "
             "that learned, 0.01): a learning rate too low or too high")
     assert said in out
     page = write_report(folder, images=False).read_text()
     assert 'class="warning">Warning: 1 of 2 trials never left chance level' in page
+    assert "2 trials: 2 done (1 stalled at chance level)" in page
 
 
 def test_a_search_stored_before_keep_weights_existed_resumes_keeping_every_trials_weights():
@@ -595,8 +599,14 @@ def test_the_board_counts_a_resumed_trial_by_tunes_result_and_one_that_never_tra
               SimpleNamespace(trial_id="b", status="TERMINATED", last_result={}),
               SimpleNamespace(trial_id="c", status="TERMINATED", last_result={"training_iteration": 2, "val_loss": 0.5})]
     snap = snapshot(trials, {}, "val_loss", "min", 5, 0.0)
-    assert snap.counts == {"done": 1, "stopped": 1, "failed": 0, "running": 0, "interrupted": 0, "pending": 1}
+    assert snap.counts == {"done": 1, "stalled": 0, "stopped": 1, "failed": 0, "running": 0, "interrupted": 0,
+                           "pending": 1}
     assert line(snap, "val_loss").startswith("valley: 2/3 finished (1 done, 1 stopped, 0 failed), 0 running, 1 pending")
+    # a trial that ended at chance level is stalled, as its own line says, not done (every one of 25 read "done")
+    trials.append(SimpleNamespace(trial_id="d", status="TERMINATED",
+                                  last_result={"training_iteration": 5, "val_loss": 2.3, "stalled": True}))
+    assert line(snapshot(trials, {}, "val_loss", "min", 5, 0.0), "val_loss").startswith(
+        "valley: 3/4 finished (1 done, 1 stalled, 1 stopped, 0 failed)")
 
 
 def test_a_resumed_boards_time_left_counts_only_the_epochs_trained_since(capsys):
@@ -651,7 +661,8 @@ def test_after_ctrl_c_the_board_counts_a_trial_it_stopped_as_interrupted_not_sto
               for t, e in (("done", 5), ("asha", 1), ("cut", 3))]
     assert snapshot(trials, {}, "val_loss", "min", 5, 0.0).counts["stopped"] == 2
     snap = snapshot(trials, {}, "val_loss", "min", 5, 0.0, ended={"done", "asha"})
-    assert snap.counts == {"done": 1, "stopped": 1, "failed": 0, "running": 0, "interrupted": 1, "pending": 0}
+    assert snap.counts == {"done": 1, "stalled": 0, "stopped": 1, "failed": 0, "running": 0, "interrupted": 1,
+                           "pending": 0}
     assert line(snap, "val_loss").startswith("valley: 2/3 finished (1 done, 1 stopped, 0 failed), 0 running, "
                                               "1 interrupted, 0 pending")
     # time left after Ctrl-C: the interrupted trial's 2 epochs, and all 5 of one that never began (it read
