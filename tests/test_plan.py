@@ -561,6 +561,14 @@ def test_a_bisection_continued_mid_round_takes_that_round_up_again_as_it_was():
     assert not lost["bracketed"] and "has a neighbour without a result" in lost["message"]  # one that failed
 
 
+def test_around_leaves_a_key_that_set_fixes_and_says_so():
+    from search.plans.stages.search import unfixed
+
+    assert unfixed({"lr": 3, "l2": 10}, {"lr": 1e-5}) == (
+        {"l2": 10}, "--set lr=1e-05 fixes what around would search (lr), so it is not searched")
+    assert unfixed({"lr": 3}, {}) == ({"lr": 3}, "")
+
+
 def test_around_takes_only_log_uniform_ranges_and_a_positive_best_value():
     from search.plans.stages.search import centre_ranges
     from spaces import Dist

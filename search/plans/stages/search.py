@@ -28,9 +28,12 @@ def run(run: PlanRun, stage: Stage) -> str:
         grid = [{**arch, **{k: v for k, v in extra.items() if k not in params}}
                 for arch, extra in zip(archs, source.get("with") or [{}] * len(archs))]
         derived = source.get("band", [])
-    if stage.get("around"):
+    around, fixed = unfixed(stage.get("around") or {}, run.base.overrides)
+    if fixed:
+        run.say(f"valley: stage {stage.name}: {fixed}")
+    if around:
         best = get_family(space.family).complete(source["best_config"])
-        params, ranges, note = centre_ranges(params, stage.get("around"), best, space.name)
+        params, ranges, note = centre_ranges(params, around, best, space.name)
         run.say(f"valley: stage {stage.name}: {note}")
         run.record(stage, around=ranges)
     narrowed = write_space(run, stage.name, space, grid, params,
@@ -47,6 +50,15 @@ def run(run: PlanRun, stage: Stage) -> str:
     run.record(stage, derived_from={"stage": stage.source, "trials": derived},
                space=f"{stage.name}.space.yaml")
     return train_stage(run, stage, narrowed, stage.name, **changes)
+
+
+def unfixed(around: dict[str, float], overrides: dict[str, Any]) -> tuple[dict[str, float], str]:
+    """The keys of ``around`` that ``--set`` leaves to the search, and a note of those it fixes ("" if none):
+    the stage said "searching lr in [...]" of trials that all ran at the lr --set gave them."""
+    left = {k: v for k, v in around.items() if k not in overrides}
+    fixed = [f"--set {k}={overrides[k]}" for k in around if k in overrides]
+    return left, (f"{', '.join(fixed)} fixes what around would search ({', '.join(k for k in around if k in overrides)})"
+                  f", so it is not searched" if fixed else "")
 
 
 def centre_ranges(params: dict[str, Any], around: dict[str, float], best: dict[str, Any], space_name: str
