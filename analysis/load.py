@@ -247,10 +247,15 @@ def write_tables(folder: str | Path) -> pd.DataFrame:
     folder = Path(folder)
     trials, epochs = load_experiment(folder)
     trials = with_seed_spread(trials, task_of(read_manifest(folder), trials.columns))
-    trials.to_csv(folder / "trials.csv", index=False)
-    trials.to_parquet(folder / "trials.parquet", index=False)
+    write_trial_tables(folder, trials)
     epochs.to_parquet(folder / "epochs.parquet", index=False)
     return trials
+
+
+def write_trial_tables(folder: str | Path, trials: pd.DataFrame) -> None:
+    """trials.csv and trials.parquet: one row per trial."""
+    trials.to_csv(Path(folder) / "trials.csv", index=False)
+    trials.to_parquet(Path(folder) / "trials.parquet", index=False)
 
 
 def with_seed_spread(trials: pd.DataFrame, task: Task) -> pd.DataFrame:
@@ -447,7 +452,9 @@ def load(folder: str | Path) -> Experiment:
         raise ResultsError(f"{folder} holds no experiment: expected valley.json, Ray Tune's experiment_state-*.json "
                          "or trial folders with params.json, or a plan folder of such experiments")
     manifest, warnings = _safe_manifest(folder / MANIFEST)
-    manifest = _with_driver_checked(manifest, warnings, f"valley resume {folder}")
+    # a plan's stage goes on with its plan: `valley resume STAGE` finished the stage and left the plan running
+    resume = f"valley plan {folder.parent}" if is_plan(folder.parent) else f"valley resume {folder}"
+    manifest = _with_driver_checked(manifest, warnings, resume)
     trials, epochs, more = _load_folder(folder, manifest)
     warnings += more
     if manifest:

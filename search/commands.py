@@ -86,7 +86,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
             raise UsageError(f"--retry-failed retries the failed trials of one experiment; give a stage's folder "
                              f"inside the plan, e.g. `valley resume {folder / 'fine'} --retry-failed`")
         return plan_status(run_plan_of(folder))
-    return exit_status(resume(folder, retry_failed=args.retry_failed))
+    done = resume(folder, retry_failed=args.retry_failed)
+    if (done.parent / PLAN_STATE).exists():  # it ended "completed", its plan still running, the next stage not run
+        print(f"valley: {done.name} is a stage of the plan in {done.parent}; `valley plan {done.parent}` continues "
+              "the plan", flush=True)
+    return exit_status(done)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

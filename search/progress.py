@@ -185,19 +185,21 @@ def slim_finished(trials: list, rows: list[dict[str, Any]]) -> None:
             continue
 
 
-def drop_weights(folder: Path, trials: list, rows: list[dict[str, Any]], keep: int | str) -> str:
+def drop_weights(folder: Path, trials: list, rows: list[dict[str, Any]], keep: int | str, table: Any
+                 ) -> tuple[str, list[str]]:
     """Once a search has completed: of its finished trials that hold weights (a trial a scheduler stopped
     before its first checkpoint holds none), the best ``keep`` by the search's metric, as the top table ranks
     them, keep them; the others lose their checkpoint's ``state.pt``, not their metrics, learning curves or
     test predictions. Failed trials and ``keep_optimizer`` keep all; ``keep`` "all" drops none. Unlinking
     needs no torch, so run before ``slim_finished``: a trial whose weights go is not rewritten first.
-    Returns what the search says of it ("" when there is nothing to say)."""
+    ``table`` is the search's trials table (``analysis.load.write_tables``). Returns what the search says of
+    it ("" when there is nothing to say) and the trials whose weights went."""
     if keep == "all":
-        return ""
+        return "", []
     from analysis.format import read_manifest
-    from analysis.load import load_experiment, ranking
+    from analysis.load import ranking
 
-    metric, ranked = ranking(load_experiment(folder)[0], read_manifest(folder))
+    metric, ranked = ranking(table, read_manifest(folder))
     rank = {trial_id: place for place, trial_id in enumerate(ranked["trial_id"])}
     held, spared = [], 0
     for trial in trials:
@@ -207,9 +209,9 @@ def drop_weights(folder: Path, trials: list, rows: list[dict[str, Any]], keep: i
         if trial_config(trial, rows).get("keep_optimizer"):
             spared += 1
             continue
-        held.append((rank.get(Path(trial.path).name, len(rank)), saved))
-    held.sort(key=lambda pair: pair[0])
-    for _, saved in held[int(keep):]:
+        held.append((rank.get(Path(trial.path).name, len(rank)), Path(trial.path).name, saved))
+    held.sort(key=lambda item: item[0])
+    for _, _, saved in held[int(keep):]:
         for state in saved:
             state.unlink(missing_ok=True)
     dropped = max(0, len(held) - int(keep))
@@ -223,7 +225,7 @@ def drop_weights(folder: Path, trials: list, rows: list[dict[str, Any]], keep: i
     if spared:
         said.append(f"{spared} trial{'s' * (spared != 1)} with keep_optimizer keep{'s' * (spared == 1)} everything, "
                     f"whatever --keep-weights says")
-    return "; ".join(said)
+    return "; ".join(said), [name for _, name, _ in held[int(keep):]]
 
 
 def first_error_line(path: str) -> str:

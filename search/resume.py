@@ -62,6 +62,15 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
                           "restore the original files or start a new search")
     say = sayer(opts)
     say(f"valley: resuming {folder}")
+    if retry_failed:  # Tune restarts every errored trial: a diverged one with them, to diverge again
+        from analysis.load import load_experiment
+
+        trials = load_experiment(folder)[0]
+        diverged = int((trials["status"] == "diverged").sum()) if "status" in trials else 0
+        if diverged:
+            say(f"valley: note: --retry-failed runs the {diverged} diverged trial{'s' * (diverged != 1)} again too "
+                "(Tune restarts every trial that ended in an error); from the same checkpoint and seed "
+                f"{'they diverge' if diverged != 1 else 'it diverges'} again")
     unrestored = set_aside_unrestored(folder)
     if unrestored:
         say(f"valley: note: {len(unrestored)} trials began after the last snapshot the stopped driver wrote; "

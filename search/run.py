@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analysis import format as fmt
 from search.cluster import check_cluster, check_gpu_asked, check_local_resources
@@ -23,6 +23,9 @@ from search.manifest import experiment_name, write_manifest
 from search.options import SearchError, SearchOptions, check_name, search_signals, total_trials
 from search.ray_start import start_ray
 from spaces import Space, SpaceError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def storage_root(storage: str) -> Path:
@@ -152,11 +155,12 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
     ``rows`` are the grid rows the trials merge into their configs; ``keep_weights`` how many finished
     trials keep their best weights once it has completed (``drop_weights``)."""
     from search.options import SEARCHING
+    from analysis.load import write_trial_tables, write_tables
     from search.progress import INTERRUPTED, drop_weights, prune_checkpoints, slim_finished
     from search.tuner import (fail_diverged_trials_at_once, keep_workers_already_starting,
                               retry_trials_killed_while_starting)
 
-    status = fmt.INTERRUPTED
+    status, failure = fmt.INTERRUPTED, None
     INTERRUPTED.clear()
     fail_diverged_trials_at_once()
     retry_trials_killed_while_starting()
@@ -173,20 +177,43 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
                 status = fmt.COMPLETED
         except KeyboardInterrupt:  # a second Ctrl-C, which Tune's warning invites ("to skip" its last snapshot):
             pass  # the tables and how to resume, as after one (the folder had no trials.csv, the user no command)
+        except Exception as err:  # a full disk, a folder made unwritable: Tune's own writes failed
+            failure = disk_error(err)
+            if failure is None:
+                raise
         finally:
             SEARCHING.clear()
-            fmt.update_status(folder, status)
+            with contextlib.suppress(OSError):  # a full disk cannot take the status either
+                fmt.update_status(folder, status)
+        if failure is not None:  # it read "a bug in valley", its folder "running", with no way on
+            raise SearchError(f"the search stopped: {failure.strerror or failure}"
+                              f"{f': {failure.filename}' if failure.filename else ''}; the trials it finished are "
+                              f"in {folder}: free space or make it writable, then `valley resume {folder}`")
         with ctrl_c_after_tables():
             prune_checkpoints(folder)  # Tune's last snapshot is on disk now
+            table = write_tables(folder)  # before anything is deleted: a kill after it leaves the tables
             kept = ""
             if status == fmt.COMPLETED:  # after Ctrl-C Tune calls a stopped running trial terminated: it must resume
-                kept = drop_weights(folder, trials, rows, keep_weights)
+                kept, dropped = drop_weights(folder, trials, rows, keep_weights, table)
+                if dropped:
+                    table.loc[table["trial_id"].isin(dropped), "has_weights"] = False
+                    write_trial_tables(folder, table)
                 slim_finished(trials, rows)
                 if (folder / fmt.OPTUNA_JOURNAL).exists():
                     from search.optuna_study import close_unfinished
 
                     close_unfinished(folder)
-            return finish(folder, status, say, kept)
+            return finish(folder, status, say, table, kept)
+
+
+def disk_error(err: BaseException) -> OSError | None:
+    """The OSError a failure of Tune's comes from (Tune wraps a callback's in a TuneError), if any."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @contextlib.contextmanager
@@ -206,13 +233,12 @@ def ctrl_c_after_tables() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def finish(folder: Path, status: str, say: Callable[..., None], kept: str = "") -> Path:
-    """Write trials.csv and trials.parquet from what is on disk and print the best five, then ``kept``
-    (what became of the finished trials' weights)."""
-    from analysis.load import top_table, write_tables
+def finish(folder: Path, status: str, say: Callable[..., None], trials: pd.DataFrame, kept: str = "") -> Path:
+    """Print the best five of ``trials`` (as trials.csv holds them), then ``kept`` (what became of the finished
+    trials' weights) and what else the user should know."""
+    from analysis.load import top_table
     from analysis.valley import chance_warning
 
-    trials = write_tables(folder)
     table, ended = top_table(trials, folder), f"valley: {status}: {len(trials)} trials in {folder / 'trials.csv'}"
     every_failed = len(trials) and trials["status"].isin(fmt.FAILED).all()
     if status != fmt.INTERRUPTED and every_failed:  # the last line names the first error, not "completed"
@@ -224,6 +250,11 @@ def finish(folder: Path, status: str, say: Callable[..., None], kept: str = "") 
         say(f"valley: {kept}")
     if status != fmt.INTERRUPTED and (warning := chance_warning(trials)):
         tell(say, f"valley: warning: {warning}")
+    failed = int((trials["status"] == "failed").sum()) if "status" in trials else 0
+    if status != fmt.INTERRUPTED and failed:  # nothing pointed to the command that runs them again
+        tell(say, f"valley: {failed} trial{'s' * (failed != 1)} failed (the error column of trials.csv); "
+                  f"`valley resume --retry-failed {folder}` runs {'them' if failed != 1 else 'it'} again from the "
+                  "last checkpoint")
     if status == fmt.INTERRUPTED and not (folder.parent / fmt.PLAN_STATE).exists():  # a plan says how it goes on
         tell(say, f"valley: interrupted; continue with `valley resume {folder}`")
     say(ended)

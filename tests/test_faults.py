@@ -104,6 +104,37 @@ def test_crash_is_retried_then_failed_and_divergence_is_not_retried(ray_session,
 
     best = top_table(trials, folder)
     assert "diverged" not in best and "failed" not in best
+    # nothing pointed to the command that runs a failed trial again
+    assert (f"valley: 1 trial failed (the error column of trials.csv); `valley resume --retry-failed {folder}` runs "
+            "it again from the last checkpoint") in out
+
+
+@pytest.mark.ray
+def test_a_disk_error_in_tunes_writes_ends_the_search_in_one_line_with_how_to_go_on(ray_session, tmp_path):
+    """A full disk (or a folder made unwritable for a few seconds) read 'a bug in valley' after 130 lines of
+    tracebacks, the folder 'running', and no way on. Tune's own writes are what fail; here a callback's, which
+    Tune wraps as it does its own."""
+    import errno
+
+    from ray import tune
+
+    from analysis import format as fmt
+    from search.run import SearchError, fit_and_finish
+
+    class FullDisk(tune.Callback):
+        def on_trial_result(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "exp" / "experiment_state.json"))
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / fmt.MANIFEST).write_text(json.dumps({"status": "running"}))
+    tuner = tune.Tuner(lambda config: tune.report({"x": 1.0}), run_config=tune.RunConfig(
+        storage_path=str(tmp_path), name="exp", callbacks=[FullDisk()]))
+    with pytest.raises(SearchError, match=r"^the search stopped: No space left on device: .*experiment_state.json; "
+                                          r"the trials it finished are in .*: free space or make it writable, then "
+                                          r"`valley resume .*exp`$"):
+        fit_and_finish(tuner, folder, print, [], "all")
+    assert fmt.read_manifest(folder)["status"] == "interrupted"
 
 
 @pytest.mark.ray

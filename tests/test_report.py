@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import plotly.graph_objects as go
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
@@ -330,3 +330,21 @@ def test_a_plan_without_a_valley_stage_reads_its_valley_from_its_first_training_
     fine = experiment.trials[experiment.trials["stage"] == "fine"]
     assert note.startswith("Valley of stage fine: "), note
     assert note.split("chose trial ")[1].split(",")[0] in set(fine["trial_id"])
+
+
+def test_a_killed_plans_stage_says_to_continue_the_plan_not_to_resume_the_stage(tmp_path):
+    """`valley resume STAGE` finished the stage and said 'completed'; the plan stayed 'running', its next stage
+    never run."""
+    from analysis import format as fmt
+    from analysis.load import load
+
+    plan = tmp_path / "plan"
+    shutil.copytree(DATA / "asha-digits", plan / "fine")
+    gone = {**fmt.driver(), "since": -1}  # its driver killed outright
+    manifest = json.loads((plan / "fine" / "valley.json").read_text())
+    (plan / "fine" / "valley.json").write_text(json.dumps({**manifest, "status": "running", "driver": gone}))
+    (plan / "plan.json").write_text(json.dumps({"plan": "p", "status": "running", "driver": gone, "stages": {
+        "fine": {"kind": "search", "status": "running", "experiments": ["fine"]}}}))
+    for loaded in (load(plan / "fine"), load(plan)):
+        said = " ".join(loaded.warnings)
+        assert f"`valley plan {plan}` continues it" in said and "valley resume" not in said, said
