@@ -107,6 +107,15 @@ def test_crash_is_retried_then_failed_and_divergence_is_not_retried(ray_session,
     # nothing pointed to the command that runs a failed trial again
     assert (f"valley: 1 trial failed (the error column of trials.csv); `valley resume --retry-failed {folder}` runs "
             "it again from the last checkpoint") in out
+    # which Tune does, with the diverged one: a resume says so (it diverges again, as it did)
+    from search.resume import resume
+
+    resume(folder, retry_failed=True)
+    out = capsys.readouterr().out
+    assert ("valley: note: --retry-failed runs the 1 diverged trial again too (Tune restarts every trial that ended "
+            "in an error); from the same checkpoint and seed it diverges again") in out
+    again = pd.read_csv(folder / "trials.csv").set_index("trial_id")
+    assert again.loc[trial_of(folder, variant=2).name, "status"] == "diverged"
 
 
 @pytest.mark.ray
