@@ -85,7 +85,10 @@ def chance_warning(trials: pd.DataFrame) -> str:
     if not flat.any():
         return ""
     lrs = ""
-    if "config/lr" in trained:
+    rates = pd.to_numeric(trained["config/lr"], errors="coerce").dropna() if "config/lr" in trained else None
+    if rates is not None and rates.nunique() == 1:  # one learning rate: the others' would say nothing
+        lrs = f" (all at lr {rates.iloc[0]:.3g})"
+    elif rates is not None and not rates.empty:
         def span(values: pd.Series) -> str:
             values = pd.to_numeric(values, errors="coerce").dropna()
             low, high = (f"{values.min():.3g}", f"{values.max():.3g}") if len(values) else ("?", "?")
@@ -96,6 +99,26 @@ def chance_warning(trials: pd.DataFrame) -> str:
     return (f"{int(flat.sum())} of {len(trained)} trials never left chance level in the epochs they trained{lrs}: "
             f"{every}a learning rate too low or too high learns nothing, a trial too short may not have begun to; "
             f"change the lr range or train longer")
+
+
+def cut_while_improving(trials: pd.DataFrame) -> str:
+    """A sentence when a scheduler (ASHA) or a budget stopped trials at their best epoch so far, still
+    improving, else "": how many, how many after their first epoch, and what ranks them then."""
+    if not {"status", "stopped_by_scheduler", "best_epoch", "epochs"} <= set(trials.columns):
+        return ""
+    epochs = pd.to_numeric(trials["epochs"], errors="coerce")
+    cut = trials[(trials["status"] == "stopped") & trials["stopped_by_scheduler"].astype(bool)
+                 & (pd.to_numeric(trials["best_epoch"], errors="coerce") == epochs) & (epochs > 0)]
+    if cut.empty:
+        return ""
+    first = int((pd.to_numeric(cut["epochs"], errors="coerce") == 1).sum())
+    after = ("" if not first else ", each after its first epoch" if first == len(cut)
+             else f", {first} of them after their first epoch")
+    stopped = int((trials["status"] == "stopped").sum())
+    which = f"all {stopped}" if len(cut) == stopped else f"{len(cut)} of the {stopped}"
+    return (f"{which} trials stopped early were still improving when stopped (their last epoch their best){after}: "
+            "they are ranked by how fast they began, not by where they would end; a larger --grace-period (or "
+            "budget) trains each longer before a cut")
 
 
 def not_learning(usable: pd.DataFrame, chosen: str | None = None) -> str:

@@ -237,7 +237,7 @@ def finish(folder: Path, status: str, say: Callable[..., None], trials: pd.DataF
     """Print the best five of ``trials`` (as trials.csv holds them), then ``kept`` (what became of the finished
     trials' weights) and what else the user should know."""
     from analysis.load import top_table
-    from analysis.valley import chance_warning
+    from analysis.valley import chance_warning, cut_while_improving
 
     table, ended = top_table(trials, folder), f"valley: {status}: {len(trials)} trials in {folder / 'trials.csv'}"
     every_failed = len(trials) and trials["status"].isin(fmt.FAILED).all()
@@ -250,6 +250,8 @@ def finish(folder: Path, status: str, say: Callable[..., None], trials: pd.DataF
         say(f"valley: {kept}")
     if status != fmt.INTERRUPTED and (warning := chance_warning(trials)):
         tell(say, f"valley: warning: {warning}")
+    if status != fmt.INTERRUPTED and (cut := cut_while_improving(trials)):
+        say(f"valley: note: {cut}")
     failed = int((trials["status"] == "failed").sum()) if "status" in trials else 0
     if status != fmt.INTERRUPTED and failed:  # nothing pointed to the command that runs them again
         tell(say, f"valley: {failed} trial{'s' * (failed != 1)} failed (the error column of trials.csv); "

@@ -14,7 +14,7 @@ import pytest
 from analysis import figures
 from analysis.format import Task, trained
 from analysis.load import ResultsError, export_tables, load, load_experiment, progress, top_table, write_tables
-from analysis.valley import find_valley, never_left_chance, not_learning
+from analysis.valley import chance_warning, cut_while_improving, find_valley, never_left_chance, not_learning
 
 DATA = Path(__file__).parent / "data"
 ASHA = DATA / "asha-digits"  # mlp-rough on digits, 6 epochs, ASHA: 4 trials stopped, 1 failed (hand-made OOM)
@@ -344,6 +344,32 @@ def test_a_valley_among_trials_that_never_left_chance_says_so():
     assert not_learning(trials.assign(epochs=[1, 1, 2, 2], chance_epochs=[1, 1, 2, 2])) == (
         "4 of the 4 trials never left chance level in the 1 to 2 epochs they trained, so the valley is chosen "
         "among models that learned nothing")
+
+
+def test_what_a_search_says_at_its_end_of_trials_that_did_not_learn_or_were_cut_while_learning():
+    trials, _ = frames([100, 1_000, 10_000, 100_000], [2.30, 2.29, 1.8, 2.30])
+    trials = trials.assign(status="completed", epochs=2, chance_epochs=[2, 2, 0, 2],
+                           **{"config/lr": [1e-9, 10.0, 1e-3, 1e-9]})
+    assert chance_warning(trials).startswith("3 of 4 trials never left chance level in the epochs they trained "
+                                             "(lr 1e-09 to 10; of those that learned, 0.001): a learning rate too "
+                                             "low or too high learns nothing")
+    assert chance_warning(trials.assign(**{"config/lr": 1e-3})).startswith("3 of 4 trials never left chance level "
+                                                                           "in the epochs they trained (all at lr "
+                                                                           "0.001)")
+    every = chance_warning(trials.assign(chance_epochs=2))
+    assert "(lr 1e-09 to 10): none of them learned, so the best is no model at all" in every
+    assert chance_warning(trials.assign(chance_epochs=[2, 2, 0, 2], status=["diverged", "diverged", "completed",
+                                                                           "diverged"])) == ""  # failed: said apart
+    assert chance_warning(trials.assign(chance_epochs=0)) == ""
+    stopped = trials.assign(status=["stopped", "stopped", "completed", "stopped"], stopped_by_scheduler=[
+        True, True, False, True], epochs=[1, 2, 4, 3], best_epoch=[1, 2, 3, 2])
+    assert cut_while_improving(stopped) == (
+        "2 of the 3 trials stopped early were still improving when stopped (their last epoch their best), 1 of them "
+        "after their first epoch: they are ranked by how fast they began, not by where they would end; a larger "
+        "--grace-period (or budget) trains each longer before a cut")
+    assert cut_while_improving(stopped.assign(best_epoch=[1, 1, 3, 3], epochs=[1, 1, 4, 3])).startswith(
+        "all 3 trials stopped early were still improving when stopped (their last epoch their best), 2 of them")
+    assert cut_while_improving(stopped.assign(best_epoch=0)) == ""
 
 
 def test_find_valley_refuses_empty_input():
