@@ -154,8 +154,8 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
     """Run the tuner; the experiment reads 'completed' only if no Ctrl-C came and every trial ended.
     ``rows`` are the grid rows the trials merge into their configs; ``keep_weights`` how many finished
     trials keep their best weights once it has completed (``drop_weights``)."""
-    from search.options import SEARCHING
     from analysis.load import write_trial_tables, write_tables
+    from search.options import SEARCHING
     from search.progress import INTERRUPTED, drop_weights, prune_checkpoints, slim_finished
     from search.tuner import (fail_diverged_trials_at_once, keep_workers_already_starting,
                               retry_trials_killed_while_starting)
