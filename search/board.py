@@ -126,8 +126,9 @@ def line(snap: Snapshot, metric: str, label: str = "", budget_epochs: int | None
     total = finished + c["running"] + c["interrupted"] + c["pending"]
     best = f"; best {metric} {snap.best[1]:.4g} ({snap.best[0]})" if snap.best else ""
     running = ", ".join(f"{t} epoch {e}" for t, e, _ in snap.running[:4])
+    running = f" [{running}]" if running else ""
     return (f"valley: {label + ': ' if label else ''}{finished}/{total} finished ({c['done']} done, {stalled(snap)}"
-            f"{c['stopped']} stopped, {c['failed']} failed), {c['running']} running{f' [{running}]' if running else ''}, "
+            f"{c['stopped']} stopped, {c['failed']} failed), {c['running']} running{running}, "
             f"{interrupted(snap)}{c['pending']} pending{best}; {spent(snap, budget_epochs)}"
             f"{duration(snap.elapsed_s)} elapsed, ~{duration(snap.left_s)} left")
 

@@ -56,9 +56,9 @@ def unfixed(around: dict[str, float], overrides: dict[str, Any]) -> tuple[dict[s
     """The keys of ``around`` that ``--set`` leaves to the search, and a note of those it fixes ("" if none):
     the stage said "searching lr in [...]" of trials that all ran at the lr --set gave them."""
     left = {k: v for k, v in around.items() if k not in overrides}
-    fixed = [f"--set {k}={overrides[k]}" for k in around if k in overrides]
-    return left, (f"{', '.join(fixed)} fixes what around would search ({', '.join(k for k in around if k in overrides)})"
-                  f", so it is not searched" if fixed else "")
+    fixed = [k for k in around if k in overrides]
+    sets = ", ".join(f"--set {k}={overrides[k]}" for k in fixed)
+    return left, (f"{sets} fixes what around would search ({', '.join(fixed)}), so it is not searched" if fixed else "")
 
 
 def centre_ranges(params: dict[str, Any], around: dict[str, float], best: dict[str, Any], space_name: str
