@@ -37,6 +37,15 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
         raise SearchError(f"{folder} is not a valley experiment (no {fmt.MANIFEST}); give a folder that "
                           "`valley search` made")
     refuse_while_running(folder, manifest, "valley resume")
+    if manifest.get("status") == fmt.COMPLETED and not retry_failed:  # Ray started to do nothing, every table again
+        from analysis.load import write_tables
+
+        if not (folder / "trials.csv").exists():  # a driver killed once it had read 'completed', before its tables
+            write_tables(folder)
+        sayer(SearchOptions.from_dict(manifest.get("options") or {}))(
+            f"valley: {folder} has completed: nothing to resume (`valley resume --retry-failed {folder}` runs its "
+            "failed trials again)")
+        return folder
     from ray import tune
 
     from search.progress import UNRESTORED, set_aside_unrestored

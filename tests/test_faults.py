@@ -575,3 +575,20 @@ def test_ctrl_c_as_the_last_trial_ends_waits_for_trials_csv():
             written.append("trials.csv")
     assert written == ["trials.csv"]
     assert signal.getsignal(signal.SIGINT) is before  # the handler it found, again
+
+
+def test_resuming_a_completed_search_says_there_is_nothing_to_resume_and_rebuilds_missing_tables(tmp_path, capsys):
+    """It started Ray to do nothing and printed every table again; a driver killed after its folder read
+    'completed' and before its tables were written left no trials.csv, which this writes."""
+    import shutil
+
+    from search.resume import resume
+
+    folder = tmp_path / "done"
+    shutil.copytree(Path(__file__).parent / "data" / "asha-digits", folder)
+    for table in ("trials.csv", "trials.parquet", "epochs.parquet"):
+        (folder / table).unlink(missing_ok=True)
+    assert resume(folder) == folder
+    assert capsys.readouterr().out.strip() == (f"valley: {folder} has completed: nothing to resume (`valley resume "
+                                               f"--retry-failed {folder}` runs its failed trials again)")
+    assert len(pd.read_csv(folder / "trials.csv")) == len(load(folder).trials) > 0
