@@ -135,6 +135,7 @@ params:
 def test_a_resume_refuses_a_saved_state_it_cannot_read(ray_session, write_space, tmp_path):
     """Tune, given an empty searcher state, logged "Failed to restore the run state", started afresh with
     nothing to run, and `valley resume` said the search had completed."""
+    from analysis import format as fmt
     from search.resume import resume
     from search.run import SearchError, SearchOptions, run_search
     from spaces import load_space
@@ -146,6 +147,7 @@ def test_a_resume_refuses_a_saved_state_it_cannot_read(ray_session, write_space,
     assert unreadable_state(folder) == [] and not list(folder.rglob(f"*{PART}"))
     newest = max(folder.glob("basic-variant-state-*.json"))  # the grid's place
     newest.write_bytes(b"")
+    fmt.update_status(folder, fmt.INTERRUPTED)  # as a killed driver leaves it (a completed one has nothing to resume)
     (folder / f".experiment_state-x.json.0123abcd{PART}").write_text("{")  # a copy a killed driver left unfinished
     with pytest.raises(SearchError, match=rf"{folder}: Tune's saved state cannot be read \({newest.name}: empty or "
                                           r"cut short, .*; run the rest as a new search with `valley search`"):
