@@ -43,6 +43,12 @@ TOP_KEYS = {
     "params": "config keys: fixed values or distributions",
 }
 REQUIRED = ("family", "metric", "mode")
+
+
+def did_you_mean(word: Any, names: Any) -> str:
+    """"did you mean 'x'? " naming the one of ``names`` nearest ``word``, or "" when none is near."""
+    close = difflib.get_close_matches(str(word), list(names), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
 # Config keys the whole search shares, set at a space's top level or on the command line: under params or in
 # a grid row the search overruled them (params) or trained on other epochs than ASHA, budgets and the board
 # counted (a row's max_epochs), without a word.
@@ -169,8 +175,7 @@ def resolve(name_or_path: str | Path) -> Path:
         return path
     if (BUILTIN_DIR / f"{text}.yaml").is_file():  # a built-in plan (plan-*.yaml beside the spaces)
         raise SpaceError(f"{text!r} is a built-in plan, not a search space; run it with `valley plan {text}`")
-    close = difflib.get_close_matches(text, builtins, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(text, builtins)
     raise SpaceError(f"unknown space {text!r}; {hint}built-in spaces: {', '.join(builtins)} "
                      "(or give the path of a YAML file)")
 
@@ -198,8 +203,7 @@ def parse_space(doc: Any, source: str = "<space>", name: str = "space") -> Space
         raise fail("stages", f"this is a plan, not a search space; run it with `valley plan {source}`")
     for key in doc:
         if key not in TOP_KEYS:
-            close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(key, TOP_KEYS)
             raise fail(str(key), f"unknown key; {hint}valid keys: {', '.join(TOP_KEYS)}")
     missing = [key for key in REQUIRED if key not in doc]  # all at once: one run to learn each was one too many
     if missing:
@@ -248,8 +252,7 @@ def _parse_value(key: str, value: Any, fail: Any) -> Any:
                         f"e.g. {{loguniform: [1e-6, 1e-3]}}, got {value!r}")
     (kind, args), = value.items()
     if kind not in DISTRIBUTIONS:
-        close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(kind, DISTRIBUTIONS)
         raise fail(key, f"unknown distribution {kind!r}; {hint}valid: {', '.join(DISTRIBUTIONS)}")
     arity, shape = DISTRIBUTIONS[kind]
     if not isinstance(args, list):

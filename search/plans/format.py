@@ -5,7 +5,6 @@ Built-in plans are ``spaces/plan-*.yaml``. Every mistake names the file, the sta
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import yaml
 
 from search.options import NAME_RULE, SearchError
-from spaces import BUILTIN_DIR, Dist, SpaceError, load_space, not_yaml, read_yaml
+from spaces import BUILTIN_DIR, Dist, SpaceError, did_you_mean, load_space, not_yaml, read_yaml
 
 KINDS = {
     "search": "run a space (optionally narrowed by an earlier valley stage)",
@@ -108,8 +107,7 @@ def load_plan(name_or_path: str | Path, changes: tuple[str, ...] = ()) -> Plan:
 
         if text in builtin_spaces():
             raise SearchError(f"{text!r} is a built-in search space, not a plan; run it with `valley search {text}`")
-        close = difflib.get_close_matches(text, plans, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(text, plans)
         raise SearchError(f"no plan {text!r}; {hint}built-in plans: {', '.join(plans)} (or a YAML file)")
     try:
         doc = read_yaml(path)
@@ -142,15 +140,13 @@ def with_stage_changes(doc: Any, changes: tuple[str, ...], source: str) -> Any:
         if not (sep and dot and name and key):
             raise SearchError(f"--stage takes STAGE.KEY=VALUE, got {change!r}; e.g. --stage confirm.seeds=3")
         if name not in by_name:
-            close = difflib.get_close_matches(name, by_name, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(name, by_name)
             raise SearchError(f"--stage {change}: {source} has no stage {name!r}; {hint}its stages: "
                               f"{', '.join(by_name)}")
         if key in ("name", "kind") or key not in STAGE_KEYS:
-            close = difflib.get_close_matches(key, [k for k in STAGE_KEYS if k not in ("name", "kind")], n=1)
+            settable = [k for k in STAGE_KEYS if k not in ("name", "kind")]
             why = (f"a stage's {key} is what the plan is made of; change it in a copy of the plan" if key in STAGE_KEYS
-                   else f"unknown key; {f'did you mean {close[0]!r}? ' if close else ''}valid keys: "
-                        f"{', '.join(k for k in STAGE_KEYS if k not in ('name', 'kind'))}")
+                   else f"unknown key; {did_you_mean(key, settable)}valid keys: {', '.join(settable)}")
             raise SearchError(f"--stage {change}: {why}")
         try:
             value = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
@@ -177,8 +173,7 @@ def parse_plan(doc: Any, source: str, name: str, begun: bool = False) -> Plan:
         raise fail("stages", "a plan is a mapping with a non-empty `stages:` list")
     for key in doc:
         if key not in PLAN_KEYS:
-            close = difflib.get_close_matches(str(key), PLAN_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(key, PLAN_KEYS)
             raise fail(str(key), f"unknown key; {hint}valid keys: {', '.join(PLAN_KEYS)}")
     stages: list[Stage] = []
     for i, raw in enumerate(doc["stages"]):
@@ -229,8 +224,7 @@ def parse_stage(raw: Any, i: int, earlier: list[Stage], source: str,
         raise fail(where, "two stages share this name; rename one")
     for key in raw:
         if key not in STAGE_KEYS:
-            close = difflib.get_close_matches(str(key), STAGE_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(key, STAGE_KEYS)
             raise fail(f"{where}: {key}", f"unknown key; {hint}valid keys: {', '.join(STAGE_KEYS)}")
     for key, (ok, what) in value_rules().items():
         if key in raw and not ok(raw[key]):
