@@ -592,9 +592,11 @@ def export_tables(experiment: Experiment, out: str | Path | None = None) -> list
 
 
 def progress(trials: pd.DataFrame) -> dict[str, int]:
-    """Trial counts: done (completed or stopped by the scheduler), active, failed, total."""
+    """Trial counts: done (completed, stopped by the scheduler, or stalled), of those stalled, active, failed,
+    total."""
     status = trials["status"] if "status" in trials else pd.Series(dtype=str)
-    return {"done": int(status.isin(DONE).sum()), "active": int(status.isin(ACTIVE).sum()),
+    return {"done": int(status.isin(DONE).sum()), "stalled": int((status == "stalled").sum()),
+            "active": int(status.isin(ACTIVE).sum()),
             "failed": int(status.isin(FAILED).sum()), "total": len(trials)}
 
 

@@ -260,8 +260,7 @@ def render_report(experiment: Experiment | str | Path, plotlyjs: str = "inline",
         script = f'<script src="{e(plotlyjs)}"></script>'
     refresh = f'<meta http-equiv="refresh" content="{int(refresh_s)}">' if refresh_s else ""
     counts = progress(experiment.trials)
-    stalled = int((experiment.trials["status"] == "stalled").sum()) if "status" in experiment.trials else 0
-    early = ", ".join([*([f"{stalled} stalled at chance level"] if stalled else []),
+    early = ", ".join([*([f"{counts['stalled']} stalled at chance level"] if counts["stalled"] else []),
                        *([f"{cut} stopped early"] if (cut := stopped_early(experiment.trials)) else [])])
     early = f" ({early})" if early else ""
     nav = f'<nav><a href="{e(index_url)}">&larr; all experiments</a></nav>' if index_url else ""

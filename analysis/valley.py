@@ -111,7 +111,7 @@ def cut_while_improving(trials: pd.DataFrame) -> str:
                  & (pd.to_numeric(trials["best_epoch"], errors="coerce") == epochs) & (epochs > 0)]
     if cut.empty:
         return ""
-    first = int((pd.to_numeric(cut["epochs"], errors="coerce") == 1).sum())
+    first = int((epochs[cut.index] == 1).sum())
     after = ("" if not first else ", each after its first epoch" if first == len(cut)
              else f", {first} of them after their first epoch")
     stopped = int((trials["status"] == "stopped").sum())

@@ -209,13 +209,14 @@ def drop_weights(folder: Path, trials: list, rows: list[dict[str, Any]], keep: i
         if trial_config(trial, rows).get("keep_optimizer"):
             spared += 1
             continue
-        held.append((rank.get(Path(trial.path).name, len(rank)), Path(trial.path).name, saved))
+        name = Path(trial.path).name
+        held.append((rank.get(name, len(rank)), name, saved))
     held.sort(key=lambda item: item[0])
-    for _, _, saved in held[int(keep):]:
+    gone = held[int(keep):]
+    for _, _, saved in gone:
         for state in saved:
             state.unlink(missing_ok=True)
-    dropped = max(0, len(held) - int(keep))
-    kept, said = len(held) - dropped, []
+    dropped, kept, said = len(gone), len(held) - len(gone), []
     if dropped:
         best = (f"the best {kept} finished trial{'s' * (kept != 1)} by {metric} keep{'s' * (kept == 1)} "
                 f"{'their' if kept != 1 else 'its'} best weights, the weights of {dropped} other{'s' * (dropped != 1)}"
@@ -225,7 +226,7 @@ def drop_weights(folder: Path, trials: list, rows: list[dict[str, Any]], keep: i
     if spared:
         said.append(f"{spared} trial{'s' * (spared != 1)} with keep_optimizer keep{'s' * (spared == 1)} everything, "
                     f"whatever --keep-weights says")
-    return "; ".join(said), [name for _, name, _ in held[int(keep):]]
+    return "; ".join(said), [name for _, name, _ in gone]
 
 
 def first_error_line(path: str) -> str:

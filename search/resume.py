@@ -37,13 +37,14 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
         raise SearchError(f"{folder} is not a valley experiment (no {fmt.MANIFEST}); give a folder that "
                           "`valley search` made")
     refuse_while_running(folder, manifest, "valley resume")
+    opts = SearchOptions.from_dict(manifest.get("options") or {})
+    say = sayer(opts)
     if manifest.get("status") == fmt.COMPLETED and not retry_failed:  # Ray started to do nothing, every table again
         from analysis.load import write_tables
 
         if not (folder / "trials.csv").exists():  # a driver killed once it had read 'completed', before its tables
             write_tables(folder)
-        sayer(SearchOptions.from_dict(manifest.get("options") or {}))(
-            f"valley: {folder} has completed: nothing to resume (`valley resume --retry-failed {folder}` runs its "
+        say(f"valley: {folder} has completed: nothing to resume (`valley resume --retry-failed {folder}` runs its "
             "failed trials again)")
         return folder
     from ray import tune
@@ -63,13 +64,11 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
                           "a driver killed while it copied them), so a resume would not know where the search "
                           "stood; the finished trials stay in the folder (`valley report` reads them); run the "
                           "rest as a new search with `valley search`")
-    opts = SearchOptions.from_dict(manifest["options"])
     data = load_data(manifest["dataset"], opts.data_dir)
     if data.fingerprint != manifest["data_fingerprint"]:
         raise SearchError(f"the data set {manifest['dataset']!r} differs from the one this experiment started "
                           f"with (fingerprint {data.fingerprint} != {manifest['data_fingerprint']}); "
                           "restore the original files or start a new search")
-    say = sayer(opts)
     say(f"valley: resuming {folder}")
     if retry_failed:  # Tune restarts every errored trial: a diverged one with them, to diverge again
         from analysis.load import load_experiment

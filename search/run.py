@@ -248,17 +248,19 @@ def finish(folder: Path, status: str, say: Callable[..., None], trials: pd.DataF
     say(table)
     if kept:
         say(f"valley: {kept}")
-    if status != fmt.INTERRUPTED and (warning := chance_warning(trials)):
-        tell(say, f"valley: warning: {warning}")
-    if status != fmt.INTERRUPTED and (cut := cut_while_improving(trials)):
-        say(f"valley: note: {cut}")
-    failed = int((trials["status"] == "failed").sum()) if "status" in trials else 0
-    if status != fmt.INTERRUPTED and failed:  # nothing pointed to the command that runs them again
-        tell(say, f"valley: {failed} trial{'s' * (failed != 1)} failed (the error column of trials.csv); "
-                  f"`valley resume --retry-failed {folder}` runs {'them' if failed != 1 else 'it'} again from the "
-                  "last checkpoint")
-    if status == fmt.INTERRUPTED and not (folder.parent / fmt.PLAN_STATE).exists():  # a plan says how it goes on
-        tell(say, f"valley: interrupted; continue with `valley resume {folder}`")
+    if status == fmt.INTERRUPTED:
+        if not (folder.parent / fmt.PLAN_STATE).exists():  # a plan says how it goes on
+            tell(say, f"valley: interrupted; continue with `valley resume {folder}`")
+    else:
+        if warning := chance_warning(trials):
+            tell(say, f"valley: warning: {warning}")
+        if cut := cut_while_improving(trials):
+            say(f"valley: note: {cut}")
+        failed = int((trials["status"] == "failed").sum()) if "status" in trials else 0
+        if failed:  # nothing pointed to the command that runs them again
+            tell(say, f"valley: {failed} trial{'s' * (failed != 1)} failed (the error column of trials.csv); "
+                      f"`valley resume --retry-failed {folder}` runs {'them' if failed != 1 else 'it'} again from the "
+                      "last checkpoint")
     say(ended)
     return folder
 

@@ -48,7 +48,7 @@ def test_load_valley_experiment(asha):
     assert len(asha.trials) == 14 and asha.warnings == []
     counts = asha.trials["status"].value_counts().to_dict()
     assert counts == {"completed": 9, "stopped": 4, "failed": 1}
-    assert progress(asha.trials) == {"done": 13, "active": 0, "failed": 1, "total": 14}
+    assert progress(asha.trials) == {"done": 13, "stalled": 0, "active": 0, "failed": 1, "total": 14}
     failed = asha.trials.set_index("trial_id").loc["9f306_00013"]
     assert "OutOfMemoryError" in failed["error"]
     assert set(asha.epochs["trial_id"]) == set(asha.trials["trial_id"])
@@ -79,7 +79,7 @@ def test_a_trial_asha_stopped_is_stopped_before_the_search_ends(tmp_path):
     assert trials.loc[["9f306_00000", "9f306_00010", "9f306_00011"], "status"].tolist() == ["stopped"] * 3
     assert trials.loc["9f306_00011", "stopped_by_scheduler"]
     assert trials.loc["9f306_00012", "status"] == "unfinished"  # its stop was cut short by a kill: decided again
-    assert progress(trials.reset_index()) == {"done": 12, "active": 1, "failed": 1, "total": 14}
+    assert progress(trials.reset_index()) == {"done": 12, "stalled": 0, "active": 1, "failed": 1, "total": 14}
 
 
 def test_load_plain_ray_experiment():
