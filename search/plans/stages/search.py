@@ -113,6 +113,9 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
     if points:
         return points, rewards, (f"warm-started Optuna with {len(points)} trials of stage {rough_name} "
                                  f"({len(configs) - len(points)} fall outside the new space)")
+    if not configs:  # "none of the 0 finished trials (of 14)": each stalled at chance, or failed
+        return [], [], (f"none of the {len(trials)} trials of stage {rough_name} can warm-start it: each stalled at "
+                        "chance level, failed or did not finish; Optuna starts from nothing")
     moved: list[dict[str, Any]] = []
     why = ""
     for config in configs:  # best first: one per architecture of the valley
@@ -122,9 +125,6 @@ def warm_start_points(run: PlanRun, valley_state: dict[str, Any], space: Space
             moved.append(point)
     others = len(trials) - len(configs)  # stalled, failed or unfinished: never warm-start points
     counted = f"{len(configs)} finished trials" + (f" (of {len(trials)})" if others else "")
-    if not configs:  # "none of the 0 finished trials (of 14)": each stalled at chance, or failed
-        return [], [], (f"none of the {len(trials)} trials of stage {rough_name} can warm-start it: each stalled at "
-                        "chance level, failed or did not finish; Optuna starts from nothing")
     if not moved:
         return [], [], (f"none of the {counted} of stage {rough_name} falls inside the new space, nor can one be "
                         f"moved into it (the best: {why}); Optuna starts from nothing")
