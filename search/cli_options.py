@@ -33,7 +33,10 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             raise UsageError(f"--set takes key=value, got {item!r}; e.g. --set lr=1e-3")
         if key.strip() in FLAG_KEYS:  # the search sets these for every trial, over any --set
             raise UsageError(f"--set {key.strip()}: {FLAG_KEYS[key.strip()]}")
-        overrides[key.strip()] = yaml.load(value, Loader=Loader)  # noqa: S506 - a SafeLoader
+        key, value = key.strip(), yaml.load(value, Loader=Loader)  # noqa: S506 - a SafeLoader
+        if key in overrides and overrides[key] != value:
+            raise UsageError(f"--set {key} given twice, as {overrides[key]!r} and {value!r}; give it once")
+        overrides[key] = value
     return overrides
 
 

@@ -141,6 +141,9 @@ def test_options_out_of_range(refuse, write_space):
     assert "lr must be a number, got lr='abc'" in refuse("mlp-rough", "--dataset", "digits", "--set", "lr=abc")
     assert "batch_size must be int, got batch_size=0.5" in refuse(path, "--set", "batch_size=0.5")
     assert "hidden must be a list" in refuse(path, "--set", "hidden=7")
+    # the second of two --set lr= won, unsaid
+    assert "--set lr given twice, as 0.001 and 0.01; give it once" in refuse(path, "--set", "lr=1e-3", "--set",
+                                                                             "lr=1e-2")
 
 
 def test_a_search_or_plan_still_running_is_not_resumed_beside_it(refuse, tmp_path):
