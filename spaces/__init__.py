@@ -229,6 +229,9 @@ def parse_space(doc: Any, source: str = "<space>", name: str = "space") -> Space
                 raise fail(f"grid[{i}].{key}", "grid rows hold fixed values; put distributions under params")
             if key in SEARCH_WIDE:
                 raise fail(f"grid[{i}].{key}", SEARCH_WIDE[key])
+        if row in grid[:i]:  # it trained the same configuration twice, unsaid
+            raise fail(f"grid[{i}]", f"repeats grid[{grid.index(row)}] ({row}); remove it (--samples N runs "
+                                     f"every row N times, each with its own seed)")
 
     raw_params = doc.get("params") or {}
     if not isinstance(raw_params, dict):
@@ -260,6 +263,10 @@ def _parse_value(key: str, value: Any, fail: Any) -> Any:
     if arity == -1:
         if not args:
             raise fail(key, f"{kind} is empty; list at least one value")
+        repeated = [a for i, a in enumerate(args) if a in args[:i]]
+        if kind == "grid" and repeated:  # one trial per value: a repeat trained the same configuration twice
+            raise fail(key, f"grid lists {repeated[0]!r} twice; remove the repeat (--samples N runs every "
+                            f"value N times, each with its own seed)")
         return Dist(kind, tuple(tuple(a) if isinstance(a, list) else a for a in args))
     if len(args) != arity:
         raise fail(key, f"{kind} takes {shape}, got {args!r}")

@@ -34,6 +34,10 @@ def test_every_builtin_space_loads():
     ("params: {lr: {uniform: [0]}}", r"uniform takes \[low, high\]"),
     ("params: {layers: {randint: [1.5, 4]}}", r"randint takes integers"),
     ("grid: []", r"grid: is empty"),
+    # each trained the same configuration twice, unsaid
+    ("params: {lr: {grid: [0.001, 1e-2, 1e-3]}}", r"params.lr: grid lists 0.001 twice; remove the repeat"),
+    ("grid:\n  - {hidden: [4]}\n  - {hidden: [8]}\n  - {hidden: [4]}",
+     r"grid\[2\]: repeats grid\[0\] \({'hidden': \[4\]}\); remove it \(--samples N runs every row"),
     ("paramz: {}", r"paramz: unknown key; did you mean 'params'"),
     # the search overruled these under params, and a row's epochs were not those ASHA, budgets and the board counted
     ("params: {max_epochs: 4}", r"params.max_epochs: epochs are the whole search's: give `max_epochs:` at the space's"),
