@@ -48,6 +48,9 @@ def add_search_commands(commands: argparse._SubParsersAction) -> None:
     resume.add_argument("experiment", help="the experiment or plan folder, e.g. results/mlp-rough-digits-...")
     resume.add_argument("--retry-failed", action="store_true",
                         help="also re-run failed trials from their last checkpoint (kept as they are by default)")
+    resume.add_argument("--keep-weights", metavar="N|all",
+                        help="replace the search's --keep-weights; on a completed search, delete at once the weights "
+                             "of all but its best N finished trials")
     resume.set_defaults(run=run_command.cmd_resume)
 
     plan = commands.add_parser("plan", help="run a staged plan (rough -> valley -> fine -> confirm), "

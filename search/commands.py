@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from search.cli_options import EXIT_ALL_FAILED, EXIT_INTERRUPTED, UsageError, options_from
+from search.cli_options import EXIT_ALL_FAILED, EXIT_INTERRUPTED, UsageError, options_from, weights_kept
 
 
 # What transfer fixes for every configuration it re-trains.
@@ -81,12 +81,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from search.resume import resume
 
     folder = Path(args.experiment).expanduser()
+    keep = None if args.keep_weights is None else weights_kept(args.keep_weights)
     if (folder / PLAN_STATE).exists():  # a plan goes on where it stopped, as `valley plan FOLDER` does
-        if args.retry_failed:
-            raise UsageError(f"--retry-failed retries the failed trials of one experiment; give a stage's folder "
-                             f"inside the plan, e.g. `valley resume {folder / 'fine'} --retry-failed`")
+        for flag, given in (("--retry-failed", args.retry_failed), ("--keep-weights", keep is not None)):
+            if given:
+                raise UsageError(f"{flag} applies to one experiment; give a stage's folder inside the plan, "
+                                 f"e.g. `valley resume {folder / 'fine'} {flag}{' N' * (flag == '--keep-weights')}`")
         return plan_status(run_plan_of(folder))
-    done = resume(folder, retry_failed=args.retry_failed)
+    done = resume(folder, retry_failed=args.retry_failed, keep_weights=keep)
     if (done.parent / PLAN_STATE).exists():  # it ended "completed", its plan still running, the next stage not run
         print(f"valley: {done.name} is a stage of the plan in {done.parent}; `valley plan {done.parent}` continues "
               "the plan", flush=True)

@@ -194,6 +194,14 @@ def drop_weights(folder: Path, trials: list, rows: list[dict[str, Any]], keep: i
     needs no torch, so run before ``slim_finished``: a trial whose weights go is not rewritten first.
     ``table`` is the search's trials table (``analysis.load.write_tables``). Returns what the search says of
     it ("" when there is nothing to say) and the trials whose weights went."""
+    held = [(Path(trial.path), bool(trial_config(trial, rows).get("keep_optimizer")))
+            for trial in trials if trial.status == "TERMINATED"]
+    return delete_weights(folder, held, keep, table)
+
+
+def delete_weights(folder: Path, finished: list[tuple[Path, bool]], keep: int | str, table: Any
+                   ) -> tuple[str, list[str]]:
+    """:func:`drop_weights` for ``finished`` trials given as (folder, keeps everything: ``keep_optimizer``)."""
     if keep == "all":
         return "", []
     from analysis.format import read_manifest
@@ -202,15 +210,14 @@ def drop_weights(folder: Path, trials: list, rows: list[dict[str, Any]], keep: i
     metric, ranked = ranking(table, read_manifest(folder))
     rank = {trial_id: place for place, trial_id in enumerate(ranked["trial_id"])}
     held, spared = [], 0
-    for trial in trials:
-        saved = list(Path(trial.path).glob("checkpoint_*/state.pt"))
-        if trial.status != "TERMINATED" or not saved:
+    for path, everything in finished:
+        saved = list(path.glob("checkpoint_*/state.pt"))
+        if not saved:
             continue
-        if trial_config(trial, rows).get("keep_optimizer"):
+        if everything:
             spared += 1
             continue
-        name = Path(trial.path).name
-        held.append((rank.get(name, len(rank)), name, saved))
+        held.append((rank.get(path.name, len(rank)), path.name, saved))
     held.sort(key=lambda item: item[0])
     gone = held[int(keep):]
     for _, _, saved in gone:

@@ -1,6 +1,7 @@
 """Continue an interrupted experiment: finished trials stay, unfinished ones resume from checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -12,6 +13,27 @@ from search.ray_start import start_ray
 from search.run import fit_and_finish, sayer
 
 
+def fewer_weights(folder: Path, keep: int | str) -> str:
+    """A completed search's weights beyond its best ``keep`` finished trials, deleted (``drop_weights``), and
+    its tables rewritten; returns what became of them."""
+    from analysis.load import load_experiment, write_tables
+    from search.progress import delete_weights
+
+    table = load_experiment(folder)[0]
+    finished = table[table["status"].isin(fmt.DONE)] if "status" in table else table.iloc[:0]
+    column = "config/keep_optimizer"
+    everything = finished[column].eq(True) if column in finished else [False] * len(finished)
+    said, dropped = delete_weights(folder, [(folder / str(trial_id), bool(whole)) for trial_id, whole
+                                            in zip(finished["trial_id"], everything)], keep, table)
+    if not dropped:
+        held = sum(any((folder / str(t)).glob("checkpoint_*/state.pt")) for t in finished["trial_id"])
+        return (f"{held} finished trial{'s' * (held != 1)} hold{'s' * (held == 1)} weights, none beyond "
+                f"--keep-weights {keep}: nothing deleted (weights deleted when it completed cannot come back)"
+                + (f"; {said}" if said else ""))
+    write_tables(folder)
+    return said
+
+
 def refuse_while_running(folder: Path, state: dict, command: str) -> None:
     """Two drivers on one folder would both write it: a search or plan whose driver still runs on this
     machine is not resumed beside it."""
@@ -21,12 +43,14 @@ def refuse_while_running(folder: Path, state: dict, command: str) -> None:
                           f"stop it first (Ctrl-C where it runs, or `kill {recorded['pid']}`), then `{command} {folder}`")
 
 
-def resume(folder: Path, retry_failed: bool = False) -> Path:
+def resume(folder: Path, retry_failed: bool = False, keep_weights: int | str | None = None) -> Path:
     """Restore the Tune experiment in ``folder`` and run it to the end.
 
     Trials that finished (completed, stopped by ASHA, failed or diverged) are kept as they are;
     unfinished ones continue from their last checkpoint, and the searcher (Optuna's study, Tune's
     grid) from its saved state. ``retry_failed`` also re-runs failed trials from their checkpoints.
+    ``keep_weights`` replaces the search's ``--keep-weights`` (and on a completed search, deletes the
+    weights it no longer keeps at once).
     """
     folder = folder.expanduser().resolve()
     if not folder.is_dir():
@@ -38,12 +62,19 @@ def resume(folder: Path, retry_failed: bool = False) -> Path:
                           "`valley search` made")
     refuse_while_running(folder, manifest, "valley resume")
     opts = SearchOptions.from_dict(manifest.get("options") or {})
+    if keep_weights is not None:  # stored: a later resume keeps what this one was told
+        opts = dataclasses.replace(opts, keep_weights=keep_weights)
+        fmt.write_manifest(folder, {**manifest, "options": {**(manifest.get("options") or {}),
+                                                            "keep_weights": keep_weights}})
     say = sayer(opts)
     if manifest.get("status") == fmt.COMPLETED and not retry_failed:  # Ray started to do nothing, every table again
         from analysis.load import write_tables
 
         if not (folder / "trials.csv").exists():  # a driver killed once it had read 'completed', before its tables
             write_tables(folder)
+        if keep_weights is not None:
+            say(f"valley: {folder} has completed: {fewer_weights(folder, keep_weights)}")
+            return folder
         say(f"valley: {folder} has completed: nothing to resume (`valley resume --retry-failed {folder}` runs its "
             "failed trials again)")
         return folder

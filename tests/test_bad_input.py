@@ -366,6 +366,14 @@ def test_results_folder_unwritable_and_name_taken_lose_nothing(refuse, write_spa
 
     assert "not a valley experiment" in refuse("resume", str(tmp_path))
     assert "is not a folder" in refuse("resume", str(tmp_path / "nowhere"))
+    assert "--keep-weights takes a whole number >= 0 or all, got 'some'" in refuse("resume", str(taken),
+                                                                                   "--keep-weights", "some")
+    plan = tmp_path / "a-plan"
+    plan.mkdir()
+    (plan / "plan.json").write_text("{}")
+    assert refuse("resume", str(plan), "--keep-weights", "2").endswith(
+        f"--keep-weights applies to one experiment; give a stage's folder inside the plan, e.g. `valley resume "
+        f"{plan / 'fine'} --keep-weights N`")
 
 
 def test_reports_dashboards_and_clocks_refuse_what_they_cannot_do(refuse, tmp_path):

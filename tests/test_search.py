@@ -411,8 +411,11 @@ def test_only_the_best_trials_keep_their_weights_and_trials_csv_says_which(ray_s
                                                                            capsys):
     """Once a search completes, finished trials outside the best --keep-weights by its metric lose their best
     weights (state.pt), not their metrics, curves or test predictions; the search says so, and has_weights.
-    A trial with keep_optimizer keeps everything and takes no place among them."""
+    A trial with keep_optimizer keeps everything and takes no place among them. `valley resume --keep-weights N`
+    deletes more of a completed search's at once."""
+    from analysis.format import read_manifest
     from analysis.load import load
+    from search.resume import resume
 
     spared = TINY.replace("  - {layers: 1, dropout: 0.2}", "  - {layers: 1, dropout: 0.2, keep_optimizer: true}")
     folder = run_search(load_space(write_space(spared)), SearchOptions(
@@ -430,6 +433,20 @@ def test_only_the_best_trials_keep_their_weights_and_trials_csv_says_which(ray_s
             "were deleted (metrics, curves and predictions stay; --keep-weights all keeps every trial's); 1 trial "
             "with keep_optimizer keeps everything") in out
     assert load(folder).epochs.groupby("trial_id").size().tolist() == [2] * 4
+
+    # `valley resume --keep-weights 1` on the completed search: the best one of those 2 keeps its weights, at once
+    resume(folder, keep_weights=1)
+    out = capsys.readouterr().out
+    assert (f"valley: {folder} has completed: the best 1 finished trial by best_val_loss keeps its best weights, the "
+            "weights of 1 other were deleted") in out
+    after = pd.read_csv(folder / "trials.csv").set_index("trial_id")
+    assert after["has_weights"].sum() == 2 and after.loc[best_two.iloc[0], "has_weights"]
+    assert not after.loc[best_two.iloc[1], "has_weights"]
+    assert not list((folder / best_two.iloc[1]).glob("checkpoint_*/state.pt"))
+    assert read_manifest(folder)["options"]["keep_weights"] == 1  # a later resume keeps what it was told
+    resume(folder, keep_weights="all")
+    assert ("2 finished trials hold weights, none beyond --keep-weights all: nothing deleted (weights deleted when "
+            "it completed cannot come back)") in capsys.readouterr().out
 
 
 @pytest.mark.ray
