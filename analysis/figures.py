@@ -231,7 +231,7 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, y: str = "val_loss",
                     title: str | None = None, legend_max: int = 16, log_y: bool = False) -> go.Figure:
-    """``y`` per epoch, one line per trial coloured by model size; where ASHA stopped a trial, an x."""
+    """``y`` per epoch, one line per trial coloured by model size; where ASHA or a budget stopped a trial, an x."""
     title = title or f"Learning curves: {pretty(y)} per epoch"
     if epochs is None or epochs.empty or y not in epochs:
         return message(title, f"no trial has reported {y} yet")
@@ -281,7 +281,7 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, y: str = "val_lo
         fig.add_trace(go.Scattergl(x=xs, y=ys, text=texts, mode="lines", showlegend=False, opacity=0.6,
                                    line=dict(color=colour, width=1.2),
                                    hovertemplate=f"%{{text}}<br>{x} %{{x}}: %{{y:.4g}}<extra></extra>"))
-    styles = {"stopped": ("stopped by the scheduler (ASHA)", "x", "#d62728"),
+    styles = {"stopped": ("stopped early (by ASHA or a budget)", "x", "#d62728"),
               **{status: (status, symbol, "#7f0000")
                  for status, symbol in zip(FAILED, ("triangle-down", "triangle-up"))}}
     for status, points in ends.items():

@@ -422,7 +422,7 @@ def test_learning_curves_mark_scheduler_stops(asha):
     fig = figures.learning_curves(asha.trials, asha.epochs)
     lines = [t for t in fig.data if t.mode == "lines"]
     assert len(lines) == 14
-    stopped = next(t for t in fig.data if t.name == "stopped by the scheduler (ASHA)")
+    stopped = next(t for t in fig.data if t.name == "stopped early (by ASHA or a budget)")
     assert list(stopped.x) == [1, 1, 1, 1]
     assert next(t for t in fig.data if t.name == "failed").x == (1,)
     assert fig.layout.xaxis.title.text == "epoch" and fig.layout.yaxis.title.text == "validation loss"
@@ -437,7 +437,7 @@ def test_learning_curves_of_many_trials_are_one_trace_per_colour(asha, monkeypat
     points = sum(sum(v is not None for v in t.y) for t in lines)
     assert points == asha.epochs["val_loss"].notna().sum()
     assert sum(list(t.y).count(None) for t in lines) == asha.trials["trial_id"].nunique()
-    assert next(t for t in fig.data if t.name == "stopped by the scheduler (ASHA)").x == (1, 1, 1, 1)
+    assert next(t for t in fig.data if t.name == "stopped early (by ASHA or a budget)").x == (1, 1, 1, 1)
 
 
 def test_parallel_coordinates_and_importance(asha):
