@@ -367,6 +367,43 @@ def test_the_least_budget_a_refusal_names_is_enough(write_space, tmp_path):
                       budget=Budget(180, EPOCHS))
 
 
+def test_a_budget_whose_share_cannot_train_a_grid_one_epoch_each_is_refused_before_anything_trains(write_space,
+                                                                                                   tmp_path):
+    """`--budget 40` gave the reference's 14 rough MLPs 8 trial-epochs: 8 of them trained, the largest never ran
+    (a valley with no side to overfit), and the stage said each trained one epoch (found by a review)."""
+    write_space(ROUGH, "rough.yaml")
+    plan = load_plan(write_space("dataset: digits\nbudget_split: {rough: 0.1, c: 0.9}\nstages:\n"
+                                 "  - {name: rough, space: rough.yaml, max_epochs: 2}\n"
+                                 "  - {name: c, kind: confirm, from: rough, seeds: 1, max_epochs: 1}\n", "p.yaml"))
+    with pytest.raises(SearchError, match=r"^--budget 39: stage rough's share \(0.1, 3.9 trial-epochs\) cannot train "
+                                          r"each of its 4 grid points one epoch; give --budget 40 or more, or a larger "
+                                          r"share for rough in budget_split$"):
+        start_plan(plan, SearchOptions(storage=str(tmp_path), name="p"), budget=Budget(39, EPOCHS))
+    assert not (tmp_path / "p").exists()
+    assert start_plan(plan, SearchOptions(storage=str(tmp_path), name="p"), say=lambda *a: None,
+                      budget=Budget(40, EPOCHS))
+
+
+@pytest.mark.ray
+def test_a_later_grid_its_share_cannot_train_one_epoch_each_stops_the_plan_before_it_trains(ray_session, write_space,
+                                                                                            tmp_path):
+    """A grid an earlier stage decides (the valley's architectures, times a grid of three learning rates) is
+    known only when its stage begins; there, 2 trial-epochs are refused as the plan's start refuses them."""
+    write_space(ROUGH, "rough.yaml")
+    write_space("family: mlp\nmetric: val_loss\nmode: min\nparams:\n  lr: {grid: [0.01, 0.02, 0.03]}\n", "fine.yaml")
+    plan = load_plan(write_space("dataset: synthetic\nbudget_split: {rough: 0.8, fine: 0.2}\nstages:\n"
+                                 "  - {name: rough, space: rough.yaml, max_epochs: 2}\n"
+                                 "  - {name: valley, kind: valley, from: rough, keep: 3, threshold: 1000}\n"
+                                 "  - {name: fine, space: fine.yaml, from: valley, max_epochs: 1}\n", "p.yaml"))
+    run = start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", quiet=True), say=lambda *a: None,
+                     budget=Budget(10, EPOCHS))
+    with pytest.raises(SearchError, match=r"^stage fine: its share of --budget, 2 trial-epochs, cannot train each of "
+                                          r"its \d+ grid points one epoch; raise this stage's share in budget_split \[the "
+                                          r"plan stopped in stage fine; its --budget is fixed when it starts"):
+        run_plan(run)
+    assert not (tmp_path / "p" / "fine").exists()
+
+
 def trial_epochs(folder) -> int:
     return int(sum(pd.read_csv(p)["epochs"].sum() for p in folder.rglob("trials.csv")))
 

@@ -153,7 +153,7 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
             raise SearchError(f"{plan.source}: stage {stage.name}: warm_start seeds Optuna, and the stage runs the "
                               f"{searcher} search; drop warm_start or set the stage's search: optuna")
     if budget is not None and budget.unit != SECONDS:
-        check_confirm_shares(PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), {"stages": {}}, silent),
+        check_shares(PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), {"stages": {}}, silent),
                              budget)
     folder.mkdir(parents=True)
     stages = [{"name": st.name, "kind": st.kind, **({"from": st.source} if st.source else {}),
@@ -174,21 +174,35 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
     return run
 
 
-def check_confirm_shares(run: PlanRun, budget: Budget) -> None:
-    """Refuse, before anything trains, a trial-epoch budget whose share for a confirm stage cannot pay for
-    one configuration over its seeds (the stage would fail at the end of the plan, its budget spent)."""
+def check_shares(run: PlanRun, budget: Budget) -> None:
+    """Refuse, before anything trains, a trial-epoch budget whose share for a stage cannot pay for what the stage
+    must train: a confirm stage's one configuration over its seeds (it failed at the end of the plan, its budget
+    spent), a grid's every point for one epoch (it trained the first rows only: a rough sweep without its largest
+    models). The least budget named is the one every stage's share pays for."""
     from search.plans.stages.confirm import candidate_cost
 
+    short = []
     for stage in run.plan.stages:
-        cost = candidate_cost(run, stage) if stage.kind == "confirm" else None
         share = (run.plan.budget_split or {}).get(stage.name, 0.0)
+        cost = candidate_cost(run, stage) if stage.kind == "confirm" else grid_points(run, stage)
         if cost and share and round(budget.total * share, 9) < cost:  # 180 x 0.35 is 62.99999999999999
-            least = math.ceil(cost / share - 1e-9)
-            raise SearchError(
-                f"--budget {budget.total:g}: stage {stage.name}'s share ({share:g}, "
-                f"{budget.total * share:g} trial-epochs) cannot pay for one configuration over its "
-                f"{stage.get('seeds', 5)} seeds ({cost} trial-epochs); give --budget {least} or more, "
-                f"or a larger share for {stage.name} in budget_split")
+            what = (f"pay for one configuration over its {stage.get('seeds', 5)} seeds ({cost} trial-epochs)"
+                    if stage.kind == "confirm" else f"train each of its {cost} grid points one epoch")
+            short.append((math.ceil(cost / share - 1e-9), stage.name, share, what))
+    if short:
+        least, name, share, what = max(short)
+        raise SearchError(f"--budget {budget.total:g}: stage {name}'s share ({share:g}, {budget.total * share:g} "
+                          f"trial-epochs) cannot {what}; give --budget {least} or more, or a larger share for "
+                          f"{name} in budget_split")
+
+
+def grid_points(run: PlanRun, stage: Stage) -> int | None:
+    """The points of a search stage's own grid (None for a stage whose space an earlier stage decides, or that
+    samples): each needs a trial-epoch."""
+    if stage.kind != "search" or stage.source or not stage.space:
+        return None
+    space, opts = load_space(stage.space), stage_options(run, stage)
+    return None if opts.search != "random" or space.is_sampled() else total_trials(space, opts)
 
 
 def reopen_plan(folder: Path, say: Callable[..., None] | None = None, quiet: bool = False) -> PlanRun:
@@ -241,6 +255,7 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
     if left is not None:
         if run.budget.unit != SECONDS:
             space = fewer_seeds(run, stage, space, int(left), opts, experiment)
+            too_small(run, stage, space, opts, left)
         asked = opts
         opts = with_budget(opts, run.budget, left, space)
         if opts.epochs(space) < asked.epochs(space):  # a --stage rough.max_epochs=3 trained 2, without a word
@@ -257,6 +272,23 @@ def train_stage(run: PlanRun, stage: Stage, space: Space, experiment: str, **cha
                             dict(space.params), space.description, dataset=space.dataset)
     run_search(space, opts)
     return fmt.read_manifest(folder).get("status", "interrupted")
+
+
+def too_small(run: PlanRun, stage: Stage, space: Space, opts: SearchOptions, left: float) -> None:
+    """A grid whose every point a trial-epoch allowance cannot train one epoch is refused before it trains:
+    it trained the first rows only (a rough sweep without its largest models, so a valley with no side to
+    overfit), and said it had given each an epoch."""
+    points = total_trials(space, opts)
+    if opts.search != "random" or space.is_sampled() or points <= left:
+        return
+    state = run.state["budget"]
+    allowed = float(state["allowed"][stage.name])
+    first = not any(state.get("spent", {}).values())  # later stages' shares are of what the earlier left
+    needed = math.ceil(points * run.budget.total / allowed - 1e-9) if first and allowed > 0 else None
+    raise BudgetRanOut(f"stage {stage.name}: its share of --budget, {run.budget.describe(left)}, cannot train each "
+                       f"of its {points} grid points one epoch; "
+                       + (f"a --budget of {needed} or more can, at this budget_split, or " if needed else "")
+                       + "raise this stage's share in budget_split")
 
 
 def fewer_seeds(run: PlanRun, stage: Stage, space: Space, left: int, opts: SearchOptions, name: str) -> Space:
