@@ -88,7 +88,8 @@ def add_result_commands(commands: argparse._SubParsersAction) -> None:
     report.set_defaults(run=run_command.cmd_report)
 
     dashboard = commands.add_parser("dashboard", help="serve a local page of every experiment and plan")
-    dashboard.add_argument("--results", default="results", help="the results folder (default results/)")
+    dashboard.add_argument("--storage", "--results", dest="results", default="results",
+                           help="the results folder, as the searches' --storage (default results/)")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1 only)")
     dashboard.add_argument("--port", type=int, default=8050)
     dashboard.set_defaults(run=run_command.cmd_dashboard)

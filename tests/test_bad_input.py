@@ -210,6 +210,12 @@ def test_a_plan_given_to_search_and_a_space_given_to_plan_say_which_command_runs
         f"{space_file}: stages: this is a search space, not a plan; run it with `valley search {space_file}`")
     assert refuse("plan", "mlp-rough", *storage).endswith(
         "'mlp-rough' is a built-in search space, not a plan; run it with `valley search mlp-rough`")
+    experiment = tmp_path / "results" / "mlp-rough-digits"  # it said "no plan ...", listing the built-in plans
+    experiment.mkdir(parents=True)
+    (experiment / "valley.json").write_text('{"status": "completed"}')
+    assert refuse("plan", str(experiment), *storage).endswith(
+        f"{experiment} is an experiment's folder, not a plan's; `valley resume {experiment}` continues it, "
+        f"`valley report {experiment}` reports it")
     # an integer log range from 0: randint, not uniform (which draws fractions, refused for an int key)
     assert refuse(space(write_space, "params: {layers: {lograndint: [0, 5]}}")).endswith(
         "use randint for a range that touches 0")
@@ -382,6 +388,8 @@ def test_reports_dashboards_and_clocks_refuse_what_they_cannot_do(refuse, tmp_pa
     experiment = str(ROOT / "tests" / "data" / "asha-digits")
     assert "cannot write the report to" in refuse("report", experiment, "--out", str(blocker / "r.html"))
     assert "--port must be 0 to 65535" in refuse("dashboard", "--results", str(tmp_path), "--port", "70000")
+    # the searches' --storage, which it refused ("unrecognized arguments")
+    assert "--port must be 0 to 65535" in refuse("dashboard", "--storage", str(tmp_path), "--port", "70000")
     assert "cannot write the clocks to" in refuse("data", "clocks", "--out", str(blocker / "c"), "--size", "16",
                                                   "--per-minute", "1")
     assert "GiB of memory, more than the" in refuse("data", "clocks", "--out", str(tmp_path / "c"), "--size",

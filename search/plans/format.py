@@ -107,6 +107,9 @@ def load_plan(name_or_path: str | Path, changes: tuple[str, ...] = ()) -> Plan:
 
         if text in builtin_spaces():
             raise SearchError(f"{text!r} is a built-in search space, not a plan; run it with `valley search {text}`")
+        if (path / "valley.json").is_file():  # it said "no plan 'results/...'" and listed the built-in plans
+            raise SearchError(f"{text} is an experiment's folder, not a plan's; `valley resume {text}` continues it, "
+                              f"`valley report {text}` reports it")
         hint = did_you_mean(text, plans)
         raise SearchError(f"no plan {text!r}; {hint}built-in plans: {', '.join(plans)} (or a YAML file)")
     try:
