@@ -224,10 +224,14 @@ def index_page(server: DashboardServer) -> str:
                         f"unreadable: {e(f'{type(err).__name__}: {err}')}</td></tr>")
             continue
         running |= experiment.status == "running"
-        rows.append(_index_row(experiment, href, folder.name, nested=False))
+        rows.append(_index_row(experiment, href, folder.name, nested=False, answer=confirmed_answer(experiment)))
+        states = experiment.manifest.get("stages") if experiment.kind == "plan" else None
+        confirmed = {name: confirmed_summary(state) for state in (states or {}).values() if isinstance(state, dict)
+                     for name in state.get("experiments") or ()}
         for stage_name, stage in experiment.stages.items():
             stage_href = f"{href}/{urllib.parse.quote(stage_name, safe='')}"
-            rows.append(_index_row(stage, stage_href, stage_name, nested=True))
+            # a confirm stage's best single seed is no answer: it was its luckiest, perhaps of a losing configuration
+            rows.append(_index_row(stage, stage_href, stage_name, nested=True, answer=confirmed.get(stage_name, "")))
     refresh = f'<meta http-equiv="refresh" content="{INDEX_REFRESH_S}">' if running else ""
     if rows:
         table = ("<table><thead><tr><th>experiment</th><th>kind</th><th>status</th><th>progress</th>"
@@ -241,7 +245,7 @@ def index_page(server: DashboardServer) -> str:
     return _page("valley experiments", body, head=refresh)
 
 
-def _index_row(experiment: Experiment, href: str, name: str, nested: bool) -> str:
+def _index_row(experiment: Experiment, href: str, name: str, nested: bool, answer: str = "") -> str:
     e = html.escape
     counts = progress(experiment.trials)
     if experiment.status != "running":  # its unfinished trials run no more: an interrupted search showed them running
@@ -253,9 +257,8 @@ def _index_row(experiment: Experiment, href: str, name: str, nested: bool) -> st
     metric, best = experiment.metric, "-"
     trials = experiment.trials
     values = trials[~trials["status"].isin(FAILED)][metric].dropna() if {metric, "status"} <= set(trials) else []
-    confirmed = confirmed_answer(experiment)
-    if confirmed:
-        best = confirmed
+    if answer:
+        best = answer
     elif mixed(trials):  # a folder of experiments on different data sets or families: no best across them
         best = "per experiment"
     elif len(values):  # a trial that diverged after a good epoch is no best: the report's top table leaves it out
@@ -277,11 +280,20 @@ def confirmed_answer(experiment: Experiment) -> str:
     seeds (one seed's best validation loss said less, and flattered it); else ""."""
     stages = experiment.manifest.get("stages") if experiment.kind == "plan" else None
     for state in reversed(list((stages or {}).values())):
-        summary = state.get("summary") if isinstance(state, dict) else None
-        if state.get("kind") == "confirm" and isinstance(summary, dict) and summary.get("winner_mean") is not None:
-            seeds = len(summary.get("seeds") or [])
-            return f"{summary.get('metric', 'test')} {summary['winner_mean']:.4g} (confirmed, mean of {seeds} seeds)"
+        answer = confirmed_summary(state) if isinstance(state, dict) else ""
+        if answer:
+            return answer
     return ""
+
+
+def confirmed_summary(state: dict[str, Any]) -> str:
+    """A confirm stage's winner (its plan.json state), as :func:`confirmed_answer` says it; "" for any other
+    stage, or a confirm stage that has not chosen one."""
+    summary = state.get("summary")
+    if state.get("kind") != "confirm" or not isinstance(summary, dict) or summary.get("winner_mean") is None:
+        return ""
+    seeds = len(summary.get("seeds") or [])
+    return f"{summary.get('metric', 'test')} {summary['winner_mean']:.4g} (confirmed, mean of {seeds} seeds)"
 
 
 def _age(mtime_ns: int) -> str:
