@@ -546,9 +546,10 @@ def confidence_intervals(frame: pd.DataFrame, value: str, label: str = "config",
     fig.add_trace(go.Scatter(
         x=summary["mean"], y=list(range(len(order))), mode="markers", name=f"mean, {level:.0%} CI",
         marker=dict(color="#1f77b4", size=12, symbol="diamond"),
-        error_x=dict(type="data", symmetric=False, array=summary["high"] - summary["mean"],
-                     arrayminus=summary["mean"] - summary["low"], thickness=2, width=8),
-        text=[f"{escape(name)}<br>n={n}, [{lo:.4g}, {hi:.4g}]"
+        # one seed has no interval: a bar of width 0 read as a certain mean
+        error_x=dict(type="data", symmetric=False, array=(summary["high"] - summary["mean"]).where(summary["n"] > 1),
+                     arrayminus=(summary["mean"] - summary["low"]).where(summary["n"] > 1), thickness=2, width=8),
+        text=[f"{escape(name)}<br>" + (f"n={n}, [{lo:.4g}, {hi:.4g}]" if n > 1 else "n=1: one seed, no interval")
               for name, n, lo, hi in zip(order, summary["n"], summary["low"], summary["high"])],
         hovertemplate="mean %{x:.4g}<br>%{text}<extra></extra>"))
     fig.update_layout(**LAYOUT, title=title, height=140 + 60 * len(order),

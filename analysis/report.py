@@ -72,7 +72,7 @@ def build_sections(experiment: Experiment) -> list[Section]:
     if epochs.empty or curve not in epochs:
         curve = "val_loss"
     sections.append(Section("learning-curves", "Learning curves", figures.learning_curves(trials, epochs, curve),
-                            "x marks where the scheduler (ASHA) stopped a trial; triangles mark failures."))
+                            "x marks where ASHA or a budget stopped a trial; triangles mark failures."))
     if asked == "stages":
         by_stage = dict(list(trials.groupby("stage", sort=False)))
         sections.insert(0, Section("stages", "Stages side by side", figures.compare_experiments(by_stage, metric, mode),
@@ -95,7 +95,7 @@ def build_sections(experiment: Experiment) -> list[Section]:
         seeds = figures.seed_frame(trials, task.test_metric, min_seeds=2)
         sections.append(Section("seeds", "Confidence intervals over seeds",
                                 figures.confidence_intervals(seeds, task.test_metric, mode=task.mode),
-                                _cut_short(trials).strip()))
+                                _cut_short(trials, repeated=True).strip()))
     sections.append(Section("results", "Results table", figures.results_table(trials, metric, mode, task=task),
                             "Test metrics of each trial's best checkpoint (by validation loss)."))
     if task.kind == "clock":
@@ -161,11 +161,24 @@ def stopped_early(trials: pd.DataFrame) -> int:
     return int((trials["status"].isin(DONE) & ~trained(trials)).sum()) if "status" in trials else 0
 
 
-def _cut_short(trials: pd.DataFrame) -> str:
-    """What intervals over seeds leave out: the trials a scheduler or a budget stopped before their last epoch."""
+def _cut_short(trials: pd.DataFrame, repeated: bool = False) -> str:
+    """What intervals over seeds leave out: the trials a scheduler or a budget stopped before their last epoch,
+    and those that have not finished (an interrupted search's). ``repeated``: of configs run with several seeds
+    only (the others are not drawn at all: a plan's rough and fine trials beside its confirm seeds)."""
+    from analysis.valley import config_key
+
+    if "status" not in trials:
+        return ""
+    if repeated:
+        keys = config_key(trials)
+        trials = trials[keys.map(keys.value_counts()) >= 2]
     cut = stopped_early(trials)
-    return (f" {cut} trial(s) ASHA or a budget stopped early are left out: a seed trained for fewer epochs is no "
-            "repeat of the others." if cut else "")
+    unfinished = int((~trials["status"].isin([*DONE, *FAILED])).sum())
+    said = [f"{cut} trial(s) ASHA or a budget stopped early are left out: a seed trained for fewer epochs is no "
+            "repeat of the others."] if cut else []
+    if unfinished:
+        said.append(f"{unfinished} unfinished trial(s) (still running, or cut off by an interruption) are left out.")
+    return "".join(f" {line}" for line in said)
 
 
 def clock_sections(experiment: Experiment) -> list[Section]:

@@ -522,6 +522,28 @@ def test_intervals_over_seeds_hold_only_seeds_that_trained_all_their_epochs():
     assert frame["config"].tolist() == ["batch_size=128, lr=0.001"] * 3 and figures.has_repeats(one)
 
 
+def test_one_seed_draws_no_interval_and_what_intervals_leave_out_is_said():
+    """A configuration with one seed was drawn with a '95% CI' of width 0; an interrupted search's unfinished
+    trial left the encodings compared without a word; and a plan's seeds figure counted its rough and fine
+    trials ASHA stopped among the seeds it left out (found by a review)."""
+    from analysis.report import _cut_short
+
+    trials = load(SEEDS).trials.copy()
+    one = trials.iloc[[0, 1, 2, 3, 6]]  # a config of three seeds, two of one seed each
+    fig = figures.confidence_intervals(figures.seed_frame(one, "test_acc"), "test_acc")
+    means = fig.data[1]
+    single = [i for i, text in enumerate(means.text) if "n=1: one seed, no interval" in text]
+    assert len(single) == 2 and all(math.isnan(means.error_x.array[i]) for i in single)
+    assert sum(not math.isnan(v) for v in means.error_x.array) == 1
+    trials.loc[[1], "status"] = "stopped"
+    trials.loc[[5], "status"] = "running"
+    assert _cut_short(trials) == (" 1 trial(s) ASHA or a budget stopped early are left out: a seed trained for "
+                                  "fewer epochs is no repeat of the others. 1 unfinished trial(s) (still running, or "
+                                  "cut off by an interruption) are left out.")
+    alone = pd.concat([trials.iloc[[0]].assign(**{"config/lr": 0.5, "status": "stopped"}), trials.iloc[3:9]])
+    assert "ASHA" not in _cut_short(alone, repeated=True) and "1 trial(s) ASHA" in _cut_short(alone)
+
+
 def test_compare_two_experiments(asha):
     seeds = load(SEEDS)
     fig = figures.compare_experiments({"rough": asha.trials, "confirm": seeds.trials})
