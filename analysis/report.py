@@ -114,9 +114,11 @@ def build_sections(experiment: Experiment) -> list[Section]:
 def _valley_section(experiment: Experiment) -> Section:
     """Loss against model size with the valley marked (for a plan: its valley stage's valley)."""
     trials, epochs, metric, mode = experiment.trials, experiment.epochs, experiment.metric, experiment.mode
+    # what the y axis holds: a val_acc space's was headed "Loss"
+    heading = f"{'Loss' if 'loss' in metric else figures.pretty(metric).capitalize()} against model size"
     if metric not in trials:  # a search that has just started
         text = f"No trial has reported a {metric} yet."
-        return Section("valley", "Loss against model size", figures.message("Loss against model size", text), text)
+        return Section("valley", heading, figures.message(heading, text), text)
     valley: ValleyResult | None = None
     scope_trials, scope_epochs, scope = trials, epochs, "Valley"
     source, threshold = _valley_source(experiment)
@@ -141,8 +143,7 @@ def _valley_section(experiment: Experiment) -> Section:
                 + (f"; {without} more failed or diverged without one" if without else "")
                 + ": there is no valley over model sizes to read here.")
     if none:
-        return Section("valley", "Loss against model size", figures.loss_vs_params(trials, epochs, metric, mode=mode),
-                       none)
+        return Section("valley", heading, figures.loss_vs_params(trials, epochs, metric, mode=mode), none)
     try:
         valley = find_valley(scope_trials, scope_epochs, metric=metric, threshold_se=threshold, mode=mode)
         note = f"{scope}: {valley.reason}."
@@ -151,7 +152,7 @@ def _valley_section(experiment: Experiment) -> Section:
             note += f" Warning: {untrained}; train them longer before reading a valley from them."
     except ValueError as err:
         note = str(err)
-    return Section("valley", "Loss against model size: the valley",
+    return Section("valley", f"{heading}: the valley",
                    figures.loss_vs_params(trials, epochs, metric, valley=valley, mode=mode), note)
 
 

@@ -398,8 +398,8 @@ def test_a_later_grid_its_share_cannot_train_one_epoch_each_stops_the_plan_befor
     run = start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", quiet=True), say=lambda *a: None,
                      budget=Budget(10, EPOCHS))
     with pytest.raises(SearchError, match=r"^stage fine: its share of --budget, 2 trial-epochs, cannot train each of "
-                                          r"its \d+ grid points one epoch; raise this stage's share in budget_split \[the "
-                                          r"plan stopped in stage fine; its --budget is fixed when it starts"):
+                                          r"its \d+ grid points one epoch; raise this stage's share in budget_split "
+                                          r"\[the plan stopped in stage fine; its --budget is fixed when it starts"):
         run_plan(run)
     assert not (tmp_path / "p" / "fine").exists()
 

@@ -241,6 +241,6 @@ def test_a_plans_best_is_its_confirmed_winners_mean(tmp_path):
         rows = re.findall(r"<tr.*?</tr>", index_page(server))
     finally:
         server.server_close()
-    plan_row, stage_row = (next(r for r in rows if f'href="{href}"' in r) for href in ("/exp/plan", "/exp/plan/confirm"))
-    for row in (plan_row, stage_row):
+    for href in ("/exp/plan", "/exp/plan/confirm"):
+        row = next(r for r in rows if f'href="{href}"' in r)
         assert "test_acc 0.9728 (confirmed, mean of 3 seeds)" in row and "best_val_loss" not in row, row

@@ -348,3 +348,16 @@ def test_a_killed_plans_stage_says_to_continue_the_plan_not_to_resume_the_stage(
     for loaded in (load(plan / "fine"), load(plan)):
         said = " ".join(loaded.warnings)
         assert f"`valley plan {plan}` continues it" in said and "valley resume" not in said, said
+
+
+def test_the_valley_section_is_headed_by_what_its_y_axis_holds(tmp_path):
+    """A val_acc space's section read "Loss against model size" over an axis of accuracy (found by a review)."""
+    import dataclasses
+
+    from analysis.load import load
+
+    loaded = load(shutil.copytree(DATA / "asha-digits", tmp_path / "asha-digits"))
+    assert report.build_sections(loaded)[0].heading.startswith("Loss against model size")
+    accuracy = dataclasses.replace(loaded, manifest={**loaded.manifest, "metric": "val_acc", "mode": "max"})
+    section = next(s for s in report.build_sections(accuracy) if s.key == "valley")
+    assert section.heading.startswith("Best validation accuracy against model size"), section.heading
