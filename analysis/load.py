@@ -317,7 +317,9 @@ def top_table(trials: pd.DataFrame, folder: str | Path, n: int = 5) -> str:
     metric, ranked = ranking(trials, manifest)
     if ranked.empty:
         failed = trials[trials["status"].isin(FAILED)] if "status" in trials else trials.iloc[:0]
-        first = f"; the first: {failed['error'].iloc[0]}" if len(failed) and "error" in failed else ""
+        if failed.empty:  # an interrupted search none of whose trials reached an epoch: it read as an error
+            return f"no trial of {len(trials)} reported a result (none failed)"
+        first = f"; the first: {failed['error'].iloc[0]}" if "error" in failed else ""
         return (f"no trial of {len(trials)} has a {metric}: {len(failed)} failed or diverged{first}; see the error "
                 f"column of {Path(folder) / 'trials.csv'}")
     varied = [c for c in trials.columns if c.startswith("config/") and trials[c].astype(str).nunique(dropna=False) > 1]

@@ -418,6 +418,15 @@ def test_the_top_table_prints_a_gap_in_whole_numbers_as_a_dash(asha):
     assert any(line.split()[2] == "-" for line in text.splitlines()[2:]), text  # layers of a hidden row
 
 
+def test_a_top_table_with_no_result_says_whether_trials_failed(asha):
+    """An interrupted search none of whose trials reached an epoch read "0 failed or diverged; see the error
+    column", as if one had (found by a review)."""
+    trials = asha.trials.assign(status="pending", best_val_loss=float("nan"))
+    assert top_table(trials, ASHA) == "no trial of 14 reported a result (none failed)"
+    trials.loc[0, "status"] = "failed"
+    assert top_table(trials, ASHA).startswith("no trial of 14 has a best_val_loss: 1 failed or diverged; the first:")
+
+
 def test_learning_curves_mark_scheduler_stops(asha):
     fig = figures.learning_curves(asha.trials, asha.epochs)
     lines = [t for t in fig.data if t.mode == "lines"]
