@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from analysis.format import (ACTIVE, DONE, FAILED, INTERRUPTED, MANIFEST, PLAN_STATE, Task, UnreadableState, asha_stops,
-                             driver_gone, ended_itself, guess_mode, metric_column, read_manifest, read_state, task_of,
-                             row_at_epoch, trained, trial_status)
+from analysis.format import (ACTIVE, DONE, FAILED, INTERRUPTED, MANIFEST, PLAN_STATE, SPACE_COPY, Task, UnreadableState,
+                             asha_stops, driver_gone, ended_itself, guess_mode, metric_column, read_manifest, read_state,
+                             task_of, row_at_epoch, trained, trial_status)
 
 
 class ResultsError(ValueError):
@@ -97,7 +98,23 @@ def flat_config(config: dict[str, Any], grid: list[dict[str, Any]]) -> dict[str,
             config = {**config, **grid[variant]}
         elif isinstance(variant, dict):
             config = {**config, **variant}
+        else:  # a row no grid resolves: its index keeps the rows apart (dropped, they all read as one config)
+            config["variant"] = variant
     return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in config.items()}
+
+
+def _grid_as_written(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+    """The grid rows of a space's copy, for trials whose ``variant`` index valley.json no longer resolves."""
+    try:
+        rows = (yaml.safe_load(path.read_text()) or {}).get("grid") or []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return []
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        return []
+    if rows:
+        warnings.append(f"grid rows read from {path.name}, as written: a --set that changed them is not known "
+                        f"without {MANIFEST}")
+    return rows
 
 
 def load_experiment(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -111,10 +128,13 @@ def _load_folder(folder: Path, manifest: dict[str, Any] | None = None,
     """(trials, epochs, warnings): what is on disk, and what is missing or half-written."""
     manifest = read_manifest(folder) if manifest is None else manifest
     grid = manifest.get("grid", [])
+    warnings: list[str] = []
+    if not manifest and (folder / SPACE_COPY).is_file():  # valley.json lost: every row read as one config
+        grid = _grid_as_written(folder / SPACE_COPY, warnings)
     finished = manifest.get("status") == "completed"
     ended = TuneStatuses(folder)
     cut = asha_stops(folder)  # ASHA's stops are final before the search is: they are no unfinished trials
-    trials, epochs, warnings, no_results = [], [], [], []
+    trials, epochs, no_results = [], [], []
     for trial_dir in trial_dirs(folder):
         trial_id = trial_dir.name
         try:

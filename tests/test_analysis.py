@@ -602,3 +602,20 @@ def test_clock_figures():
     assert all("CSD 360 min" in a.text for a in gallery.layout.annotations[:5])
     floats = figures.worst_reads(rng.random((200, 16, 16)), true, pred, n=2)
     assert np.asarray(floats.data[0].z).shape == (16, 16, 3)
+
+
+def test_an_experiment_that_lost_its_manifest_keeps_its_grid_rows_apart(tmp_path):
+    """Without valley.json, a trial's `variant` (its grid row's index) resolved to nothing: the 14 rough MLPs read
+    as one config of 14 seeds, and the report's valley and intervals over seeds were wrong (found by a review)."""
+    from analysis.valley import config_key
+
+    folder = shutil.copytree(ASHA, tmp_path / "asha-digits")
+    (folder / "valley.json").unlink()
+    lost = load(folder)
+    assert config_key(lost.trials).nunique() == 14
+    assert set(lost.trials["config/hidden"].dropna()) == set(load(ASHA).trials["config/hidden"].dropna())
+    assert "grid rows read from space.yaml, as written: a --set that changed them is not known without " \
+           "valley.json" in lost.warnings
+    (folder / "space.yaml").unlink()
+    rows = load(folder).trials
+    assert config_key(rows).nunique() == 14 and sorted(rows["config/variant"]) == list(range(14))
