@@ -168,6 +168,7 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
     # Tune's own table of results warns of every trial a budget stopped before its first epoch; valley
     # reads the results from disk (analysis.load), which says what is missing or half-written
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.tune").addFilter(said_stopping)
     with search_signals():
         try:
             SEARCHING.set()
@@ -204,6 +205,17 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
 
                     close_unfinished(folder)
             return finish(folder, status, say, table, kept)
+
+
+def said_stopping(record: logging.LogRecord) -> bool:
+    """Tune's warning at Ctrl-C (or SIGTERM), in valley's words: it offered "Press CTRL+C ... to skip" its last
+    snapshot, as if that lost nothing, and named neither the tables nor `valley resume`, which follow."""
+    if not record.getMessage().startswith("Stop signal received"):
+        return True
+    print("valley: stopping: Tune saves where the search stands, then trials.csv is written and the command that "
+          "resumes it printed (a second Ctrl-C skips that save: `valley resume` goes on from Tune's previous one)",
+          file=sys.stderr, flush=True)
+    return False
 
 
 def disk_error(err: BaseException) -> OSError | None:

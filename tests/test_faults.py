@@ -402,6 +402,8 @@ def test_sigterm_or_ctrl_c_twice_ends_a_search_as_ctrl_c_does(write_space, tmp_p
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, out
     assert f"valley: interrupted; continue with `valley resume {storage / 'stop'}`" in out
+    # Tune's "Press CTRL+C (or send SIGINT/SIGKILL/SIGTERM) to skip", in valley's words
+    assert "Stop signal received" not in out and "valley: stopping: Tune saves where the search stands" in out
     assert json.loads((storage / "stop" / "valley.json").read_text())["status"] == "interrupted"
     assert len(pd.read_csv(storage / "stop" / "trials.csv")) >= 1  # what had started, kept
     assert not wait_gone(driver.pid), "Ray processes outlived the stopped driver"
