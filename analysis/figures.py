@@ -80,13 +80,16 @@ def _keys(trials: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
 
 
 def _hover(trials: pd.DataFrame, metric: str) -> list[str]:
-    labels = config_labels(trials)
+    """Each trial's whole config, not only what varied among ``trials`` (a figure's part: one stage's trials, those
+    ASHA stopped), where a value the others share told it from another stage's trial of the same look."""
+    columns = [c for c in trials.columns if c.startswith("config/") and c.removeprefix("config/") not in RUN_KEYS]
     lines = []
-    for row, label in zip(trials.to_dict("records"), labels):
+    for row in trials.to_dict("records"):
         text = [f"<b>trial {escape(row['trial_id'])}</b>"]
         if "stage" in row:
             text.append(f"stage {escape(row['stage'])}")
-        text.append(escape(label))
+        config = ", ".join(f"{c.removeprefix('config/')}={fmt(row[c])}" for c in columns if not _missing(row[c]))
+        text += [escape(line) for line in _wrap(config or "defaults", 60)]
         if not _missing(row.get("n_params")):
             text.append(f"{int(row['n_params']):,} parameters")
         if not _missing(row.get(metric)):

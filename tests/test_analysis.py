@@ -619,3 +619,13 @@ def test_an_experiment_that_lost_its_manifest_keeps_its_grid_rows_apart(tmp_path
     (folder / "space.yaml").unlink()
     rows = load(folder).trials
     assert config_key(rows).nunique() == 14 and sorted(rows["config/variant"]) == list(range(14))
+
+
+def test_a_trials_hover_holds_its_whole_config(asha):
+    """The hover named only what varied among the trials of its trace (one stage's, or those ASHA stopped): a fine
+    trial of l2=1e-06, as every fine trial, read "layers=5, dropout=0.2", the look of a rough one (a review)."""
+    trials = asha.trials.assign(**{"config/l2": 1e-06})
+    stopped = trials[trials["status"] == "stopped"]
+    fig = figures.loss_vs_params(trials, asha.epochs)
+    texts = next(t for t in fig.data if t.name.startswith("validation, stopped early")).text
+    assert len(texts) == len(stopped) and all("l2=1e-06" in text and "lr=0.001" in text for text in texts), texts
