@@ -442,6 +442,17 @@ def _top_trials(experiment: Experiment, n: int = 10) -> str:
         return (f'<section id="top"><h2>Top trials</h2><p class="note">No trials are ranked across experiments of '
                 f"different {html.escape(_differ(what))}: their {html.escape(metric)} do not compare. Open "
                 "each experiment's own report for its top trials.</p></section>")
+    # a confirm stage's seeds each chose on a validation split of its own: their metric does not rank beside the
+    # other stages' (they filled a plan's top table, its winner's luckiest seed first)
+    stages = experiment.manifest.get("stages") if experiment.kind == "plan" else None
+    confirm = [name for name, state in (stages or {}).items() if isinstance(state, dict)
+               and state.get("kind") == "confirm"]
+    note = ""
+    if confirm and "stage" in trials and trials["stage"].isin(confirm).any() and not trials["stage"].isin(confirm).all():
+        trials = trials[~trials["stage"].isin(confirm)]
+        note = (f'<p class="note">Stage {html.escape(", ".join(confirm))} is left out: each of its seeds chose on a '
+                f"validation split of its own, so its {html.escape(metric)} does not rank beside the other stages'; "
+                "the stages table gives its verdict, the intervals over seeds its configurations.</p>")
     ranked = trials[~trials["status"].isin(FAILED)].dropna(subset=[metric])
     ranked = ranked.sort_values(metric, ascending=experiment.mode == "min").head(n)
     table = pd.DataFrame({"trial": ranked["trial_id"]})
@@ -456,7 +467,7 @@ def _top_trials(experiment: Experiment, n: int = 10) -> str:
         if column in ranked and name not in table:
             table[name] = ranked[column]
     return (f'<section id="top"><h2>Top {len(table)} of {len(trials)} trials by {html.escape(metric)}</h2>'
-            f"{_html_table(table)}</section>")
+            f"{note}{_html_table(table)}</section>")
 
 
 def _chance(experiment: Experiment) -> str:

@@ -83,6 +83,10 @@ def test_plan_report_compares_stages_and_shows_seed_intervals(plan_report):
     assert ("P(winner beats runner-up) = 0.97 (1 of them ASHA stopped early) (compared on the seeds every "
             "configuration finished (0, 1))") in page
     assert "searched lr in [0.000333, 0.003], around the valley&#x27;s best trial; warm-started Optuna" in page
+    # the confirm seeds' validation metric, each on a split of its own, ranked beside the rough trials (a review)
+    top = page[page.index('<section id="top">'):].split("</section>")[0]
+    assert "Top 10 of 14 trials by best_val_loss" in top and "Stage 2-confirm is left out" in top
+    assert '<td class="text">1-rough</td>' in top and '<td class="text">2-confirm</td>' not in top
 
 
 def test_report_of_a_plain_ray_experiment(tmp_path):
