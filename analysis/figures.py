@@ -19,7 +19,7 @@ from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
 from analysis.format import FAILED, Task, guess_mode, guess_task, trained
-from analysis.load import RUN_KEYS
+from analysis.load import RUN_KEYS, mixed
 from analysis.valley import ValleyResult, config_key, find_valley, is_seed
 
 PALETTE = qualitative.Plotly
@@ -565,13 +565,25 @@ def confidence_intervals(frame: pd.DataFrame, value: str, label: str = "config",
 
 # --- two or more experiments -----------------------------------------------------------------------
 
-def compare_experiments(experiments: Mapping[str, pd.DataFrame], metric: str = "best_val_loss",
+def compare_experiments(experiments: Mapping[str, Any], metric: str = "best_val_loss",
                         mode: str | None = None, title: str | None = None) -> go.Figure:
-    """Several experiments' loss against model size on one log axis; a line joins each one's best per size."""
+    """Several experiments' loss against model size on one log axis; a line joins each one's best per size.
+
+    ``experiments`` maps a name to a trials frame or to what ``analysis.load.load`` returns. Experiments on
+    different data sets or of different families are not drawn together: their losses do not compare."""
     title = title or f"{pretty(metric).capitalize()} against model size, by experiment"
+    frames = {name: getattr(value, "trials", value) for name, value in experiments.items()}
+    if not all(isinstance(frame, pd.DataFrame) for frame in frames.values()):
+        raise TypeError("compare_experiments takes {name: trials frame or analysis.load.load(folder)}, got "
+                        f"{sorted({type(v).__name__ for v in experiments.values()})}")
+    what = mixed(pd.concat(list(frames.values()), ignore_index=True)) if frames else {}
+    if what:  # digits MLPs' losses beside clocks' on one axis, where the report refuses to draw them
+        return message(title, "not drawn across experiments of different "
+                              + "; ".join(f"{key} ({', '.join(values)})" for key, values in what.items())
+                              + ": their losses do not compare")
     fig = go.Figure()
     ascending = (mode or guess_mode(metric)) == "min"
-    for i, (name, trials) in enumerate(experiments.items()):
+    for i, (name, trials) in enumerate(frames.items()):
         if trials.empty or "n_params" not in trials or metric not in trials:
             continue
         shown = trials[~trials["status"].isin(FAILED)] if "status" in trials else trials

@@ -558,6 +558,15 @@ def test_compare_two_experiments(asha):
     fig = figures.compare_experiments({"rough": asha.trials, "confirm": seeds.trials})
     assert [t.name for t in fig.data] == ["rough", "rough: best per size", "confirm", "confirm: best per size"]
     assert fig.layout.xaxis.type == "log"
+    # what load() returns, as a notebook has it at hand (AttributeError: 'Experiment' object has no attribute ...)
+    assert figures.compare_experiments({"rough": asha, "confirm": seeds}).to_json() == fig.to_json()
+    # digits losses beside another data set's, on one axis, where the report refuses to draw them (a review)
+    other = seeds.trials.assign(**{"config/dataset": "clocks-small"})
+    refused = figures.compare_experiments({"rough": asha, "clocks": other})
+    assert not [t for t in refused.data if t.name] and "not drawn across experiments of different dataset " \
+        "(clocks-small, digits): their losses do not compare" in refused.to_json()
+    with pytest.raises(TypeError, match="compare_experiments takes"):
+        figures.compare_experiments({"rough": str(ASHA)})
 
 
 def test_figures_escape_user_text(asha):
