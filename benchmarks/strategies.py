@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import HERE, machine, table  # noqa: E402
 from search.manifest import git_commit  # noqa: E402
 from search.options import SearchOptions  # noqa: E402
-from search.plans import load_plan, run_plan, start_plan, top_configs  # noqa: E402
+from search.plans import least_budget, load_plan, run_plan, start_plan, top_configs  # noqa: E402
 from search.plans.budget import EPOCHS, Budget  # noqa: E402
 from search.ray_start import start_ray  # noqa: E402
 from search.run import run_search  # noqa: E402
@@ -100,8 +100,13 @@ TASKS = {
 
 
 def quick(task: Task) -> Task:
-    """One tiny repetition: 2 epochs a trial, a budget that pays for a few trials and one confirmation."""
-    return dataclasses.replace(task, epochs=2, budget=SEEDS * 2 + 24)
+    """One tiny repetition: 2 epochs a trial, a budget that pays for a few trials and one confirmation, and no less
+    than valley's plan takes (a share that cannot train its rough grid one epoch a point is refused)."""
+    task = dataclasses.replace(task, epochs=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        least = least_budget(load_plan(plan_file(task, Path(tmp), quick_run=True)),
+                             SearchOptions(dataset=task.dataset, overrides=dict(task.fixed)))
+    return dataclasses.replace(task, budget=max(SEEDS * 2 + 24, least))
 
 
 # ----------------------------------------------------------------------------- the spaces

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from search.options import SearchError, SearchOptions
-from search.plans import builtin_plans, load_plan, reopen_plan, run_plan, start_plan
+from search.plans import builtin_plans, least_budget, load_plan, reopen_plan, run_plan, start_plan
 from search.plans.budget import EPOCHS, SECONDS, Budget, allowance
 from test_plan import ROUGH  # the same four rough architectures
 
@@ -380,6 +380,7 @@ def test_a_budget_whose_share_cannot_train_a_grid_one_epoch_each_is_refused_befo
                                           r"share for rough in budget_split$"):
         start_plan(plan, SearchOptions(storage=str(tmp_path), name="p"), budget=Budget(39, EPOCHS))
     assert not (tmp_path / "p").exists()
+    assert least_budget(plan, SearchOptions()) == 40  # what a benchmark's tiny run gives every strategy
     assert start_plan(plan, SearchOptions(storage=str(tmp_path), name="p"), say=lambda *a: None,
                       budget=Budget(40, EPOCHS))
 

@@ -10,7 +10,7 @@ from search.plans.format import Plan, Stage, builtin_plans, load_plan, parse_pla
 from search.plans.runner import run_plan
 from search.plans.select import top_configs
 from search.plans.stages.confirm import confirm_table
-from search.plans.state import PlanRun, reopen_plan, start_plan
+from search.plans.state import PlanRun, least_budget, reopen_plan, start_plan
 
-__all__ = ["Plan", "PlanRun", "Stage", "builtin_plans", "confirm_table", "load_plan", "parse_plan",
+__all__ = ["Plan", "PlanRun", "Stage", "builtin_plans", "confirm_table", "least_budget", "load_plan", "parse_plan",
            "reopen_plan", "run_plan", "start_plan", "top_configs"]

@@ -176,24 +176,38 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
 
 def check_shares(run: PlanRun, budget: Budget) -> None:
     """Refuse, before anything trains, a trial-epoch budget whose share for a stage cannot pay for what the stage
-    must train: a confirm stage's one configuration over its seeds (it failed at the end of the plan, its budget
-    spent), a grid's every point for one epoch (it trained the first rows only: a rough sweep without its largest
-    models). The least budget named is the one every stage's share pays for."""
-    from search.plans.stages.confirm import candidate_cost
-
-    short = []
-    for stage in run.plan.stages:
-        share = (run.plan.budget_split or {}).get(stage.name, 0.0)
-        cost = candidate_cost(run, stage) if stage.kind == "confirm" else grid_points(run, stage)
-        if cost and share and round(budget.total * share, 9) < cost:  # 180 x 0.35 is 62.99999999999999
-            what = (f"pay for one configuration over its {stage.get('seeds', 5)} seeds ({cost} trial-epochs)"
-                    if stage.kind == "confirm" else f"train each of its {cost} grid points one epoch")
-            short.append((math.ceil(cost / share - 1e-9), stage.name, share, what))
+    must train (:func:`budget_needs`). The least budget named is the one every stage's share pays for."""
+    short = [need for need in budget_needs(run) if round(budget.total * need[2], 9) < need[4]]  # 180 x 0.35 is 62.9..
     if short:
-        least, name, share, what = max(short)
+        least, name, share, what, _ = max(short)
         raise SearchError(f"--budget {budget.total:g}: stage {name}'s share ({share:g}, {budget.total * share:g} "
                           f"trial-epochs) cannot {what}; give --budget {least} or more, or a larger share for "
                           f"{name} in budget_split")
+
+
+def least_budget(plan: Plan, base: SearchOptions) -> int:
+    """The least trial-epoch budget ``valley plan`` takes for ``plan`` with ``base``'s options (0: any)."""
+    run = PlanRun(plan, Path(), dataclasses.replace(base, dataset=base.dataset or plan.dataset), {"stages": {}},
+                  silent)
+    return max((need[0] for need in budget_needs(run)), default=0)
+
+
+def budget_needs(run: PlanRun) -> list[tuple[int, str, float, str, int]]:
+    """(the least budget, stage, share, what, its cost in trial-epochs) of each stage whose share must pay for
+    something whole: a confirm stage's one configuration over its seeds (it failed at the end of the plan, its
+    budget spent), a grid's every point for one epoch (it trained the first rows only: a rough sweep without
+    its largest models, said to have trained them all)."""
+    from search.plans.stages.confirm import candidate_cost
+
+    needs = []
+    for stage in run.plan.stages:
+        share = (run.plan.budget_split or {}).get(stage.name, 0.0)
+        cost = candidate_cost(run, stage) if stage.kind == "confirm" else grid_points(run, stage)
+        if cost and share:
+            what = (f"pay for one configuration over its {stage.get('seeds', 5)} seeds ({cost} trial-epochs)"
+                    if stage.kind == "confirm" else f"train each of its {cost} grid points one epoch")
+            needs.append((math.ceil(cost / share - 1e-9), stage.name, share, what, cost))
+    return needs
 
 
 def grid_points(run: PlanRun, stage: Stage) -> int | None:
