@@ -20,7 +20,7 @@ from analysis import format as fmt
 from search.cluster import check_cluster, check_gpu_asked, check_local_resources
 from search.data_check import load_data
 from search.manifest import experiment_name, write_manifest
-from search.options import SearchError, SearchOptions, check_name, search_signals, total_trials
+from search.options import SearchError, SearchOptions, check_name, sample_count, search_signals, total_trials
 from search.ray_start import start_ray
 from spaces import Space, SpaceError
 
@@ -57,6 +57,7 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
     from trainables.data import DATASETS, unknown_dataset
 
     opts.check()
+    check_laid_out(space, opts)
     if opts.search == "bohb" and not all(importlib.util.find_spec(m) for m in ("hpbandster", "ConfigSpace")):
         raise SearchError("--search bohb needs hpbandster and ConfigSpace; install them with "
                           "`pip install -e '.[bohb]'` (or `pip install hpbandster ConfigSpace`)")
@@ -85,6 +86,26 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
     check_space(space, {**opts.overrides, "dataset": dataset, "max_epochs": epochs})
     check_task(space.family, dataset)
     return folder, dataset, epochs
+
+
+LAID_OUT = 5000  # grid trials Tune lays out before the first starts: 9 s for one row at 5,000, quadratic in it
+
+
+def check_laid_out(space: Space, opts: SearchOptions) -> None:
+    """Passes of a random search over a grid each take their own seed, a grid over seeds that Tune lays out whole
+    before the first trial starts, in time quadratic in its size: `--samples 100000` sat for over 9 minutes
+    without a trial, and Ctrl-C waited on it too. (With the seed fixed, Tune draws the passes as it goes.)"""
+    samples = sample_count(opts)
+    seeded = "seed" in opts.overrides or "seed" in space.params or any("seed" in row for row in space.grid)
+    if opts.search != "random" or samples < 2 or seeded:
+        return
+    trials = total_trials(space, opts)
+    if trials > LAID_OUT:
+        points = trials // samples
+        raise SearchError(f"--samples {samples} passes over {points} grid point{'s' * (points != 1)} ask for "
+                          f"{trials:,} trials, each pass with a seed of its own, and Tune lays them all out before the "
+                          f"first starts (minutes from about {LAID_OUT:,}); give --samples "
+                          f"{max(1, LAID_OUT // points)} or fewer, and run more as further searches")
 
 
 def check_task(family_name: str, dataset: str) -> None:

@@ -141,6 +141,11 @@ def test_options_out_of_range(refuse, write_space):
     assert "lr must be a number, got lr='abc'" in refuse("mlp-rough", "--dataset", "digits", "--set", "lr=abc")
     assert "batch_size must be int, got batch_size=0.5" in refuse(path, "--set", "batch_size=0.5")
     assert "hidden must be a list" in refuse(path, "--set", "hidden=7")
+    # a random search's passes, each of its own seed, are a grid Tune lays out whole first: 100000 sat for minutes
+    assert refuse(path, "--samples", "100000").endswith(
+        "--samples 100000 passes over 1 grid point ask for 100,000 trials, each pass with a seed of its own, and Tune "
+        "lays them all out before the first starts (minutes from about 5,000); give --samples 5000 or fewer, and run "
+        "more as further searches")
     # the second of two --set lr= won, unsaid
     assert "--set lr given twice, as 0.001 and 0.01; give it once" in refuse(path, "--set", "lr=1e-3", "--set",
                                                                              "lr=1e-2")
