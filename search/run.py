@@ -22,7 +22,7 @@ from search.data_check import load_data
 from search.manifest import experiment_name, write_manifest
 from search.options import SearchError, SearchOptions, check_name, sample_count, search_signals, total_trials
 from search.ray_start import start_ray
-from spaces import Space, SpaceError
+from spaces import Dist, Space, SpaceError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,6 +58,7 @@ def prepare(space: Space, opts: SearchOptions) -> tuple[Path, str, int]:
 
     opts.check()
     check_laid_out(space, opts)
+    check_steps_drawn(space, opts)
     if opts.search == "bohb" and not all(importlib.util.find_spec(m) for m in ("hpbandster", "ConfigSpace")):
         raise SearchError("--search bohb needs hpbandster and ConfigSpace; install them with "
                           "`pip install -e '.[bohb]'` (or `pip install hpbandster ConfigSpace`)")
@@ -106,6 +107,20 @@ def check_laid_out(space: Space, opts: SearchOptions) -> None:
                           f"{trials:,} trials, each pass with a seed of its own, and Tune lays them all out before the "
                           f"first starts (minutes from about {LAID_OUT:,}); give --samples "
                           f"{max(1, LAID_OUT // points)} or fewer, and run more as further searches")
+
+
+def check_steps_drawn(space: Space, opts: SearchOptions) -> None:
+    """A q-distribution draws multiples of q; Ray's conversions for BOHB (every one) and Optuna (qloguniform)
+    drop the step with a warning of Ray's, and drew 0.854614 from `quniform: [0, 0.9, 0.3]`."""
+    for key, value in space.params.items():
+        if key in opts.overrides or not isinstance(value, Dist) or not value.kind.startswith("q"):
+            continue
+        if opts.search == "bohb" or (opts.search == "optuna" and value.kind == "qloguniform"):
+            instead = ("quniform or loguniform" if opts.search == "optuna"
+                       else f"{value.kind.removeprefix('q')} (no step) or a choice of the multiples")
+            raise SpaceError(f"{space.source}: params.{key}: --search {opts.search} cannot draw {value.kind}'s "
+                             f"multiples of q (Ray's conversion drops the step); use {instead}, or --search "
+                             f"{'random' if opts.search == 'optuna' else 'optuna or random'}")
 
 
 def check_task(family_name: str, dataset: str) -> None:

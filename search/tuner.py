@@ -10,7 +10,7 @@ from ray.tune.stopper import Stopper
 
 from analysis.format import OPTUNA_JOURNAL, failure_kind
 from search.options import SearchOptions, sample_count, total_trials
-from spaces import Space
+from spaces import Dist, Space
 from trainables.family import Family
 
 
@@ -41,16 +41,19 @@ def scheduler(opts: SearchOptions, epochs: int) -> Any:
                       reduction_factor=opts.reduction_factor)
 
 
-def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path) -> Any:
+def searcher(opts: SearchOptions, n_rows: int, say: Any, folder: Path, grids: tuple[str, ...] = ()) -> Any:
     """Optuna's TPE (warm-started with a plan's points; its study in ``folder/optuna.journal``), BOHB,
-    or Tune's grid and random sampling."""
+    or Tune's grid and random sampling. ``grids``: the keys of the space's ``grid`` distributions."""
     if opts.search == "random":
         from ray.tune.search import BasicVariantGenerator
 
         # a search generator, not a Searcher: Tune ignores its max_concurrent_trials (with a warning)
         return BasicVariantGenerator(random_state=opts.seed, max_concurrent=opts.max_concurrent)
-    if n_rows > 1:
-        say(f"valley: note: {opts.search} samples the {n_rows} grid rows as a categorical choice")
+    # a grid promises every value tried: `optimizer: {grid: [adam, sgd, adamw]}` never tried adamw, unsaid
+    drawn = [f"the {n_rows} grid rows"] * (n_rows > 1) + [f"the grid over {key}" for key in grids]
+    if drawn:
+        say(f"valley: note: {opts.search} samples {' and '.join(drawn)} as "
+            f"{'a categorical choice' if len(drawn) == 1 else 'categorical choices'}, not every value in turn")
     if opts.search == "bohb":
         from search.bohb import ValleyBOHB
 
@@ -185,7 +188,9 @@ def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path,
         opts = dataclasses.replace(opts, max_concurrent=at_once)
         progress.say(f"valley: note: a budget of {at_once} trial-epoch{'s' * (at_once > 1)} trains "
                      f"{at_once} trial{'s' * (at_once > 1)} at a time")
-    search_alg = searcher(opts, len(rows), progress.say, folder)
+    grids = tuple(key for key, value in space.params.items()
+                  if isinstance(value, Dist) and value.kind == "grid" and key not in opts.overrides)
+    search_alg = searcher(opts, len(rows), progress.say, folder, grids)
     # Tune limits a Searcher with max_concurrent_trials; its own generator (grid and random) is given the limit itself
     limited = (opts.max_concurrent or None) if isinstance(search_alg, Searcher) else None
     return tune.Tuner(

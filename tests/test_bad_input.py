@@ -259,6 +259,20 @@ def test_what_a_command_would_not_honour_is_refused_not_ignored(refuse, write_sp
         space(write_space, ""), "--reduction-factor", "4")
     assert refuse("quickstart", "--clock-epochs", "0", "--storage", storage).endswith(  # before the MLP grid trains
         "--clock-epochs must be at least 1, got 0")
+    # the step of a q-distribution, dropped by Ray's conversions with a warning of Ray's (found by a review)
+    stepped = space(write_space, "params:\n  momentum: {quniform: [0.0, 0.9, 0.3]}\n  l2: {qloguniform: [1.0e-4, "
+                                 "1.0e-2, 1.0e-4]}")
+    assert refuse(stepped, "--search", "bohb", "--scheduler", "hyperband").endswith(
+        "params.momentum: --search bohb cannot draw quniform's multiples of q (Ray's conversion drops the step); use "
+        "uniform (no step) or a choice of the multiples, or --search optuna or random")
+    assert refuse(stepped, "--search", "optuna").endswith(
+        "params.l2: --search optuna cannot draw qloguniform's multiples of q (Ray's conversion drops the step); use "
+        "quniform or loguniform, or --search random")
+    # a --set that clashes with a plan's first grid: refused before the plan's folder is made (it was made, then
+    # the plan stopped, offering a continuation that stopped there again)
+    assert refuse("plan", "plan-mlp-digits", "--set", "layers=2", "--storage", storage).endswith(
+        "stage rough: --set layers=2 with " + str(ROOT / "spaces" / "mlp-rough.yaml") + ": grid row {'hidden': "
+        "[2]}: give hidden or layers, not both, got hidden=[2], layers=2")
     assert not (tmp_path / "x").exists() and sorted(p.name for p in (tmp_path / "results").iterdir()) == ["p"]
 
 

@@ -770,3 +770,17 @@ def test_tunes_result_grid_warning_of_a_trial_without_results_is_dropped_and_not
 
     assert not shown("Failed to fetch metrics for 1 trial(s):\n- train_43c548ac: FileNotFoundError(...)")
     assert shown("something else went wrong")
+
+
+def test_a_searcher_that_samples_grids_says_so(tmp_path):
+    """`optimizer: {grid: [adam, sgd, adamw]}` under Optuna never tried adamw, and nothing said the grid, whose
+    every value random search tries, became a choice (found by a review); grid rows were said already."""
+    from search.tuner import searcher
+
+    said: list[str] = []
+    searcher(SearchOptions(search="optuna", quiet=True), 2, said.append, tmp_path, ("optimizer",))
+    assert said[0] == ("valley: note: optuna samples the 2 grid rows and the grid over optimizer as categorical "
+                       "choices, not every value in turn")
+    said.clear()
+    searcher(SearchOptions(search="random"), 2, said.append, tmp_path, ("optimizer",))
+    assert not said

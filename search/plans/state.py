@@ -148,6 +148,8 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
                            else dataset)
             except SearchError as err:
                 raise SearchError(f"{plan.source}: stage {stage.name}: {err}") from None
+        if stage.kind == "search" and stage.space is not None and not stage.source:
+            check_stage_space(plan, stage, base, dataset)
         searcher = stage.get("search") or base.search
         if stage.get("warm_start") and searcher != "optuna":
             raise SearchError(f"{plan.source}: stage {stage.name}: warm_start seeds Optuna, and the stage runs the "
@@ -172,6 +174,24 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
     run = PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), state, say or sayer(base))
     run.save()
     return run
+
+
+def check_stage_space(plan: Plan, stage: Stage, base: SearchOptions, dataset: str) -> None:
+    """What ``valley search`` checks before anything is written, of a stage whose space runs as it is: `valley plan
+    plan-mlp-digits --set layers=2` made the plan's folder, then stopped on the rough grid's rows, and offered a
+    continuation that stopped there again."""
+    from search.run import check_steps_drawn
+    from search.tune_space import check_space
+    from spaces import SpaceError
+    from trainables.config import ConfigError
+
+    space = load_space(stage.space)
+    opts = dataclasses.replace(base, **{k: stage.get(k) for k in STAGE_OPTIONS if stage.get(k) is not None})
+    try:
+        check_steps_drawn(space, opts)
+        check_space(space, {**opts.overrides, "dataset": dataset, "max_epochs": opts.epochs(space)})
+    except (SpaceError, ConfigError) as err:
+        raise SearchError(f"{plan.source}: stage {stage.name}: {err}") from None
 
 
 def check_shares(run: PlanRun, budget: Budget) -> None:
