@@ -484,14 +484,18 @@ def seed_frame(trials: pd.DataFrame, value: str, min_seeds: int = 1) -> pd.DataF
     seeds = usable["config/seed"] if "config/seed" in usable else pd.Series(0, index=usable.index)
     frame = pd.DataFrame({"config": labels, "seed": seeds, value: pd.to_numeric(usable[value], errors="coerce")})
     frame = frame.dropna(subset=[value])
+    if "config/seed" in usable:  # one seed twice is one training twice
+        frame = frame.drop_duplicates(["config", "seed"])
     counts = frame.groupby("config")[value].transform("size")
     return frame[counts >= min_seeds].reset_index(drop=True)
 
 
 def has_repeats(trials: pd.DataFrame) -> bool:
-    """True when some config trained with two or more seeds."""
+    """True when some config trained with two or more seeds (not one seed twice)."""
     usable = trials[trained(trials)] if "status" in trials else trials
-    return bool(len(usable)) and bool(config_key(usable).value_counts().max() >= 2)
+    seeds = usable["config/seed"] if "config/seed" in usable else pd.Series(usable.index, index=usable.index)
+    runs = pd.DataFrame({"key": config_key(usable), "seed": seeds.astype(str)}).drop_duplicates()
+    return bool(len(runs)) and bool(runs["key"].value_counts().max() >= 2)
 
 
 def bootstrap_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 2000,

@@ -6,6 +6,7 @@ checked before Ray starts; a trial that fails is recorded and the search goes on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -98,7 +99,15 @@ def check_laid_out(space: Space, opts: SearchOptions) -> None:
     without a trial, and Ctrl-C waited on it too. (With the seed fixed, Tune draws the passes as it goes.)"""
     samples = sample_count(opts)
     seeded = "seed" in opts.overrides or "seed" in space.params or any("seed" in row for row in space.grid)
-    if opts.search != "random" or samples < 2 or seeded:
+    if opts.search != "random" or samples < 2:
+        return
+    if seeded:
+        drawn = dataclasses.replace(space, params={k: v for k, v in space.params.items() if k not in opts.overrides})
+        if not drawn.is_sampled():  # `--set seed=3 --samples 3`: three trainings alike, read as 3 seeds of spread 0
+            fixed = "--set seed" if "seed" in opts.overrides else f"{space.source}'s seed"
+            raise SearchError(f"--samples {samples} passes over a grid whose seed is fixed ({fixed}) and that draws "
+                              "nothing train each configuration alike; give --samples 1, or leave the seed to the "
+                              "search (each pass then takes its own)")
         return
     trials = total_trials(space, opts)
     if trials > LAID_OUT:

@@ -638,3 +638,17 @@ def test_a_trials_hover_holds_its_whole_config(asha):
     fig = figures.loss_vs_params(trials, asha.epochs)
     texts = next(t for t in fig.data if t.name.startswith("validation, stopped early")).text
     assert len(texts) == len(stopped) and all("l2=1e-06" in text and "lr=0.001" in text for text in texts), texts
+
+
+def test_one_seed_twice_is_one_training_not_two_seeds():
+    """Optuna's repeats of a configuration, all at seed 0, and `--set seed=3 --samples 3`, read as "seeds 3, std 0"
+    (found by a review): a configuration's seeds are its distinct seeds."""
+    from analysis.format import task_of
+    from analysis.load import with_seed_spread
+
+    seeds = load(SEEDS)
+    alike = seeds.trials.assign(**{"config/seed": 0})
+    spread = with_seed_spread(alike, task_of(seeds.manifest, alike.columns))
+    assert (spread["seeds"] == 1).all() and spread["seeds_std_test_acc"].isna().all()
+    assert not figures.has_repeats(alike) and figures.seed_frame(alike, "test_acc", min_seeds=2).empty
+    assert (with_seed_spread(seeds.trials, task_of(seeds.manifest, alike.columns))["seeds"] == 3).all()

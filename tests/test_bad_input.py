@@ -146,6 +146,10 @@ def test_options_out_of_range(refuse, write_space):
         "--samples 100000 passes over 1 grid point ask for 100,000 trials, each pass with a seed of its own, and Tune "
         "lays them all out before the first starts (minutes from about 5,000); give --samples 5000 or fewer, and run "
         "more as further searches")
+    # passes alike: the same seed, nothing drawn (`--set seed=3 --samples 3` read as 3 seeds, spread 0)
+    assert refuse(path, "--samples", "3", "--set", "seed=3").endswith(
+        "--samples 3 passes over a grid whose seed is fixed (--set seed) and that draws nothing train each "
+        "configuration alike; give --samples 1, or leave the seed to the search (each pass then takes its own)")
     # the second of two --set lr= won, unsaid
     assert "--set lr given twice, as 0.001 and 0.01; give it once" in refuse(path, "--set", "lr=1e-3", "--set",
                                                                              "lr=1e-2")
