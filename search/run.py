@@ -166,7 +166,7 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
     """Run ``space``; returns the experiment folder, which holds trials.csv when it finishes."""
     from search.board import Board
     from search.progress import Progress
-    from search.tune_space import check_shape, with_overrides
+    from search.tune_space import check_shape, unread_keys, with_overrides
     from search.tuner import build_tuner
     from trainables import get_family
 
@@ -180,6 +180,8 @@ def run_search(space: Space, opts: SearchOptions) -> Path:
         f"{len(data.x_test)} test, {data.split_rule}), {epochs} epoch{'s' * (epochs != 1)} per trial -> {folder}")
     if replaced:
         say(f"valley: note: {replaced}")
+    for unread in unread_keys(space, opts.overrides):
+        tell(say, f"valley: warning: {unread}")
     for note in data.notes:
         say(f"valley: note: {note}")
     start_ray(opts, space.family)

@@ -142,6 +142,36 @@ def __getattr__(name: str) -> Any:
     return ValleyOptunaSearch
 
 
+# keys a training reads only under one optimizer or schedule: (the key, what selects, the values that read it)
+READ_UNDER = (("momentum", "optimizer", ("sgd",)), ("lr_patience", "schedule", ("plateau",)),
+              ("lr_factor", "schedule", ("plateau",)), ("min_lr", "schedule", ("plateau",)),
+              ("warmup_epochs", "schedule", ("cosine",)))
+
+
+def unread_keys(space: Space, overrides: dict[str, Any]) -> list[str]:
+    """Warnings for keys the space (or ``--set``) sets that no trial reads: `momentum: {uniform: [0, 0.99]}`
+    beside `optimizer: adam` ran, TPE searching a dimension that changed nothing."""
+    from trainables.config import TrainConfig
+
+    def values(key: str) -> set[Any]:
+        """Every value ``key`` can take in a trial (rows that leave it take the params' value or the default)."""
+        if key in overrides:
+            return {overrides[key]}
+        given = space.params.get(key, getattr(TrainConfig, key))
+        found = set(given.args) if isinstance(given, Dist) else {given}
+        return found | {row[key] for row in space.grid if key in row}
+
+    said = []
+    for key, selector, readers in READ_UNDER:
+        set_here = key in overrides or key in space.params or any(key in row for row in space.grid)
+        chosen = values(selector)
+        if set_here and not chosen & set(readers):
+            shown = ", ".join(sorted(map(str, chosen)))
+            said.append(f"{key} is set, but only {selector} {' or '.join(readers)} reads it, and every trial trains "
+                        f"{selector} {shown}: drop {key}, or give {selector} {readers[0]}")
+    return said
+
+
 def with_overrides(space: Space, overrides: dict[str, Any]) -> tuple[Space, str]:
     """The space with each ``--set`` value in the grid rows that set the same key, and a note saying so and
     which of the space's distributions it replaces ("" when neither). A row's own value won before: ``--set l2=0.005`` on mlp-rough trained two rows

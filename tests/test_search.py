@@ -784,3 +784,22 @@ def test_a_searcher_that_samples_grids_says_so(tmp_path):
     said.clear()
     searcher(SearchOptions(search="random"), 2, said.append, tmp_path, ("optimizer",))
     assert not said
+
+
+def test_a_key_no_trial_reads_is_warned_of(write_space):
+    """`momentum: {uniform: [0, 0.99]}` beside `optimizer: adam`, `lr_patience` under a cosine schedule: TPE
+    searched dimensions that changed nothing, unsaid (found by a review)."""
+    from search.tune_space import unread_keys
+
+    space = load_space(write_space("family: mlp\nmetric: val_loss\nmode: min\nparams:\n  optimizer: adam\n"
+                                   "  momentum: {uniform: [0, 0.99]}\n  schedule: cosine\n"
+                                   "  lr_patience: {randint: [1, 10]}\n"))
+    assert unread_keys(space, {}) == [
+        "momentum is set, but only optimizer sgd reads it, and every trial trains optimizer adam: drop momentum, or "
+        "give optimizer sgd",
+        "lr_patience is set, but only schedule plateau reads it, and every trial trains schedule cosine: drop "
+        "lr_patience, or give schedule plateau"]
+    assert unread_keys(space, {"optimizer": "sgd", "schedule": "plateau"}) == []
+    either = load_space(write_space("family: mlp\nmetric: val_loss\nmode: min\ngrid:\n  - {optimizer: sgd}\n"
+                                    "  - {optimizer: adam}\nparams:\n  momentum: 0.5\n", "either.yaml"))
+    assert unread_keys(either, {}) == [] and len(unread_keys(either, {"optimizer": "adamw"})) == 1
