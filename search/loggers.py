@@ -128,9 +128,14 @@ def check(opts: SearchOptions) -> None:
         MlflowClient(opts.mlflow_uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; each becomes one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SearchError(f"--mlflow-uri {opts.mlflow_uri or '(MLflow default)'}: MLflow cannot open it: "
-                          f"{first[:300]}; give a database URI such as sqlite:///mlflow.db or a tracking "
-                          "server's http:// address") from None
+        where = f"--mlflow-uri {opts.mlflow_uri or '(MLflow default)'}"
+        if "MLFLOW_ALLOW_FILE_STORE" in first:  # cut at 300 characters, it read "...See htt; give a database URI"
+            raise SearchError(f"{where}: MLflow refuses its file store (in maintenance mode) unless "
+                              "MLFLOW_ALLOW_FILE_STORE=true is set; set it, or give a database URI such as "
+                              "sqlite:///mlflow.db (`mlflow migrate-filestore` moves a file store's runs there)"
+                              ) from None
+        raise SearchError(f"{where}: MLflow cannot open it: {first[:300]}; give a database URI such as "
+                          "sqlite:///mlflow.db or a tracking server's http:// address") from None
 
 
 class Json(JsonLoggerCallback):

@@ -245,8 +245,12 @@ def test_mlflow_refusals_are_one_line(write_space, tmp_path, monkeypatch):
     base = SearchOptions(storage=str(tmp_path / "results"), name="refused")
     with pytest.raises(SearchError, match=r"--mlflow-uri goes with --log mlflow"):
         prepare(space, SearchOptions(**{**base.__dict__, "mlflow_uri": "sqlite:///x.db"}))
-    with pytest.raises(SearchError, match=r"MLflow cannot open it: .*give a database URI such as sqlite"):
+    # MLflow's own way out, MLFLOW_ALLOW_FILE_STORE=true, was cut off at 300 characters: "...See htt; give a..."
+    with pytest.raises(SearchError, match=r"MLflow refuses its file store \(in maintenance mode\) unless "
+                                          r"MLFLOW_ALLOW_FILE_STORE=true is set; set it, or give a database URI"):
         prepare(space, SearchOptions(**{**base.__dict__, "log": ("mlflow",), "mlflow_uri": str(tmp_path / "mlruns")}))
+    with pytest.raises(SearchError, match=r"MLflow cannot open it: .*give a database URI such as sqlite"):
+        prepare(space, SearchOptions(**{**base.__dict__, "log": ("mlflow",), "mlflow_uri": "nowhere://x"}))
     import importlib.util
 
     real = importlib.util.find_spec
