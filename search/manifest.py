@@ -55,4 +55,8 @@ def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptio
         "command": sys.argv, "environment": environment(), "status": status,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **({"driver": fmt.driver()} if status == fmt.RUNNING else {}),
     })
-    (folder / fmt.SPACE_COPY).write_text(Path(space.source).read_text())
+    import yaml
+
+    source = Path(space.source)  # a space made in Python (spaces.parse_space) has no file: its document, then
+    (folder / fmt.SPACE_COPY).write_text(source.read_text() if source.is_file()
+                                         else yaml.safe_dump(space.as_doc(), sort_keys=False))

@@ -147,6 +147,19 @@ class Space:
         """Whether any key is drawn at random (so --samples > 1 gives new configs)."""
         return any(isinstance(v, Dist) and v.kind != "grid" for v in self.params.values())
 
+    def as_doc(self) -> dict[str, Any]:
+        """The space as the YAML document ``parse_space`` reads back (keys it leaves unset left out)."""
+        def plain(value: Any) -> Any:
+            if isinstance(value, Dist):
+                return {value.kind: [plain(a) for a in value.args]}
+            return list(value) if isinstance(value, tuple) else value
+
+        doc = {"description": self.description or None, "family": self.family, "metric": self.metric,
+               "mode": self.mode, "dataset": self.dataset, "max_epochs": self.max_epochs,
+               "grid": [dict(row) for row in self.grid] or None,
+               "params": {k: plain(v) for k, v in self.params.items()} or None}
+        return {k: v for k, v in doc.items() if v is not None}
+
     def grid_points(self) -> list[dict[str, Any]]:
         """Every grid combination as a partial config (rows merged with grid distributions)."""
         rows = list(self.grid) or [{}]

@@ -803,3 +803,16 @@ def test_a_key_no_trial_reads_is_warned_of(write_space):
     either = load_space(write_space("family: mlp\nmetric: val_loss\nmode: min\ngrid:\n  - {optimizer: sgd}\n"
                                     "  - {optimizer: adam}\nparams:\n  momentum: 0.5\n", "either.yaml"))
     assert unread_keys(either, {}) == [] and len(unread_keys(either, {"optimizer": "adamw"})) == 1
+
+
+@pytest.mark.ray
+def test_a_space_made_in_python_runs_and_its_folder_holds_its_document(ray_session, tmp_path):
+    """`run_search(parse_space({...}), ...)` failed after Ray had started, copying the space's file, '<space>',
+    and left a folder reading 'running' that `valley resume` could not take up (found by a review)."""
+    from spaces import parse_space
+
+    doc = {"family": "mlp", "dataset": "synthetic", "metric": "val_loss", "mode": "min", "max_epochs": 1,
+           "grid": [{"hidden": [4]}], "params": {"lr": {"loguniform": [1e-3, 1e-2]}}}
+    folder = run_search(parse_space(doc), SearchOptions(storage=str(tmp_path), name="py", quiet=True))
+    assert json.loads((folder / "valley.json").read_text())["status"] == "completed"
+    assert load_space(folder / "space.yaml").as_doc() == doc

@@ -377,21 +377,10 @@ def write_space(run: PlanRun, name: str, space: Space, grid: list[dict[str, Any]
     path = run.folder / f"{name}.space.yaml"
     if path.exists() and (run.folder / name / fmt.MANIFEST).exists():
         return load_space(path)
-    doc = {"description": note, "family": space.family, "metric": space.metric, "mode": space.mode,
-           "dataset": dataset or run.base.dataset, "grid": grid or None, "params": _params_doc(params)}
-    if space.max_epochs:
-        doc["max_epochs"] = space.max_epochs
-    path.write_text(f"# written by valley plan: {note}\n" + yaml.safe_dump(
-        {k: v for k, v in doc.items() if v is not None}, sort_keys=False))
+    derived = dataclasses.replace(space, description=note, dataset=dataset or run.base.dataset, grid=tuple(grid),
+                                  params=params)
+    path.write_text(f"# written by valley plan: {note}\n" + yaml.safe_dump(derived.as_doc(), sort_keys=False))
     return load_space(path)
-
-
-def _params_doc(params: dict[str, Any]) -> dict[str, Any]:
-    def plain(value: Any) -> Any:
-        if isinstance(value, Dist):
-            return {value.kind: [plain(a) for a in value.args]}
-        return list(value) if isinstance(value, tuple) else value
-    return {k: plain(v) for k, v in params.items()}
 
 
 def source_space(run: PlanRun, stage_name: str) -> Space:
