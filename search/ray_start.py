@@ -351,7 +351,8 @@ def start_ray(opts: SearchOptions, family: str | None = None) -> None:
 @contextlib.contextmanager
 def sigterm_kept() -> Iterator[None]:
     """``ray.init`` makes SIGTERM ``sys.exit``; where the process had a handler of its own (the
-    ``valley`` command's: SIGTERM as Ctrl-C, ``search.options.search_signals``), it keeps it."""
+    ``valley`` command's: SIGTERM as Ctrl-C, ``search.options.search_signals``), it keeps it. Where it had the
+    default, Ray's stays, on purpose: a ``kill`` then exits through ``ray.shutdown`` (atexit), not around it."""
     before = signal.getsignal(signal.SIGTERM)
     try:
         yield
