@@ -101,9 +101,13 @@ def chance_warning(trials: pd.DataFrame) -> str:
             f"change the lr range or train longer")
 
 
-def cut_while_improving(trials: pd.DataFrame) -> str:
+ASHA_LONGER = "a larger --grace-period (or budget) trains each longer before a cut"
+
+
+def cut_while_improving(trials: pd.DataFrame, longer: str = ASHA_LONGER) -> str:
     """A sentence when a scheduler (ASHA) or a budget stopped trials at their best epoch so far, still
-    improving, else "": how many, how many after their first epoch, and what ranks them then."""
+    improving, else "": how many, how many after their first epoch, and what ranks them then; ``longer`` says
+    what trains them longer, in the words of the command that ran them."""
     if not {"status", "stopped_by_scheduler", "best_epoch", "epochs"} <= set(trials.columns):
         return ""
     epochs = pd.to_numeric(trials["epochs"], errors="coerce")
@@ -117,8 +121,7 @@ def cut_while_improving(trials: pd.DataFrame) -> str:
     stopped = int((trials["status"] == "stopped").sum())
     which = f"all {stopped}" if len(cut) == stopped else f"{len(cut)} of the {stopped}"
     return (f"{which} trials stopped early were still improving when stopped (their last epoch their best){after}: "
-            "they are ranked by how fast they began, not by where they would end; a larger --grace-period (or "
-            "budget) trains each longer before a cut")
+            f"they are ranked by how fast they began, not by where they would end; {longer}")
 
 
 def not_learning(usable: pd.DataFrame, chosen: str | None = None) -> str:

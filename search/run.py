@@ -292,6 +292,21 @@ def ctrl_c_after_tables() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+def longer_before_a_cut(folder: Path) -> str:
+    """What trains a search's stopped trials longer before a cut, as its command takes it: --grace-period was
+    offered after BOHB's HyperBand and in a plan's stage, which both refuse it."""
+    from analysis.valley import ASHA_LONGER
+
+    scheduler = (fmt.read_manifest(folder).get("options") or {}).get("scheduler")
+    if scheduler == "hyperband":
+        return "HyperBand's brackets cut by design, its last one training every trial to --max-epochs"
+    if (folder.parent / fmt.PLAN_STATE).exists():
+        return ("a larger grace_period for the stage (in the plan file, or --stage STAGE.grace_period=N as a plan "
+                "starts) or budget trains each longer before a cut" if scheduler == "asha"
+                else "a larger budget trains each longer")
+    return ASHA_LONGER if scheduler == "asha" else "a larger budget trains each longer"
+
+
 def finish(folder: Path, status: str, say: Callable[..., None], trials: pd.DataFrame, kept: str = "") -> Path:
     """Print the best five of ``trials`` (as trials.csv holds them), then ``kept`` (what became of the finished
     trials' weights) and what else the user should know."""
@@ -313,7 +328,7 @@ def finish(folder: Path, status: str, say: Callable[..., None], trials: pd.DataF
     else:
         if warning := chance_warning(trials):
             tell(say, f"valley: warning: {warning}")
-        if cut := cut_while_improving(trials):
+        if cut := cut_while_improving(trials, longer_before_a_cut(folder)):
             say(f"valley: note: {cut}")
         failed = int((trials["status"] == "failed").sum()) if "status" in trials else 0
         if failed:  # nothing pointed to the command that runs them again

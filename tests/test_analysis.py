@@ -652,3 +652,21 @@ def test_one_seed_twice_is_one_training_not_two_seeds():
     assert (spread["seeds"] == 1).all() and spread["seeds_std_test_acc"].isna().all()
     assert not figures.has_repeats(alike) and figures.seed_frame(alike, "test_acc", min_seeds=2).empty
     assert (with_seed_spread(seeds.trials, task_of(seeds.manifest, alike.columns))["seeds"] == 3).all()
+
+
+def test_what_trains_longer_before_a_cut_is_in_the_words_of_the_command(tmp_path):
+    """The note after BOHB's HyperBand, and after a plan's stage, offered --grace-period, which both refuse."""
+    from search.run import longer_before_a_cut
+
+    def folder(scheduler, in_plan=False):
+        path = tmp_path / scheduler / ("plan" if in_plan else "") / "exp"
+        path.mkdir(parents=True)
+        (path / "valley.json").write_text(json.dumps({"options": {"scheduler": scheduler}}))
+        if in_plan:
+            (path.parent / "plan.json").write_text("{}")
+        return path
+
+    assert "--grace-period" in longer_before_a_cut(folder("asha"))
+    assert "HyperBand's brackets cut by design" in longer_before_a_cut(folder("hyperband"))
+    staged = longer_before_a_cut(folder("asha", in_plan=True))
+    assert "--grace-period" not in staged and "--stage STAGE.grace_period=N" in staged
