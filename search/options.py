@@ -137,6 +137,9 @@ class SearchOptions:
             (self.max_concurrent >= 0,
              f"--max-concurrent must be >= 0 (0: as many as resources allow), got {self.max_concurrent}"),
             (self.num_cpus is None or self.num_cpus >= 1, f"--num-cpus must be at least 1, got {self.num_cpus}"),
+            (self.num_cpus is None or self.address is None,  # it was ignored, unsaid
+             f"--num-cpus sizes the local Ray a search starts, and --address {self.address} joins a running one, "
+             "whose nodes have their own; leave out --num-cpus"),
             (self.budget_epochs is None or self.budget_epochs >= 1,
              f"a budget must be at least 1 trial-epoch, got {self.budget_epochs}"),
             (self.budget_s is None or self.budget_s > 0, f"a time budget must be > 0 seconds, got {self.budget_s}"),

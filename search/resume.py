@@ -5,6 +5,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+import pandas as pd
+
 from analysis import format as fmt
 from search.cluster import check_cluster
 from search.data_check import load_data
@@ -75,8 +77,13 @@ def resume(folder: Path, retry_failed: bool = False, keep_weights: int | str | N
         if keep_weights is not None:
             say(f"valley: {folder} has completed: {fewer_weights(folder, keep_weights)}")
             return folder
-        say(f"valley: {folder} has completed: nothing to resume (`valley resume --retry-failed {folder}` runs its "
-            "failed trials again)")
+        from analysis.load import load_experiment
+
+        statuses = load_experiment(folder)[0].get("status", pd.Series(dtype=str))
+        errored = int(statuses.isin(fmt.FAILED).sum())  # none: --retry-failed started Ray to do nothing
+        say(f"valley: {folder} has completed: nothing to resume" + (
+            f" (`valley resume --retry-failed {folder}` runs its {errored} failed or diverged trial"
+            f"{'s' * (errored != 1)} again)" if errored else ""))
         return folder
     from ray import tune
 

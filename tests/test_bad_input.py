@@ -150,6 +150,9 @@ def test_options_out_of_range(refuse, write_space):
     assert refuse(path, "--samples", "3", "--set", "seed=3").endswith(
         "--samples 3 passes over a grid whose seed is fixed (--set seed) and that draws nothing train each "
         "configuration alike; give --samples 1, or leave the seed to the search (each pass then takes its own)")
+    assert refuse(path, "--num-cpus", "2", "--address", "127.0.0.1:1").endswith(  # ignored, unsaid
+        "--num-cpus sizes the local Ray a search starts, and --address 127.0.0.1:1 joins a running one, whose nodes "
+        "have their own; leave out --num-cpus")
     # the second of two --set lr= won, unsaid
     assert "--set lr given twice, as 0.001 and 0.01; give it once" in refuse(path, "--set", "lr=1e-3", "--set",
                                                                              "lr=1e-2")

@@ -592,5 +592,9 @@ def test_resuming_a_completed_search_says_there_is_nothing_to_resume_and_rebuild
         (folder / table).unlink(missing_ok=True)
     assert resume(folder) == folder
     assert capsys.readouterr().out.strip() == (f"valley: {folder} has completed: nothing to resume (`valley resume "
-                                               f"--retry-failed {folder}` runs its failed trials again)")
+                                               f"--retry-failed {folder}` runs its 1 failed or diverged trial again)")
     assert len(pd.read_csv(folder / "trials.csv")) == len(load(folder).trials) > 0
+    # none failed: --retry-failed was offered, and started Ray to do nothing
+    sound = shutil.copytree(Path(__file__).parent / "data" / "seeds-digits", tmp_path / "sound")
+    assert resume(sound) == sound
+    assert capsys.readouterr().out.strip() == f"valley: {sound} has completed: nothing to resume"
