@@ -130,9 +130,15 @@ def _valley_section(experiment: Experiment) -> Section:
     usable = usable_trials(scope_trials, metric)
     sizes = usable["n_params"].unique() if "n_params" in usable else []
     none = None  # why there is no valley to read
+    trained_for = sorted(pd.to_numeric(scope_trials.get("config/max_epochs", pd.Series(dtype=float)),
+                                       errors="coerce").dropna().astype(int).unique())
     if what:  # a folder of experiments: one loss scale per data set and family, no valley across them
         none = (f"No valley is read across experiments of different {_differ(what)}: their losses do not "
                 "compare. Open each experiment's own report for its valley.")
+    elif len(trained_for) > 1:  # a folder's 2-epoch and 3-epoch searches read as one valley
+        none = (f"No valley is read across experiments trained for different epochs "
+                f"({', '.join(map(str, trained_for))}): a model trained longer sits lower. Open each experiment's "
+                "own report for its valley.")
     elif usable.empty:  # find_valley's own words asked to wait for an epoch
         none = (f"No trial has a finite {metric}: each of the {len(scope_trials)} failed, diverged or reported no "
                 "epoch (the failed-and-stalled table says why), so there is no valley to read.")
