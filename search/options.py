@@ -116,6 +116,8 @@ class SearchOptions:
         kept = {"keep_weights": "all", **{k: v for k, v in values.items() if k in fields}}
         for key in ("warm_points", "warm_rewards", "log"):
             kept[key] = tuple(kept.get(key) or ())
+        if kept.get("address") is not None:  # ignored beside --address before it was refused: a plan goes on
+            kept["num_cpus"] = None
         return cls(**kept)
 
     def check(self) -> None:
@@ -173,6 +175,11 @@ def check_name(name: str) -> str:
         raise SearchError(f"--name must be letters, digits, '.', '_' or '-' (at most 100, not starting "
                           f"with a dot), got {name!r}")
     return name
+
+
+def sets(space: Space, opts: SearchOptions, key: str) -> bool:
+    """Whether the user chose ``key``: in the space's params, a grid row, or ``--set``."""
+    return key in opts.overrides or key in space.params or any(key in row for row in space.grid)
 
 
 def sample_count(opts: SearchOptions) -> int:

@@ -21,7 +21,8 @@ from analysis import format as fmt
 from search.cluster import check_cluster, check_gpu_asked, check_local_resources
 from search.data_check import load_data
 from search.manifest import experiment_name, write_manifest
-from search.options import SearchError, SearchOptions, check_name, sample_count, search_signals, total_trials
+from search.options import (SearchError, SearchOptions, check_name, sample_count, search_signals, sets,
+                            total_trials)
 from search.ray_start import start_ray
 from spaces import Dist, Space, SpaceError
 
@@ -98,17 +99,22 @@ def check_laid_out(space: Space, opts: SearchOptions) -> None:
     before the first trial starts, in time quadratic in its size: `--samples 100000` sat for over 9 minutes
     without a trial, and Ctrl-C waited on it too. (With the seed fixed, Tune draws the passes as it goes.)"""
     samples = sample_count(opts)
-    seeded = "seed" in opts.overrides or "seed" in space.params or any("seed" in row for row in space.grid)
     if opts.search != "random" or samples < 2:
         return
-    if seeded:
+    if sets(space, opts, "seed"):
         drawn = dataclasses.replace(space, params={k: v for k, v in space.params.items() if k not in opts.overrides})
-        if not drawn.is_sampled():  # `--set seed=3 --samples 3`: three trainings alike, read as 3 seeds of spread 0
-            fixed = "--set seed" if "seed" in opts.overrides else f"{space.source}'s seed"
-            raise SearchError(f"--samples {samples} passes over a grid whose seed is fixed ({fixed}) and that draws "
-                              "nothing train each configuration alike; give --samples 1, or leave the seed to the "
-                              "search (each pass then takes its own)")
-        return
+        if drawn.is_sampled():
+            return
+        # `--set seed=3 --samples 3`: three trainings alike, read as 3 seeds with a spread of 0
+        grid = space.params.get("seed") if "seed" not in opts.overrides else None
+        if isinstance(grid, Dist) and grid.kind == "grid":
+            raise SearchError(f"--samples {samples}: {space.source} runs each configuration over its own grid of "
+                              f"{len(grid.args)} seeds, and each pass would train them alike again; add seeds to "
+                              "that grid, or give --samples 1")
+        fixed = "--set seed" if "seed" in opts.overrides else f"{space.source} sets seed"
+        raise SearchError(f"--samples {samples} passes over a grid whose seed is fixed ({fixed}) and that draws "
+                          "nothing train each configuration alike; give --samples 1, or leave the seed to the "
+                          "search (each pass then takes its own)")
     trials = total_trials(space, opts)
     if trials > LAID_OUT:
         points = trials // samples
@@ -124,9 +130,14 @@ def check_steps_drawn(space: Space, opts: SearchOptions) -> None:
     for key, value in space.params.items():
         if key in opts.overrides or not isinstance(value, Dist) or not value.kind.startswith("q"):
             continue
+        if value.kind == "qrandint" and value.args[2] == 1:  # Tune's randint to high + 1: no step to drop
+            continue
         if opts.search == "bohb" or (opts.search == "optuna" and value.kind == "qloguniform"):
+            low, high = value.args[:2]
+            unstepped = (f"randint: [{low}, {high + 1}]" if value.kind == "qrandint"  # qrandint's high is inclusive
+                         else f"{value.kind.removeprefix('q')}: [{low}, {high}]")
             instead = ("quniform or loguniform" if opts.search == "optuna"
-                       else f"{value.kind.removeprefix('q')} (no step) or a choice of the multiples")
+                       else f"{unstepped} (no step) or a choice of the multiples")
             raise SpaceError(f"{space.source}: params.{key}: --search {opts.search} cannot draw {value.kind}'s "
                              f"multiples of q (Ray's conversion drops the step); use {instead}, or --search "
                              f"{'random' if opts.search == 'optuna' else 'optuna or random'}")

@@ -9,7 +9,7 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from analysis.format import OPTUNA_JOURNAL, failure_kind
-from search.options import SearchOptions, sample_count, total_trials
+from search.options import SearchOptions, sample_count, sets, total_trials
 from spaces import Dist, Space
 from trainables.family import Family
 
@@ -148,11 +148,6 @@ def distinct_configs(params: dict[str, Any]) -> int | None:
         elif isinstance(value, Domain) or (isinstance(value, dict) and "grid_search" in value):
             return None
     return count
-
-
-def sets(space: Space, opts: SearchOptions, key: str) -> bool:
-    """Whether the user chose ``key``: in the space's params, a grid row, or ``--set``."""
-    return key in opts.overrides or key in space.params or any(key in row for row in space.grid)
 
 
 def build_tuner(space: Space, family: Family, opts: SearchOptions, folder: Path, dataset: str, epochs: int,

@@ -153,6 +153,16 @@ def test_options_out_of_range(refuse, write_space):
     assert refuse(path, "--num-cpus", "2", "--address", "127.0.0.1:1").endswith(  # ignored, unsaid
         "--num-cpus sizes the local Ray a search starts, and --address 127.0.0.1:1 joins a running one, whose nodes "
         "have their own; leave out --num-cpus")
+    results = Path(path).parent / "plans"  # a plan too, before its folder is made: its continuation kept them
+    assert refuse("plan", "plan-mlp-digits", "--num-cpus", "2", "--address", "127.0.0.1:1", "--storage",
+                  str(results)).endswith("leave out --num-cpus")
+    assert not results.exists() or not any(results.iterdir())
+    from search.options import SearchOptions  # a plan begun with both: it goes on, as it ran, without --num-cpus
+    assert SearchOptions.from_dict({"address": "auto", "num_cpus": 2}).num_cpus is None
+    seeds = str(write_space(HEADER + "params:\n  seed: {grid: [0, 1, 2]}\n", "seeds.yaml"))  # it said "fixed"
+    assert refuse(seeds, "--samples", "2").endswith(
+        f"--samples 2: {seeds} runs each configuration over its own grid of 3 seeds, and each pass would train them "
+        "alike again; add seeds to that grid, or give --samples 1")
     # the second of two --set lr= won, unsaid
     assert "--set lr given twice, as 0.001 and 0.01; give it once" in refuse(path, "--set", "lr=1e-3", "--set",
                                                                              "lr=1e-2")
@@ -271,10 +281,14 @@ def test_what_a_command_would_not_honour_is_refused_not_ignored(refuse, write_sp
                                  "1.0e-2, 1.0e-4]}")
     assert refuse(stepped, "--search", "bohb", "--scheduler", "hyperband").endswith(
         "params.momentum: --search bohb cannot draw quniform's multiples of q (Ray's conversion drops the step); use "
-        "uniform (no step) or a choice of the multiples, or --search optuna or random")
+        "uniform: [0.0, 0.9] (no step) or a choice of the multiples, or --search optuna or random")
     assert refuse(stepped, "--search", "optuna").endswith(
         "params.l2: --search optuna cannot draw qloguniform's multiples of q (Ray's conversion drops the step); use "
         "quniform or loguniform, or --search random")
+    # q=1 is Tune's randint to high + 1, a step nothing drops: the refusal is of the next key
+    every = space(write_space, "params:\n  layers: {qrandint: [1, 3, 1]}\n  stall_epochs: {qrandint: [0, 10, 5]}")
+    assert "params.stall_epochs: --search bohb cannot draw qrandint's multiples of q (Ray's conversion drops the " \
+           "step); use randint: [0, 11] (no step)" in refuse(every, "--search", "bohb", "--scheduler", "hyperband")
     # a --set that clashes with a plan's first grid: refused before the plan's folder is made (it was made, then
     # the plan stopped, offering a continuation that stopped there again)
     assert refuse("plan", "plan-mlp-digits", "--set", "layers=2", "--storage", storage).endswith(

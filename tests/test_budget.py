@@ -381,6 +381,9 @@ def test_a_budget_whose_share_cannot_train_a_grid_one_epoch_each_is_refused_befo
         start_plan(plan, SearchOptions(storage=str(tmp_path), name="p"), budget=Budget(39, EPOCHS))
     assert not (tmp_path / "p").exists()
     assert least_budget(plan, SearchOptions()) == 40  # what a benchmark's tiny run gives every strategy
+    # a grid over 3 seeds needs one seed's 4 points: a budget runs fewer seeds (it asked for 3 x 4 / 0.1 = 120)
+    write_space(ROUGH + "  seed: {grid: [0, 1, 2]}\n", "rough.yaml")
+    assert least_budget(load_plan(plan.source), SearchOptions()) == 40
     assert start_plan(plan, SearchOptions(storage=str(tmp_path), name="p"), say=lambda *a: None,
                       budget=Budget(40, EPOCHS))
 

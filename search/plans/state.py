@@ -123,6 +123,7 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
                budget: Budget | None = None) -> PlanRun:
     from trainables.data import DATASETS, unknown_dataset
 
+    base.check()  # before the folder is made: a stage refused them, and the plan's continuation kept them
     dataset = base.dataset or plan.dataset
     if dataset is None:
         raise SearchError(f"{plan.source} names no dataset; pass --dataset")
@@ -137,6 +138,7 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
     if folder.exists():
         raise SearchError(f"plan folder {folder} already exists; continue it with `valley plan {folder}` "
                           "or choose another --name")
+    probe = PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), {"stages": {}}, silent)
     by_name = {stage.name: stage for stage in plan.stages}
     for stage in plan.stages:  # a clock family on digits fails here, not after the stages before it have trained
         source = stage
@@ -149,14 +151,13 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
             except SearchError as err:
                 raise SearchError(f"{plan.source}: stage {stage.name}: {err}") from None
         if stage.kind == "search" and stage.space is not None and not stage.source:
-            check_stage_space(plan, stage, base, dataset)
+            check_stage_space(probe, stage)
         searcher = stage.get("search") or base.search
         if stage.get("warm_start") and searcher != "optuna":
             raise SearchError(f"{plan.source}: stage {stage.name}: warm_start seeds Optuna, and the stage runs the "
                               f"{searcher} search; drop warm_start or set the stage's search: optuna")
     if budget is not None and budget.unit != SECONDS:
-        check_shares(PlanRun(plan, folder, dataclasses.replace(base, dataset=dataset), {"stages": {}}, silent),
-                             budget)
+        check_shares(probe, budget)
     folder.mkdir(parents=True)
     stages = [{"name": st.name, "kind": st.kind, **({"from": st.source} if st.source else {}),
                **({"space": st.space} if st.space else {}), **st.settings} for st in plan.stages]
@@ -176,22 +177,22 @@ def start_plan(plan: Plan, base: SearchOptions, say: Callable[..., None] | None 
     return run
 
 
-def check_stage_space(plan: Plan, stage: Stage, base: SearchOptions, dataset: str) -> None:
+def check_stage_space(run: PlanRun, stage: Stage) -> None:
     """What ``valley search`` checks before anything is written, of a stage whose space runs as it is: `valley plan
     plan-mlp-digits --set layers=2` made the plan's folder, then stopped on the rough grid's rows, and offered a
     continuation that stopped there again."""
-    from search.run import check_steps_drawn
+    from search.run import check_laid_out, check_steps_drawn
     from search.tune_space import check_space
     from spaces import SpaceError
     from trainables.config import ConfigError
 
-    space = load_space(stage.space)
-    opts = dataclasses.replace(base, **{k: stage.get(k) for k in STAGE_OPTIONS if stage.get(k) is not None})
+    space, opts = load_space(stage.space), stage_options(run, stage)
     try:
+        check_laid_out(space, opts)
         check_steps_drawn(space, opts)
-        check_space(space, {**opts.overrides, "dataset": dataset, "max_epochs": opts.epochs(space)})
-    except (SpaceError, ConfigError) as err:
-        raise SearchError(f"{plan.source}: stage {stage.name}: {err}") from None
+        check_space(space, {**opts.overrides, "dataset": opts.dataset, "max_epochs": opts.epochs(space)})
+    except (SearchError, SpaceError, ConfigError) as err:
+        raise SearchError(f"{run.plan.source}: stage {stage.name}: {err}") from None
 
 
 def check_shares(run: PlanRun, budget: Budget) -> None:
@@ -231,12 +232,31 @@ def budget_needs(run: PlanRun) -> list[tuple[int, str, float, str, int]]:
 
 
 def grid_points(run: PlanRun, stage: Stage) -> int | None:
-    """The points of a search stage's own grid (None for a stage whose space an earlier stage decides, or that
-    samples): each needs a trial-epoch."""
+    """The fewest points of a search stage's own grid a budget lets it run (None for a stage whose space an earlier
+    stage decides, or that samples): each needs a trial-epoch. A grid over seeds may run one seed of them
+    (:func:`fewer_seeds`): `plan-clock-small --budget 60` trains its 9 encodings, not 27 points."""
     if stage.kind != "search" or stage.source or not stage.space:
         return None
     space, opts = load_space(stage.space), stage_options(run, stage)
-    return None if opts.search != "random" or space.is_sampled() else total_trials(space, opts)
+    if not is_grid(space, opts):
+        return None
+    seeds = replicate_seeds(space, opts)
+    return total_trials(space, opts) // max(1, len(seeds))
+
+
+def is_grid(space: Space, opts: SearchOptions) -> bool:
+    """Whether a search runs its space's grid point by point (random search that draws nothing)."""
+    return opts.search == "random" and not space.is_sampled()
+
+
+def replicate_seeds(space: Space, opts: SearchOptions) -> tuple[Any, ...]:
+    """The seeds of a grid over several seeds that a budget may thin (:func:`fewer_seeds`); () where there are
+    none to thin (``--set seed`` replaces the grid; a space that draws keys gets new configs, not replicates)."""
+    seeds = space.params.get("seed")
+    if (space.is_sampled() or "seed" in opts.overrides
+            or not (isinstance(seeds, Dist) and seeds.kind == "grid" and len(seeds.args) > 1)):
+        return ()
+    return seeds.args
 
 
 def reopen_plan(folder: Path, say: Callable[..., None] | None = None, quiet: bool = False) -> PlanRun:
@@ -313,7 +333,7 @@ def too_small(run: PlanRun, stage: Stage, space: Space, opts: SearchOptions, lef
     it trained the first rows only (a rough sweep without its largest models, so a valley with no side to
     overfit), and said it had given each an epoch."""
     points = total_trials(space, opts)
-    if opts.search != "random" or space.is_sampled() or points <= left:
+    if not is_grid(space, opts) or points <= left:
         return
     state = run.state["budget"]
     allowed = float(state["allowed"][stage.name])
@@ -332,16 +352,15 @@ def fewer_seeds(run: PlanRun, stage: Stage, space: Space, left: int, opts: Searc
     third of a tight budget) separate the encodings less than one trial of each for three epochs.
     Only when one seed still does not fit does :func:`with_budget` shorten the trials.
     """
-    seeds = space.params.get("seed")
-    if (space.is_sampled() or "seed" in opts.overrides
-            or not (isinstance(seeds, Dist) and seeds.kind == "grid" and len(seeds.args) > 1)):
-        return space  # ``--set seed=...`` replaces the grid over seeds
+    seeds = replicate_seeds(space, opts)
+    if not seeds:
+        return space
     points, epochs = total_trials(space, opts), opts.epochs(space)
     if points * epochs <= left:
         return space
-    kept = seeds.args[: max(1, left // (points // len(seeds.args) * epochs))]
+    kept = seeds[: max(1, left // (points // len(seeds) * epochs))]
     note = (f"{left} trial-epochs cannot train {points} grid points for {epochs} epochs each; running "
-            f"seed {', '.join(map(str, kept))} of {', '.join(map(str, seeds.args))}, so that fewer replicates "
+            f"seed {', '.join(map(str, kept))} of {', '.join(map(str, seeds))}, so that fewer replicates "
             "train longer")
     run.say(f"valley: stage {stage.name}: {note}")
     run.record(stage, note=note)
@@ -361,7 +380,7 @@ def with_budget(opts: SearchOptions, budget: Budget, left: float, space: Space) 
         return dataclasses.replace(opts, budget_s=left)
     opts = dataclasses.replace(opts, budget_epochs=int(left))
     points = total_trials(space, opts)  # a ``--set`` key replaces its grid
-    if opts.search == "random" and not space.is_sampled() and points * opts.epochs(space) > left:
+    if is_grid(space, opts) and points * opts.epochs(space) > left:
         opts = dataclasses.replace(opts, max_epochs=max(1, int(left) // points), scheduler="fifo")
     if opts.search == "optuna":
         shortest = opts.grace_period if opts.scheduler == "asha" else opts.epochs(space)
