@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from analysis.format import FAILED, Task, guess_mode, guess_task, trained
 from analysis.load import RUN_KEYS, mixed
-from analysis.valley import ValleyResult, config_key, find_valley, is_seed
+from analysis.valley import ValleyResult, config_key, find_valley, is_seed, run_key
 
 PALETTE = qualitative.Plotly
 REGIONS = {"underfit": "rgba(66, 133, 244, 0.09)", "valley": "rgba(52, 168, 83, 0.16)",
@@ -82,7 +82,9 @@ def _keys(trials: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
 def _hover(trials: pd.DataFrame, metric: str) -> list[str]:
     """Each trial's whole config, not only what varied among ``trials`` (a figure's part: one stage's trials, those
     ASHA stopped), where a value the others share told it from another stage's trial of the same look."""
-    columns = [c for c in trials.columns if c.startswith("config/") and c.removeprefix("config/") not in RUN_KEYS]
+    # a grid row's index, where no manifest resolves it, is what tells rows apart
+    columns = [c for c in trials.columns if c.startswith("config/") and c.removeprefix("config/") not in RUN_KEYS
+               or c == "config/variant"]
     lines = []
     for row in trials.to_dict("records"):
         text = [f"<b>trial {escape(row['trial_id'])}</b>"]
@@ -484,8 +486,7 @@ def seed_frame(trials: pd.DataFrame, value: str, min_seeds: int = 1) -> pd.DataF
     seeds = usable["config/seed"] if "config/seed" in usable else pd.Series(0, index=usable.index)
     frame = pd.DataFrame({"config": labels, "seed": seeds, value: pd.to_numeric(usable[value], errors="coerce")})
     frame = frame.dropna(subset=[value])
-    if "config/seed" in usable:  # one seed twice is one training twice
-        frame = frame.drop_duplicates(["config", "seed"])
+    frame = frame[~run_key(usable).loc[frame.index].duplicated().to_numpy()]  # one seed twice: one training twice
     counts = frame.groupby("config")[value].transform("size")
     return frame[counts >= min_seeds].reset_index(drop=True)
 
@@ -493,8 +494,7 @@ def seed_frame(trials: pd.DataFrame, value: str, min_seeds: int = 1) -> pd.DataF
 def has_repeats(trials: pd.DataFrame) -> bool:
     """True when some config trained with two or more seeds (not one seed twice)."""
     usable = trials[trained(trials)] if "status" in trials else trials
-    seeds = usable["config/seed"] if "config/seed" in usable else pd.Series(usable.index, index=usable.index)
-    runs = pd.DataFrame({"key": config_key(usable), "seed": seeds.astype(str)}).drop_duplicates()
+    runs = pd.DataFrame({"key": config_key(usable), "run": run_key(usable)}).drop_duplicates()
     return bool(len(runs)) and bool(runs["key"].value_counts().max() >= 2)
 
 

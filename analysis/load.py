@@ -281,19 +281,14 @@ def write_trial_tables(folder: str | Path, trials: pd.DataFrame) -> None:
 def with_seed_spread(trials: pd.DataFrame, task: Task) -> pd.DataFrame:
     """Add, per trial, the mean and spread of the test metric over the seeds of its config that trained
     all their epochs (a seed ASHA or a budget cut short, or a failed one, is no repeat of the others)."""
-    from analysis.valley import config_key, is_seed
+    from analysis.valley import config_key, run_key
 
     column = task.test_metric
     if trials.empty or column is None or column not in trials:
         return trials
-    key = config_key(trials)
-    seeds = [c for c in trials.columns if c.startswith("config/") and is_seed(c)]
-    # one trial per seed: the same seed twice is the same training (an Optuna repeat, `--set seed=3 --samples 3`),
-    # which read as 3 seeds with a spread of 0
-    runs = key + "|" + trials[seeds].astype(str).agg("|".join, axis=1) if seeds else trials["trial_id"].astype(str)
     usable = trained(trials)
-    usable &= ~runs.where(usable).duplicated()
-    groups = trials[column].where(usable).groupby(key)
+    usable &= ~run_key(trials).where(usable).duplicated()  # one seed twice read as 2 seeds with a spread of 0
+    groups = trials[column].where(usable).groupby(config_key(trials))
     return trials.assign(**{"seeds": groups.transform("count"), f"seeds_mean_{column}": groups.transform("mean"),
                             f"seeds_std_{column}": groups.transform("std")})
 

@@ -52,6 +52,15 @@ def config_key(trials: pd.DataFrame) -> pd.Series:
     return pd.Series(keys, index=trials.index, dtype=str)
 
 
+def run_key(trials: pd.DataFrame) -> pd.Series:
+    """One text key per trial naming its config and its seeds: one seed twice shares it, one training twice
+    (an Optuna repeat, `--set seed=3 --samples 3`), never two seeds. Without seed columns, each trial its own."""
+    seeds = [c for c in trials.columns if c.startswith("config/") and is_seed(c)]
+    if not seeds:
+        return trials["trial_id"].astype(str)
+    return config_key(trials) + "|" + trials[seeds].astype(str).agg("|".join, axis=1)
+
+
 def usable_trials(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The trials a valley is found among: neither failed nor diverged, with a finite ``metric`` and
     ``n_params`` (numbers); none when either column is missing (no trial has reported)."""

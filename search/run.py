@@ -242,6 +242,7 @@ def fit_and_finish(tuner: Any, folder: Path, say: Callable[..., None], rows: lis
                 raise
         finally:
             SEARCHING.clear()
+            logging.getLogger("ray.tune.tune").removeFilter(said_stopping)  # a later Tune run of a notebook's: Tune's
             with contextlib.suppress(OSError):  # a full disk cannot take the status either
                 fmt.update_status(folder, status)
         if failure is not None:  # it read "a bug in valley", its folder "running", with no way on

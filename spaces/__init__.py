@@ -152,7 +152,9 @@ class Space:
         def plain(value: Any) -> Any:
             if isinstance(value, Dist):
                 return {value.kind: [plain(a) for a in value.args]}
-            return list(value) if isinstance(value, tuple) else value
+            if isinstance(value, (tuple, list)):
+                return [plain(v) for v in value]
+            return value.item() if hasattr(value, "item") and hasattr(value, "dtype") else value  # numpy's: YAML's
 
         doc = {"description": self.description or None, "family": self.family, "metric": self.metric,
                "mode": self.mode, "dataset": self.dataset, "max_epochs": self.max_epochs,

@@ -628,6 +628,9 @@ def test_an_experiment_that_lost_its_manifest_keeps_its_grid_rows_apart(tmp_path
     (folder / "space.yaml").unlink()
     rows = load(folder).trials
     assert config_key(rows).nunique() == 14 and sorted(rows["config/variant"]) == list(range(14))
+    hovers = [text for trace in figures.loss_vs_params(rows).data if str(trace.name).startswith("validation")
+              for text in trace.text]
+    assert hovers and all("variant=" in text for text in hovers)  # what tells the rows apart, there too
 
 
 def test_a_trials_hover_holds_its_whole_config(asha):
@@ -652,6 +655,10 @@ def test_one_seed_twice_is_one_training_not_two_seeds():
     assert (spread["seeds"] == 1).all() and spread["seeds_std_test_acc"].isna().all()
     assert not figures.has_repeats(alike) and figures.seed_frame(alike, "test_acc", min_seeds=2).empty
     assert (with_seed_spread(seeds.trials, task_of(seeds.manifest, alike.columns))["seeds"] == 3).all()
+    # a fixed seed over three validation splits is three runs, in the tables and the figures alike
+    splits = alike.assign(**{"config/split_seed": seeds.trials["config/seed"]})
+    assert (with_seed_spread(splits, task_of(seeds.manifest, splits.columns))["seeds"] == 3).all()
+    assert figures.has_repeats(splits) and len(figures.seed_frame(splits, "test_acc", min_seeds=2)) == 9
 
 
 def test_what_trains_longer_before_a_cut_is_in_the_words_of_the_command(tmp_path):

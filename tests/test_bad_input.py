@@ -238,6 +238,10 @@ def test_a_plan_given_to_search_and_a_space_given_to_plan_say_which_command_runs
     assert refuse("plan", str(experiment), *storage).endswith(
         f"{experiment} is an experiment's folder, not a plan's; `valley resume {experiment}` continues it, "
         f"`valley report {experiment}` reports it")
+    (experiment.parent / "plan.json").write_text("{}")  # a plan's stage: its plan goes on
+    assert refuse("plan", str(experiment), *storage).endswith(
+        f"{experiment} is a stage's folder of the plan in {experiment.parent}; `valley plan {experiment.parent}` "
+        "continues the plan")
     # an integer log range from 0: randint, not uniform (which draws fractions, refused for an int key)
     assert refuse(space(write_space, "params: {layers: {lograndint: [0, 5]}}")).endswith(
         "use randint for a range that touches 0")

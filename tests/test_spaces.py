@@ -131,3 +131,17 @@ def test_family_checks_happen_before_ray(write_space):
     space = load_space(write_space("family: rnn\nmetric: val_loss\nmode: min\n"))
     with pytest.raises(SpaceError, match=r"unknown family 'rnn'; did you mean 'cnn'\? valid families"):
         check_space(space, {})
+
+
+def test_a_space_made_in_python_is_a_document_yaml_writes():
+    """numpy's numbers (np.logspace's) pass the checks, and YAML refused them once the search had begun."""
+    import numpy as np
+    import yaml
+
+    from spaces import parse_space
+
+    space = parse_space({"family": "mlp", "metric": "val_loss", "mode": "min",
+                         "params": {"lr": {"grid": list(np.logspace(-3, -2, 2))}, "batch_size": np.int64(32)}})
+    assert yaml.safe_load(yaml.safe_dump(space.as_doc())) == {
+        "family": "mlp", "metric": "val_loss", "mode": "min", "params": {"lr": {"grid": [0.001, 0.01]},
+                                                                       "batch_size": 32}}

@@ -108,6 +108,9 @@ def load_plan(name_or_path: str | Path, changes: tuple[str, ...] = ()) -> Plan:
         if text in builtin_spaces():
             raise SearchError(f"{text!r} is a built-in search space, not a plan; run it with `valley search {text}`")
         if (path / "valley.json").is_file():  # it said "no plan 'results/...'" and listed the built-in plans
+            if (path.parent / "plan.json").is_file():
+                raise SearchError(f"{text} is a stage's folder of the plan in {path.parent}; `valley plan "
+                                  f"{path.parent}` continues the plan")
             raise SearchError(f"{text} is an experiment's folder, not a plan's; `valley resume {text}` continues it, "
                               f"`valley report {text}` reports it")
         hint = did_you_mean(text, plans)
