@@ -58,7 +58,8 @@ def run_key(trials: pd.DataFrame) -> pd.Series:
     seeds = [c for c in trials.columns if c.startswith("config/") and is_seed(c)]
     if not seeds:
         return trials["trial_id"].astype(str)
-    return config_key(trials) + "|" + trials[seeds].astype(str).agg("|".join, axis=1)
+    # map(str), not astype(str): pandas 3 keeps a missing seed (a row that sets none) missing, and join refused it
+    return config_key(trials) + "|" + trials[seeds].map(str).agg("|".join, axis=1)
 
 
 def usable_trials(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
