@@ -97,7 +97,8 @@ LAID_OUT = 5000  # grid trials Tune lays out before the first starts: 9 s for on
 def check_laid_out(space: Space, opts: SearchOptions) -> None:
     """Passes of a random search over a grid each take their own seed, a grid over seeds that Tune lays out whole
     before the first trial starts, in time quadratic in its size: `--samples 100000` sat for over 9 minutes
-    without a trial, and Ctrl-C waited on it too. (With the seed fixed, Tune draws the passes as it goes.)"""
+    without a trial, and Ctrl-C waited on it too. (With the seed fixed, Tune draws the passes as it goes; where
+    the space then draws nothing, every pass trains the same configurations again, and is refused too.)"""
     samples = sample_count(opts)
     if opts.search != "random" or samples < 2:
         return
