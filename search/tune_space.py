@@ -179,7 +179,9 @@ def with_overrides(space: Space, overrides: dict[str, Any]) -> tuple[Space, str]
     drawn = [f"the space's {value.kind} over {key}" + (f" ({len(value.args)} values)" if value.kind == "grid" else "")
              for key, value in space.params.items() if key in overrides and isinstance(value, Dist)]
     # `--set seed=0` ran 9 trials of clock-encodings' 27, unsaid, where `--set encoding=...` said so
-    instead = f"--set replaces {', '.join(drawn)}" if drawn else ""
+    given = ", ".join(f"{key}={overrides[key]}" for key, value in space.params.items()
+                      if key in overrides and isinstance(value, Dist))
+    instead = f"--set {given} replaces {', '.join(drawn)}" if drawn else ""
     hit = sorted({key for row in space.grid for key in row if key in overrides})
     if not hit:
         return space, instead

@@ -98,7 +98,7 @@ def test_a_set_value_that_makes_grid_rows_alike_runs_them_once(write_space):
                                    "params:\n  seed: {grid: [0, 1, 2]}\n  lr: {loguniform: [1.0e-4, 0.1]}\n",
                                    "seeds.yaml"))
     assert with_overrides(seeds, {"seed": 0, "lr": 0.01})[1] == (
-        "--set replaces the space's grid over seed (3 values), the space's loguniform over lr")
+        "--set seed=0, lr=0.01 replaces the space's grid over seed (3 values), the space's loguniform over lr")
     assert with_overrides(seeds, {"hidden": [8], "seed": 0})[1] == (
         "--set hidden replaces what 1 of the 1 grid rows set; it replaces the space's grid over seed (3 values)")
 
