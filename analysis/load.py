@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis.format import (ACTIVE, DONE, FAILED, INTERRUPTED, MANIFEST, PLAN_STATE, SPACE_COPY, Task, UnreadableState,
-                             asha_stops, driver_gone, ended_itself, guess_mode, metric_column, read_manifest, read_state,
-                             task_of, row_at_epoch, trained, trial_status)
+from analysis.format import (ACTIVE, DONE, FAILED, INTERRUPTED, MANIFEST, PLAN_STATE, SPACE_COPY, Task,
+                             UnreadableState, asha_stops, driver_gone, ended_itself, guess_mode, metric_column,
+                             read_manifest, read_state, task_of, row_at_epoch, trained, trial_status)
 
 
 class ResultsError(ValueError):

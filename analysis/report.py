@@ -455,8 +455,9 @@ def _top_trials(experiment: Experiment, n: int = 10) -> str:
     confirm = [name for name, state in (stages or {}).items() if isinstance(state, dict)
                and state.get("kind") == "confirm"]
     note = ""
-    if confirm and "stage" in trials and trials["stage"].isin(confirm).any() and not trials["stage"].isin(confirm).all():
-        trials = trials[~trials["stage"].isin(confirm)]
+    confirming = trials["stage"].isin(confirm) if confirm and "stage" in trials else None
+    if confirming is not None and confirming.any() and not confirming.all():
+        trials = trials[~confirming]
         note = (f'<p class="note">Stage {html.escape(", ".join(confirm))} is left out: each of its seeds chose on a '
                 f"validation split of its own, so its {html.escape(metric)} does not rank beside the other stages'; "
                 "the stages table gives its verdict, the intervals over seeds its configurations.</p>")
