@@ -32,7 +32,7 @@ class Snapshot:
 
 
 def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, mode: str, max_epochs: int,
-             started: float, epochs_at_start: int = 0, ended: set[str] | None = None) -> Snapshot:
+             started: float, epochs_at_start: int = 0, ended: set[str] | None = None, slots: int = 1) -> Snapshot:
     """Trials by state and the estimate of the time left: the epochs the unfinished trials may still train,
     each at its own seconds an epoch (one that has not reported, at the median trial's), shared among the
     running trials' slots, and no less than the slowest one's alone; without reported times, at the rate
@@ -40,6 +40,8 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
 
     With ``ended`` (after Ctrl-C: the trials whose end Tune reported, or that had ended before this run), a
     trial Tune calls terminated but that is not among them was stopped by the Ctrl-C: interrupted, not stopped.
+    ``slots``: the most trials seen running at once, which share the time left while none runs (after Ctrl-C,
+    as a resumed search starts: it read as one trial at a time, "~4m59s left" of 2.5 minutes' work).
     """
     counts = dict.fromkeys(STATES, 0)
     running, best, trained, left_epochs = [], None, 0, 0
@@ -91,7 +93,7 @@ def snapshot(trials: list[Any], latest: dict[str, dict[str, Any]], metric: str, 
     if per_epoch:  # each trial at its own pace (a grid's 15-layer MLP beside its 2-neuron one: 40 s, not 1 s)
         typical = statistics.median(per_epoch.values())  # for a trial that has not reported yet
         each = [n * per_epoch.get(t, typical) for t, n in owed.items()]
-        left = max([sum(each) / max(1, counts["running"]), *each]) if each else 0.0
+        left = max([sum(each) / max(1, slots, counts["running"]), *each]) if each else 0.0
     else:  # no times reported: the rate epochs have finished at
         rate = (trained - epochs_at_start) / elapsed if elapsed > 0 else 0.0
         left = left_epochs / rate if rate > 0 else None
@@ -159,6 +161,7 @@ class Board:
     """
 
     budget_epochs: int | None = None  # a plan stage's trial-epoch budget: the board counts what is trained of it
+    slots = 1  # the most trials seen running at once
     ended: set[str] | None = None  # trials whose end Tune reported, or that had ended when this run began
 
     def __init__(self, metric: str, mode: str, max_epochs: int, every_s: float, label: str = "",
@@ -205,8 +208,9 @@ class Board:
         if not force and now - self._shown < (1.0 if self.terminal else self.every_s):
             return
         self._shown = now
+        self.slots = max(self.slots, sum(t.status == "RUNNING" for t in trials))
         snap = snapshot(trials, self.latest, self.metric, self.mode, self.max_epochs, self._started,
-                        self._epochs_at_start, (self.ended or set()) if interrupted else None)
+                        self._epochs_at_start, (self.ended or set()) if interrupted else None, self.slots)
         if not self.terminal:
             print(line(snap, self.metric, self.label, self.budget_epochs), flush=True)
             return

@@ -672,6 +672,11 @@ def test_the_boards_time_left_takes_each_trial_at_its_own_pace():
     trials += [SimpleNamespace(trial_id=f"p{i}", status="PENDING") for i in range(200)]
     snap = snapshot(trials, latest, "val_loss", "min", 30, time.monotonic() - 12.0)
     assert snap.left_s == pytest.approx((25 * 1.3 + 28 * 1.5 + 200 * 30 * 0.02) / 2)
+    # none running (after Ctrl-C, as a resumed search starts): the slots seen share it, not one at a time
+    for trial in trials[12:14]:
+        trial.status = "PENDING"
+    snap = snapshot(trials, latest, "val_loss", "min", 30, time.monotonic() - 12.0, slots=2)
+    assert snap.left_s == pytest.approx((25 * 1.3 + 28 * 1.5 + 200 * 30 * 0.02) / 2)  # one slot: twice that
 
 
 def test_after_ctrl_c_the_board_counts_a_trial_it_stopped_as_interrupted_not_stopped():
