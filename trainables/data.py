@@ -85,6 +85,9 @@ def default_data_dir() -> Path:
 def make_splits(name: str, x_trainval: np.ndarray, y_trainval: np.ndarray, x_test: np.ndarray,
                 y_test: np.ndarray, n_val: int, n_classes: int, split_seed: int = 0) -> Splits:
     """Carve ``n_val`` validation samples from the training set with a fixed seed."""
+    if len(x_trainval) != len(y_trainval):  # shuffled together, labels beyond the images were dropped unsaid
+        raise DataError(f"data set {name!r}, train split: {len(x_trainval):,} images but {len(y_trainval):,} labels; "
+                        "the files are truncated or mixed: replace them with the originals")
     if len(x_trainval) <= n_val:  # else "train split: 0 images but 0 labels", after numpy's warning on the mean
         raise DataError(f"data set {name!r} has {len(x_trainval):,} training images and sets {n_val:,} of them "
                         f"aside for validation, so it needs more than {n_val:,}; its files are cut short or a "
