@@ -12,7 +12,7 @@ from search.cluster import check_cluster
 from search.data_check import load_data
 from search.options import SearchError, SearchOptions
 from search.ray_start import start_ray
-from search.run import fit_and_finish, sayer
+from search.run import fit_and_finish, sayer, tell
 
 
 def fewer_weights(folder: Path, keep: int | str) -> str:
@@ -75,13 +75,13 @@ def resume(folder: Path, retry_failed: bool = False, keep_weights: int | str | N
         if not (folder / "trials.csv").exists():  # a driver killed once it had read 'completed', before its tables
             write_tables(folder)
         if keep_weights is not None:
-            say(f"valley: {folder} has completed: {fewer_weights(folder, keep_weights)}")
+            tell(say, f"valley: {folder} has completed: {fewer_weights(folder, keep_weights)}")
             return folder
         from analysis.load import load_experiment
 
         statuses = load_experiment(folder)[0].get("status", pd.Series(dtype=str))
         errored = int(statuses.isin(fmt.FAILED).sum())  # none: --retry-failed started Ray to do nothing
-        say(f"valley: {folder} has completed: nothing to resume" + (
+        tell(say, f"valley: {folder} has completed: nothing to resume" + (  # under --quiet too: it said nothing
             f" (`valley resume --retry-failed {folder}` runs its {errored} failed or diverged trial"
             f"{'s' * (errored != 1)} again)" if errored else ""))
         return folder

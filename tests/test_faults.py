@@ -598,3 +598,9 @@ def test_resuming_a_completed_search_says_there_is_nothing_to_resume_and_rebuild
     sound = shutil.copytree(Path(__file__).parent / "data" / "seeds-digits", tmp_path / "sound")
     assert resume(sound) == sound
     assert capsys.readouterr().out.strip() == f"valley: {sound} has completed: nothing to resume"
+    # a search started with --quiet said nothing at all, exit 0: now on stderr
+    manifest = json.loads((sound / "valley.json").read_text())
+    manifest["options"]["quiet"] = True
+    (sound / "valley.json").write_text(json.dumps(manifest))
+    assert resume(sound) == sound
+    assert capsys.readouterr().err.strip() == f"valley: {sound} has completed: nothing to resume"
