@@ -139,3 +139,20 @@ def test_clock_splits_keep_their_shares_and_a_resplit_its_strata():
     seven = np.repeat(np.arange(720), 7)
     sizes = clock_splits("c", np.zeros((len(seven), 2, 2), np.uint8), np.stack([seven // 60, seven % 60], 1)).sizes()
     assert sum(sizes) == 5040 and abs(sizes[2] - 1008) < 60 and abs(sizes[1] - 1008) < 60
+
+
+def test_a_plan_refuses_a_later_stages_missing_data_before_anything_trains(tmp_path, monkeypatch):
+    """`plan-mlp` with Fashion-MNIST's files and not CIFAR-10's trained rough, fine and confirm, then stopped at its
+    transfer stage (found by a review): the data sets of every stage are fetched, or refused, as the plan starts."""
+    from search.options import SearchOptions
+    from search.plans import load_plan, start_plan
+
+    monkeypatch.setenv("VALLEY_OFFLINE", "1")
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, n in zip(FASHION_FILES, (5100, 5100, 30, 30)):
+        write_idx(raw / name, np.zeros((n, 28, 28)) if "images" in name else np.zeros(n), True)
+    with pytest.raises(DataError, match=r"^data set 'cifar10' is not in .*cifar-10-batches-py and downloading is off"):
+        start_plan(load_plan("plan-mlp"), SearchOptions(storage=str(tmp_path / "results"), name="p",
+                                                        data_dir=str(tmp_path / "data")), say=lambda *a: None)
+    assert not (tmp_path / "results" / "p").exists()
