@@ -37,6 +37,17 @@ def git_commit() -> str:
     return (commit or "unknown") + ("+dirty" if dirty else "")
 
 
+def files_folder(dataset: str, opts: SearchOptions) -> str | None:
+    """The folder a data set read from files was read from, absolute: --data-dir's, else VALLEY_DATA's or the
+    default, which `valley resume` from another shell would not know (None for a data set made here)."""
+    from trainables.data import DATASETS, default_data_dir
+
+    registered = DATASETS[dataset]
+    if not (registered.files or registered.reads_dir):
+        return None
+    return str(Path(opts.data_dir).expanduser().absolute() if opts.data_dir else default_data_dir().absolute())
+
+
 def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptions, dataset: str, epochs: int,
                    data: Splits, status: str) -> None:
     """The manifest and a copy of the space file."""
@@ -51,7 +62,8 @@ def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptio
         # a running search's folder holds only the trials begun: the dashboard's denominator (none under a
         # budget, which may stop it sooner)
         "trials_planned": None if opts.budget_epochs or opts.budget_s else total_trials(space, opts),
-        "data": {"sizes": list(data.sizes()), "split": data.split_rule, "notes": list(data.notes)}, "git_commit": git_commit(),
+        "data": {"sizes": list(data.sizes()), "split": data.split_rule, "notes": list(data.notes),
+                 **({"folder": files} if (files := files_folder(dataset, opts)) else {})}, "git_commit": git_commit(),
         "command": sys.argv, "environment": environment(), "status": status,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **({"driver": fmt.driver()} if status == fmt.RUNNING else {}),
     })

@@ -102,7 +102,8 @@ def resume(folder: Path, retry_failed: bool = False, keep_weights: int | str | N
                           "a driver killed while it copied them), so a resume would not know where the search "
                           "stood; the finished trials stay in the folder (`valley report` reads them); run the "
                           "rest as a new search with `valley search`")
-    data = load_data(manifest["dataset"], opts.data_dir)
+    # where it read its files, VALLEY_DATA's folder included, which this shell may not set
+    data = load_data(manifest["dataset"], opts.data_dir or (manifest.get("data") or {}).get("folder"))
     if data.fingerprint != manifest["data_fingerprint"]:
         raise SearchError(f"the data set {manifest['dataset']!r} differs from the one this experiment started "
                           f"with (fingerprint {data.fingerprint} != {manifest['data_fingerprint']}); "

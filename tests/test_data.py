@@ -156,3 +156,26 @@ def test_a_plan_refuses_a_later_stages_missing_data_before_anything_trains(tmp_p
         start_plan(load_plan("plan-mlp"), SearchOptions(storage=str(tmp_path / "results"), name="p",
                                                         data_dir=str(tmp_path / "data")), say=lambda *a: None)
     assert not (tmp_path / "results" / "p").exists()
+
+
+@pytest.mark.ray
+def test_the_folder_a_search_read_its_files_from_is_recorded(ray_session, tmp_path, monkeypatch):
+    """Read through VALLEY_DATA, valley.json said `"data_dir": null`, and `valley resume` from a shell without it
+    looked in ~/.cache (found by a review): the folder is kept absolute in valley.json's `data`."""
+    import json
+
+    from search.options import SearchOptions
+    from search.run import run_search
+    from spaces import parse_space
+
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in zip(FASHION_FILES, (5100, 5100, 30, 30)):
+        write_idx(raw / name, rng.integers(0, 256, (n, 28, 28)) if "images" in name else rng.integers(0, 10, n), True)
+    monkeypatch.setenv("VALLEY_DATA", str(tmp_path / "data"))
+    space = parse_space({"family": "mlp", "dataset": "fashion_mnist", "metric": "val_loss", "mode": "min",
+                         "max_epochs": 1, "params": {"hidden": [4]}})
+    folder = run_search(space, SearchOptions(storage=str(tmp_path / "results"), name="env", quiet=True))
+    manifest = json.loads((folder / "valley.json").read_text())
+    assert manifest["options"]["data_dir"] is None and manifest["data"]["folder"] == str(tmp_path / "data")
