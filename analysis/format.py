@@ -40,7 +40,8 @@ MANIFEST_FIELDS = {
     "dataset": "the data set", "max_epochs": "epochs per trial", "grid": "the space's grid rows",
     "options": "the search options", "data_fingerprint": "blake2b of the arrays",
     "trials_planned": "the trials the search will run (null under a budget, which may stop it sooner)",
-    "data": "train / val / test sizes, how they were split (e.g. stratified by minute), notes on the files", "git_commit": "the code",
+    "data": "train / val / test sizes, how they were split (e.g. stratified by minute), notes on the files, the folder "
+            "read from (a data set read from files)", "git_commit": "the code",
     "command": "argv", "environment": "torch, python, cuda", "status": "running | completed | interrupted",
     "started": "local time", "finished": "local time",
     "driver": "the process that runs (or last ran) it: host, pid and its start (see driver_gone)",
