@@ -142,27 +142,22 @@ def __getattr__(name: str) -> Any:
     return ValleyOptunaSearch
 
 
-# keys a training reads only under one optimizer or schedule: (the key, what selects, the values that read it)
-READ_UNDER = (("momentum", "optimizer", ("sgd",)), ("lr_patience", "schedule", ("plateau",)),
-              ("lr_factor", "schedule", ("plateau",)), ("min_lr", "schedule", ("plateau",)),
-              ("warmup_epochs", "schedule", ("cosine",)))
-
-
 def unread_keys(space: Space, overrides: dict[str, Any]) -> list[str]:
-    """Warnings for keys the space (or ``--set``) sets that no trial reads: `momentum: {uniform: [0, 0.99]}`
-    beside `optimizer: adam` ran, TPE searching a dimension that changed nothing."""
-    from trainables.config import TrainConfig
+    """Warnings for keys the space (or ``--set``) sets that no trial reads (the family's ``READ_UNDER``):
+    `momentum: {uniform: [0, 0.99]}` beside `optimizer: adam` ran, TPE searching a dimension that changed
+    nothing; so did a grid over `csd_weight` of the regression encoding, each row the same training."""
+    config = get_family(space.family).config
 
     def values(key: str) -> set[Any]:
         """Every value ``key`` can take in a trial (rows that leave it take the params' value or the default)."""
         if key in overrides:
             return {overrides[key]}
-        given = space.params.get(key, getattr(TrainConfig, key))
+        given = space.params.get(key, getattr(config, key))
         found = set(given.args) if isinstance(given, Dist) else {given}
         return found | {row[key] for row in space.grid if key in row}
 
     said = []
-    for key, selector, readers in READ_UNDER:
+    for key, selector, readers in config.READ_UNDER:
         set_here = key in overrides or key in space.params or any(key in row for row in space.grid)
         chosen = values(selector)
         if set_here and not chosen & set(readers):

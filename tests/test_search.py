@@ -808,6 +808,11 @@ def test_a_key_no_trial_reads_is_warned_of(write_space):
     either = load_space(write_space("family: mlp\nmetric: val_loss\nmode: min\ngrid:\n  - {optimizer: sgd}\n"
                                     "  - {optimizer: adam}\nparams:\n  momentum: 0.5\n", "either.yaml"))
     assert unread_keys(either, {}) == [] and len(unread_keys(either, {"optimizer": "adamw"})) == 1
+    # a family's own: `--set encoding=regression` on clock-encodings trained its csd_weight row alike, unsaid
+    assert unread_keys(load_space("clock-encodings"), {}) == []
+    assert unread_keys(load_space("clock-encodings"), {"encoding": "regression"}) == [
+        "csd_weight is set, but only encoding class720 or class_class or class_reg or reg_class or class_periodic "
+        "reads it, and every trial trains encoding regression: drop csd_weight, or give encoding class720"]
 
 
 @pytest.mark.ray

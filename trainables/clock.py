@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -50,6 +51,13 @@ class Config(TrainConfig):
     zoom_high: float = 1.1
     # the reference's regime: lr 1e-3 / 10 after 3 flat epochs down to 1e-6, stop after 9
     early_stop: int = 9
+
+    # regression and periodic parts score a distance already; class720 and regression have no minute branch
+    READ_UNDER: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
+        *TrainConfig.READ_UNDER,
+        ("csd_weight", "encoding", tuple(e for e in ENCODINGS if e not in ("regression", "reg_reg", "periodic"))),
+        *((key, "encoding", tuple(e for e in ENCODINGS if e not in ("class720", "regression")))
+          for key in ("minute_hidden", "minute_dropout")))
 
     def validate(self) -> None:
         super().validate()

@@ -53,6 +53,11 @@ class TrainConfig:
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adam", "adamw", "sgd")
     SCHEDULES: ClassVar[tuple[str, ...]] = ("plateau", "onecycle", "cosine")
     PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
+    # keys a training reads only under some values of another: (the key, what selects, the values that read it)
+    READ_UNDER: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
+        ("momentum", "optimizer", ("sgd",)), ("lr_patience", "schedule", ("plateau",)),
+        ("lr_factor", "schedule", ("plateau",)), ("min_lr", "schedule", ("plateau",)),
+        ("warmup_epochs", "schedule", ("cosine",)))
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> TrainConfig:
