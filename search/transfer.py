@@ -78,8 +78,8 @@ def transfer(source: Path, top: int, opts: SearchOptions) -> Path:
     from analysis.load import load_experiment
 
     trials, _ = load_experiment(folder)
-    side = side_by_side(before, trials, manifest["dataset"], opts.dataset,
-                        get_family(manifest["family"]).task.test_metric)
+    task = get_family(manifest["family"]).task
+    side = side_by_side(before, trials, manifest["dataset"], opts.dataset, task.test_metric, task.val_metric)
     side.to_csv(folder / "transfer.csv", index=False)
     print(side.to_string(index=False))
     return folder

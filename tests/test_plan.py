@@ -834,6 +834,12 @@ def test_top_configs_rank_a_config_by_its_mean_over_seeds_not_its_luckiest_seed(
     side = side_by_side(before, after, "a", "b", "test_acc").set_index("config")
     assert side.loc['{"hidden": [1]}', "test_acc@a"] == pytest.approx(0.8) and side["seeds@a"].tolist() == [3, 3]
     assert side.index.tolist() == ['{"hidden": [2]}', '{"hidden": [1]}'] and side["rank"].tolist() == [1, 2]
+    # synthetic clocks, then the course's files: both `clocks`, and every column came twice under one name (a
+    # review); a clock's validation metric, CSD, beside its loss
+    clocks = side_by_side(before.assign(best_val_csd=30.0), after.assign(best_val_csd=40.0), "clocks", "clocks",
+                          "test_acc", "val_csd")
+    assert clocks.columns.is_unique and {"best_val_csd@source", "best_val_csd@target", "test_acc@target"} <= set(
+        clocks.columns)
 
 
 def test_a_plan_begun_before_a_key_its_stage_ignores_was_refused_goes_on(write_space, tmp_path):

@@ -79,11 +79,15 @@ def confirmed_order(table: Path, trials: pd.DataFrame, top: int) -> tuple[list[d
 
 
 def side_by_side(before: pd.DataFrame, after: pd.DataFrame, from_name: str, to_name: str,
-                 test_metric: str) -> pd.DataFrame:
+                 test_metric: str, val_metric: str = "val_loss") -> pd.DataFrame:
     """One row per configuration, in ``before``'s order (``seeds_of``: best first) and numbered so: its metrics
     on the source and on the target data set, each the mean over the seeds the frames hold of it, with how
-    many that is."""
-    metrics = [c for c in ("n_params", "best_val_loss", test_metric, "test_loss") if c in before]
+    many that is. Columns end in @source and @target where the two data sets share a name (synthetic clocks,
+    then the course's files, are both `clocks`: every column came twice under one name)."""
+    metrics = [c for c in dict.fromkeys(("n_params", metric_column(val_metric), "best_val_loss", test_metric,
+                                         "test_loss")) if c in before]
+    if from_name == to_name:
+        from_name, to_name = "source", "target"
 
     def per_config(frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.assign(_key=[config_text(r) for _, r in frame.iterrows()])

@@ -33,8 +33,9 @@ def run(run: PlanRun, stage: Stage) -> str:
                          **epochs)
     if status != "completed":
         return status
+    task = get_family(source_space.family).task
     side = side_by_side(seeds_of(trials, ids), run.trials(stage.name)[0], run.base.dataset, dataset,
-                        get_family(source_space.family).task.test_metric)
+                        task.test_metric, task.val_metric)
     side.to_csv(run.folder / f"stage-{stage.name}.csv", index=False)
     run.say(side.to_string(index=False))
     return "completed"
