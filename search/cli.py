@@ -75,6 +75,8 @@ def add_search_commands(commands: argparse._SubParsersAction) -> None:
             action.help = "the data set to re-run the configurations on (required); see `valley datasets`"
         elif "--max-epochs" in action.option_strings:
             action.help = "epochs per trial (default: as many as the source's trials had)"
+        elif "--name" in action.option_strings:  # it said SPACE-DATASET-TIME, a search's
+            action.help = "the experiment's folder name (default: SOURCE-to-DATASET)"
     transfer.set_defaults(run=run_command.cmd_transfer)
 
 

@@ -270,6 +270,7 @@ def test_what_a_command_would_not_honour_is_refused_not_ignored(refuse, write_sp
         "transfer re-trains each configuration verbatim, and --set lr=... would change it; leave it out (--set takes "
         "only how a trial runs: device, compile, checkpoint_every, checkpoint_s, keep_optimizer, stall_epochs)")
     transfer_help = build_parser()._subparsers._group_actions[0].choices["transfer"].format_help()
+    assert "SOURCE-to-" in transfer_help and "TIME" not in transfer_help  # its own default name, not a search's
     assert "--dataset" in transfer_help and not any(flag in transfer_help for flag in (  # offered only to be refused
         "--search", "--samples", "--scheduler", "--grace-period", "--reduction-factor"))
     assert "--name must be letters" in refuse("plan", "plan-mlp-digits", "--name", "../x", "--storage", storage)
