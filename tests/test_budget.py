@@ -287,8 +287,10 @@ def test_a_bad_split_is_one_line(budget_plan, write_space, split, message):
 def test_every_builtin_plan_takes_a_budget(name, tmp_path):
     plan = load_plan(name)
     assert set(plan.budget_split) == set(plan.training_stages())
-    run = start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", quiet=True), say=lambda *a: None,
-                     budget=Budget(1000, EPOCHS))  # plan-mlp's confirm share pays for one configuration from 600
+    # the reference plans' files, small: a plan fetches, or refuses, every stage's data set as it starts
+    data = reference_files(tmp_path / "data") if plan.dataset == "fashion_mnist" else None
+    run = start_plan(plan, SearchOptions(storage=str(tmp_path), name="p", quiet=True, data_dir=data),
+                     say=lambda *a: None, budget=Budget(1000, EPOCHS))  # plan-mlp's confirm share pays from 600
     saved = json.loads((run.folder / "plan.json").read_text())["budget"]
     assert saved["total"] == 1000 and saved["unit"] == EPOCHS and saved["split"] == plan.budget_split
 
@@ -406,6 +408,27 @@ def test_a_later_grid_its_share_cannot_train_one_epoch_each_stops_the_plan_befor
                                           r"\[the plan stopped in stage fine; its --budget is fixed when it starts"):
         run_plan(run)
     assert not (tmp_path / "p" / "fine").exists()
+
+
+def reference_files(folder: Path) -> str:
+    """Fashion-MNIST and CIFAR-10 in torchvision's layouts, small and synthetic."""
+    import pickle
+
+    import numpy as np
+    from test_data import write_idx
+
+    from trainables.data import CIFAR_FILES, FASHION_FILES
+
+    raw = folder / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, n in zip(FASHION_FILES, (5040, 5040, 20, 20)):
+        write_idx(raw / name, np.zeros((n, 28, 28)) if "images" in name else np.zeros(n), False)
+    (folder / "cifar-10-batches-py").mkdir()
+    for name in CIFAR_FILES:
+        n = 1010 if name.startswith("data") else 20
+        batch = {b"data": np.zeros((n, 3072), np.uint8), b"labels": [0] * n}
+        (folder / "cifar-10-batches-py" / name).write_bytes(pickle.dumps(batch))
+    return str(folder)
 
 
 def trial_epochs(folder) -> int:

@@ -261,9 +261,10 @@ def test_a_stage_stopped_outside_tunes_fit_says_how_to_continue(raised, write_sp
 @pytest.mark.ray
 def test_a_stage_that_fails_leaves_the_plan_interrupted_and_it_continues_from_there(ray_session, write_space,
                                                                                      tmp_path):
-    """Fashion-MNIST's files missing (offline): the rough stage fails with one line that says how to continue;
-    plan.json reads 'interrupted' with the error (it read 'running' for ever). With the files in place,
-    `valley plan FOLDER` runs the stage, and the error is gone from plan.json."""
+    """Fashion-MNIST's files gone once the plan has started (offline; a plan refuses them missing as it starts):
+    the rough stage fails with one line that says how to continue; plan.json reads 'interrupted' with the error
+    (it read 'running' for ever). With the files back, `valley plan FOLDER` runs the stage, and the error is gone
+    from plan.json."""
     import numpy as np
     from test_data import write_idx
 
@@ -274,8 +275,14 @@ def test_a_stage_that_fails_leaves_the_plan_interrupted_and_it_continues_from_th
     plan = write_space("dataset: fashion_mnist\nstages:\n  - {name: rough, space: rough.yaml, max_epochs: 1}\n",
                        "plan.yaml")
     data = tmp_path / "data"
+    raw = data / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in zip(FASHION_FILES, (5040, 5040, 20, 20)):
+        write_idx(raw / name, rng.integers(0, 256, (n, 28, 28)) if "images" in name else rng.integers(0, 10, n), False)
     run = start_plan(load_plan(plan), SearchOptions(storage=str(tmp_path), name="p", quiet=True, data_dir=str(data)),
                      say=lambda *a: None)
+    raw.rename(tmp_path / "away")
     with pytest.raises(SearchError, match=r"data set 'fashion_mnist' is not in .* and downloading is off; put .* "
                                           r"and run again \[the plan stopped in stage rough; `valley plan .*p` "
                                           r"continues it from there\]$"):
@@ -284,11 +291,7 @@ def test_a_stage_that_fails_leaves_the_plan_interrupted_and_it_continues_from_th
     assert state["status"] == state["stages"]["rough"]["status"] == "interrupted"
     assert state["error"].startswith("stage rough: data set 'fashion_mnist' is not in")
 
-    raw = data / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name, n in zip(FASHION_FILES, (5040, 5040, 20, 20)):
-        write_idx(raw / name, rng.integers(0, 256, (n, 28, 28)) if "images" in name else rng.integers(0, 10, n), False)
+    (tmp_path / "away").rename(raw)
     run_plan(reopen_plan(tmp_path / "p", say=lambda *a: None))
     state = json.loads((tmp_path / "p" / "plan.json").read_text())
     assert state["status"] == state["stages"]["rough"]["status"] == "completed"
