@@ -15,20 +15,19 @@ from search.ray_start import start_ray
 from search.run import fit_and_finish, sayer, tell
 
 
-def fewer_weights(folder: Path, keep: int | str) -> str:
+def fewer_weights(folder: Path, keep: int | str, table: pd.DataFrame) -> str:
     """A completed search's weights beyond its best ``keep`` finished trials, deleted (``drop_weights``), and
-    its tables rewritten; returns what became of them."""
-    from analysis.load import load_experiment, write_tables
+    its tables rewritten; returns what became of them. ``table``: its trials, as loaded from the folder."""
+    from analysis.load import write_tables
     from search.progress import delete_weights
 
-    table = load_experiment(folder)[0]
     finished = table[table["status"].isin(fmt.DONE)] if "status" in table else table.iloc[:0]
     column = "config/keep_optimizer"
     everything = finished[column].eq(True) if column in finished else [False] * len(finished)
     said, dropped = delete_weights(folder, [(folder / str(trial_id), bool(whole)) for trial_id, whole
                                             in zip(finished["trial_id"], everything)], keep, table)
     if not dropped:
-        held = sum(any((folder / str(t)).glob("checkpoint_*/state.pt")) for t in finished["trial_id"])
+        held = int(finished["has_weights"].sum()) if "has_weights" in finished else 0  # as loaded: none went
         return (f"{held} finished trial{'s' * (held != 1)} hold{'s' * (held == 1)} weights, none beyond "
                 f"--keep-weights {keep}: nothing deleted (weights deleted when it completed cannot come back)"
                 + (f"; {said}" if said else ""))
@@ -70,17 +69,14 @@ def resume(folder: Path, retry_failed: bool = False, keep_weights: int | str | N
                                                             "keep_weights": keep_weights}})
     say = sayer(opts)
     if manifest.get("status") == fmt.COMPLETED and not retry_failed:  # Ray started to do nothing, every table again
-        from analysis.load import write_tables
+        from analysis.load import load_experiment, write_tables
 
-        if not (folder / "trials.csv").exists():  # a driver killed once it had read 'completed', before its tables
-            write_tables(folder)
+        # a driver killed once it had read 'completed', before its tables, left none
+        table = load_experiment(folder)[0] if (folder / "trials.csv").exists() else write_tables(folder)
         if keep_weights is not None:
-            tell(say, f"valley: {folder} has completed: {fewer_weights(folder, keep_weights)}")
+            tell(say, f"valley: {folder} has completed: {fewer_weights(folder, keep_weights, table)}")
             return folder
-        from analysis.load import load_experiment
-
-        statuses = load_experiment(folder)[0].get("status", pd.Series(dtype=str))
-        errored = int(statuses.isin(fmt.FAILED).sum())  # none: --retry-failed started Ray to do nothing
+        errored = int(table.get("status", pd.Series(dtype=str)).isin(fmt.FAILED).sum())  # none: Ray did nothing
         tell(say, f"valley: {folder} has completed: nothing to resume" + (  # under --quiet too: it said nothing
             f" (`valley resume --retry-failed {folder}` runs its {errored} failed or diverged trial"
             f"{'s' * (errored != 1)} again)" if errored else ""))
