@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from analysis.format import FAILED, Task, guess_mode, guess_task, trained
 from analysis.load import RUN_KEYS, mixed
-from analysis.valley import ValleyResult, config_key, find_valley, is_seed, run_key
+from analysis.valley import ValleyResult, find_valley, is_seed, run_key, seeds_of_config
 
 PALETTE = qualitative.Plotly
 REGIONS = {"underfit": "rgba(66, 133, 244, 0.09)", "valley": "rgba(52, 168, 83, 0.16)",
@@ -494,8 +494,7 @@ def seed_frame(trials: pd.DataFrame, value: str, min_seeds: int = 1) -> pd.DataF
 def has_repeats(trials: pd.DataFrame) -> bool:
     """True when some config trained with two or more seeds (not one seed twice)."""
     usable = trials[trained(trials)] if "status" in trials else trials
-    runs = pd.DataFrame({"key": config_key(usable), "run": run_key(usable)}).drop_duplicates()
-    return bool(len(runs)) and bool(runs["key"].value_counts().max() >= 2)
+    return bool((seeds_of_config(usable) >= 2).any())
 
 
 def bootstrap_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 2000,

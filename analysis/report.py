@@ -172,14 +172,12 @@ def _cut_short(trials: pd.DataFrame, repeated: bool = False) -> str:
     """What intervals over seeds leave out: the trials a scheduler or a budget stopped before their last epoch,
     and those that have not finished (an interrupted search's). ``repeated``: of configs run with several seeds
     only (the others are not drawn at all: a plan's rough and fine trials beside its confirm seeds)."""
-    from analysis.valley import config_key, run_key
+    from analysis.valley import seeds_of_config
 
     if "status" not in trials:
         return ""
     if repeated:
-        keys = config_key(trials)
-        runs = pd.DataFrame({"key": keys, "run": run_key(trials)}).drop_duplicates()["key"].value_counts()
-        trials = trials[keys.map(runs) >= 2]
+        trials = trials[seeds_of_config(trials) >= 2]
     cut = stopped_early(trials)
     unfinished = int((~trials["status"].isin([*DONE, *FAILED])).sum())
     said = [f"{cut} trial(s) ASHA or a budget stopped early are left out: a seed trained for fewer epochs is no "

@@ -62,6 +62,13 @@ def run_key(trials: pd.DataFrame) -> pd.Series:
     return config_key(trials) + "|" + trials[seeds].map(str).agg("|".join, axis=1)
 
 
+def seeds_of_config(trials: pd.DataFrame) -> pd.Series:
+    """Per trial, how many distinct runs (:func:`run_key`) its config has among ``trials``."""
+    keys = config_key(trials)
+    counts = pd.DataFrame({"key": keys, "run": run_key(trials)}).drop_duplicates()["key"].value_counts()
+    return keys.map(counts)
+
+
 def usable_trials(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The trials a valley is found among: neither failed nor diverged, with a finite ``metric`` and
     ``n_params`` (numbers); none when either column is missing (no trial has reported)."""
