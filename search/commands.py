@@ -234,14 +234,14 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     would read and split them, or said to be unusable and why."""
     from search.data_check import load_data
     from search.options import SearchError
-    from trainables.data import DATASETS, DataError, default_data_dir, is_available
+    from trainables.data import DATASETS, DataError, data_folder, is_available
 
-    folder = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    folder = data_folder(args.data_dir)
     print(f"data folder: {folder}")
     for name, dataset in DATASETS.items():
         shape, sizes, description = dataset.shape, dataset.sizes, dataset.description
         where = "offline" if is_available(name, folder) else "needs download"
-        if args.data_dir and (dataset.reads_dir or dataset.files) and where == "offline":
+        if args.data_dir and dataset.reads_folder and where == "offline":
             try:
                 splits = load_data(name, str(folder))  # as a search reads and checks it; never downloads here
             except (DataError, SearchError) as err:

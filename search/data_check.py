@@ -1,7 +1,6 @@
 """Load a search's data set once, and refuse broken files with one line instead of a traceback."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from search.options import SearchError
@@ -9,12 +8,12 @@ from search.options import SearchError
 
 def load_data(dataset: str, data_dir: str | None) -> Any:
     """Load and check a data set; a broken file is a one-line :class:`SearchError`, not a traceback."""
-    from trainables.data import DATASETS, DataError, default_data_dir, load_dataset
+    from trainables.data import DATASETS, DataError, data_folder, load_dataset
 
     registered = DATASETS[dataset]
-    folder = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    if data_dir and not (registered.files or registered.reads_dir):
-        readers = ", ".join(name for name, d in DATASETS.items() if d.files or d.reads_dir)
+    folder = data_folder(data_dir)
+    if data_dir and not registered.reads_folder:
+        readers = ", ".join(name for name, d in DATASETS.items() if d.reads_folder)
         raise SearchError(f"data set {dataset!r} reads no --data-dir (it is made here; only {readers} read their "
                           f"files from it): leave --data-dir out"
                           + (", or give --dataset clocks to train on the clocks in it" if registered.task == "clock"

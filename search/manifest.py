@@ -40,12 +40,9 @@ def git_commit() -> str:
 def files_folder(dataset: str, opts: SearchOptions) -> str | None:
     """The folder a data set read from files was read from, absolute: --data-dir's, else VALLEY_DATA's or the
     default, which `valley resume` from another shell would not know (None for a data set made here)."""
-    from trainables.data import DATASETS, default_data_dir
+    from trainables.data import DATASETS, data_folder
 
-    registered = DATASETS[dataset]
-    if not (registered.files or registered.reads_dir):
-        return None
-    return str(Path(opts.data_dir).expanduser().absolute() if opts.data_dir else default_data_dir().absolute())
+    return str(data_folder(opts.data_dir).absolute()) if DATASETS[dataset].reads_folder else None
 
 
 def write_manifest(folder: Path, space: Space, family: Family, opts: SearchOptions, dataset: str, epochs: int,

@@ -77,9 +77,19 @@ class Dataset:
     task: str = "classification"  # what its labels are: a family's ``task.kind`` must match
     reads_dir: bool = False  # reads its files from --data-dir (those with ``files`` do as well)
 
+    @property
+    def reads_folder(self) -> bool:
+        """Whether it reads files from a data folder (--data-dir, VALLEY_DATA or the default), not made here."""
+        return bool(self.files) or self.reads_dir
+
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("VALLEY_DATA", Path.home() / ".cache" / "valley" / "data"))
+
+
+def data_folder(data_dir: str | Path | None) -> Path:
+    """The data folder ``--data-dir`` names (``~`` expanded), else VALLEY_DATA's or the default."""
+    return Path(data_dir).expanduser() if data_dir else default_data_dir()
 
 
 def make_splits(name: str, x_trainval: np.ndarray, y_trainval: np.ndarray, x_test: np.ndarray,
