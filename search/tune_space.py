@@ -171,11 +171,11 @@ def with_overrides(space: Space, overrides: dict[str, Any]) -> tuple[Space, str]
     """The space with each ``--set`` value in the grid rows that set the same key, and a note saying so and
     which of the space's distributions it replaces ("" when neither). A row's own value won before: ``--set
     l2=0.005`` on mlp-rough trained two rows at 0.01 while valley.json recorded the override."""
-    drawn = [f"the space's {value.kind} over {key}" + (f" ({len(value.args)} values)" if value.kind == "grid" else "")
-             for key, value in space.params.items() if key in overrides and isinstance(value, Dist)]
     # `--set seed=0` ran 9 trials of clock-encodings' 27, unsaid, where `--set encoding=...` said so
-    given = ", ".join(f"{key}={overrides[key]}" for key, value in space.params.items()
-                      if key in overrides and isinstance(value, Dist))
+    replaced = {key: value for key, value in space.params.items() if key in overrides and isinstance(value, Dist)}
+    drawn = [f"the space's {value.kind} over {key}" + (f" ({len(value.args)} values)" if value.kind == "grid" else "")
+             for key, value in replaced.items()]
+    given = ", ".join(f"{key}={overrides[key]}" for key in replaced)
     instead = f"--set {given} replaces {', '.join(drawn)}" if drawn else ""
     hit = sorted({key for row in space.grid for key in row if key in overrides})
     if not hit:
