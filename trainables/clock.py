@@ -55,8 +55,8 @@ class Config(TrainConfig):
     # regression and periodic parts score a distance already; class720 and regression have no minute branch
     READ_UNDER: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
         *TrainConfig.READ_UNDER,
-        ("csd_weight", "encoding", tuple(e for e in ENCODINGS if e not in ("regression", "reg_reg", "periodic"))),
-        *((key, "encoding", tuple(e for e in ENCODINGS if e not in ("class720", "regression")))
+        ("csd_weight", "encoding", tuple(name for name, e in ENCODINGS.items() if e.reads_csd_weight)),
+        *((key, "encoding", tuple(name for name, e in ENCODINGS.items() if e.minute_branch))
           for key in ("minute_hidden", "minute_dropout")))
 
     def validate(self) -> None:

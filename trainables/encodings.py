@@ -38,6 +38,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -53,6 +54,12 @@ class Encoding(abc.ABC):
     """A label encoding: ``head`` builds the output layer, ``loss`` scores it, ``decode`` reads minutes."""
 
     name: str
+    minute_branch: ClassVar[bool] = False  # a minute head of its own, which minute_hidden and minute_dropout shape
+
+    @property
+    def reads_csd_weight(self) -> bool:
+        """Whether it has a classification part, which ``csd_weight`` adds its expected distance to."""
+        return True
 
     @property
     @abc.abstractmethod
@@ -110,6 +117,10 @@ class Regression(Encoding):
     name: str = "regression"
 
     @property
+    def reads_csd_weight(self) -> bool:
+        return False
+
+    @property
     def n_out(self) -> int:
         return 1
 
@@ -133,6 +144,11 @@ class Split(Encoding):
     name: str = "class_class"
     hour: str = "class"
     minute: str = "class"
+    minute_branch: ClassVar[bool] = True
+
+    @property
+    def reads_csd_weight(self) -> bool:
+        return "class" in (self.hour, self.minute)
 
     def __post_init__(self) -> None:
         for part, kind in (("hour", self.hour), ("minute", self.minute)):
